@@ -1,0 +1,132 @@
+"""catalog: the state of every video, projected from the events into the `videos` KV bucket.
+
+It answers get/list/delete over request-reply; the gateway never reads the bucket itself.
+"""
+
+from __future__ import annotations
+
+import time
+
+import msgspec
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NotFoundError
+
+from shared import topology
+from shared.bus import Bus, RpcError
+from shared.consumer import Delivery, Retry
+from shared.contracts import DeleteVideo, Event, GetVideo, ListVideos, Video, VideoDeleted, VideoPage, VideoUploaded, decoder
+from shared.service import Service
+
+from .projection import VideoRecord, apply, record_decoder, record_encoder, to_view
+
+service = Service("catalog", "The state of every video: get, list and delete")
+
+CAS_ATTEMPTS = 20
+
+
+@service.consumer(topology.CATALOG_EVENTS, Event)
+async def on_event(event, delivery: Delivery) -> None:
+    await project(delivery.bus, event)
+
+
+async def project(bus: Bus, event) -> VideoRecord | None:
+    """Fold one event into the video's record with compare-and-set; safe under redelivery."""
+    kv = await bus.kv(topology.KV_VIDEOS)
+    key = topology.state_key(event.tenant, event.video_id)
+    for _ in range(CAS_ATTEMPTS):
+        entry = await _get(kv, key)
+        current = record_decoder.decode(entry.value) if entry else None
+        new = apply(current, event, time.time())
+        if new is None:
+            return current
+        try:
+            if entry is None:
+                await kv.create(key, record_encoder.encode(new))
+            else:
+                await kv.update(key, record_encoder.encode(new), last=entry.revision)
+            return new
+        except KeyWrongLastSequenceError:
+            continue  # another event of this video won the race: re-read and re-apply
+    raise Retry(f"contention on {key}")
+
+
+@service.endpoint(topology.RPC_CATALOG_GET, GetVideo)
+async def get_video(req: GetVideo, bus: Bus) -> Video:
+    return to_view(await _record(bus, req.tenant, req.video_id))
+
+
+@service.endpoint(topology.RPC_CATALOG_LIST, ListVideos)
+async def list_videos(req: ListVideos, bus: Bus) -> VideoPage:
+    """Newest first: video ids sort by creation time, so the key order is the page order."""
+    kv = await bus.kv(topology.KV_VIDEOS)
+    keys = await _keys(kv, f"{req.tenant}.>")
+    ids = sorted((k.split(".", 1)[1] for k in keys), reverse=True)
+    if req.cursor:
+        ids = [i for i in ids if i < req.cursor]
+    items: list[Video] = []
+    limit = max(1, min(req.limit, 100))
+    for index, video_id in enumerate(ids):
+        entry = await _get(kv, topology.state_key(req.tenant, video_id))
+        if entry is None:
+            continue
+        record = record_decoder.decode(entry.value)
+        if record.status == "deleted" or not record.uploaded:
+            continue
+        items.append(to_view(record))
+        if len(items) == limit:
+            more = index + 1 < len(ids)
+            return VideoPage(items=items, next_cursor=video_id if more else None)
+    return VideoPage(items=items, next_cursor=None)
+
+
+@service.endpoint(topology.RPC_CATALOG_DELETE, DeleteVideo)
+async def delete_video(req: DeleteVideo, bus: Bus) -> Video:
+    record = await _record(bus, req.tenant, req.video_id)
+    deleted = VideoDeleted(video_id=req.video_id, tenant=req.tenant)
+    if record.status != "deleted":
+        # The event is the fact; the pipeline stops the video's tasks when it sees it.
+        await bus.publish(deleted, msg_id=f"{req.video_id}:deleted")
+        record = await project(bus, deleted) or record
+    for name in record.objects():
+        await bus.media.delete(name)
+    return to_view(record)
+
+
+async def _record(bus: Bus, tenant: str, video_id: str) -> VideoRecord:
+    kv = await bus.kv(topology.KV_VIDEOS)
+    entry = await _get(kv, topology.state_key(tenant, video_id))
+    if entry is not None:
+        return record_decoder.decode(entry.value)
+    # Read-your-writes: the gateway answers 202 as soon as the upload event is stored, so
+    # a GET can arrive before this projection caught up; fold the stored event directly.
+    subject = f"{topology.SUBJECTS[VideoUploaded]}.{tenant}.{video_id}"
+    try:
+        raw = await bus.js.get_last_msg(topology.EVENTS, subject)
+    except NotFoundError:
+        raise RpcError("not_found", f"no video {video_id}") from None
+    try:
+        event = decoder(Event).decode(raw.data)
+    except msgspec.DecodeError:
+        raise RpcError("not_found", f"no video {video_id}") from None
+    return apply(None, event, time.time())
+
+
+async def _keys(kv, pattern: str) -> list[str]:
+    # kv.keys() in nats-py watches the whole bucket and filters by substring; a watch on
+    # the pattern lets the server do the filtering.
+    watcher = await kv.watch(pattern, meta_only=True, ignore_deletes=True)
+    keys = []
+    try:
+        async for entry in watcher:
+            if entry is None:  # end of the initial values
+                break
+            keys.append(entry.key)
+    finally:
+        await watcher.stop()
+    return keys
+
+
+async def _get(kv, key: str):
+    try:
+        return await kv.get(key)
+    except KeyNotFoundError:
+        return None

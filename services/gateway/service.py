@@ -1,0 +1,305 @@
+"""gateway: the public HTTP API. The only door from outside; everything else is NATS.
+
+Uploads stream into the object store, the pipeline probes them over request-reply, and
+an accepted upload becomes one `video_uploaded` event. Reads go to the catalog over
+request-reply; media is streamed from the object store chunk by chunk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import msgspec
+from fastapi import Depends, FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from shared import topology
+from shared.bus import Bus, RpcError
+from shared.contracts import (
+    DeleteVideo,
+    Event,
+    GetVideo,
+    ListVideos,
+    Probed,
+    ProbeSource,
+    Video,
+    VideoDeleted,
+    VideoFailed,
+    VideoPage,
+    VideoReady,
+    VideoUploaded,
+    decoder,
+    encode,
+)
+from shared.objects import TooLarge
+from shared.service import Service
+
+from .auth import ApiKeys
+from .media import RangeNotSatisfiable, event_name, parse_range, sse
+from .uploads import MultipartFile, accepted, new_video_id
+
+service = Service("gateway", "The public HTTP API of vidmesh")
+api = service.http
+
+PROBE_TIMEOUT_S = 120.0
+TERMINAL_EVENTS = (VideoReady, VideoFailed, VideoDeleted)
+_keys: ApiKeys | None = None
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, code: str, message: str, headers: dict | None = None):
+        super().__init__(message)
+        self.status, self.code, self.message, self.headers = status, code, message, headers
+
+
+def error_response(status: int, code: str, message: str, headers: dict | None = None) -> JSONResponse:
+    return JSONResponse({"code": code, "message": message}, status_code=status, headers=headers)
+
+
+RPC_STATUS = {"not_found": 404, "unavailable": 503, "timeout": 504, "bad_request": 400}
+
+
+@service.configure_app
+def _errors(app: FastAPI) -> None:
+    @app.exception_handler(ApiError)
+    async def api_error(request, exc: ApiError):
+        return error_response(exc.status, exc.code, exc.message, exc.headers)
+
+    @app.exception_handler(RpcError)
+    async def rpc_error(request, exc: RpcError):
+        return error_response(RPC_STATUS.get(exc.code, 502), exc.code, exc.message)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request, exc: RequestValidationError):
+        first = exc.errors()[0] if exc.errors() else {}
+        where = ".".join(str(p) for p in first.get("loc", ()))
+        return error_response(400, "invalid_request", f"{where}: {first.get('msg', 'invalid request')}")
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request, exc: StarletteHTTPException):
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        return error_response(exc.status_code, code, str(exc.detail))
+
+
+def authenticate(request: Request) -> str:
+    global _keys
+    if _keys is None:
+        _keys = ApiKeys(service.settings.api_keys)
+    found = _keys.tenant_for(request.headers.get("authorization"))
+    if found is None:
+        raise ApiError(401, "unauthorized", "missing or invalid API key", {"WWW-Authenticate": 'Bearer realm="vidmesh"'})
+    return found
+
+
+def connected_bus() -> Bus:
+    if not service.ready or service.bus is None:
+        raise ApiError(503, "not_ready", "the gateway is not connected to NATS yet", {"Retry-After": "1"})
+    return service.bus
+
+
+def json_response(obj, status: int = 200, headers: dict | None = None) -> Response:
+    return Response(encode(obj), status_code=status, media_type="application/json", headers=headers)
+
+
+UPLOAD_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "video/*": {"schema": {"type": "string", "format": "binary"}},
+            "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+            "multipart/form-data": {
+                "schema": {"type": "object", "properties": {"file": {"type": "string", "format": "binary"}}}
+            },
+        },
+    }
+}
+
+
+@api.post("/v1/videos", status_code=202, openapi_extra=UPLOAD_BODY, summary="Upload a video")
+async def upload(request: Request, tenant: str = Depends(authenticate), bus: Bus = Depends(connected_bus)):
+    settings = bus.settings
+    ctype = request.headers.get("content-type")
+    if not accepted(ctype):
+        raise ApiError(
+            415,
+            "unsupported_media_type",
+            f"content type {ctype!r} cannot be a video: send video/*, application/octet-stream or multipart/form-data",
+        )
+    length = request.headers.get("content-length")
+    if length is not None and length.isdigit():
+        if int(length) == 0:
+            raise ApiError(400, "empty_body", "the upload is empty")
+        if int(length) > settings.max_upload_bytes:
+            raise ApiError(413, "too_large", f"uploads are limited to {settings.max_upload_bytes} bytes")
+
+    video_id = new_video_id()
+    key = topology.source_key(tenant, video_id)
+    filename = request.headers.get("x-filename")
+    body = request.stream()
+    if ctype.lower().startswith("multipart/"):
+        try:
+            part = MultipartFile(ctype)
+        except ValueError as exc:
+            raise ApiError(400, "bad_multipart", str(exc)) from None
+        body = part.stream(body)
+    try:
+        info = await bus.media.put_stream(key, body, max_bytes=settings.max_upload_bytes)
+    except TooLarge:
+        raise ApiError(413, "too_large", f"uploads are limited to {settings.max_upload_bytes} bytes") from None
+    except Exception as exc:  # the multipart parser refuses malformed bodies mid-stream
+        if type(exc).__module__.startswith("python_multipart"):
+            raise ApiError(400, "bad_multipart", str(exc)) from None
+        raise
+    if ctype.lower().startswith("multipart/"):
+        if not part.found:
+            await bus.media.delete(key)
+            raise ApiError(400, "bad_multipart", "no file part in the multipart body (use -F file=@video.mp4)")
+        filename = part.filename or filename
+    if info.size == 0:
+        await bus.media.delete(key)
+        raise ApiError(400, "empty_body", "the upload is empty")
+
+    probed = await bus.request(
+        topology.RPC_PIPELINE_PROBE,
+        ProbeSource(tenant=tenant, video_id=video_id, object=key),
+        Probed,
+        timeout=PROBE_TIMEOUT_S,
+    )
+    if probed.error is not None:
+        await bus.media.delete(key)
+        raise ApiError(422, probed.error.code, probed.error.message)
+
+    now = time.time()
+    event = VideoUploaded(
+        video_id=video_id,
+        tenant=tenant,
+        object=key,
+        created_at=now,
+        source=probed.source,
+        filename=filename,
+        content_type=ctype,
+    )
+    await bus.publish(event, msg_id=f"{video_id}:uploaded")
+    video = Video(id=video_id, status="processing", created_at=now, updated_at=now, source=probed.source, filename=filename)
+    return json_response(video, 202, {"Location": f"/v1/videos/{video_id}"})
+
+
+@api.get("/v1/videos", summary="List videos, newest first")
+async def list_videos(
+    limit: int = Query(20, ge=1, le=100),
+    cursor: str | None = Query(None, max_length=64),
+    tenant: str = Depends(authenticate),
+    bus: Bus = Depends(connected_bus),
+):
+    page = await bus.request(topology.RPC_CATALOG_LIST, ListVideos(tenant=tenant, limit=limit, cursor=cursor), VideoPage)
+    return json_response(page)
+
+
+@api.get("/v1/videos/{video_id}", summary="A video's status, source facts, renditions and thumbnail")
+async def get_video(video_id: str, tenant: str = Depends(authenticate), bus: Bus = Depends(connected_bus)):
+    return json_response(await _video(bus, tenant, video_id))
+
+
+@api.delete("/v1/videos/{video_id}", summary="Delete a video, its media and stop its tasks")
+async def delete_video(video_id: str, tenant: str = Depends(authenticate), bus: Bus = Depends(connected_bus)):
+    _check_id(video_id)
+    video = await bus.request(topology.RPC_CATALOG_DELETE, DeleteVideo(tenant=tenant, video_id=video_id), Video)
+    return json_response(video)
+
+
+async def _video(bus: Bus, tenant: str, video_id: str) -> Video:
+    _check_id(video_id)
+    return await bus.request(topology.RPC_CATALOG_GET, GetVideo(tenant=tenant, video_id=video_id), Video)
+
+
+def _check_id(video_id: str) -> None:
+    if not (0 < len(video_id) <= 64 and video_id.isalnum()):
+        raise ApiError(404, "not_found", f"no video {video_id}")
+
+
+@api.api_route("/v1/videos/{video_id}/renditions/{name}", methods=["GET", "HEAD"], summary="Download a rendition (Range)")
+async def rendition(video_id: str, name: str, request: Request, tenant: str = Depends(authenticate), bus: Bus = Depends(connected_bus)):
+    video = await _video(bus, tenant, video_id)
+    if not any(r.name == name for r in video.renditions):
+        raise ApiError(404, "not_found", f"video {video_id} has no rendition {name!r} (yet)")
+    return await _serve(bus, request, topology.rendition_key(tenant, video_id, name), "video/mp4")
+
+
+@api.api_route("/v1/videos/{video_id}/thumbnail", methods=["GET", "HEAD"], summary="The first frame as a JPEG")
+async def thumbnail(video_id: str, request: Request, tenant: str = Depends(authenticate), bus: Bus = Depends(connected_bus)):
+    video = await _video(bus, tenant, video_id)
+    if video.thumbnail is None:
+        raise ApiError(404, "not_found", f"video {video_id} has no thumbnail (yet)")
+    return await _serve(bus, request, topology.thumbnail_key(tenant, video_id), "image/jpeg")
+
+
+async def _serve(bus: Bus, request: Request, key: str, media_type: str) -> Response:
+    info = await bus.media.info(key)
+    if info is None:
+        raise ApiError(404, "not_found", "the media is gone")
+    etag = '"' + (info.digest or info.nuid).replace("SHA-256=", "") + '"'
+    headers = {"Accept-Ranges": "bytes", "ETag": etag, "Cache-Control": "private, max-age=3600"}
+    if request.headers.get("if-none-match") == etag:
+        return Response(status_code=304, headers=headers)
+    try:
+        wanted = parse_range(request.headers.get("range"), info.size)
+    except RangeNotSatisfiable:
+        return Response(status_code=416, headers={**headers, "Content-Range": f"bytes */{info.size}"})
+    status = 200
+    start, end = 0, info.size - 1
+    if wanted is not None and request.headers.get("if-range", etag) == etag:
+        start, end = wanted
+        status = 206
+        headers["Content-Range"] = f"bytes {start}-{end}/{info.size}"
+    headers["Content-Length"] = str(end - start + 1 if info.size else 0)
+    if request.method == "HEAD" or info.size == 0:
+        return Response(status_code=status, headers=headers, media_type=media_type)
+    return StreamingResponse(bus.media.read(info, start, end), status_code=status, headers=headers, media_type=media_type)
+
+
+@api.get("/v1/videos/{video_id}/events", summary="Server-Sent Events: history, then live, until a terminal state")
+async def events(video_id: str, request: Request, tenant: str = Depends(authenticate), bus: Bus = Depends(connected_bus)):
+    video = await _video(bus, tenant, video_id)
+    return StreamingResponse(
+        _event_stream(bus, tenant, video),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
+
+
+async def _event_stream(bus: Bus, tenant: str, video: Video):
+    event_decoder = decoder(Event)
+    sub = await bus.js.subscribe(
+        topology.video_events_filter(tenant, video.id), stream=topology.EVENTS, ordered_consumer=True
+    )
+    terminal_at_start = video.status in ("ready", "failed", "deleted")
+    try:
+        while True:
+            try:
+                msg = await sub.next_msg(timeout=15.0)
+            except (asyncio.TimeoutError, Exception) as exc:
+                if not isinstance(exc, asyncio.TimeoutError) and "timeout" not in type(exc).__name__.lower():
+                    raise
+                if terminal_at_start:  # history expired: close with the current state
+                    yield sse("video", encode(await _video(bus, tenant, video.id)))
+                    return
+                yield b": keep-alive\n\n"
+                continue
+            try:
+                event = event_decoder.decode(msg.data)
+            except msgspec.DecodeError:
+                continue  # an event type newer than this gateway: skip it
+            yield sse(event_name(type(event).__struct_config__.tag), msg.data, str(msg.metadata.sequence.stream))
+            if isinstance(event, TERMINAL_EVENTS):
+                return
+            if terminal_at_start and msg.metadata.num_pending == 0:
+                yield sse("video", encode(await _video(bus, tenant, video.id)))
+                return
+    finally:
+        try:
+            await sub.unsubscribe()
+        except Exception:
+            pass

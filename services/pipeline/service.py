@@ -1,0 +1,153 @@
+"""pipeline: probe at upload (request-reply), fan-out of the rendition ladder, fan-in to ready.
+
+Every step is idempotent: the job is created once (KV create), tasks and terminal events
+carry stable `Nats-Msg-Id`s, and task results are folded into the job with compare-and-set.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import tempfile
+
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
+
+from shared import topology
+from shared.bus import Bus
+from shared.consumer import Delivery, Retry
+from shared.contracts import (
+    ErrorInfo,
+    Event,
+    ExtractThumbnail,
+    ProbeSource,
+    Probed,
+    RenditionTranscoded,
+    TaskFailed,
+    ThumbnailExtracted,
+    TranscodeRendition,
+    VideoDeleted,
+    VideoFailed,
+    VideoPlanned,
+    VideoReady,
+    VideoUploaded,
+)
+from shared.service import Service
+
+from . import jobs
+from .ladder import plan_ladder
+from .probe import ProbeError, probe
+
+service = Service("pipeline", "Probe uploads, fan out renditions and a thumbnail, fan in")
+
+CAS_ATTEMPTS = 20
+
+
+@service.endpoint(topology.RPC_PIPELINE_PROBE, ProbeSource, concurrency=2)
+async def probe_source(req: ProbeSource, bus: Bus) -> Probed:
+    """Probe a stored upload; refusals are data (Probed.error), not transport errors."""
+    settings = bus.settings
+    with tempfile.TemporaryDirectory(prefix="vidmesh-probe-", dir=settings.tmp_dir) as tmp:
+        path = os.path.join(tmp, "source")
+        try:
+            await bus.media.download(req.object, path)
+        except FileNotFoundError:
+            return Probed(error=ErrorInfo(code="not_found", message="the upload is not in the object store"))
+        try:
+            source = await asyncio.to_thread(
+                probe,
+                path,
+                max_width=settings.max_width,
+                max_height=settings.max_height,
+                max_duration_s=settings.max_duration_s,
+            )
+        except ProbeError as exc:
+            return Probed(error=ErrorInfo(code=exc.code, message=exc.message))
+    return Probed(source=source)
+
+
+@service.consumer(topology.PIPELINE_EVENTS, Event)
+async def on_event(event, delivery: Delivery) -> None:
+    bus = delivery.bus
+    if isinstance(event, VideoUploaded):
+        await fan_out(bus, event)
+    elif isinstance(event, RenditionTranscoded):
+        await fan_in(bus, event, lambda job: jobs.task_done(job, jobs.transcode_task(event.rendition), event.object))
+    elif isinstance(event, ThumbnailExtracted):
+        await fan_in(bus, event, lambda job: jobs.task_done(job, jobs.THUMBNAIL_TASK, event.object))
+    elif isinstance(event, TaskFailed):
+        await fan_in(bus, event, lambda job: jobs.task_failed(job, event.task, event.error))
+    elif isinstance(event, VideoDeleted):
+        await fan_in(bus, event, jobs.deleted)
+
+
+async def fan_out(bus: Bus, event: VideoUploaded) -> None:
+    source = event.source
+    renditions = plan_ladder(source.width, source.height)
+    job = jobs.new_job(event.video_id, event.tenant, event.object, renditions)
+    kv = await bus.kv(topology.KV_JOBS)
+    key = topology.state_key(event.tenant, event.video_id)
+    try:
+        await kv.create(key, jobs.job_encoder.encode(job))
+    except KeyWrongLastSequenceError:
+        job = jobs.job_decoder.decode((await kv.get(key)).value)  # redelivery: job exists
+    if job.status != "processing":
+        return
+    for spec in job.renditions:
+        task = TranscodeRendition(
+            video_id=event.video_id,
+            tenant=event.tenant,
+            source=event.object,
+            rendition=spec,
+            duration=source.duration,
+            rotation=source.rotation,
+        )
+        await bus.publish(task, msg_id=f"{event.video_id}:transcode:{spec.name}")
+    thumb = ExtractThumbnail(video_id=event.video_id, tenant=event.tenant, source=event.object)
+    await bus.publish(thumb, msg_id=f"{event.video_id}:thumbnail")
+    planned = VideoPlanned(video_id=event.video_id, tenant=event.tenant, renditions=job.renditions)
+    await bus.publish(planned, msg_id=f"{event.video_id}:planned")
+
+
+async def fan_in(bus: Bus, event, change) -> None:
+    """Fold a task outcome into the job (CAS), then announce a terminal state if reached."""
+    kv = await bus.kv(topology.KV_JOBS)
+    key = topology.state_key(event.tenant, event.video_id)
+    for _ in range(CAS_ATTEMPTS):
+        try:
+            entry = await kv.get(key)
+        except KeyNotFoundError:
+            if isinstance(event, VideoDeleted):
+                # Deleted before its job existed: leave a tombstone so a late upload is not run.
+                tomb = jobs.Job(video_id=event.video_id, tenant=event.tenant, source="", renditions=[], tasks={})
+                try:
+                    await kv.create(key, jobs.job_encoder.encode(jobs.deleted(tomb)))
+                except KeyWrongLastSequenceError:
+                    continue
+                return
+            raise Retry(f"no job for {key} yet", delay=2.0)
+        job = jobs.job_decoder.decode(entry.value)
+        new = change(job)
+        if new != job:
+            try:
+                await kv.update(key, jobs.job_encoder.encode(new), last=entry.revision)
+            except KeyWrongLastSequenceError:
+                continue
+        await _announce(bus, new, event)
+        return
+    raise Retry(f"contention on {key}")
+
+
+async def _announce(bus: Bus, job: jobs.Job, event) -> None:
+    # Re-announcing on redelivery is safe: the msg-id makes JetStream drop the duplicate.
+    if job.status == "ready":
+        await bus.publish(VideoReady(video_id=job.video_id, tenant=job.tenant), msg_id=f"{job.video_id}:ready")
+    elif job.status == "failed" and job.error is not None:
+        failed = VideoFailed(video_id=job.video_id, tenant=job.tenant, error=job.error)
+        await bus.publish(failed, msg_id=f"{job.video_id}:failed")
+    elif job.status == "deleted":
+        # Media written by tasks that finished after the delete would otherwise be orphaned.
+        for name in job.outputs:
+            await bus.media.delete(name)
+        output = getattr(event, "object", None)
+        if output and not isinstance(event, VideoUploaded):
+            await bus.media.delete(output)

@@ -1,0 +1,45 @@
+"""thumbnailer: the first frame of a video as a JPEG, pulled from the TASKS_THUMBNAIL queue."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import tempfile
+
+from shared import topology
+from shared.consumer import Delivery, Poison
+from shared.contracts import ErrorInfo, ExtractThumbnail, TaskFailed, ThumbnailExtracted
+from shared.service import Service
+
+from .snapshot import MediaError, first_frame_jpeg
+
+service = Service("thumbnailer", "Extract the first frame as a JPEG thumbnail")
+
+
+async def report_failure(task: ExtractThumbnail, delivery: Delivery, exc: Exception) -> None:
+    code = exc.code if isinstance(exc, Poison) else "retries_exhausted"
+    failed = TaskFailed(
+        video_id=task.video_id, tenant=task.tenant, task="thumbnail", error=ErrorInfo(code=code, message=f"thumbnail: {exc}")
+    )
+    await delivery.bus.publish(failed, msg_id=f"{task.video_id}:thumbnail:failed")
+
+
+@service.consumer(topology.THUMBNAIL_TASKS, ExtractThumbnail, on_exhausted=report_failure)
+async def extract_thumbnail(task: ExtractThumbnail, delivery: Delivery) -> None:
+    bus = delivery.bus
+    with tempfile.TemporaryDirectory(prefix="vidmesh-thumb-", dir=bus.settings.tmp_dir) as tmp:
+        src, dst = os.path.join(tmp, "source"), os.path.join(tmp, "thumbnail.jpg")
+        try:
+            await bus.media.download(task.source, src)
+        except FileNotFoundError:
+            raise Poison("source_missing", "the upload is no longer in the object store") from None
+        try:
+            width, height = await asyncio.to_thread(first_frame_jpeg, src, dst, max_width=task.max_width)
+        except MediaError as exc:
+            raise Poison(exc.code, exc.message) from None
+        key = topology.thumbnail_key(task.tenant, task.video_id)
+        info = await bus.media.put_file(key, dst)
+    done = ThumbnailExtracted(
+        video_id=task.video_id, tenant=task.tenant, object=key, width=width, height=height, size=info.size
+    )
+    await bus.publish(done, msg_id=f"{task.video_id}:thumbnail:done")

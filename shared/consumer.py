@@ -1,0 +1,239 @@
+"""The pull-consumer loop, with the delivery rules of the design guide.
+
+- ack only after the handler returned (its side effects are durable);
+- `Retry` or any unexpected exception: nak with a growing delay, until max_deliver;
+- `Poison` or an undecodable payload: term at once, and record the message and the reason
+  in the dead-letter stream (its headers, trace context included, travel along);
+- while a handler runs, `in_progress()` heartbeats keep the message from being redelivered,
+  so ack_wait stays short and a crashed worker's task comes back quickly;
+- on shutdown: stop fetching, let the messages in hand finish within a bound, nak the rest.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+import msgspec
+from nats.aio.msg import Msg
+from nats.errors import TimeoutError as NatsTimeout
+from opentelemetry import trace
+from prometheus_client import Counter, Histogram
+
+from . import contracts, telemetry, topology
+from .topology import ConsumerSpec
+
+log = logging.getLogger("vidmesh.consumer")
+
+PROCESSED = Counter("vidmesh_messages_total", "Messages handled by outcome", ["consumer", "outcome"])
+DURATION = Histogram(
+    "vidmesh_message_seconds",
+    "Handler duration",
+    ["consumer"],
+    buckets=(0.005, 0.02, 0.1, 0.5, 1, 2, 5, 10, 30, 60, 120, 300),
+)
+
+
+class Retry(Exception):
+    """A retryable failure: the message comes back after a delay."""
+
+    def __init__(self, reason: str, delay: float | None = None):
+        super().__init__(reason)
+        self.delay = delay
+
+
+class Poison(Exception):
+    """The message can never succeed (bad input): terminated and recorded, never retried."""
+
+    def __init__(self, code: str, reason: str):
+        super().__init__(f"{code}: {reason}")
+        self.code = code
+        self.reason = reason
+
+
+@dataclass
+class Delivery:
+    """What a handler knows about the message in hand, besides its payload."""
+
+    msg: Msg
+    bus: object
+    spec: ConsumerSpec
+    max_deliver: int
+    stopping: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @property
+    def attempt(self) -> int:
+        return self.msg.metadata.num_delivered
+
+    @property
+    def last_attempt(self) -> bool:
+        return self.attempt >= self.max_deliver
+
+    @property
+    def subject(self) -> str:
+        return self.msg.subject
+
+
+Handler = Callable[[object, Delivery], Awaitable[None]]
+
+
+def backoff(attempt: int, base: float = 1.0, cap: float = 60.0) -> float:
+    return min(cap, base * 2 ** max(0, attempt - 1))
+
+
+async def dead_letter(bus, msg: Msg, spec: ConsumerSpec, reason: str) -> None:
+    """Keep a copy of a message that will not be processed, with why, for `vidmesh dlq`."""
+    headers = {k: v for k, v in (msg.headers or {}).items() if k != "Nats-Msg-Id"}
+    meta = msg.metadata
+    headers.update(
+        {
+            "Vidmesh-Dead-Reason": reason[:500],
+            "Vidmesh-Dead-Subject": msg.subject,
+            "Vidmesh-Dead-Stream": spec.stream,
+            "Vidmesh-Dead-Consumer": spec.durable,
+            "Vidmesh-Dead-Stream-Seq": str(meta.sequence.stream),
+            "Vidmesh-Dead-Deliveries": str(meta.num_delivered),
+            "Nats-Msg-Id": f"dead:{spec.stream}:{meta.sequence.stream}",
+        }
+    )
+    subject = f"{topology.DEADLETTER_SUBJECT}.{spec.stream}.{spec.durable}"
+    await bus.js.publish(subject, msg.data, headers=headers)
+
+
+class ConsumerLoop:
+    def __init__(
+        self,
+        bus,
+        spec: ConsumerSpec,
+        kind,
+        handler: Handler,
+        *,
+        concurrency: int = 1,
+        max_deliver: int | None = None,
+        ack_wait_s: float | None = None,
+        on_exhausted: Callable[[object, Delivery, str], Awaitable[None]] | None = None,
+    ):
+        self.bus = bus
+        self.spec = spec
+        self.decoder = contracts.decoder(kind)
+        self.handler = handler
+        self.concurrency = concurrency
+        self.max_deliver = max_deliver or spec.max_deliver
+        self.heartbeat_s = max(1.0, (ack_wait_s or spec.ack_wait_s) / 3)
+        self.on_exhausted = on_exhausted
+        self.stopping = asyncio.Event()
+        self.inflight: set[asyncio.Task] = set()
+
+    async def run(self) -> None:
+        sub = await self.bus.js.pull_subscribe_bind(self.spec.durable, self.spec.stream)
+        while not self.stopping.is_set():
+            free = self.concurrency - len(self.inflight)
+            if free <= 0:
+                await asyncio.wait(self.inflight, return_when=asyncio.FIRST_COMPLETED)
+                continue
+            try:
+                msgs = await sub.fetch(free, timeout=1.0)
+            except (NatsTimeout, asyncio.TimeoutError):
+                continue
+            except Exception as exc:  # disconnected, server restarting: keep trying
+                log.warning("fetch from %s failed: %s", self.spec.durable, exc)
+                await asyncio.sleep(0.5)
+                continue
+            for msg in msgs:
+                task = asyncio.create_task(self._process(msg))
+                self.inflight.add(task)
+                task.add_done_callback(self.inflight.discard)
+
+    async def stop(self, timeout: float) -> None:
+        """Stop fetching; give in-flight messages `timeout` seconds, then nak what is left."""
+        self.stopping.set()
+        if self.inflight:
+            done, pending = await asyncio.wait(set(self.inflight), timeout=timeout)
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.wait(pending, timeout=5)
+
+    async def _process(self, msg: Msg) -> None:
+        delivery = Delivery(msg, self.bus, self.spec, self.max_deliver, self.stopping)
+        parent = telemetry.extract(msg.headers)
+        prefix = msg.subject.rsplit(".", 2)[0]
+        with telemetry.tracer.start_as_current_span(
+            f"process {prefix}",
+            context=parent,
+            kind=trace.SpanKind.CONSUMER,
+            attributes=telemetry.messaging_attributes(
+                "process",
+                msg.subject,
+                **{
+                    "messaging.consumer.group.name": self.spec.durable,
+                    "messaging.message.id": (msg.headers or {}).get("Nats-Msg-Id"),
+                    "messaging.message.delivery_count": msg.metadata.num_delivered,
+                },
+            ),
+        ) as span:
+            outcome = await self._handle(msg, delivery, span)
+            PROCESSED.labels(self.spec.durable, outcome).inc()
+
+    async def _handle(self, msg: Msg, delivery: Delivery, span) -> str:
+        try:
+            payload = self.decoder.decode(msg.data)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            return await self._poison(msg, span, f"undecodable: {exc}")
+        tenant, video_id = getattr(payload, "tenant", None), getattr(payload, "video_id", None)
+        if video_id:
+            span.set_attribute("vidmesh.video.id", video_id)
+            span.set_attribute("vidmesh.tenant", tenant)
+        heartbeat = asyncio.create_task(self._heartbeat(msg))
+        started = time.perf_counter()
+        try:
+            await self.handler(payload, delivery)
+        except asyncio.CancelledError:
+            await _quietly(msg.nak())  # shutdown: hand it to another replica now
+            raise
+        except Poison as exc:
+            if self.on_exhausted:
+                await self.on_exhausted(payload, delivery, exc)
+            return await self._poison(msg, span, str(exc))
+        except Exception as exc:
+            retry = isinstance(exc, Retry)
+            if not retry:
+                log.exception("handler %s failed on %s", self.spec.durable, msg.subject)
+            if delivery.last_attempt:
+                span.add_event("dead-lettered", {"reason": str(exc)})
+                if self.on_exhausted:
+                    await self.on_exhausted(payload, delivery, exc)
+                await dead_letter(self.bus, msg, self.spec, f"retries exhausted: {exc}")
+                await msg.term()
+                return "exhausted"
+            delay = exc.delay if retry and exc.delay is not None else backoff(delivery.attempt)
+            span.add_event("retry", {"reason": str(exc), "delay_s": delay})
+            await msg.nak(delay=delay)
+            return "retried"
+        finally:
+            heartbeat.cancel()
+            DURATION.labels(self.spec.durable).observe(time.perf_counter() - started)
+        await msg.ack()
+        return "ok"
+
+    async def _poison(self, msg: Msg, span, reason: str) -> str:
+        log.warning("terminating %s on %s: %s", self.spec.durable, msg.subject, reason)
+        span.add_event("dead-lettered", {"reason": reason})
+        await dead_letter(self.bus, msg, self.spec, reason)
+        await msg.term()
+        return "poison"
+
+    async def _heartbeat(self, msg: Msg) -> None:
+        while True:
+            await asyncio.sleep(self.heartbeat_s)
+            await _quietly(msg.in_progress())
+
+
+async def _quietly(coro) -> None:
+    try:
+        await coro
+    except Exception:
+        pass

@@ -1,0 +1,284 @@
+"""The shell every service runs in: a FastAPI app plus its NATS endpoints and consumers.
+
+A service module declares its handlers with decorators that return the function unchanged
+(plain coroutines, callable directly in tests):
+
+    service = Service("catalog", "State of every video")
+
+    @service.endpoint(topology.RPC_CATALOG_GET, GetVideo)
+    async def get_video(req: GetVideo, bus: Bus) -> Video: ...
+
+    @service.consumer(topology.CATALOG_EVENTS, Event)
+    async def on_event(event, delivery: Delivery) -> None: ...
+
+`service.app()` builds the FastAPI app: /healthz, /readyz (NATS connected and topology
+ensured), /metrics, and the service's own routes. Connecting happens in the background
+after start-up, so /healthz answers while NATS is still coming up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import time
+from collections.abc import Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+import msgspec
+from fastapi import APIRouter, FastAPI, Response
+from fastapi.responses import JSONResponse
+from nats.micro import add_service
+from nats.micro.request import Request, ServiceError
+from opentelemetry import trace
+from prometheus_client import CONTENT_TYPE_LATEST, Histogram, generate_latest
+
+from . import config, contracts, telemetry, topology
+from .bus import Bus, RpcError
+from .consumer import ConsumerLoop
+
+log = logging.getLogger("vidmesh.service")
+
+RPC_SECONDS = Histogram(
+    "vidmesh_rpc_server_seconds",
+    "Request-reply handling time",
+    ["subject", "outcome"],
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1, 5),
+)
+
+
+@dataclass
+class _Endpoint:
+    subject: str
+    kind: type
+    handler: Callable
+    concurrency: int
+
+
+@dataclass
+class _Consumer:
+    spec: topology.ConsumerSpec
+    kind: object
+    handler: Callable
+    concurrency: int | None
+    on_exhausted: Callable | None
+
+
+class Service:
+    def __init__(self, name: str, description: str, version: str = "0.1.0"):
+        self.name = name
+        self.description = description
+        self.version = version
+        self.settings: config.Settings | None = None
+        self.bus: Bus | None = None
+        self.ready = False
+        self._endpoints: list[_Endpoint] = []
+        self._consumers: list[_Consumer] = []
+        self._startup: list[Callable[[Bus], Awaitable[None]]] = []
+        self._loops: list[ConsumerLoop] = []
+        self._tasks: list[asyncio.Task] = []
+        self._micro = None
+        self._app_hooks: list[Callable[[FastAPI], None]] = []
+        self.http = APIRouter()  # the service's own routes, if it has any
+
+    # --- declaration ---------------------------------------------------------------------
+
+    def endpoint(self, subject: str, kind: type, *, concurrency: int = 8):
+        def register(fn):
+            self._endpoints.append(_Endpoint(subject, kind, fn, concurrency))
+            return fn
+
+        return register
+
+    def consumer(self, spec: topology.ConsumerSpec, kind, *, concurrency: int | None = None, on_exhausted=None):
+        def register(fn):
+            self._consumers.append(_Consumer(spec, kind, fn, concurrency, on_exhausted))
+            return fn
+
+        return register
+
+    def configure_app(self, fn):
+        """Called with the FastAPI app when it is built (exception handlers, middleware)."""
+        self._app_hooks.append(fn)
+        return fn
+
+    def on_startup(self, fn):
+        """Run after NATS is connected and the topology ensured, before readiness."""
+        self._startup.append(fn)
+        return fn
+
+    # --- running -------------------------------------------------------------------------
+
+    def app(self, settings: config.Settings | None = None) -> FastAPI:
+        service = self
+
+        @asynccontextmanager
+        async def lifespan(app: FastAPI):
+            service.settings = settings or config.load()
+            telemetry.setup(service.name)
+            starter = asyncio.create_task(service._start_logged())
+            try:
+                yield
+            finally:
+                starter.cancel()
+                await service.stop()
+
+        app = FastAPI(title=f"vidmesh {self.name}", description=self.description, version=self.version, lifespan=lifespan)
+
+        @app.get("/healthz", include_in_schema=False)
+        async def healthz():
+            return {"status": "ok", "service": self.name}
+
+        @app.get("/readyz", include_in_schema=False)
+        async def readyz():
+            connected = bool(self.bus and self.bus.nc.is_connected)
+            ok = self.ready and connected
+            body = {"ready": ok, "nats_connected": connected, "topology": self.ready}
+            return JSONResponse(body, status_code=200 if ok else 503)
+
+        @app.get("/metrics", include_in_schema=False)
+        async def metrics():
+            return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+        app.include_router(self.http)
+        for hook in self._app_hooks:
+            hook(app)
+        try:
+            from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
+
+            FastAPIInstrumentor.instrument_app(app, excluded_urls="healthz,readyz,metrics")
+        except ImportError:  # pragma: no cover - the package is a dependency
+            pass
+        return app
+
+    async def _start_logged(self) -> None:
+        try:
+            await self._start()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("%s failed to start", self.name)
+            raise
+
+    async def _start(self) -> None:
+        settings = self.settings
+        delay = 0.2
+        while True:  # NATS may not be up yet (containers start in any order)
+            try:
+                self.bus = await Bus.connect(settings, self.name)
+                break
+            except Exception as exc:
+                log.warning("cannot reach NATS yet (%s); retrying in %.1fs", exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+        while True:
+            try:
+                await topology.ensure(self.bus.js, settings)
+                break
+            except Exception as exc:
+                log.warning("topology not ensured yet (%s); retrying", exc)
+                await asyncio.sleep(1.0)
+        for hook in self._startup:
+            await hook(self.bus)
+        if self._endpoints:
+            await self._start_endpoints()
+        for c in self._consumers:
+            is_task = c.spec.stream in (topology.TASKS_TRANSCODE, topology.TASKS_THUMBNAIL)
+            loop = ConsumerLoop(
+                self.bus,
+                c.spec,
+                c.kind,
+                c.handler,
+                concurrency=c.concurrency or (settings.worker_concurrency if is_task else 16),
+                max_deliver=settings.task_max_deliver if is_task else None,
+                ack_wait_s=settings.task_ack_wait_s if is_task else None,
+                on_exhausted=c.on_exhausted,
+            )
+            self._loops.append(loop)
+            self._tasks.append(asyncio.create_task(loop.run(), name=f"consume-{c.spec.durable}"))
+        self.ready = True
+        log.info("%s ready", self.name)
+
+    async def _start_endpoints(self) -> None:
+        self._micro = await add_service(
+            self.bus.nc, name=f"vidmesh-{self.name}", version=self.version, description=self.description
+        )
+        for ep in self._endpoints:
+            # nats-py runs one subscription's callbacks one after another; several queue
+            # subscribers on the same subject give an endpoint real concurrency.
+            for _ in range(ep.concurrency):
+                await self._micro.add_endpoint(
+                    name=ep.subject.replace(".", "_"), subject=ep.subject, handler=self._rpc_handler(ep)
+                )
+
+    def _rpc_handler(self, ep: _Endpoint):
+        decoder = contracts.decoder(ep.kind)
+
+        async def handle(request: Request) -> None:
+            started = time.perf_counter()
+            outcome = "ok"
+            with telemetry.tracer.start_as_current_span(
+                f"process {ep.subject}",
+                context=telemetry.extract(request.headers),
+                kind=trace.SpanKind.SERVER,
+                attributes=telemetry.messaging_attributes("process", ep.subject),
+            ):
+                try:
+                    req = decoder.decode(request.data)
+                    reply = await ep.handler(req, self.bus)
+                    await request.respond(contracts.encode(reply))
+                except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+                    outcome = "bad_request"
+                    raise ServiceError("bad_request", str(exc)) from None
+                except RpcError as exc:
+                    outcome = exc.code
+                    raise ServiceError(exc.code, exc.message) from None
+                finally:
+                    RPC_SECONDS.labels(ep.subject, outcome).observe(time.perf_counter() - started)
+
+        return handle
+
+    async def stop(self) -> None:
+        """Graceful drain: stop pulling, finish or nak what is in hand, close NATS."""
+        self.ready = False
+        timeout = self.settings.drain_timeout_s if self.settings else 20.0
+        await asyncio.gather(*(loop.stop(timeout) for loop in self._loops), return_exceptions=True)
+        for task in self._tasks:
+            task.cancel()
+        if self._micro is not None:
+            try:
+                await self._micro.stop()
+            except Exception:
+                pass
+        if self.bus is not None:
+            await self.bus.close()
+        telemetry.shutdown()
+
+
+def run(service: Service, app: FastAPI | None = None) -> None:
+    """Serve one service until SIGTERM/SIGINT (uvicorn turns both into a graceful stop)."""
+    import uvicorn
+
+    settings = config.load()
+    logging.basicConfig(
+        level=settings.log_level,
+        format=f"%(asctime)s %(levelname)s {service.name} %(name)s trace=%(trace_id)s %(message)s",
+    )
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(telemetry.TraceIdFilter())
+    server = uvicorn.Server(
+        uvicorn.Config(
+            app or service.app(settings),
+            host=settings.http_host,
+            port=settings.http_port,
+            log_level="warning",
+            timeout_graceful_shutdown=5,
+            access_log=False,
+        )
+    )
+    # uvicorn re-raises a captured SIGTERM/SIGINT after its graceful shutdown, through the
+    # handlers that were installed before it; these make a drained service exit 0.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: None)
+    server.run()
