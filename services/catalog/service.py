@@ -13,7 +13,7 @@ from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NotFound
 from shared import topology
 from shared.bus import Bus, RpcError
 from shared.consumer import Delivery, Retry
-from shared.contracts import DeleteVideo, Event, GetVideo, ListVideos, Video, VideoDeleted, VideoPage, VideoUploaded, decoder
+from shared.contracts import DeleteVideo, Event, GetVideo, ListVideos, Video, VideoDeleted, VideoPage, VideoUploaded, decoder, encode
 from shared.service import Service
 
 from .projection import VideoRecord, apply, record_decoder, record_encoder, to_view
@@ -89,6 +89,19 @@ async def delete_video(req: DeleteVideo, bus: Bus) -> Video:
     for name in record.objects():
         await bus.media.delete(name)
     return to_view(record)
+
+
+@service.http.get("/internal/videos/{tenant}/{video_id}", include_in_schema=False)
+async def get_video_http(tenant: str, video_id: str):
+    """The same answer as catalog.rpc.get over plain HTTP: the baseline `make bench` compares
+    request-reply against. Not exposed outside the mesh (the gateway is the only door)."""
+    from fastapi.responses import JSONResponse, Response
+
+    try:
+        video = await get_video(GetVideo(tenant=tenant, video_id=video_id), service.bus)
+    except RpcError as exc:
+        return JSONResponse({"code": exc.code, "message": exc.message}, status_code=404)
+    return Response(encode(video), media_type="application/json")
 
 
 async def _record(bus: Bus, tenant: str, video_id: str) -> VideoRecord:
