@@ -13,7 +13,7 @@ import threading
 import time
 
 from shared import topology
-from shared.consumer import Delivery, Poison
+from shared.consumer import Delivery, Poison, Retry
 from shared.contracts import ErrorInfo, RenditionProgress, RenditionTranscoded, TaskFailed, TranscodeRendition
 from shared.service import Service
 
@@ -76,9 +76,9 @@ async def transcode_rendition(task: TranscodeRendition, delivery: Delivery) -> N
             stop.set()  # shutdown: let the encoder thread notice and end
             raise
         except MediaError as exc:
-            raise Poison(exc.code, exc.message) from None
-        except Cancelled:
-            raise
+            if exc.code == "bad_media":
+                raise Poison(exc.code, exc.message) from None
+            raise Retry(f"{exc.code}: {exc.message}") from None  # output side (disk, muxer)
         key = topology.rendition_key(task.tenant, task.video_id, spec.name)
         info = await bus.media.put_file(key, dst)
     done = RenditionTranscoded(

@@ -1,0 +1,160 @@
+"""Probe an upload: is it a video we accept, and what does it look like when displayed?
+
+Pure PyAV: no bus, no HTTP. Every failure is a ProbeError with a stable code the
+pipeline can put on the wire.
+"""
+
+from __future__ import annotations
+
+import os
+from fractions import Fraction
+
+import av
+
+from shared.contracts import SourceInfo
+
+# Demuxers that open files which are not videos: ANSI/text art ("tty" takes any .txt)
+# and still images. Image pipes ("png_pipe", "jpeg_pipe", ...) are matched by suffix.
+_NOT_VIDEO_FORMATS = {"tty", "bin", "xbin", "adf", "idf", "image2"}
+# Bounded work: a real video yields its first frame within a few packets.
+_MAX_PACKETS = 600
+
+
+class ProbeError(Exception):
+    """code: not_media | no_video_stream | too_large | too_long | unreadable."""
+
+    def __init__(self, code: str, message: str):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+def probe(
+    path: str,
+    *,
+    max_width: int = 4096,
+    max_height: int = 4096,
+    max_duration_s: float = 10800.0,
+) -> SourceInfo:
+    size = os.path.getsize(path)  # a missing file is the caller's bug: let OSError out
+    if size == 0:
+        raise ProbeError("not_media", "the file is empty")
+    try:
+        # Only local files: playlists/SDP in an upload must not reach the network.
+        container = av.open(
+            path, container_options={"protocol_whitelist": "file"}, metadata_errors="replace"
+        )
+    except av.error.FFmpegError as e:
+        raise ProbeError("not_media", f"not a media file ({e.strerror or e})") from None
+    with container:
+        try:
+            return _inspect(container, size, max_width, max_height, max_duration_s)
+        except av.error.FFmpegError as e:
+            raise ProbeError("unreadable", f"the video cannot be decoded ({e.strerror or e})") from None
+
+
+def _inspect(container, size, max_width, max_height, max_duration_s) -> SourceInfo:
+    fmt = container.format.name
+    if fmt in _NOT_VIDEO_FORMATS or fmt.endswith("_pipe"):
+        raise ProbeError("not_media", f"not a video (detected {fmt})")
+    video = next((s for s in container.streams.video if _is_moving_picture(s)), None)
+    if video is None:
+        if not container.streams.audio:  # e.g. a text file read as subtitles
+            raise ProbeError("not_media", f"not a video (detected {fmt} without audio or video)")
+        raise ProbeError("no_video_stream", "the file has no video stream")
+    ctx = video.codec_context
+    if not ctx.width or not ctx.height:
+        raise ProbeError("no_video_stream", "the video stream has no picture size")
+
+    duration = _duration(container, video)
+    if duration is not None and duration > max_duration_s:
+        raise ProbeError("too_long", f"duration {duration:.0f} s is over the limit of {max_duration_s:.0f} s")
+    # Check the declared size before decoding, so a huge frame is never allocated. The
+    # rotation is only known from a frame, so here either orientation may pass.
+    declared = displayed_size(ctx.width, ctx.height, _sar(video), 0)
+    if not _fits(declared, max_width, max_height):
+        _check_size(declared[::-1], max_width, max_height)
+
+    frame = _first_frame(container, video)
+    if frame is None or not frame.width or not frame.height:
+        raise ProbeError("unreadable", "no video frame could be decoded")
+    rotation = rotation_of(frame)
+    width, height = displayed_size(frame.width, frame.height, _sar(video), rotation)
+    _check_size((width, height), max_width, max_height)
+
+    audio = container.streams.audio[0] if container.streams.audio else None
+    rate = video.average_rate or video.guessed_rate
+    return SourceInfo(
+        size=size,
+        container=fmt,
+        duration=duration,
+        width=width,
+        height=height,
+        fps=float(rate) if rate else None,
+        video_codec=ctx.name,
+        audio_codec=audio.codec_context.name if audio is not None else None,
+        rotation=rotation,
+    )
+
+
+def rotation_of(frame: av.VideoFrame) -> int:
+    """Degrees clockwise to turn a decoded frame upright (0/90/180/270).
+
+    PyAV reports the display matrix angle counter-clockwise; ffmpeg turns -90 into
+    transpose=clock, so the clockwise angle is its negation.
+    """
+    return (-round(frame.rotation / 90) * 90) % 360
+
+
+def displayed_size(width: int, height: int, sar: Fraction, rotation: int) -> tuple[int, int]:
+    """Frame size as a player shows it: pixels stretched by SAR, then turned; even."""
+    w, h = width * sar, height
+    if rotation in (90, 270):
+        w, h = h, w
+    return _even(w), _even(h)
+
+
+def _even(x) -> int:
+    # Round down: 4:2:0 video needs even sizes, and we never invent pixels.
+    return max(2, int(x) // 2 * 2)
+
+
+def _fits(size: tuple[int, int], max_width: int, max_height: int) -> bool:
+    return size[0] <= max_width and size[1] <= max_height
+
+
+def _check_size(size: tuple[int, int], max_width: int, max_height: int) -> None:
+    if not _fits(size, max_width, max_height):
+        raise ProbeError(
+            "too_large", f"{size[0]}x{size[1]} is over the limit of {max_width}x{max_height}"
+        )
+
+
+def _is_moving_picture(stream) -> bool:
+    # Cover art in music files shows up as a one-picture video stream.
+    return not stream.disposition & av.stream.Disposition.attached_pic
+
+
+def _sar(stream) -> Fraction:
+    """Sample aspect ratio the way ffmpeg guesses it: the container's, else the codec's."""
+    for sar in (stream.sample_aspect_ratio, stream.codec_context.sample_aspect_ratio):
+        if sar and sar > 0:
+            return Fraction(sar)
+    return Fraction(1)
+
+
+def _duration(container, stream) -> float | None:
+    if container.duration and container.duration > 0:
+        return container.duration / av.time_base
+    if stream.duration and stream.time_base:
+        return float(stream.duration * stream.time_base)
+    return None
+
+
+def _first_frame(container, stream):
+    for n, packet in enumerate(container.demux(stream)):
+        for frame in packet.decode():
+            return frame
+        if n >= _MAX_PACKETS:
+            break
+    return None
