@@ -78,9 +78,8 @@ class MediaStore:
             await asyncio.gather(*pending)
             return await self._commit(name, nuid, total, count, digest, headers)
         except BaseException:
-            for fut in pending:
-                fut.cancel()
-            await asyncio.shield(self._purge(chunk_subject))
+            # Let the chunks already sent land before purging, or they would outlive the purge.
+            await asyncio.shield(self._abandon(pending, chunk_subject))
             raise
 
     async def put_file(self, name: str, path: str | os.PathLike, *, headers: dict | None = None) -> api.ObjectInfo:
@@ -106,6 +105,10 @@ class MediaStore:
             # A redelivered task overwrote the object: drop the old chunks.
             await self._purge(OBJ_CHUNKS_PRE_TEMPLATE.format(bucket=self.bucket, obj=previous.nuid))
         return info
+
+    async def _abandon(self, pending: list, chunk_subject: str) -> None:
+        await asyncio.wait_for(asyncio.gather(*pending, return_exceptions=True), timeout=10)
+        await self._purge(chunk_subject)
 
     async def _purge(self, chunk_subject: str) -> None:
         try:
