@@ -16,10 +16,12 @@ from nats.aio.client import Client
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
 from nats.js import JetStreamContext
+from nats.js.errors import NotFoundError
 from opentelemetry import trace
 
 from . import contracts, telemetry, topology
 from .config import Settings
+from .contracts import VideoDeleted, VideoFailed
 
 log = logging.getLogger("vidmesh.bus")
 
@@ -48,7 +50,8 @@ class Bus:
     @classmethod
     async def connect(cls, settings: Settings, service: str, url: str | None = None) -> "Bus":
         async def disconnected():
-            log.warning("nats disconnected")
+            if not nc.is_closed:  # an intended close is not news
+                log.warning("nats disconnected")
 
         async def reconnected():
             log.warning("nats reconnected")
@@ -56,8 +59,9 @@ class Bus:
         async def error(exc):
             log.warning("nats error: %s", exc)
 
+        servers = (url or settings.nats_url or f"nats://127.0.0.1:{settings.nats_port}").split(",")
         nc = await nats.connect(
-            url or settings.nats_url or f"nats://127.0.0.1:{settings.nats_port}",
+            [s.strip() for s in servers if s.strip()],  # a cluster: every seed URL
             name=f"vidmesh-{service}",
             user=settings.nats_user,
             password=settings.nats_password,
@@ -122,6 +126,21 @@ class Bus:
             if ERROR_CODE_HEADER in headers:
                 raise RpcError(headers[ERROR_CODE_HEADER], headers.get(ERROR_HEADER, ""))
             return contracts.decoder(reply_type).decode(reply.data)
+
+    async def video_stopped(self, tenant: str, video_id: str) -> str | None:
+        """`deleted` or `failed` once a video no longer needs its tasks, else None.
+
+        Asked of the events stream (the facts every service may read) with Direct Get,
+        so workers can drop or abandon a task of a deleted video within a second.
+        """
+        for outcome, message in (("deleted", VideoDeleted), ("failed", VideoFailed)):
+            subject = f"{topology.SUBJECTS[message]}.{tenant}.{video_id}"
+            try:
+                await self.js.get_last_msg(topology.EVENTS, subject, direct=True)
+                return outcome
+            except NotFoundError:
+                continue
+        return None
 
     async def close(self) -> None:
         # The consumer loops have already finished or nak'ed their messages, so a plain

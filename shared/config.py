@@ -39,6 +39,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     worker_concurrency: int = 1
     drain_timeout_s: float = 20.0
     transcoder_procs: int = 2  # `vidmesh up` only: competing transcoder processes
+    max_backlog: int = 200  # transcode tasks waiting before uploads get 429
+    retry_after_s: int = 5
 
 
 def _int(env: dict, name: str, default: int) -> int:
@@ -112,4 +114,6 @@ def load(env: dict | None = None) -> Settings:
         worker_concurrency=_int(env, "VIDMESH_WORKER_CONCURRENCY", 1),
         drain_timeout_s=_float(env, "VIDMESH_DRAIN_TIMEOUT_S", 20.0),
         transcoder_procs=_int(env, "VIDMESH_TRANSCODER_PROCS", 2),
+        max_backlog=_int(env, "VIDMESH_MAX_BACKLOG", 200),
+        retry_after_s=_int(env, "VIDMESH_RETRY_AFTER_S", 5),
     )

@@ -103,6 +103,10 @@ class Service:
         self._app_hooks.append(fn)
         return fn
 
+    def background(self, coro) -> None:
+        """Run a coroutine for the life of the service (cancelled on stop)."""
+        self._tasks.append(asyncio.create_task(coro))
+
     def on_startup(self, fn):
         """Run after NATS is connected and the topology ensured, before readiness."""
         self._startup.append(fn)

@@ -75,6 +75,8 @@ DEADLETTER_SUBJECT = "dlq.evt"  # dlq.evt.<stream>.<consumer>
 
 KV_VIDEOS = "videos"  # catalog: the public state of every video, key <tenant>.<video_id>
 KV_JOBS = "jobs"  # pipeline: fan-in bookkeeping, key <tenant>.<video_id>
+KV_UPLOADS = "uploads"  # gateway: Idempotency-Key -> video id, kept for a day
+UPLOADS_TTL_S = 24 * 3600.0
 OBJ_MEDIA = "media"  # uploads, renditions and thumbnails
 
 
@@ -196,12 +198,14 @@ async def ensure(js, settings) -> None:
             ack_wait_s=settings.task_ack_wait_s if is_task else None,
         )
         await js.add_consumer(spec.stream, config=cfg)
-    for bucket in (KV_VIDEOS, KV_JOBS):
+    for bucket, ttl in ((KV_VIDEOS, None), (KV_JOBS, None), (KV_UPLOADS, UPLOADS_TTL_S)):
         try:
             await js.key_value(bucket)
         except BucketNotFoundError:
             await js.create_key_value(
-                api.KeyValueConfig(bucket=bucket, history=1, replicas=settings.replicas, storage=api.StorageType.FILE)
+                api.KeyValueConfig(
+                    bucket=bucket, history=1, ttl=ttl, replicas=settings.replicas, storage=api.StorageType.FILE
+                )
             )
     try:
         await js.object_store(OBJ_MEDIA)

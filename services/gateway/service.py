@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import time
+from pathlib import Path
 
 import msgspec
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
+from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from shared import topology
@@ -37,6 +39,8 @@ from shared.contracts import (
 from shared.objects import TooLarge
 from shared.service import Service
 
+from . import tokens
+from . import idempotency
 from .auth import ApiKeys
 from .media import RangeNotSatisfiable, event_name, parse_range, sse
 from .uploads import MultipartFile, accepted, new_video_id
@@ -47,6 +51,31 @@ api = service.http
 PROBE_TIMEOUT_S = 120.0
 TERMINAL_EVENTS = (VideoReady, VideoFailed, VideoDeleted)
 _keys: ApiKeys | None = None
+
+
+class Load:
+    """The transcode backlog as last seen; refreshed in the background, read per upload."""
+
+    backlog = 0
+
+
+load = Load()
+LOAD_POLL_S = 1.0
+
+
+@service.on_startup
+async def _watch_load(bus: Bus) -> None:
+    async def poll():
+        spec = topology.TRANSCODE_TASKS
+        while True:
+            try:
+                info = await bus.js.consumer_info(spec.stream, spec.durable)
+                load.backlog = info.num_pending + info.num_ack_pending
+            except Exception:
+                pass  # keep the last figure while NATS is away
+            await asyncio.sleep(LOAD_POLL_S)
+
+    service.background(poll())
 
 
 class ApiError(Exception):
@@ -94,6 +123,21 @@ def authenticate(request: Request) -> str:
     return found
 
 
+def authenticate_read(request: Request) -> str:
+    """`authenticate`, or for GET/HEAD only a `?token=` from POST /v1/tokens.
+
+    Used on the media and events routes only: a browser's <video>, <img> and EventSource
+    cannot send headers. Uploads, lists and deletes still need the header.
+    """
+    token = request.query_params.get("token")
+    if token and request.method in ("GET", "HEAD") and "authorization" not in request.headers:
+        tenant = tokens.verify(service.settings.api_keys, token)
+        if tenant is None:
+            raise ApiError(401, "unauthorized", "invalid or expired token", {"WWW-Authenticate": 'Bearer realm="vidmesh"'})
+        return tenant
+    return authenticate(request)
+
+
 def connected_bus() -> Bus:
     if not service.ready or service.bus is None:
         raise ApiError(503, "not_ready", "the gateway is not connected to NATS yet", {"Retry-After": "1"})
@@ -134,12 +178,50 @@ async def upload(request: Request, tenant: str = Depends(authenticate), bus: Bus
             raise ApiError(400, "empty_body", "the upload is empty")
         if int(length) > settings.max_upload_bytes:
             raise ApiError(413, "too_large", f"uploads are limited to {settings.max_upload_bytes} bytes")
+    key = request.headers.get("idempotency-key")
+    if key is not None and not (0 < len(key) <= idempotency.MAX_KEY_LENGTH):
+        raise ApiError(400, "bad_idempotency_key", f"Idempotency-Key must be 1 to {idempotency.MAX_KEY_LENGTH} characters")
 
     video_id = new_video_id()
+    if key is not None:
+        try:
+            first = await idempotency.claim(bus, tenant, key, video_id, wait_s=PROBE_TIMEOUT_S)
+        except idempotency.StillUploading:
+            raise ApiError(409, "upload_in_progress", "an upload with this Idempotency-Key is still in progress") from None
+        if first is not None:  # a retry: answer with the first upload, start nothing
+            video = await _video(bus, tenant, first)
+            return json_response(video, 202, {"Location": f"/v1/videos/{first}", "Idempotent-Replayed": "true"})
+    try:
+        _shed_load(settings)
+        video = await _accept(request, bus, tenant, video_id, ctype)
+    except BaseException:
+        if key is not None:
+            await asyncio.shield(idempotency.release(bus, tenant, key))
+        raise
+    if key is not None:
+        await idempotency.accept(bus, tenant, key, video_id)
+    return json_response(video, 202, {"Location": f"/v1/videos/{video_id}"})
+
+
+def _shed_load(settings) -> None:
+    """Backpressure: refuse new work while the transcode backlog is too deep."""
+    if load.backlog > settings.max_backlog:
+        raise ApiError(
+            429,
+            "overloaded",
+            f"{load.backlog} transcode tasks are waiting (limit {settings.max_backlog}); retry later",
+            {"Retry-After": str(settings.retry_after_s)},
+        )
+
+
+async def _accept(request: Request, bus: Bus, tenant: str, video_id: str, ctype: str) -> Video:
+    """Stream the body into the object store, have it probed, announce the upload."""
+    settings = bus.settings
     key = topology.source_key(tenant, video_id)
     filename = request.headers.get("x-filename")
     body = request.stream()
-    if ctype.lower().startswith("multipart/"):
+    multipart = ctype.lower().startswith("multipart/")
+    if multipart:
         try:
             part = MultipartFile(ctype)
         except ValueError as exc:
@@ -153,7 +235,7 @@ async def upload(request: Request, tenant: str = Depends(authenticate), bus: Bus
         if type(exc).__module__.startswith("python_multipart"):
             raise ApiError(400, "bad_multipart", str(exc)) from None
         raise
-    if ctype.lower().startswith("multipart/"):
+    if multipart:
         if not part.found:
             await bus.media.delete(key)
             raise ApiError(400, "bad_multipart", "no file part in the multipart body (use -F file=@video.mp4)")
@@ -183,8 +265,7 @@ async def upload(request: Request, tenant: str = Depends(authenticate), bus: Bus
         content_type=ctype,
     )
     await bus.publish(event, msg_id=f"{video_id}:uploaded")
-    video = Video(id=video_id, status="processing", created_at=now, updated_at=now, source=probed.source, filename=filename)
-    return json_response(video, 202, {"Location": f"/v1/videos/{video_id}"})
+    return Video(id=video_id, status="processing", created_at=now, updated_at=now, source=probed.source, filename=filename)
 
 
 @api.get("/v1/videos", summary="List videos, newest first")
@@ -221,7 +302,7 @@ def _check_id(video_id: str) -> None:
 
 
 @api.api_route("/v1/videos/{video_id}/renditions/{name}", methods=["GET", "HEAD"], summary="Download a rendition (Range)")
-async def rendition(video_id: str, name: str, request: Request, tenant: str = Depends(authenticate), bus: Bus = Depends(connected_bus)):
+async def rendition(video_id: str, name: str, request: Request, tenant: str = Depends(authenticate_read), bus: Bus = Depends(connected_bus)):
     video = await _video(bus, tenant, video_id)
     if not any(r.name == name for r in video.renditions):
         raise ApiError(404, "not_found", f"video {video_id} has no rendition {name!r} (yet)")
@@ -229,7 +310,7 @@ async def rendition(video_id: str, name: str, request: Request, tenant: str = De
 
 
 @api.api_route("/v1/videos/{video_id}/thumbnail", methods=["GET", "HEAD"], summary="The first frame as a JPEG")
-async def thumbnail(video_id: str, request: Request, tenant: str = Depends(authenticate), bus: Bus = Depends(connected_bus)):
+async def thumbnail(video_id: str, request: Request, tenant: str = Depends(authenticate_read), bus: Bus = Depends(connected_bus)):
     video = await _video(bus, tenant, video_id)
     if video.thumbnail is None:
         raise ApiError(404, "not_found", f"video {video_id} has no thumbnail (yet)")
@@ -261,7 +342,7 @@ async def _serve(bus: Bus, request: Request, key: str, media_type: str) -> Respo
 
 
 @api.get("/v1/videos/{video_id}/events", summary="Server-Sent Events: history, then live, until a terminal state")
-async def events(video_id: str, request: Request, tenant: str = Depends(authenticate), bus: Bus = Depends(connected_bus)):
+async def events(video_id: str, request: Request, tenant: str = Depends(authenticate_read), bus: Bus = Depends(connected_bus)):
     video = await _video(bus, tenant, video_id)
     return StreamingResponse(
         _event_stream(bus, tenant, video),
@@ -303,3 +384,23 @@ async def _event_stream(bus: Bus, tenant: str, video: Video):
             await sub.unsubscribe()
         except Exception:
             pass
+
+
+# --- the dashboard: one static page, no build step ------------------------------------------
+
+STATIC = Path(__file__).parent / "static"
+PAGE_HEADERS = {
+    "Content-Security-Policy": "default-src 'self'; img-src 'self' data: blob:; media-src 'self' blob:; "
+    "style-src 'self'; script-src 'self'; connect-src 'self'; frame-ancestors 'none'",
+    "Cache-Control": "no-cache",
+}
+
+
+@api.get("/", include_in_schema=False)
+async def dashboard():
+    return FileResponse(STATIC / "index.html", headers=PAGE_HEADERS)
+
+
+@service.configure_app
+def _static(app: FastAPI) -> None:
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")

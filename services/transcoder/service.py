@@ -10,7 +10,7 @@ import asyncio
 import os
 import tempfile
 import threading
-import time
+import logging
 
 from shared import topology
 from shared.consumer import Delivery, Poison, Retry
@@ -18,6 +18,8 @@ from shared.contracts import ErrorInfo, RenditionProgress, RenditionTranscoded, 
 from shared.service import Service
 
 from .encode import Cancelled, MediaError, transcode
+
+log = logging.getLogger("vidmesh.transcoder")
 
 service = Service("transcoder", "Transcode one rendition per task (H.264/AAC MP4)")
 
@@ -33,52 +35,67 @@ async def report_failure(task: TranscodeRendition, delivery: Delivery, exc: Exce
     await delivery.bus.publish(failed, msg_id=f"{task.video_id}:transcode:{task.rendition.name}:failed")
 
 
+CANCEL_POLL_S = 0.5
+
+
 @service.consumer(topology.TRANSCODE_TASKS, TranscodeRendition, on_exhausted=report_failure)
 async def transcode_rendition(task: TranscodeRendition, delivery: Delivery) -> None:
     bus = delivery.bus
     settings = bus.settings
     spec = task.rendition
+    if stopped := await bus.video_stopped(task.tenant, task.video_id):
+        log.info("dropping %s of %s video %s", spec.name, stopped, task.video_id)
+        return
     loop = asyncio.get_running_loop()
-    stop = threading.Event()
-    last = {"t": 0.0}
+    stop = threading.Event()  # read by the encoder thread on every frame
 
-    def on_progress(percent: float) -> None:  # called from the encoder thread
-        now = time.monotonic()
-        if now - last["t"] < 1.0 and percent < 100:
-            return
-        last["t"] = now
+    def on_progress(percent: float) -> None:  # encoder thread, at most about once a second
         event = RenditionProgress(video_id=task.video_id, tenant=task.tenant, rendition=spec.name, percent=percent)
         msg_id = f"{task.video_id}:{spec.name}:progress:{delivery.attempt}:{int(percent)}"
         asyncio.run_coroutine_threadsafe(_publish_quietly(bus, event, msg_id), loop)
+
+    async def watch_cancellation() -> None:
+        while not stop.is_set():
+            await asyncio.sleep(CANCEL_POLL_S)
+            if await bus.video_stopped(task.tenant, task.video_id):
+                stop.set()
 
     with tempfile.TemporaryDirectory(prefix="vidmesh-transcode-", dir=settings.tmp_dir) as tmp:
         src, dst = os.path.join(tmp, "source"), os.path.join(tmp, f"{spec.name}.mp4")
         try:
             await bus.media.download(task.source, src)
         except FileNotFoundError:
+            if await bus.video_stopped(task.tenant, task.video_id):
+                return  # deleted while queued: its source went with it
             raise Poison("source_missing", "the upload is no longer in the object store") from None
-        work = asyncio.to_thread(
-            transcode,
-            src,
-            dst,
-            width=spec.width,
-            height=spec.height,
-            rotation=task.rotation,
-            preset=settings.transcode_preset,
-            crf=settings.transcode_crf,
-            duration=task.duration,
-            on_progress=on_progress,
-            should_stop=stop.is_set,
-        )
+        watcher = asyncio.create_task(watch_cancellation())
         try:
-            result = await work
+            result = await asyncio.to_thread(
+                transcode,
+                src,
+                dst,
+                width=spec.width,
+                height=spec.height,
+                rotation=task.rotation,
+                preset=settings.transcode_preset,
+                crf=settings.transcode_crf,
+                duration=task.duration,
+                on_progress=on_progress,
+                should_stop=stop.is_set,
+            )
         except asyncio.CancelledError:
             stop.set()  # shutdown: let the encoder thread notice and end
             raise
+        except Cancelled:
+            log.info("abandoned %s of video %s: it was deleted or failed", spec.name, task.video_id)
+            return
         except MediaError as exc:
             if exc.code == "bad_media":
                 raise Poison(exc.code, exc.message) from None
             raise Retry(f"{exc.code}: {exc.message}") from None  # output side (disk, muxer)
+        finally:
+            stop.set()
+            watcher.cancel()
         key = topology.rendition_key(task.tenant, task.video_id, spec.name)
         info = await bus.media.put_file(key, dst)
     done = RenditionTranscoded(
