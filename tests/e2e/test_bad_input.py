@@ -1,0 +1,224 @@
+"""Bad uploads through `vidmesh up` (issue 3): each one ends cleanly, and the mesh survives.
+
+Every bad input ends either as a clean 4xx at upload (with a stable `code`) or as a
+`failed` video with an error code and message. Afterwards every service is still up, a
+good clip still becomes ready, the task queues drain (no message is redelivered without
+end) and the poison task is kept in the dead-letter stream with its reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import httpx
+import nats
+import numpy as np
+import pytest
+
+from tests.clips import make_audio_only, make_clip, make_image, make_truncated
+from tests.conftest import alive, wait_for
+
+pytestmark = pytest.mark.e2e
+
+TASK_STREAMS = {"TASKS_TRANSCODE": "transcoder", "TASKS_THUMBNAIL": "thumbnailer"}
+EVENT_CONSUMERS = ("pipeline", "catalog")
+
+
+def upload(client: httpx.Client, data, ctype: str = "video/mp4") -> httpx.Response:
+    return client.post("/v1/videos", content=data, headers={"Content-Type": ctype})
+
+
+def wait_status(client: httpx.Client, video_id: str, statuses=("ready", "failed"), timeout=120) -> dict:
+    def done():
+        body = client.get(f"/v1/videos/{video_id}").json()
+        return body if body["status"] in statuses else None
+
+    return wait_for(done, timeout, 0.2, f"video {video_id} to reach {statuses}")
+
+
+def listed_ids(client: httpx.Client) -> set[str]:
+    return {v["id"] for v in client.get("/v1/videos", params={"limit": 100}).json()["items"]}
+
+
+def jetstream(mesh, query):
+    """Run `await query(js)` against the mesh's own nats-server."""
+
+    async def go():
+        nc = await nats.connect(f"nats://127.0.0.1:{mesh.nats_port}", connect_timeout=5, max_reconnect_attempts=0)
+        try:
+            return await query(nc.jetstream())
+        finally:
+            await nc.close()
+
+    return asyncio.run(go())
+
+
+def _service_pids(mesh) -> dict[str, int]:
+    """The latest pid of every supervised process, by its log prefix."""
+    pids = {}
+    for line in mesh.lines:
+        name, sep, rest = line.partition("|")
+        if sep and "started pid=" in rest:
+            pids[name.strip()] = int(rest.split("started pid=")[1].split()[0])
+    return pids
+
+
+@pytest.fixture(scope="module")
+def bad_files(tmp_path_factory) -> dict[str, tuple[bytes, str]]:
+    """name -> (body, content type). Content types are ones the gateway accepts for video."""
+    d = tmp_path_factory.mktemp("bad")
+    text = ("This is a plain text file, not a video.\n" * 200).encode()
+    return {
+        "random_64k": (np.random.default_rng(1).bytes(64 * 1024), "video/mp4"),
+        "random_1_byte": (b"\x8f", "application/octet-stream"),
+        "random_600k": (np.random.default_rng(2).bytes(600 * 1024), "video/mp4"),  # spans object chunks
+        "text": (text, "video/mp4"),
+        "png": (open(make_image(d / "still.png", width=64, height=48), "rb").read(), "video/mp4"),
+        "jpeg": (open(make_image(d / "still.jpg", width=64, height=48), "rb").read(), "video/mp4"),
+        "audio_only": (open(make_audio_only(d / "tone.m4a", seconds=1.0), "rb").read(), "video/mp4"),
+        "truncated": (open(make_truncated(d / "cut.mp4", seconds=4.0, keep=0.5), "rb").read(), "video/mp4"),
+    }
+
+
+# Expected outcome of each bad input: ("reject", status, code) at upload, or ("fail", code).
+EXPECTED = {
+    "random_64k": ("reject", 422, "not_media"),
+    "random_1_byte": ("reject", 422, "not_media"),
+    "random_600k": ("reject", 422, "not_media"),
+    "text": ("reject", 422, "not_media"),
+    "png": ("reject", 422, "not_media"),
+    "jpeg": ("reject", 422, "not_media"),
+    "audio_only": ("reject", 422, "no_video_stream"),
+    # index at the front, media cut in half: probes fine, fails when transcoded
+    "truncated": ("fail", "bad_media"),
+}
+
+
+@pytest.fixture(scope="module")
+def outcomes(mesh, bad_files) -> dict:
+    """Send every bad input once; remember each answer, and the mesh's processes before."""
+    before = _service_pids(mesh)
+    first_line = len(mesh.lines)
+    with mesh.client() as c:
+        listing_before = listed_ids(c)
+        answers = {name: upload(c, body, ctype) for name, (body, ctype) in bad_files.items()}
+        finals = {}
+        for name, r in answers.items():
+            if r.status_code == 202:
+                finals[name] = wait_status(c, r.json()["id"])
+    return {"pids": before, "listing": listing_before, "answers": answers, "finals": finals, "first_line": first_line}
+
+
+def test_empty_body_is_400_empty_body(mesh):
+    with mesh.client() as c:
+        declared = upload(c, b"")
+        assert declared.status_code == 400
+        assert declared.json()["code"] == "empty_body"
+        # chunked, so no Content-Length tells the gateway in advance
+        chunked = upload(c, iter([b""]), "application/octet-stream")
+        assert chunked.status_code == 400, chunked.text
+        assert chunked.json()["code"] == "empty_body"
+
+
+@pytest.mark.parametrize("name", [n for n, e in EXPECTED.items() if e[0] == "reject"])
+def test_non_video_is_rejected_at_upload_with_a_stable_code(mesh, outcomes, name):
+    _, status, code = EXPECTED[name]
+    r = outcomes["answers"][name]
+    assert r.status_code == status, (name, r.status_code, r.text)
+    body = r.json()
+    assert body["code"] == code, body
+    assert isinstance(body["message"], str) and body["message"], body
+    assert "location" not in r.headers
+
+
+def test_rejected_uploads_leave_no_video_behind(mesh, outcomes):
+    new = set()
+    with mesh.client() as c:
+        new = listed_ids(c) - outcomes["listing"]
+    accepted = {r.json()["id"] for r in outcomes["answers"].values() if r.status_code == 202}
+    assert new == accepted, "only the accepted (truncated) upload is listed"
+
+
+def test_truncated_mp4_becomes_a_failed_video_with_an_error(mesh, outcomes):
+    r = outcomes["answers"]["truncated"]
+    assert r.status_code == 202, r.text
+    final = outcomes["finals"]["truncated"]
+    assert final["status"] == "failed", final
+    assert final["error"]["code"] == EXPECTED["truncated"][1], final["error"]
+    assert final["error"]["message"], final["error"]
+    assert final["renditions"] == [], "no silently short rendition"
+    with mesh.client() as c:
+        for name in final["planned"]:
+            gone = c.get(f"/v1/videos/{final['id']}/renditions/{name}")
+            assert gone.status_code == 404 and gone.json()["code"] == "not_found"
+        # still answered consistently afterwards
+        again = c.get(f"/v1/videos/{final['id']}").json()
+        assert again["status"] == "failed" and again["error"] == final["error"]
+
+
+def test_poison_task_is_kept_in_the_dead_letter_stream(mesh, outcomes):
+    video_id = outcomes["answers"]["truncated"].json()["id"]
+
+    async def records(js):
+        info = await js.stream_info("DEADLETTER")
+        found = []
+        for seq in range(info.state.first_seq, info.state.last_seq + 1):
+            try:
+                msg = await js.get_msg("DEADLETTER", seq)
+            except Exception:
+                continue
+            headers = msg.headers or {}
+            if headers.get("Vidmesh-Dead-Subject", "").endswith(f".{video_id}"):
+                found.append(headers)
+        return found
+
+    found = wait_for(lambda: jetstream(mesh, records), 30, 0.3, "a dead-letter record of the truncated upload")
+    transcodes = [h for h in found if h.get("Vidmesh-Dead-Stream") == "TASKS_TRANSCODE"]
+    assert transcodes, found
+    assert "bad_media" in transcodes[0]["Vidmesh-Dead-Reason"], transcodes[0]
+    assert transcodes[0]["Vidmesh-Dead-Consumer"] == "transcoder"
+    assert transcodes[0]["Vidmesh-Dead-Deliveries"] == "1", "poison is terminated at once, not retried"
+
+
+def test_mesh_survives_bad_inputs(mesh, outcomes, tmp_path):
+    # every service is still the same process: nothing crashed and was restarted
+    after = _service_pids(mesh)
+    assert after == outcomes["pids"], "a service was restarted while handling bad inputs"
+    assert all(alive(pid) for pid in after.values()), after
+    assert httpx.get(mesh.url + "/readyz", timeout=5).status_code == 200
+    logged = mesh.lines[outcomes["first_line"] :]
+    crashes = [line for line in logged if "Traceback" in line or " ERROR " in line or " CRITICAL " in line]
+    assert not crashes, "bad inputs are refused, not crashed on:\n" + "\n".join(logged[-60:])
+
+    # a good clip still goes all the way through
+    clip = make_clip(tmp_path / "good.mp4", width=320, height=240, seconds=1.0)
+    with mesh.client() as c:
+        r = upload(c, open(clip, "rb").read())
+        assert r.status_code == 202, r.text
+        final = wait_status(c, r.json()["id"])
+    assert final["status"] == "ready", final
+    assert [x["name"] for x in final["renditions"]] == ["240p"]
+
+
+def test_task_queues_drain_and_nothing_is_redelivered_forever(mesh, outcomes):
+    async def backlog(js):
+        state = {}
+        for stream, durable in TASK_STREAMS.items():
+            info = await js.stream_info(stream)
+            consumer = await js.consumer_info(stream, durable)
+            state[stream] = (info.state.messages, consumer.num_pending, consumer.num_ack_pending)
+        for durable in EVENT_CONSUMERS:
+            consumer = await js.consumer_info("EVENTS", durable)
+            state[f"EVENTS/{durable}"] = (0, consumer.num_pending, consumer.num_ack_pending)
+        return state
+
+    last = {}
+
+    def drained():
+        last.update(jetstream(mesh, backlog))
+        return all(v == (0, 0, 0) for v in last.values())
+
+    try:
+        wait_for(drained, 60, 0.5, "the task queues and event consumers to drain")
+    except AssertionError:
+        raise AssertionError(f"not drained (messages, pending, ack pending): {last}") from None
