@@ -21,7 +21,7 @@ from opentelemetry import trace
 
 from . import contracts, telemetry, topology
 from .config import Settings
-from .contracts import VideoDeleted, VideoFailed
+from .contracts import VideoDeleted
 
 log = logging.getLogger("vidmesh.bus")
 
@@ -127,20 +127,18 @@ class Bus:
                 raise RpcError(headers[ERROR_CODE_HEADER], headers.get(ERROR_HEADER, ""))
             return contracts.decoder(reply_type).decode(reply.data)
 
-    async def video_stopped(self, tenant: str, video_id: str) -> str | None:
-        """`deleted` or `failed` once a video no longer needs its tasks, else None.
+    async def video_deleted(self, tenant: str, video_id: str) -> bool:
+        """Whether the video was deleted, asked of the events stream (the facts every service
+        may read) with Direct Get, so workers drop or abandon its tasks within a second.
 
-        Asked of the events stream (the facts every service may read) with Direct Get,
-        so workers can drop or abandon a task of a deleted video within a second.
+        A failed video keeps its tasks running: a replayed dead letter can still recover it.
         """
-        for outcome, message in (("deleted", VideoDeleted), ("failed", VideoFailed)):
-            subject = f"{topology.SUBJECTS[message]}.{tenant}.{video_id}"
-            try:
-                await self.js.get_last_msg(topology.EVENTS, subject, direct=True)
-                return outcome
-            except NotFoundError:
-                continue
-        return None
+        subject = f"{topology.SUBJECTS[VideoDeleted]}.{tenant}.{video_id}"
+        try:
+            await self.js.get_last_msg(topology.EVENTS, subject, direct=True)
+            return True
+        except NotFoundError:
+            return False
 
     async def close(self) -> None:
         # The consumer loops have already finished or nak'ed their messages, so a plain

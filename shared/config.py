@@ -41,6 +41,16 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     transcoder_procs: int = 2  # `vidmesh up` only: competing transcoder processes
     max_backlog: int = 200  # transcode tasks waiting before uploads get 429
     retry_after_s: int = 5
+    # --- scheduled jobs and webhooks (issue 8); parsed by scheduling_settings() -------------
+    retention_days: float = 0.0  # 0: keep videos forever
+    retention_days_by_tenant: dict[str, float] = {}  # tenant -> days (0: forever)
+    stuck_after_s: float = 600.0
+    redrive_max_attempts: int = 3
+    schedules: dict[str, str] = {}  # job name -> Nats-Schedule expression, or "off"
+    webhook_allow_private: bool = False
+    webhook_timeout_s: float = 10.0
+    webhook_max_attempts: int = 10
+    webhook_backoff_s: float = 10.0  # first retry delay; doubles each attempt, capped at 1 h
 
 
 def _int(env: dict, name: str, default: int) -> int:
@@ -91,6 +101,7 @@ def load(env: dict | None = None) -> Settings:
     if replicas not in (1, 3, 5):
         raise ConfigError("VIDMESH_REPLICAS must be 1, 3 or 5")
     return Settings(
+        **scheduling_settings(env),  # issue 8: see the block at the end of this file
         nats_url=env.get("NATS_URL") or None,
         nats_user=env.get("NATS_USER") or None,
         nats_password=env.get("NATS_PASSWORD") or None,
@@ -117,3 +128,93 @@ def load(env: dict | None = None) -> Settings:
         max_backlog=_int(env, "VIDMESH_MAX_BACKLOG", 200),
         retry_after_s=_int(env, "VIDMESH_RETRY_AFTER_S", 5),
     )
+
+
+# =============================================================================================
+# Scheduled jobs and webhooks (issue 8)
+# =============================================================================================
+
+# Server-side schedules (`Nats-Schedule`): 6-field cron (sec min hour dom month dow, UTC),
+# `@every <duration>`, or a predefined `@daily`/`@hourly`/...; "off" removes the schedule.
+DEFAULT_SCHEDULES = {
+    "retention": "0 0 3 * * *",  # 03:00 UTC
+    "redrive": "@every 1m",
+    "usage_report": "0 5 0 * * *",  # 00:05 UTC: the day that just ended
+}
+_PREDEFINED = ("@yearly", "@annually", "@monthly", "@weekly", "@daily", "@midnight", "@hourly")
+_DURATION = re.compile(r"^(\d+(\.\d+)?(ns|us|µs|ms|s|m|h))+$")
+
+
+def check_schedule(name: str, spec: str) -> str:
+    """A schedule expression the server accepts (it checks again), or ConfigError."""
+    spec = " ".join(spec.split())
+    if spec == "off" or spec in _PREDEFINED:
+        return spec
+    if spec.startswith("@every "):
+        if _DURATION.match(spec[7:]):
+            return spec
+    elif not spec.startswith("@") and len(spec.split(" ")) == 6:
+        return spec
+    raise ConfigError(
+        f"VIDMESH_SCHEDULE_{name.upper()} must be a 6-field cron (sec min hour dom month dow), "
+        f"'@every <duration>', one of {', '.join(_PREDEFINED)}, or 'off'; got {spec!r}"
+    )
+
+
+def _bool(env: dict, name: str, default: bool) -> bool:
+    raw = (env.get(name) or "").strip().lower()
+    if not raw:
+        return default
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    if raw in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"{name} must be 1/0, true/false, yes/no or on/off, got {raw!r}")
+
+
+def parse_days_by_tenant(text: str) -> dict[str, float]:
+    """`acme:30,bob:7` -> {"acme": 30.0, "bob": 7.0}."""
+    days: dict[str, float] = {}
+    for item in re.split(r"[,\n]", text):
+        item = item.strip()
+        if not item:
+            continue
+        tenant, sep, value = item.partition(":")
+        tenant = tenant.strip()
+        try:
+            number = float(value)
+        except ValueError:
+            number = -1.0
+        if not sep or not TENANT_RE.match(tenant) or number < 0:
+            raise ConfigError(f"VIDMESH_RETENTION_DAYS_BY_TENANT entries must be tenant:days (days >= 0), got {item!r}")
+        days[tenant] = number
+    return days
+
+
+def scheduling_settings(env: dict) -> dict:
+    retention_days = _float(env, "VIDMESH_RETENTION_DAYS", 0.0)
+    if retention_days < 0:
+        raise ConfigError("VIDMESH_RETENTION_DAYS must be >= 0 (0 keeps videos forever)")
+    schedules = {
+        name: check_schedule(name, env.get(f"VIDMESH_SCHEDULE_{name.upper()}") or default)
+        for name, default in DEFAULT_SCHEDULES.items()
+    }
+    max_attempts = _int(env, "VIDMESH_WEBHOOK_MAX_ATTEMPTS", 10)
+    if not 1 <= max_attempts <= 50:
+        raise ConfigError("VIDMESH_WEBHOOK_MAX_ATTEMPTS must be between 1 and 50")
+    timeout = _float(env, "VIDMESH_WEBHOOK_TIMEOUT_S", 10.0)
+    backoff = _float(env, "VIDMESH_WEBHOOK_BACKOFF_S", 10.0)
+    stuck_after = _float(env, "VIDMESH_STUCK_AFTER_S", 600.0)
+    if timeout <= 0 or backoff <= 0 or stuck_after <= 0:
+        raise ConfigError("VIDMESH_WEBHOOK_TIMEOUT_S, VIDMESH_WEBHOOK_BACKOFF_S and VIDMESH_STUCK_AFTER_S must be > 0")
+    return {
+        "retention_days": retention_days,
+        "retention_days_by_tenant": parse_days_by_tenant(env.get("VIDMESH_RETENTION_DAYS_BY_TENANT", "")),
+        "stuck_after_s": stuck_after,
+        "redrive_max_attempts": max(1, _int(env, "VIDMESH_REDRIVE_MAX_ATTEMPTS", 3)),
+        "schedules": schedules,
+        "webhook_allow_private": _bool(env, "VIDMESH_WEBHOOK_ALLOW_PRIVATE", False),
+        "webhook_timeout_s": timeout,
+        "webhook_max_attempts": max_attempts,
+        "webhook_backoff_s": backoff,
+    }

@@ -29,6 +29,7 @@ from .topology import ConsumerSpec
 log = logging.getLogger("vidmesh.consumer")
 
 PROCESSED = Counter("vidmesh_messages_total", "Messages handled by outcome", ["consumer", "outcome"])
+DEAD_LETTERED = Counter("vidmesh_dead_letters_total", "Messages moved to the dead-letter stream", ["stream", "consumer"])
 DURATION = Histogram(
     "vidmesh_message_seconds",
     "Handler duration",
@@ -84,23 +85,43 @@ def backoff(attempt: int, base: float = 1.0, cap: float = 60.0) -> float:
     return min(cap, base * 2 ** max(0, attempt - 1))
 
 
-async def dead_letter(bus, msg: Msg, spec: ConsumerSpec, reason: str) -> None:
-    """Keep a copy of a message that will not be processed, with why, for `vidmesh dlq`."""
-    headers = {k: v for k, v in (msg.headers or {}).items() if k != "Nats-Msg-Id"}
-    meta = msg.metadata
-    headers.update(
+async def dead_letter(
+    bus, *, data: bytes, headers: dict | None, subject: str, stream: str, consumer: str, seq: int, deliveries: int, reason: str
+) -> None:
+    """Keep a copy of a message that will not be processed, with why, for `vidmesh dlq`.
+
+    The original headers (trace context included) travel along; the msg-id makes a
+    repeated dead-lettering of the same stream message a no-op.
+    """
+    kept = {k: v for k, v in (headers or {}).items() if k != "Nats-Msg-Id" and not k.startswith("Vidmesh-Dead-")}
+    kept.update(
         {
             "Vidmesh-Dead-Reason": reason[:500],
-            "Vidmesh-Dead-Subject": msg.subject,
-            "Vidmesh-Dead-Stream": spec.stream,
-            "Vidmesh-Dead-Consumer": spec.durable,
-            "Vidmesh-Dead-Stream-Seq": str(meta.sequence.stream),
-            "Vidmesh-Dead-Deliveries": str(meta.num_delivered),
-            "Nats-Msg-Id": f"dead:{spec.stream}:{meta.sequence.stream}",
+            "Vidmesh-Dead-Subject": subject,
+            "Vidmesh-Dead-Stream": stream,
+            "Vidmesh-Dead-Consumer": consumer,
+            "Vidmesh-Dead-Stream-Seq": str(seq),
+            "Vidmesh-Dead-Deliveries": str(deliveries),
+            "Nats-Msg-Id": f"dead:{stream}:{seq}",
         }
     )
-    subject = f"{topology.DEADLETTER_SUBJECT}.{spec.stream}.{spec.durable}"
-    await bus.js.publish(subject, msg.data, headers=headers)
+    await bus.js.publish(f"{topology.DEADLETTER_SUBJECT}.{stream}.{consumer}", data, headers=kept)
+    DEAD_LETTERED.labels(stream, consumer).inc()
+
+
+async def dead_letter_msg(bus, msg: Msg, spec: ConsumerSpec, reason: str) -> None:
+    meta = msg.metadata
+    await dead_letter(
+        bus,
+        data=msg.data,
+        headers=msg.headers,
+        subject=msg.subject,
+        stream=spec.stream,
+        consumer=spec.durable,
+        seq=meta.sequence.stream,
+        deliveries=meta.num_delivered,
+        reason=reason,
+    )
 
 
 class ConsumerLoop:
@@ -206,7 +227,7 @@ class ConsumerLoop:
                 span.add_event("dead-lettered", {"reason": str(exc)})
                 if self.on_exhausted:
                     await self.on_exhausted(payload, delivery, exc)
-                await dead_letter(self.bus, msg, self.spec, f"retries exhausted: {exc}")
+                await dead_letter_msg(self.bus, msg, self.spec, f"retries exhausted: {exc}")
                 await msg.term()
                 return "exhausted"
             delay = exc.delay if retry and exc.delay is not None else backoff(delivery.attempt)
@@ -222,7 +243,7 @@ class ConsumerLoop:
     async def _poison(self, msg: Msg, span, reason: str) -> str:
         log.warning("terminating %s on %s: %s", self.spec.durable, msg.subject, reason)
         span.add_event("dead-lettered", {"reason": reason})
-        await dead_letter(self.bus, msg, self.spec, reason)
+        await dead_letter_msg(self.bus, msg, self.spec, reason)
         await msg.term()
         return "poison"
 

@@ -214,6 +214,128 @@ class Probed(msgspec.Struct, frozen=True, kw_only=True):
     error: ErrorInfo | None = None
 
 
+class MaxDeliveriesAdvisory(msgspec.Struct, frozen=True, kw_only=True):
+    """nats-server's io.nats.jetstream.advisory.v1.max_deliver (only the fields we use)."""
+
+    stream: str
+    consumer: str
+    stream_seq: int
+    deliveries: int
+
+
+# =============================================================================================
+# Scheduled jobs and webhooks (issue 8): the scheduler's ticks and usage reports, the
+# notifier's delivery tasks, and the gateway <-> notifier request-reply for /v1/webhooks.
+# =============================================================================================
+
+
+class ScheduleTick(Contract, tag="scheduler.schedule_tick.v1"):
+    """The body of a server-side schedule: the server copies it, unchanged, into every tick.
+    `vidmesh schedules run NAME` sends one by hand (manual=True)."""
+
+    name: str
+    as_of: float | None = None  # run as if at this time (unix s); None: when the tick fired
+    manual: bool = False
+
+
+class UsageReported(Contract, tag="scheduler.usage_reported.v1"):
+    """One tenant's usage for one UTC day (published once a day, on the REPORTS stream)."""
+
+    tenant: str
+    day: str  # YYYY-MM-DD, UTC
+    period_start: float
+    period_end: float
+    videos: int  # videos stored (not deleted) when the report was made
+    videos_created: int = 0  # uploaded during the day
+    seconds_transcoded: float = 0.0  # rendition seconds produced for the day's uploads
+    bytes_stored: int = 0  # sources and renditions of the stored videos
+    generated_at: float = 0.0
+
+
+class DeliverWebhook(Contract, tag="notifier.deliver_webhook.v1"):
+    """One event to one webhook; retried through JetStream (nak with a growing delay)."""
+
+    tenant: str
+    video_id: str
+    webhook_id: str
+    delivery_id: str
+    event_id: str
+    event_type: str  # video.ready | video.failed | video.deleted
+    body: str  # the exact JSON sent and signed on every attempt
+
+
+WEBHOOK_EVENT_TYPES = ("video.ready", "video.failed", "video.deleted")
+
+
+class CreateWebhook(Contract, tag="notifier.create_webhook.v1"):
+    tenant: str
+    url: str
+    events: list[str] = []  # empty: every type in WEBHOOK_EVENT_TYPES
+    description: str | None = None
+
+
+class ListWebhooks(Contract, tag="notifier.list_webhooks.v1"):
+    tenant: str
+
+
+class GetWebhook(Contract, tag="notifier.get_webhook.v1"):
+    tenant: str
+    webhook_id: str
+
+
+class DeleteWebhook(Contract, tag="notifier.delete_webhook.v1"):
+    tenant: str
+    webhook_id: str
+
+
+class ListDeliveries(Contract, tag="notifier.list_deliveries.v1"):
+    tenant: str
+    webhook_id: str
+    limit: int = 50
+
+
+class Webhook(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """The public view of a webhook. `secret` is only in the reply to its creation."""
+
+    id: str
+    url: str
+    events: list[str]
+    created_at: float
+    description: str | None = None
+    secret: str | None = None
+
+
+class WebhookPage(msgspec.Struct, frozen=True, kw_only=True):
+    items: list[Webhook]
+
+
+class DeliveryAttempt(msgspec.Struct, frozen=True, kw_only=True):
+    attempt: int
+    at: float
+    status_code: int | None = None  # None: no HTTP answer (refused, timeout, connection error)
+    error: str | None = None
+    duration_ms: float = 0.0
+
+
+class WebhookDelivery(msgspec.Struct, frozen=True, kw_only=True):
+    """One event's delivery to one webhook, with every attempt (GET .../deliveries)."""
+
+    id: str
+    webhook_id: str
+    event_id: str
+    event_type: str
+    video_id: str
+    status: str  # pending | retrying | succeeded | dead | cancelled
+    created_at: float
+    updated_at: float
+    attempts: list[DeliveryAttempt] = []
+    next_attempt_at: float | None = None
+
+
+class DeliveryPage(msgspec.Struct, frozen=True, kw_only=True):
+    items: list[WebhookDelivery]
+
+
 # One encoder and one decoder per union, created once.
 encoder = msgspec.json.Encoder()
 event_decoder = msgspec.json.Decoder(Event)

@@ -70,6 +70,10 @@ TASKS_TRANSCODE = "TASKS_TRANSCODE"
 TASKS_THUMBNAIL = "TASKS_THUMBNAIL"
 DEADLETTER = "DEADLETTER"
 DEADLETTER_SUBJECT = "dlq.evt"  # dlq.evt.<stream>.<consumer>
+# The server announces a message that ran out of deliveries (e.g. its worker crashed on
+# every attempt); this stream keeps those advisories until the pipeline dead-letters them.
+ADVISORIES = "ADVISORIES"
+MAX_DELIVERIES_ADVISORY = "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES"
 
 # --- buckets -------------------------------------------------------------------------------
 
@@ -130,7 +134,11 @@ PIPELINE_EVENTS = ConsumerSpec(
 TRANSCODE_TASKS = ConsumerSpec(TASKS_TRANSCODE, "transcoder", (SUBJECTS[TranscodeRendition] + ".>",))
 THUMBNAIL_TASKS = ConsumerSpec(TASKS_THUMBNAIL, "thumbnailer", (SUBJECTS[ExtractThumbnail] + ".>",))
 
-CONSUMERS = (CATALOG_EVENTS, PIPELINE_EVENTS, TRANSCODE_TASKS, THUMBNAIL_TASKS)
+EXHAUSTED_TASKS = ConsumerSpec(
+    ADVISORIES, "deadletter", tuple(f"{MAX_DELIVERIES_ADVISORY}.{s}.>" for s in (TASKS_TRANSCODE, TASKS_THUMBNAIL))
+)
+
+CONSUMERS = (CATALOG_EVENTS, PIPELINE_EVENTS, TRANSCODE_TASKS, THUMBNAIL_TASKS, EXHAUSTED_TASKS)
 
 
 def streams(replicas: int, events_max_age_s: float) -> list[api.StreamConfig]:
@@ -163,13 +171,20 @@ def streams(replicas: int, events_max_age_s: float) -> list[api.StreamConfig]:
             duplicate_window=120.0,
         ),
         api.StreamConfig(
+            name=ADVISORIES,
+            subjects=[f"{MAX_DELIVERIES_ADVISORY}.{s}.>" for s in (TASKS_TRANSCODE, TASKS_THUMBNAIL)],
+            retention=api.RetentionPolicy.WORK_QUEUE,
+            storage=storage,
+            num_replicas=replicas,
+        ),
+        api.StreamConfig(
             name=DEADLETTER,
             subjects=[DEADLETTER_SUBJECT + ".>"],
             retention=api.RetentionPolicy.LIMITS,
             storage=storage,
             num_replicas=replicas,
         ),
-    ]
+    ] + scheduling_streams(replicas)  # issue 8: see the block at the end of this file
 
 
 def consumer_config(spec: ConsumerSpec, max_deliver: int | None = None, ack_wait_s: float | None = None):
@@ -215,6 +230,7 @@ async def ensure(js, settings) -> None:
             OBJ_MEDIA,
             config=api.ObjectStoreConfig(bucket=OBJ_MEDIA, replicas=settings.replicas, storage=api.StorageType.FILE),
         )
+    await ensure_scheduling_buckets(js, settings)  # issue 8: see the block at the end of this file
 
 
 async def _ensure_stream(js, cfg: api.StreamConfig) -> None:
@@ -223,3 +239,127 @@ async def _ensure_stream(js, cfg: api.StreamConfig) -> None:
     except BadRequestError:
         # Exists with another config (e.g. replicas changed): update in place.
         await js.update_stream(config=cfg)
+
+
+# =============================================================================================
+# Scheduled jobs and webhooks (issue 8)
+#
+# Schedules live in the server (ADR-51 message scheduler): a schedule is one message with a
+# `Nats-Schedule` header on `scheduler.schedule.<name>` (kind `schedule`: a standing
+# definition the server fires, never consumed), in a stream with allow_msg_schedules. The
+# server writes each tick into the same stream on `scheduler.cmd.tick.<name>`; one
+# work-queue consumer shared by every scheduler replica takes each tick exactly once.
+# No scheduler process is special: in a cluster the stream's leader fires the schedules.
+#
+# Usage reports are per tenant and day, kept for billing far longer than video events, so
+# they have their own stream. Nothing else may claim `scheduler.evt.>` in SUBJECTS (the
+# EVENTS stream would then overlap REPORTS).
+# =============================================================================================
+
+from .contracts import DeliverWebhook  # noqa: E402
+
+SUBJECTS[DeliverWebhook] = "notifier.cmd.deliver_webhook"  # + .<tenant>.<video_id>
+
+SCHEDULES = "SCHEDULES"
+SCHEDULE_PREFIX = "scheduler.schedule"  # + .<name>: one schedule definition per subject
+TICK_PREFIX = "scheduler.cmd.tick"  # + .<name>: what a schedule fires
+REPORTS = "REPORTS"
+USAGE_REPORTED_PREFIX = "scheduler.evt.usage_reported"  # + .<tenant>.<YYYY-MM-DD>
+REPORTS_MAX_AGE_S = 400 * 86400.0
+TASKS_WEBHOOK = "TASKS_WEBHOOK"
+
+RPC_WEBHOOK_CREATE = "notifier.rpc.create_webhook"
+RPC_WEBHOOK_LIST = "notifier.rpc.list_webhooks"
+RPC_WEBHOOK_GET = "notifier.rpc.get_webhook"
+RPC_WEBHOOK_DELETE = "notifier.rpc.delete_webhook"
+RPC_WEBHOOK_DELIVERIES = "notifier.rpc.list_deliveries"
+
+KV_WEBHOOKS = "webhooks"  # notifier: key <tenant>.<webhook_id> (holds the signing secret)
+KV_DELIVERIES = "webhook_deliveries"  # notifier: key <tenant>.<webhook_id>.<delivery_id>
+KV_SCHEDULER = "scheduler"  # scheduler: run.<name> (last run), redrive.<tenant>.<video_id>
+
+
+def schedule_subject(name: str) -> str:
+    return f"{SCHEDULE_PREFIX}.{name}"
+
+
+def tick_subject(name: str) -> str:
+    return f"{TICK_PREFIX}.{name}"
+
+
+def usage_subject(tenant: str, day: str) -> str:
+    return f"{USAGE_REPORTED_PREFIX}.{tenant}.{day}"
+
+
+def webhook_key(tenant: str, webhook_id: str) -> str:
+    return f"{tenant}.{webhook_id}"
+
+
+def delivery_key(tenant: str, webhook_id: str, delivery_id: str) -> str:
+    return f"{tenant}.{webhook_id}.{delivery_id}"
+
+
+SCHEDULER_TICKS = ConsumerSpec(SCHEDULES, "scheduler", (TICK_PREFIX + ".>",), ack_wait_s=30.0, max_deliver=3)
+NOTIFIER_EVENTS = ConsumerSpec(
+    EVENTS,
+    "notifier",
+    tuple(SUBJECTS[kind] + ".>" for kind in (VideoReady, VideoFailed, VideoDeleted)),
+    max_deliver=20,
+)
+# The notifier stops a delivery after VIDMESH_WEBHOOK_MAX_ATTEMPTS itself (it knows the
+# setting); the server's max_deliver is only a backstop for a handler that keeps crashing.
+WEBHOOK_DELIVERIES = ConsumerSpec(
+    TASKS_WEBHOOK, "notifier", (SUBJECTS[DeliverWebhook] + ".>",), ack_wait_s=30.0, max_deliver=100
+)
+
+CONSUMERS = CONSUMERS + (SCHEDULER_TICKS, NOTIFIER_EVENTS, WEBHOOK_DELIVERIES)
+
+
+def scheduling_streams(replicas: int) -> list[api.StreamConfig]:
+    storage = api.StorageType.FILE
+    return [
+        api.StreamConfig(
+            name=SCHEDULES,
+            subjects=[SCHEDULE_PREFIX + ".>", TICK_PREFIX + ".>"],
+            # Ticks leave the stream when handled; definitions stay (no consumer takes them).
+            retention=api.RetentionPolicy.WORK_QUEUE,
+            allow_msg_schedules=True,
+            allow_msg_ttl=True,  # ticks carry Nats-Schedule-TTL: unhandled ones expire
+            storage=storage,
+            num_replicas=replicas,
+            duplicate_window=120.0,
+        ),
+        api.StreamConfig(
+            name=REPORTS,
+            subjects=[USAGE_REPORTED_PREFIX + ".>"],
+            retention=api.RetentionPolicy.LIMITS,
+            max_age=REPORTS_MAX_AGE_S,
+            max_msgs_per_subject=1,  # a re-run report for the same tenant and day replaces it
+            storage=storage,
+            num_replicas=replicas,
+            duplicate_window=120.0,
+            allow_direct=True,
+        ),
+        api.StreamConfig(
+            name=TASKS_WEBHOOK,
+            subjects=[SUBJECTS[DeliverWebhook] + ".>"],
+            retention=api.RetentionPolicy.WORK_QUEUE,
+            storage=storage,
+            num_replicas=replicas,
+            duplicate_window=120.0,
+        ),
+    ]
+
+
+async def ensure_scheduling_buckets(js, settings) -> None:
+    # Delivery records expire with the events they describe; webhooks and runs stay.
+    buckets = ((KV_WEBHOOKS, None), (KV_DELIVERIES, settings.events_max_age_s), (KV_SCHEDULER, None))
+    for bucket, ttl in buckets:
+        try:
+            await js.key_value(bucket)
+        except BucketNotFoundError:
+            await js.create_key_value(
+                api.KeyValueConfig(
+                    bucket=bucket, history=1, ttl=ttl, replicas=settings.replicas, storage=api.StorageType.FILE
+                )
+            )

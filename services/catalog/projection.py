@@ -114,7 +114,9 @@ def _fold(r: VideoRecord, e) -> VideoRecord:
     if isinstance(e, ThumbnailExtracted):
         return replace(r, thumbnail=StoredThumbnail(object=e.object, width=e.width, height=e.height))
     if isinstance(e, VideoReady):
-        return r if r.status in TERMINAL else replace(r, status="ready")
+        # failed -> ready happens when a dead-lettered task is replayed and succeeds; the
+        # pipeline never announces ready and then failed, so no fact is undone here.
+        return r if r.status in ("ready", "deleted") else replace(r, status="ready", error=None)
     if isinstance(e, VideoFailed):
         return r if r.status in TERMINAL else replace(r, status="failed", error=e.error)
     if isinstance(e, TaskFailed):

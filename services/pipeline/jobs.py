@@ -2,7 +2,9 @@
 
 A job knows its tasks; each task ends `done` or `failed`. The job is `ready` when every
 task is done, `failed` as soon as one task failed for good, `deleted` when the video was
-deleted. Transitions are idempotent and a terminal job never changes again.
+deleted. Transitions are idempotent. `ready` and `deleted` are final; a `failed` job
+becomes `ready` only if its failed tasks complete after all (a dead letter replayed with
+`vidmesh dlq replay`).
 """
 
 from __future__ import annotations
@@ -44,11 +46,12 @@ def new_job(video_id: str, tenant: str, source: str, renditions: list[RenditionS
 
 def task_done(job: Job, task: str, output: str | None) -> Job:
     outputs = job.outputs if output is None or output in job.outputs else [*job.outputs, output]
-    if job.status in TERMINAL:
+    if job.status in ("ready", "deleted") or task not in job.tasks:
         return msgspec.structs.replace(job, outputs=outputs)
     tasks = {**job.tasks, task: "done"}
-    status = "ready" if all(state == "done" for state in tasks.values()) else job.status
-    return msgspec.structs.replace(job, tasks=tasks, status=status, outputs=outputs)
+    if all(state == "done" for state in tasks.values()):
+        return msgspec.structs.replace(job, tasks=tasks, status="ready", error=None, outputs=outputs)
+    return msgspec.structs.replace(job, tasks=tasks, outputs=outputs)
 
 
 def task_failed(job: Job, task: str, error: ErrorInfo) -> Job:

@@ -9,16 +9,19 @@ from __future__ import annotations
 import asyncio
 import os
 import tempfile
+from typing import Union
 
-from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
+import msgspec
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NotFoundError
 
 from shared import topology
 from shared.bus import Bus
-from shared.consumer import Delivery, Retry
+from shared.consumer import Delivery, Retry, dead_letter
 from shared.contracts import (
     ErrorInfo,
     Event,
     ExtractThumbnail,
+    MaxDeliveriesAdvisory,
     ProbeSource,
     Probed,
     RenditionTranscoded,
@@ -30,6 +33,7 @@ from shared.contracts import (
     VideoPlanned,
     VideoReady,
     VideoUploaded,
+    decoder,
 )
 from shared.service import Service
 
@@ -78,6 +82,44 @@ async def on_event(event, delivery: Delivery) -> None:
         await fan_in(bus, event, lambda job: jobs.task_failed(job, event.task, event.error))
     elif isinstance(event, VideoDeleted):
         await fan_in(bus, event, jobs.deleted)
+
+
+TASKS = decoder(Union[TranscodeRendition, ExtractThumbnail])
+
+
+@service.consumer(topology.EXHAUSTED_TASKS, MaxDeliveriesAdvisory)
+async def on_exhausted_task(advisory: MaxDeliveriesAdvisory, delivery: Delivery) -> None:
+    """A task ran out of deliveries without an answer (its worker died every time):
+    dead-letter it, take it off the work queue and fail its video instead of waiting."""
+    bus = delivery.bus
+    try:
+        original = await bus.js.get_msg(advisory.stream, advisory.stream_seq)
+    except NotFoundError:
+        return  # a worker acknowledged it after all
+    await dead_letter(
+        bus,
+        data=original.data or b"",
+        headers=original.headers,
+        subject=original.subject,
+        stream=advisory.stream,
+        consumer=advisory.consumer,
+        seq=advisory.stream_seq,
+        deliveries=advisory.deliveries,
+        reason=f"delivered {advisory.deliveries} times without an answer (the worker crashed or hung)",
+    )
+    try:
+        task = TASKS.decode(original.data or b"")
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        task = None
+    if task is not None:
+        name = jobs.THUMBNAIL_TASK if isinstance(task, ExtractThumbnail) else jobs.transcode_task(task.rendition.name)
+        error = ErrorInfo(code="retries_exhausted", message=f"{name}: no worker finished it in {advisory.deliveries} attempts")
+        failed = TaskFailed(video_id=task.video_id, tenant=task.tenant, task=name, error=error)
+        await bus.publish(failed, msg_id=f"{task.video_id}:{name}:failed")
+    try:
+        await bus.js.delete_msg(advisory.stream, advisory.stream_seq)
+    except NotFoundError:
+        pass
 
 
 async def fan_out(bus: Bus, event: VideoUploaded) -> None:

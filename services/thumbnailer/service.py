@@ -27,14 +27,14 @@ async def report_failure(task: ExtractThumbnail, delivery: Delivery, exc: Except
 @service.consumer(topology.THUMBNAIL_TASKS, ExtractThumbnail, on_exhausted=report_failure)
 async def extract_thumbnail(task: ExtractThumbnail, delivery: Delivery) -> None:
     bus = delivery.bus
-    if await bus.video_stopped(task.tenant, task.video_id):
-        return  # deleted (or failed) while the task waited: nothing to do
+    if await bus.video_deleted(task.tenant, task.video_id):
+        return  # deleted while the task waited: nothing to do
     with tempfile.TemporaryDirectory(prefix="vidmesh-thumb-", dir=bus.settings.tmp_dir) as tmp:
         src, dst = os.path.join(tmp, "source"), os.path.join(tmp, "thumbnail.jpg")
         try:
             await bus.media.download(task.source, src)
         except FileNotFoundError:
-            if await bus.video_stopped(task.tenant, task.video_id):
+            if await bus.video_deleted(task.tenant, task.video_id):
                 return
             raise Poison("source_missing", "the upload is no longer in the object store") from None
         try:

@@ -43,8 +43,8 @@ async def transcode_rendition(task: TranscodeRendition, delivery: Delivery) -> N
     bus = delivery.bus
     settings = bus.settings
     spec = task.rendition
-    if stopped := await bus.video_stopped(task.tenant, task.video_id):
-        log.info("dropping %s of %s video %s", spec.name, stopped, task.video_id)
+    if await bus.video_deleted(task.tenant, task.video_id):
+        log.info("dropping %s of deleted video %s", spec.name, task.video_id)
         return
     loop = asyncio.get_running_loop()
     stop = threading.Event()  # read by the encoder thread on every frame
@@ -57,7 +57,7 @@ async def transcode_rendition(task: TranscodeRendition, delivery: Delivery) -> N
     async def watch_cancellation() -> None:
         while not stop.is_set():
             await asyncio.sleep(CANCEL_POLL_S)
-            if await bus.video_stopped(task.tenant, task.video_id):
+            if await bus.video_deleted(task.tenant, task.video_id):
                 stop.set()
 
     with tempfile.TemporaryDirectory(prefix="vidmesh-transcode-", dir=settings.tmp_dir) as tmp:
@@ -65,7 +65,7 @@ async def transcode_rendition(task: TranscodeRendition, delivery: Delivery) -> N
         try:
             await bus.media.download(task.source, src)
         except FileNotFoundError:
-            if await bus.video_stopped(task.tenant, task.video_id):
+            if await bus.video_deleted(task.tenant, task.video_id):
                 return  # deleted while queued: its source went with it
             raise Poison("source_missing", "the upload is no longer in the object store") from None
         watcher = asyncio.create_task(watch_cancellation())
@@ -87,7 +87,7 @@ async def transcode_rendition(task: TranscodeRendition, delivery: Delivery) -> N
             stop.set()  # shutdown: let the encoder thread notice and end
             raise
         except Cancelled:
-            log.info("abandoned %s of video %s: it was deleted or failed", spec.name, task.video_id)
+            log.info("abandoned %s of video %s: it was deleted", spec.name, task.video_id)
             return
         except MediaError as exc:
             if exc.code == "bad_media":

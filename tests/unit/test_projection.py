@@ -77,7 +77,11 @@ def test_progress_only_moves_forward_and_stops_at_terminal():
 def test_failed_keeps_its_reason_and_delete_wins_over_everything():
     failed = fold([UPLOADED, VideoFailed(video_id=V, tenant=T, error=ErrorInfo(code="bad_media", message="x"))])
     assert failed.status == "failed" and failed.error.code == "bad_media"
-    assert apply(failed, READY, 1) is None
+    late = RenditionProgress(video_id=V, tenant=T, rendition="720p", percent=10)
+    assert apply(failed, late, 1) is None
+    recovered = apply(failed, READY, 1)  # its failed task was replayed and succeeded
+    assert recovered.status == "ready" and recovered.error is None
+    assert apply(recovered, VideoFailed(video_id=V, tenant=T, error=ErrorInfo(code="x", message="y")), 2) is None
     deleted = fold([UPLOADED, DONE_360, VideoDeleted(video_id=V, tenant=T), READY, DONE_720])
     view = to_view(deleted)
     assert view.status == "deleted" and view.renditions == [] and view.thumbnail is None
@@ -103,3 +107,6 @@ def test_fan_in_fails_on_the_first_failed_task_and_stays_failed():
         job = jobs.task_done(job, task, None)
     assert job.status == "failed"
     assert jobs.deleted(job).status == "deleted"
+    # replaying the dead-lettered thumbnail task recovers the video
+    recovered = jobs.task_done(job, "thumbnail", "othumb")
+    assert recovered.status == "ready" and recovered.error is None
