@@ -227,9 +227,12 @@ class Service:
                 context=telemetry.extract(request.headers),
                 kind=trace.SpanKind.SERVER,
                 attributes=telemetry.messaging_attributes("process", ep.subject),
-            ):
+            ) as span:
                 try:
                     req = decoder.decode(request.data)
+                    for attr, field in (("vidmesh.video.id", "video_id"), ("vidmesh.tenant", "tenant")):
+                        if value := getattr(req, field, None):
+                            span.set_attribute(attr, value)
                     reply = await ep.handler(req, self.bus)
                     await request.respond(contracts.encode(reply))
                 except (msgspec.DecodeError, msgspec.ValidationError) as exc:

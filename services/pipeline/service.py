@@ -14,7 +14,7 @@ from typing import Union
 import msgspec
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NotFoundError
 
-from shared import topology
+from shared import telemetry, topology
 from shared.bus import Bus
 from shared.consumer import Delivery, Retry, dead_letter
 from shared.contracts import (
@@ -53,17 +53,19 @@ async def probe_source(req: ProbeSource, bus: Bus) -> Probed:
     with tempfile.TemporaryDirectory(prefix="vidmesh-probe-", dir=settings.tmp_dir) as tmp:
         path = os.path.join(tmp, "source")
         try:
-            await bus.media.download(req.object, path)
+            with telemetry.tracer.start_as_current_span("download upload"):
+                await bus.media.download(req.object, path)
         except FileNotFoundError:
             return Probed(error=ErrorInfo(code="not_found", message="the upload is not in the object store"))
         try:
-            source = await asyncio.to_thread(
-                probe,
-                path,
-                max_width=settings.max_width,
-                max_height=settings.max_height,
-                max_duration_s=settings.max_duration_s,
-            )
+            with telemetry.tracer.start_as_current_span("probe", attributes={"vidmesh.video.id": req.video_id}):
+                source = await asyncio.to_thread(
+                    probe,
+                    path,
+                    max_width=settings.max_width,
+                    max_height=settings.max_height,
+                    max_duration_s=settings.max_duration_s,
+                )
         except ProbeError as exc:
             return Probed(error=ErrorInfo(code=exc.code, message=exc.message))
     return Probed(source=source)

@@ -6,7 +6,7 @@ import asyncio
 import os
 import tempfile
 
-from shared import topology
+from shared import telemetry, topology
 from shared.consumer import Delivery, Poison
 from shared.contracts import ErrorInfo, ExtractThumbnail, TaskFailed, ThumbnailExtracted
 from shared.service import Service
@@ -32,17 +32,20 @@ async def extract_thumbnail(task: ExtractThumbnail, delivery: Delivery) -> None:
     with tempfile.TemporaryDirectory(prefix="vidmesh-thumb-", dir=bus.settings.tmp_dir) as tmp:
         src, dst = os.path.join(tmp, "source"), os.path.join(tmp, "thumbnail.jpg")
         try:
-            await bus.media.download(task.source, src)
+            with telemetry.tracer.start_as_current_span("download source"):
+                await bus.media.download(task.source, src)
         except FileNotFoundError:
             if await bus.video_deleted(task.tenant, task.video_id):
                 return
             raise Poison("source_missing", "the upload is no longer in the object store") from None
         try:
-            width, height = await asyncio.to_thread(first_frame_jpeg, src, dst, max_width=task.max_width)
+            with telemetry.tracer.start_as_current_span("extract first frame"):
+                width, height = await asyncio.to_thread(first_frame_jpeg, src, dst, max_width=task.max_width)
         except MediaError as exc:
             raise Poison(exc.code, exc.message) from None
         key = topology.thumbnail_key(task.tenant, task.video_id)
-        info = await bus.media.put_file(key, dst)
+        with telemetry.tracer.start_as_current_span("upload thumbnail"):
+            info = await bus.media.put_file(key, dst)
     done = ThumbnailExtracted(
         video_id=task.video_id, tenant=task.tenant, object=key, width=width, height=height, size=info.size
     )

@@ -12,7 +12,9 @@ import tempfile
 import threading
 import logging
 
-from shared import topology
+from opentelemetry import context as otel_context
+
+from shared import telemetry, topology
 from shared.consumer import Delivery, Poison, Retry
 from shared.contracts import ErrorInfo, RenditionProgress, RenditionTranscoded, TaskFailed, TranscodeRendition
 from shared.service import Service
@@ -52,7 +54,9 @@ async def transcode_rendition(task: TranscodeRendition, delivery: Delivery) -> N
     def on_progress(percent: float) -> None:  # encoder thread, at most about once a second
         event = RenditionProgress(video_id=task.video_id, tenant=task.tenant, rendition=spec.name, percent=percent)
         msg_id = f"{task.video_id}:{spec.name}:progress:{delivery.attempt}:{int(percent)}"
-        asyncio.run_coroutine_threadsafe(_publish_quietly(bus, event, msg_id), loop)
+        # the thread runs in the task's trace context; carry it over to the loop
+        parent = otel_context.get_current()
+        asyncio.run_coroutine_threadsafe(_publish_quietly(bus, event, msg_id, parent), loop)
 
     async def watch_cancellation() -> None:
         while not stop.is_set():
@@ -63,26 +67,30 @@ async def transcode_rendition(task: TranscodeRendition, delivery: Delivery) -> N
     with tempfile.TemporaryDirectory(prefix="vidmesh-transcode-", dir=settings.tmp_dir) as tmp:
         src, dst = os.path.join(tmp, "source"), os.path.join(tmp, f"{spec.name}.mp4")
         try:
-            await bus.media.download(task.source, src)
+            with telemetry.tracer.start_as_current_span("download source"):
+                await bus.media.download(task.source, src)
         except FileNotFoundError:
             if await bus.video_deleted(task.tenant, task.video_id):
                 return  # deleted while queued: its source went with it
             raise Poison("source_missing", "the upload is no longer in the object store") from None
         watcher = asyncio.create_task(watch_cancellation())
         try:
-            result = await asyncio.to_thread(
-                transcode,
-                src,
-                dst,
-                width=spec.width,
-                height=spec.height,
-                rotation=task.rotation,
-                preset=settings.transcode_preset,
-                crf=settings.transcode_crf,
-                duration=task.duration,
-                on_progress=on_progress,
-                should_stop=stop.is_set,
-            )
+            with telemetry.tracer.start_as_current_span(
+                "transcode", attributes={"vidmesh.rendition": spec.name, "vidmesh.preset": settings.transcode_preset}
+            ):
+                result = await asyncio.to_thread(
+                    transcode,
+                    src,
+                    dst,
+                    width=spec.width,
+                    height=spec.height,
+                    rotation=task.rotation,
+                    preset=settings.transcode_preset,
+                    crf=settings.transcode_crf,
+                    duration=task.duration,
+                    on_progress=on_progress,
+                    should_stop=stop.is_set,
+                )
         except asyncio.CancelledError:
             stop.set()  # shutdown: let the encoder thread notice and end
             raise
@@ -97,7 +105,8 @@ async def transcode_rendition(task: TranscodeRendition, delivery: Delivery) -> N
             stop.set()
             watcher.cancel()
         key = topology.rendition_key(task.tenant, task.video_id, spec.name)
-        info = await bus.media.put_file(key, dst)
+        with telemetry.tracer.start_as_current_span("upload rendition"):
+            info = await bus.media.put_file(key, dst)
     done = RenditionTranscoded(
         video_id=task.video_id,
         tenant=task.tenant,
@@ -112,8 +121,11 @@ async def transcode_rendition(task: TranscodeRendition, delivery: Delivery) -> N
     await bus.publish(done, msg_id=f"{task.video_id}:transcode:{spec.name}:done")
 
 
-async def _publish_quietly(bus, event, msg_id: str) -> None:
+async def _publish_quietly(bus, event, msg_id: str, parent) -> None:
+    token = otel_context.attach(parent)
     try:
         await bus.publish(event, msg_id=msg_id)
     except Exception:
         pass  # progress is advisory; losing one sample is fine
+    finally:
+        otel_context.detach(token)
