@@ -21,7 +21,7 @@ import msgspec
 from nats.aio.msg import Msg
 from nats.errors import TimeoutError as NatsTimeout
 from opentelemetry import trace
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 from . import contracts, telemetry, topology
 from .topology import ConsumerSpec
@@ -30,6 +30,7 @@ log = logging.getLogger("vidmesh.consumer")
 
 PROCESSED = Counter("vidmesh_messages_total", "Messages handled by outcome", ["consumer", "outcome"])
 DEAD_LETTERED = Counter("vidmesh_dead_letters_total", "Messages moved to the dead-letter stream", ["stream", "consumer"])
+LAG = Gauge("vidmesh_consumer_lag", "Messages waiting for a durable consumer (pending + unacked)", ["consumer"])
 DURATION = Histogram(
     "vidmesh_message_seconds",
     "Handler duration",
@@ -150,6 +151,22 @@ class ConsumerLoop:
 
     async def run(self) -> None:
         sub = await self.bus.js.pull_subscribe_bind(self.spec.durable, self.spec.stream)
+        lag = asyncio.create_task(self._watch_lag())
+        try:
+            await self._loop(sub)
+        finally:
+            lag.cancel()
+
+    async def _watch_lag(self, every: float = 5.0) -> None:
+        while True:
+            try:
+                info = await self.bus.js.consumer_info(self.spec.stream, self.spec.durable)
+                LAG.labels(self.spec.durable).set(info.num_pending + info.num_ack_pending)
+            except Exception:
+                pass
+            await asyncio.sleep(every)
+
+    async def _loop(self, sub) -> None:
         while not self.stopping.is_set():
             free = self.concurrency - len(self.inflight)
             if free <= 0:

@@ -17,8 +17,11 @@ from collections.abc import AsyncIterator
 from datetime import datetime, timezone
 
 from nats.js import api
+from prometheus_client import Counter
 from nats.js.errors import NotFoundError
 from nats.js.object_store import OBJ_CHUNKS_PRE_TEMPLATE, OBJ_META_PRE_TEMPLATE, OBJ_STREAM_TEMPLATE
+
+MEDIA_BYTES = Counter("vidmesh_media_bytes_total", "Bytes written to and read from the object store", ["direction"])
 
 CHUNK_SIZE = 256 * 1024
 PUBLISH_WINDOW = 32  # chunks in flight while writing: ~8 MiB bounded
@@ -76,6 +79,7 @@ class MediaStore:
             if buf:
                 await flush(bytes(buf))
             await asyncio.gather(*pending)
+            MEDIA_BYTES.labels("in").inc(total)
             return await self._commit(name, nuid, total, count, digest, headers)
         except BaseException:
             # Let the chunks already sent land before purging, or they would outlive the purge.
@@ -140,6 +144,7 @@ class MediaStore:
             offset = hi
             if hi <= start:
                 continue
+            MEDIA_BYTES.labels("out").inc(len(data))
             yield data[max(0, start - lo) : min(len(data), end + 1 - lo)]
 
     async def download(self, name: str, path: str | os.PathLike) -> api.ObjectInfo:

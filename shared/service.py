@@ -40,6 +40,12 @@ from .consumer import ConsumerLoop
 
 log = logging.getLogger("vidmesh.service")
 
+HTTP_SECONDS = Histogram(
+    "vidmesh_http_request_seconds",
+    "HTTP request handling time (to the response head)",
+    ["method", "route", "status"],
+    buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10, 60),
+)
 RPC_SECONDS = Histogram(
     "vidmesh_rpc_server_seconds",
     "Request-reply handling time",
@@ -148,6 +154,16 @@ class Service:
         app.include_router(self.http)
         for hook in self._app_hooks:
             hook(app)
+
+        @app.middleware("http")
+        async def http_metrics(request, call_next):
+            started = time.perf_counter()
+            response = await call_next(request)
+            route = request.scope.get("route")
+            HTTP_SECONDS.labels(request.method, getattr(route, "path", "unmatched"), str(response.status_code)).observe(
+                time.perf_counter() - started
+            )
+            return response
         try:
             from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 
