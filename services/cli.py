@@ -6,9 +6,11 @@ import importlib
 
 import typer
 
+from .client import register as register_client_commands
 from .up import SERVICES
 
 cli = typer.Typer(help="vidmesh: video processing over NATS JetStream", no_args_is_help=True, add_completion=False)
+register_client_commands(cli)  # upload, ls, status, download, rm, events: services/client.py
 
 
 @cli.command()
@@ -28,6 +30,15 @@ def run(service: str = typer.Argument(..., help=f"one of: {', '.join(SERVICES)}"
 
     module = importlib.import_module(f"services.{service}.service")
     serve(module.service)
+
+
+from .dlq import app as dlq_app  # noqa: E402
+
+cli.add_typer(dlq_app, name="dlq")
+
+from .scheduler.admin import app as schedules_app  # noqa: E402
+
+cli.add_typer(schedules_app, name="schedules")  # list, run NAME: services/scheduler/admin.py
 
 
 def main() -> None:

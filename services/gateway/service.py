@@ -18,7 +18,7 @@ from fastapi.responses import FileResponse, JSONResponse, Response, StreamingRes
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from shared import topology
+from shared import telemetry, topology
 from shared.bus import Bus, RpcError
 from shared.contracts import (
     DeleteVideo,
@@ -44,9 +44,11 @@ from . import idempotency
 from .auth import ApiKeys
 from .media import RangeNotSatisfiable, event_name, parse_range, sse
 from .uploads import MultipartFile, accepted, new_video_id
+from .webhooks import router as webhooks_router
 
 service = Service("gateway", "The public HTTP API of vidmesh")
 api = service.http
+service.http.include_router(webhooks_router)  # /v1/webhooks: services/gateway/webhooks.py
 
 PROBE_TIMEOUT_S = 120.0
 TERMINAL_EVENTS = (VideoReady, VideoFailed, VideoDeleted)
@@ -89,6 +91,17 @@ def error_response(status: int, code: str, message: str, headers: dict | None = 
 
 
 RPC_STATUS = {"not_found": 404, "unavailable": 503, "timeout": 504, "bad_request": 400}
+
+
+@service.configure_app
+def _trace_header(app: FastAPI) -> None:
+    @app.middleware("http")
+    async def trace_id(request: Request, call_next):
+        # the trace of this request, to find it in Jaeger (the OTel middleware wraps this one)
+        response = await call_next(request)
+        if trace_id := telemetry.current_trace_id():
+            response.headers["X-Trace-Id"] = trace_id
+        return response
 
 
 @service.configure_app
@@ -266,6 +279,12 @@ async def _accept(request: Request, bus: Bus, tenant: str, video_id: str, ctype:
     )
     await bus.publish(event, msg_id=f"{video_id}:uploaded")
     return Video(id=video_id, status="processing", created_at=now, updated_at=now, source=probed.source, filename=filename)
+
+
+@api.post("/v1/tokens", summary="A short-lived read token for media and events URLs (?token=)")
+async def mint_token(tenant: str = Depends(authenticate)):
+    token, expires = tokens.mint(service.settings.api_keys, tenant)
+    return JSONResponse({"token": token, "expires_at": expires, "tenant": tenant}, headers={"Cache-Control": "no-store"})
 
 
 @api.get("/v1/videos", summary="List videos, newest first")

@@ -1,0 +1,587 @@
+// vidmesh dashboard: plain JS, no build step. Talks only to the gateway's public API.
+//
+// Auth: API calls send `Authorization: Bearer <key>`. <video>, <img> and EventSource cannot
+// send headers, so media and event URLs carry a short-lived, read-only `?token=` that the
+// page gets from POST /v1/tokens (the API key itself never goes into a URL).
+"use strict";
+
+const MAX_STREAMS = 3; // a browser allows 6 HTTP/1.1 connections per host: leave room for media
+const POLL_MS = 5000;
+const TERMINAL = { video_ready: "ready", video_failed: "failed", video_deleted: "deleted" };
+const EVENT_NAMES = [
+  "video_uploaded", "video_planned", "rendition_progress", "rendition_transcoded",
+  "thumbnail_extracted", "task_failed", "video_ready", "video_failed", "video_deleted", "video",
+];
+
+const $ = (id) => document.getElementById(id);
+const state = {
+  key: null,
+  token: null,
+  tokenExpires: 0,
+  videos: new Map(), // id -> video (the API's JSON)
+  order: [], // ids, newest first
+  streams: new Map(), // id -> EventSource
+  waiting: [], // ids that want a stream
+  retries: new Map(), // id -> refused stream attempts
+  selected: null,
+  rendition: null,
+  poller: null,
+};
+
+class ApiError extends Error {
+  constructor(status, code, message) {
+    super(`${code}: ${message}`);
+    this.status = status;
+    this.code = code;
+  }
+}
+
+// --- API ------------------------------------------------------------------------------------
+
+async function api(method, path, { body, headers } = {}) {
+  let response;
+  try {
+    response = await fetch(path, {
+      method,
+      body,
+      headers: { Authorization: `Bearer ${state.key}`, ...(headers || {}) },
+      cache: "no-store",
+    });
+  } catch (err) {
+    throw new ApiError(0, "unreachable", `cannot reach the gateway (${err.message})`);
+  }
+  if (!response.ok) throw await apiError(response);
+  return response.json();
+}
+
+async function apiError(response) {
+  try {
+    const body = await response.json();
+    return new ApiError(response.status, body.code, body.message);
+  } catch (_) {
+    return new ApiError(response.status, `http_${response.status}`, response.statusText);
+  }
+}
+
+async function ensureToken(force = false) {
+  const now = Date.now() / 1000;
+  if (!force && state.token && state.tokenExpires - now > 600) return state.token;
+  const minted = await api("POST", "/v1/tokens");
+  state.token = minted.token;
+  state.tokenExpires = minted.expires_at;
+  $("tenant-note").textContent = `tenant ${minted.tenant}`;
+  return state.token;
+}
+
+function mediaUrl(path) {
+  return `${path}?token=${encodeURIComponent(state.token)}`;
+}
+
+// --- session --------------------------------------------------------------------------------
+
+async function connect(key, remember) {
+  state.key = key;
+  try {
+    await ensureToken(true);
+    await refreshList();
+  } catch (err) {
+    state.key = null;
+    notice(err.code === "unauthorized" ? "That API key was refused (unauthorized)." : err.message);
+    return;
+  }
+  (remember ? localStorage : sessionStorage).setItem("vidmesh.key", key);
+  notice(null);
+  $("login").hidden = true;
+  $("session").hidden = false;
+  $("app").hidden = false;
+  state.poller = setInterval(() => refreshList().catch(showError), POLL_MS);
+}
+
+function logout() {
+  localStorage.removeItem("vidmesh.key");
+  sessionStorage.removeItem("vidmesh.key");
+  clearInterval(state.poller);
+  for (const es of state.streams.values()) es.close();
+  state.streams.clear();
+  state.waiting = [];
+  state.videos.clear();
+  state.order = [];
+  state.key = state.token = state.selected = null;
+  $("player").removeAttribute("src");
+  $("player").load();
+  $("videos").replaceChildren();
+  $("uploads").replaceChildren();
+  $("detail").hidden = true;
+  $("app").hidden = true;
+  $("session").hidden = true;
+  $("login").hidden = false;
+  $("key").value = "";
+}
+
+function notice(text) {
+  $("notice").hidden = !text;
+  $("notice").textContent = text || "";
+}
+
+function showError(err) {
+  notice(err instanceof ApiError ? `${err.code}: ${err.message.replace(/^[^:]*: /, "")}` : String(err));
+}
+
+// --- the list -------------------------------------------------------------------------------
+
+async function refreshList() {
+  const page = await api("GET", "/v1/videos?limit=50");
+  const ids = page.items.map((v) => v.id);
+  for (const v of page.items) merge(v);
+  // keep videos just uploaded from this page that the catalog has not listed yet
+  const recent = (v) => v && v.status === "processing" && Date.now() / 1000 - v.created_at < 30;
+  const extra = state.order.filter((id) => !ids.includes(id) && recent(state.videos.get(id)));
+  state.order = [...extra, ...ids];
+  for (const id of [...state.videos.keys()]) {
+    if (!state.order.includes(id) && id !== state.selected) state.videos.delete(id);
+  }
+  await ensureToken();
+  renderList();
+  for (const v of page.items) if (v.status === "processing") follow(v.id);
+}
+
+function merge(video) {
+  const old = state.videos.get(video.id);
+  // a live stream knows more than a lagging catalog read: never go back in progress
+  if (old && old.status !== "processing" && video.status === "processing") return;
+  if (old && video.status === "processing") {
+    video.progress = { ...video.progress };
+    for (const [name, pct] of Object.entries(old.progress || {})) {
+      if ((video.progress[name] ?? -1) < pct) video.progress[name] = pct;
+    }
+    if (!video.planned?.length && old.planned?.length) video.planned = old.planned;
+  }
+  state.videos.set(video.id, video);
+  if (!state.order.includes(video.id)) state.order.unshift(video.id);
+}
+
+function renderList() {
+  const list = $("videos");
+  const rows = state.order.map((id) => state.videos.get(id)).filter(Boolean).map(row);
+  list.replaceChildren(...rows);
+  $("empty").hidden = rows.length > 0;
+  if (state.selected) renderDetail();
+}
+
+function updateVideo(id) {
+  const video = state.videos.get(id);
+  if (!video) return;
+  const old = document.querySelector(`#videos li[data-id="${id}"]`);
+  if (old) old.replaceWith(row(video));
+  else renderList();
+  if (state.selected === id) renderDetail();
+}
+
+function row(v) {
+  const li = el("li", { class: "video" + (state.selected === v.id ? " selected" : "") });
+  li.dataset.id = v.id;
+  li.dataset.status = v.status;
+  li.tabIndex = 0;
+  li.addEventListener("click", () => select(v.id));
+  li.addEventListener("keydown", (e) => { if (e.key === "Enter") select(v.id); });
+
+  const thumb = el("div", { class: "mini" });
+  if (v.thumbnail && state.token) {
+    const img = el("img", { alt: "", loading: "lazy" });
+    img.src = mediaUrl(v.thumbnail.url);
+    thumb.append(img);
+  }
+  const main = el("div", { class: "meta" });
+  main.append(el("div", { class: "name" }, v.filename || v.id));
+  main.append(el("div", { class: "sub muted" }, [when(v.created_at), sourceLine(v.source)].filter(Boolean).join(" · ")));
+  if (v.status === "processing") main.append(progressBars(v, true));
+  if (v.status === "failed" && v.error) main.append(el("div", { class: "error small" }, `${v.error.code}: ${v.error.message}`));
+  li.append(thumb, main, badge(v));
+  return li;
+}
+
+function badge(v) {
+  const b = el("span", { class: `badge ${v.status}` }, v.status);
+  b.dataset.status = v.status;
+  return b;
+}
+
+function progressBars(v, compact) {
+  const box = el("div", { class: compact ? "progress-list compact" : "progress-list" });
+  const names = v.planned?.length ? v.planned : Object.keys(v.progress || {});
+  if (!names.length) {
+    box.append(el("div", { class: "muted small" }, "probing and planning…"));
+    return box;
+  }
+  for (const name of names) {
+    const done = v.renditions?.some((r) => r.name === name);
+    const pct = done ? 100 : Math.round(v.progress?.[name] ?? 0);
+    const line = el("div", { class: "pline" });
+    line.dataset.rendition = name;
+    const bar = el("progress", { max: "100" });
+    bar.value = pct;
+    line.append(el("span", { class: "pname" }, name), bar, el("span", { class: "pct" }, `${pct}%`));
+    box.append(line);
+  }
+  return box;
+}
+
+// --- live progress over SSE -----------------------------------------------------------------
+
+function follow(id) {
+  if (state.streams.has(id) || state.waiting.includes(id)) return;
+  if (state.streams.size >= MAX_STREAMS) {
+    state.waiting.push(id); // the list poll keeps it fresh meanwhile
+    return;
+  }
+  const es = new EventSource(mediaUrl(`/v1/videos/${encodeURIComponent(id)}/events`));
+  state.streams.set(id, es);
+  for (const name of EVENT_NAMES) {
+    es.addEventListener(name, (e) => onEvent(id, name, e));
+  }
+  es.onerror = () => {
+    // The browser retries by itself while the stream is CONNECTING; a refused request
+    // (e.g. an expired token) leaves it CLOSED: renew the token, re-read, start again.
+    if (es.readyState !== EventSource.CLOSED) return;
+    unfollow(id);
+    const tries = (state.retries.get(id) || 0) + 1;
+    state.retries.set(id, tries);
+    if (tries > 3) return; // the list poll keeps it fresh
+    ensureToken(true)
+      .then(() => reload(id))
+      .then(() => { if (state.videos.get(id)?.status === "processing") follow(id); })
+      .catch(showError);
+  };
+}
+
+function unfollow(id) {
+  const es = state.streams.get(id);
+  if (es) es.close();
+  state.streams.delete(id);
+  state.waiting = state.waiting.filter((w) => w !== id);
+  while (state.waiting.length && state.streams.size < MAX_STREAMS) {
+    const next = state.waiting.shift();
+    if (state.videos.get(next)?.status === "processing") follow(next);
+  }
+}
+
+function onEvent(id, name, e) {
+  const v = state.videos.get(id);
+  if (!v) return;
+  let data = {};
+  try { data = JSON.parse(e.data); } catch (_) { return; }
+  v.progress = v.progress || {};
+  switch (name) {
+    case "video_planned":
+      v.planned = data.renditions.map((r) => r.name);
+      break;
+    case "rendition_progress":
+      v.progress[data.rendition] = Math.max(v.progress[data.rendition] || 0, data.percent);
+      break;
+    case "rendition_transcoded":
+      v.progress[data.rendition] = 100;
+      reload(id); // the catalog now has its URL
+      break;
+    case "thumbnail_extracted":
+      reload(id);
+      break;
+    case "task_failed":
+      v.note = `${data.task}: ${data.error.code} (retrying)`;
+      break;
+    case "video":
+      state.videos.set(id, data);
+      unfollow(id);
+      updateVideo(id);
+      return;
+    default:
+      if (TERMINAL[name]) {
+        unfollow(id);
+        v.status = TERMINAL[name];
+        if (data.error) v.error = data.error;
+        updateVideo(id);
+        reload(id, TERMINAL[name]);
+        return;
+      }
+  }
+  updateVideo(id);
+}
+
+// Read a video back; the catalog projects events a moment after the stream shows them.
+async function reload(id, expected, tries = 25) {
+  try {
+    const v = await api("GET", `/v1/videos/${encodeURIComponent(id)}`);
+    if (expected && v.status !== expected && tries > 0) {
+      setTimeout(() => reload(id, expected, tries - 1), 200);
+      return;
+    }
+    merge(v);
+    updateVideo(id);
+  } catch (err) {
+    showError(err);
+  }
+}
+
+// --- uploads --------------------------------------------------------------------------------
+
+function uploadFiles(files) {
+  for (const file of files) uploadOne(file);
+}
+
+function uploadOne(file) {
+  const item = el("li", { class: "upload" });
+  const bar = el("progress", { max: "100" });
+  bar.value = 0;
+  const label = el("span", { class: "uname" }, file.name);
+  const status = el("span", { class: "pct" }, "0%");
+  item.append(label, bar, status);
+  $("uploads").prepend(item);
+
+  const form = new FormData();
+  form.append("file", file, file.name);
+  const xhr = new XMLHttpRequest(); // fetch() cannot report upload progress
+  xhr.open("POST", "/v1/videos");
+  xhr.setRequestHeader("Authorization", `Bearer ${state.key}`);
+  xhr.responseType = "json";
+  xhr.upload.onprogress = (e) => {
+    if (!e.lengthComputable) return;
+    const pct = Math.round((100 * e.loaded) / e.total);
+    bar.value = pct;
+    status.textContent = pct < 100 ? `${pct}%` : "probing…";
+  };
+  xhr.onload = () => {
+    const body = xhr.response || {};
+    if (xhr.status === 202) {
+      item.classList.add("done");
+      bar.value = 100;
+      status.textContent = "uploaded";
+      merge(body);
+      renderList();
+      follow(body.id);
+      setTimeout(() => item.remove(), 4000);
+    } else {
+      item.classList.add("failed");
+      status.textContent = `${body.code || xhr.status}: ${body.message || xhr.statusText}`;
+    }
+  };
+  xhr.onerror = () => {
+    item.classList.add("failed");
+    status.textContent = "unreachable: the upload did not reach the gateway";
+  };
+  xhr.send(form);
+}
+
+function setupDrop() {
+  const drop = $("drop");
+  const on = (e) => { e.preventDefault(); drop.classList.add("over"); };
+  const off = () => drop.classList.remove("over");
+  drop.addEventListener("dragenter", on);
+  drop.addEventListener("dragover", on);
+  drop.addEventListener("dragleave", off);
+  drop.addEventListener("drop", (e) => {
+    e.preventDefault();
+    off();
+    if (e.dataTransfer?.files?.length) uploadFiles(e.dataTransfer.files);
+  });
+  drop.addEventListener("keydown", (e) => { if (e.key === "Enter" || e.key === " ") $("file").click(); });
+  $("file").addEventListener("change", (e) => {
+    uploadFiles(e.target.files);
+    e.target.value = "";
+  });
+  // a file dropped anywhere else must not navigate away from the page
+  window.addEventListener("dragover", (e) => e.preventDefault());
+  window.addEventListener("drop", (e) => e.preventDefault());
+}
+
+// --- the detail view ------------------------------------------------------------------------
+
+function select(id) {
+  if (state.selected !== id) {
+    state.selected = id;
+    state.rendition = null;
+    const player = $("player");
+    player.pause();
+    player.removeAttribute("src");
+    player.load();
+  }
+  for (const li of document.querySelectorAll("#videos li")) li.classList.toggle("selected", li.dataset.id === id);
+  renderDetail();
+  reload(id);
+}
+
+function renderDetail() {
+  const v = state.videos.get(state.selected);
+  const detail = $("detail");
+  if (!v) { detail.hidden = true; return; }
+  detail.hidden = false;
+  detail.dataset.id = v.id;
+  detail.dataset.status = v.status;
+  $("d-title").textContent = v.filename || v.id;
+  $("d-status").replaceWith(Object.assign(badge(v), { id: "d-status" }));
+  $("d-id").textContent = v.id;
+
+  const error = $("d-error");
+  error.hidden = !v.error;
+  error.textContent = v.error ? `Failed: ${v.error.code}: ${v.error.message}` : "";
+
+  const progress = $("d-progress");
+  progress.replaceChildren(...(v.status === "processing" ? [progressBars(v, false)] : []));
+  if (v.note && v.status === "processing") progress.append(el("div", { class: "muted small" }, v.note));
+
+  const thumb = $("d-thumb");
+  if (v.thumbnail) {
+    const src = mediaUrl(v.thumbnail.url);
+    if (thumb.dataset.for !== v.id) { thumb.src = src; thumb.dataset.for = v.id; }
+    thumb.hidden = false;
+  } else {
+    thumb.hidden = true;
+    thumb.removeAttribute("src");
+    delete thumb.dataset.for;
+  }
+
+  const renditions = [...(v.renditions || [])].sort((a, b) => b.height - a.height);
+  const buttons = renditions.map((r) => {
+    const b = el("button", { type: "button", class: "rendition" + (state.rendition === r.name ? " active" : "") }, r.name);
+    b.dataset.rendition = r.name;
+    b.addEventListener("click", () => play(v, r.name));
+    return b;
+  });
+  $("d-renditions").replaceChildren(...buttons);
+  const player = $("player");
+  if (!state.rendition && renditions.length && v.status === "ready") {
+    play(v, renditions[0].name); // the largest, loaded (not started) when the video opens
+    return;
+  }
+  player.hidden = !state.rendition;
+  if (v.thumbnail) player.poster = thumb.src;
+
+  const facts = $("d-source");
+  const s = v.source || {};
+  const rows = [
+    ["size", s.size != null ? bytes(s.size) : null],
+    ["container", s.container],
+    ["duration", s.duration != null ? `${s.duration.toFixed(2)} s` : null],
+    ["picture", s.width ? `${s.width}×${s.height}` : null],
+    ["frame rate", s.fps ? `${+s.fps.toFixed(3)} fps` : null],
+    ["video", s.video_codec],
+    ["audio", s.audio_codec || "none"],
+    ["rotation", s.rotation ? `${s.rotation}°` : null],
+    ["uploaded", when(v.created_at)],
+    ["updated", when(v.updated_at)],
+  ].filter(([, value]) => value);
+  facts.replaceChildren(...rows.flatMap(([k, value]) => [el("dt", {}, k), el("dd", {}, value)]));
+
+  const body = $("d-files").tBodies[0];
+  body.replaceChildren(...renditions.map((r) => {
+    const tr = el("tr");
+    const link = el("a", { href: mediaUrl(r.url), download: `${v.id}-${r.name}.mp4` }, "download");
+    const cell = el("td");
+    cell.append(link);
+    tr.append(
+      el("td", {}, r.name), el("td", {}, `${r.width}×${r.height}`), el("td", {}, bytes(r.size)),
+      el("td", {}, r.has_audio ? "yes" : "no"), cell,
+    );
+    return tr;
+  }));
+  $("d-files").hidden = renditions.length === 0;
+}
+
+function play(v, name) {
+  const r = v.renditions.find((x) => x.name === name);
+  if (!r) return;
+  const player = $("player");
+  const at = state.rendition ? player.currentTime : 0;
+  const playing = !player.paused;
+  state.rendition = name;
+  player.src = mediaUrl(r.url); // the browser seeks with Range requests on this URL
+  player.dataset.rendition = name;
+  if (at) player.addEventListener("loadedmetadata", () => { player.currentTime = at; }, { once: true });
+  if (playing) player.play().catch(() => {});
+  renderDetail();
+}
+
+function setupPlayer() {
+  const player = $("player");
+  player.addEventListener("error", async () => {
+    // most likely an expired token on a later Range request: renew it and carry on
+    if (!state.rendition || !state.selected) return;
+    const at = player.currentTime;
+    try {
+      await ensureToken(true);
+    } catch (err) {
+      showError(err);
+      return;
+    }
+    const v = state.videos.get(state.selected);
+    const r = v?.renditions.find((x) => x.name === state.rendition);
+    if (!r || player.dataset.retried === r.url) return;
+    player.dataset.retried = r.url;
+    player.src = mediaUrl(r.url);
+    player.addEventListener("loadedmetadata", () => { player.currentTime = at; }, { once: true });
+  });
+  player.addEventListener("playing", () => { delete player.dataset.retried; });
+}
+
+async function deleteSelected() {
+  const id = state.selected;
+  if (!id || !confirm("Delete this video and all its renditions?")) return;
+  try {
+    await api("DELETE", `/v1/videos/${encodeURIComponent(id)}`);
+    unfollow(id);
+    state.selected = null;
+    state.rendition = null;
+    $("player").removeAttribute("src");
+    $("player").load();
+    state.order = state.order.filter((x) => x !== id);
+    state.videos.delete(id);
+    $("detail").hidden = true;
+    renderList();
+  } catch (err) {
+    showError(err);
+  }
+}
+
+// --- small helpers --------------------------------------------------------------------------
+
+function el(tag, attrs = {}, text) {
+  const node = document.createElement(tag);
+  for (const [k, value] of Object.entries(attrs)) node.setAttribute(k, value);
+  if (text !== undefined && text !== null) node.textContent = text;
+  return node;
+}
+
+function bytes(n) {
+  if (!n && n !== 0) return "";
+  const units = ["B", "KiB", "MiB", "GiB"];
+  let i = 0;
+  while (n >= 1024 && i < units.length - 1) { n /= 1024; i++; }
+  return i ? `${n.toFixed(1)} ${units[i]}` : `${n} B`;
+}
+
+function when(ts) {
+  return ts ? new Date(ts * 1000).toLocaleString() : "";
+}
+
+function sourceLine(s) {
+  if (!s) return "";
+  const parts = [];
+  if (s.width) parts.push(`${s.width}×${s.height}`);
+  if (s.duration != null) parts.push(`${s.duration.toFixed(1)} s`);
+  if (s.size != null) parts.push(bytes(s.size));
+  return parts.join(", ");
+}
+
+// --- start ----------------------------------------------------------------------------------
+
+document.addEventListener("DOMContentLoaded", () => {
+  $("login").addEventListener("submit", (e) => {
+    e.preventDefault();
+    connect($("key").value.trim(), $("remember").checked);
+  });
+  $("logout").addEventListener("click", logout);
+  $("refresh").addEventListener("click", () => refreshList().catch(showError));
+  $("d-delete").addEventListener("click", deleteSelected);
+  setupDrop();
+  setupPlayer();
+  const saved = sessionStorage.getItem("vidmesh.key") || localStorage.getItem("vidmesh.key");
+  if (saved) connect(saved, !!localStorage.getItem("vidmesh.key"));
+});
