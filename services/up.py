@@ -23,7 +23,7 @@ from pathlib import Path
 
 from shared import config
 
-SERVICES = ("catalog", "pipeline", "transcoder", "thumbnailer", "gateway")
+SERVICES = ("catalog", "pipeline", "transcoder", "thumbnailer", "scheduler", "notifier", "monitor", "gateway")
 PR_SET_PDEATHSIG = 1
 
 

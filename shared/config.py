@@ -40,6 +40,14 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     drain_timeout_s: float = 20.0
     transcoder_procs: int = 2  # `vidmesh up` only: competing transcoder processes
     max_backlog: int = 200  # transcode tasks waiting before uploads get 429
+    log_events_level: str = "WARNING"  # log records at or above this go on the bus
+    metrics_interval_s: float = 10.0  # how often each service publishes a metric sample
+    monitor_interval_s: float = 5.0  # how often the monitor evaluates its rules
+    alert_lag: int = 100  # consumer_lag fires above this many waiting messages
+    alert_failure_rate: float = 0.5  # task_failure_rate fires above this share of failures...
+    alert_failure_min: int = 5  # ...once at least this many tasks ended in the window
+    alert_window_s: float = 300.0
+    alert_silent_s: float = 60.0  # service_silent fires when a service sends nothing this long
     retry_after_s: int = 5
     # --- scheduled jobs and webhooks (issue 8); parsed by scheduling_settings() -------------
     retention_days: float = 0.0  # 0: keep videos forever
@@ -126,6 +134,14 @@ def load(env: dict | None = None) -> Settings:
         drain_timeout_s=_float(env, "VIDMESH_DRAIN_TIMEOUT_S", 20.0),
         transcoder_procs=_int(env, "VIDMESH_TRANSCODER_PROCS", 2),
         max_backlog=_int(env, "VIDMESH_MAX_BACKLOG", 200),
+        log_events_level=(env.get("VIDMESH_LOG_EVENTS_LEVEL") or "WARNING").upper(),
+        metrics_interval_s=_float(env, "VIDMESH_METRICS_INTERVAL_S", 10.0),
+        monitor_interval_s=_float(env, "VIDMESH_MONITOR_INTERVAL_S", 5.0),
+        alert_lag=_int(env, "VIDMESH_ALERT_LAG", 100),
+        alert_failure_rate=_float(env, "VIDMESH_ALERT_FAILURE_RATE", 0.5),
+        alert_failure_min=_int(env, "VIDMESH_ALERT_FAILURE_MIN", 5),
+        alert_window_s=_float(env, "VIDMESH_ALERT_WINDOW_S", 300.0),
+        alert_silent_s=_float(env, "VIDMESH_ALERT_SILENT_S", 60.0),
         retry_after_s=_int(env, "VIDMESH_RETRY_AFTER_S", 5),
     )
 

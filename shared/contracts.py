@@ -354,3 +354,61 @@ def decoder(kind) -> msgspec.json.Decoder:
     if dec is None:
         dec = _decoders[kind] = msgspec.json.Decoder(kind)
     return dec
+
+
+# --- logs, metrics and alerts as events (issue 6) ------------------------------------------
+
+
+class LogRecord(Contract, tag="ops.log_record.v1"):
+    service: str
+    instance: str
+    time: float
+    level: str
+    logger: str
+    message: str
+    trace_id: str | None = None
+
+
+class MetricSample(Contract, tag="ops.metric_sample.v1"):
+    """A service's counters at one instant; the monitor works on differences between samples."""
+
+    service: str
+    instance: str
+    time: float
+    # consumer -> outcome -> count since the process started (ok, retried, poison, exhausted)
+    messages: dict[str, dict[str, float]] = {}
+    dead_letters: float = 0.0
+    errors_logged: float = 0.0
+
+
+OpsEvent = Union[LogRecord, MetricSample]
+
+
+class Alert(msgspec.Struct, frozen=True, kw_only=True):
+    rule: str  # task_failure_rate | consumer_lag | dead_letters | service_silent
+    subject: str  # what it is about: a consumer, a service, the dead-letter stream
+    severity: str
+    message: str
+    since: float
+    value: float = 0.0
+
+
+class AlertChanged(Contract, tag="monitor.alert_changed.v1"):
+    alert: Alert
+    state: str  # firing | resolved
+
+
+class LoadState(msgspec.Struct, frozen=True, kw_only=True):
+    backlog: int
+    max_backlog: int
+    overloaded: bool
+    updated_at: float
+
+
+class GetAlerts(Contract, tag="monitor.get_alerts.v1"):
+    pass
+
+
+class AlertList(msgspec.Struct, frozen=True, kw_only=True):
+    alerts: list[Alert]
+    load: LoadState | None = None

@@ -34,7 +34,7 @@ from nats.micro.request import Request, ServiceError
 from opentelemetry import trace
 from prometheus_client import CONTENT_TYPE_LATEST, Histogram, generate_latest
 
-from . import config, contracts, telemetry, topology
+from . import config, contracts, ops, telemetry, topology
 from .bus import Bus, RpcError
 from .consumer import ConsumerLoop
 
@@ -85,6 +85,7 @@ class Service:
         self._loops: list[ConsumerLoop] = []
         self._tasks: list[asyncio.Task] = []
         self._micro = None
+        self._log_events: logging.Handler | None = None
         self._app_hooks: list[Callable[[FastAPI], None]] = []
         self.http = APIRouter()  # the service's own routes, if it has any
 
@@ -199,6 +200,9 @@ class Service:
             except Exception as exc:
                 log.warning("topology not ensured yet (%s); retrying", exc)
                 await asyncio.sleep(1.0)
+        self._log_events = ops.BusLogHandler(self.name, settings.log_events_level)
+        logging.getLogger().addHandler(self._log_events)
+        self.background(ops.publish_forever(self.bus, self._log_events, settings.metrics_interval_s))
         for hook in self._startup:
             await hook(self.bus)
         if self._endpoints:
@@ -265,6 +269,8 @@ class Service:
     async def stop(self) -> None:
         """Graceful drain: stop pulling, finish or nak what is in hand, close NATS."""
         self.ready = False
+        if self._log_events is not None:
+            logging.getLogger().removeHandler(self._log_events)
         timeout = self.settings.drain_timeout_s if self.settings else 20.0
         await asyncio.gather(*(loop.stop(timeout) for loop in self._loops), return_exceptions=True)
         for task in self._tasks:

@@ -184,7 +184,7 @@ def streams(replicas: int, events_max_age_s: float) -> list[api.StreamConfig]:
             storage=storage,
             num_replicas=replicas,
         ),
-    ] + scheduling_streams(replicas)  # issue 8: see the block at the end of this file
+    ] + scheduling_streams(replicas) + ops_streams(replicas)  # see the blocks at the end of this file
 
 
 def consumer_config(spec: ConsumerSpec, max_deliver: int | None = None, ack_wait_s: float | None = None):
@@ -231,6 +231,12 @@ async def ensure(js, settings) -> None:
             config=api.ObjectStoreConfig(bucket=OBJ_MEDIA, replicas=settings.replicas, storage=api.StorageType.FILE),
         )
     await ensure_scheduling_buckets(js, settings)  # issue 8: see the block at the end of this file
+    try:
+        await js.key_value(KV_MONITOR)
+    except BucketNotFoundError:
+        await js.create_key_value(
+            api.KeyValueConfig(bucket=KV_MONITOR, history=1, replicas=settings.replicas, storage=api.StorageType.FILE)
+        )
 
 
 async def _ensure_stream(js, cfg: api.StreamConfig) -> None:
@@ -363,3 +369,40 @@ async def ensure_scheduling_buckets(js, settings) -> None:
                     bucket=bucket, history=1, ttl=ttl, replicas=settings.replicas, storage=api.StorageType.FILE
                 )
             )
+
+
+# =============================================================================================
+# Logs, metrics and alerts as events (issue 6)
+# =============================================================================================
+# Every service publishes its log records (warning and above, or VIDMESH_LOG_EVENTS_LEVEL)
+# and a periodic metric sample on `logs.evt.<service>` / `metrics.evt.<service>`; the monitor
+# consumes them with the consumer lag of every durable consumer, evaluates its alert rules,
+# announces alert changes on `monitor.evt.alert.<rule>`, and keeps the load state (the
+# transcode backlog) in its KV bucket, where the gateway reads it for its 429s.
+
+OPS = "OPS"
+OPS_MAX_AGE_S = 24 * 3600.0
+LOG_PREFIX = "logs.evt"  # + .<service>
+METRICS_PREFIX = "metrics.evt"  # + .<service>
+ALERT_PREFIX = "monitor.evt.alert"  # + .<rule>
+KV_MONITOR = "monitor"  # monitor: `load` (backpressure), `alerts` (what fires now)
+RPC_MONITOR_ALERTS = "monitor.rpc.alerts"
+
+MONITOR_INPUT = ConsumerSpec(OPS, "monitor", (LOG_PREFIX + ".>", METRICS_PREFIX + ".>"), max_deliver=5)
+
+CONSUMERS = CONSUMERS + (MONITOR_INPUT,)
+
+
+def ops_streams(replicas: int) -> list[api.StreamConfig]:
+    return [
+        api.StreamConfig(
+            name=OPS,
+            subjects=[LOG_PREFIX + ".>", METRICS_PREFIX + ".>", ALERT_PREFIX + ".>"],
+            retention=api.RetentionPolicy.LIMITS,
+            max_age=OPS_MAX_AGE_S,
+            max_bytes=512 * 1024 * 1024,  # logs must never fill the disk: oldest go first
+            storage=api.StorageType.FILE,
+            num_replicas=replicas,
+            duplicate_window=60.0,
+        )
+    ]

@@ -140,7 +140,7 @@ class Mesh:
 
     def expected_services(self) -> int:
         procs = int(self.env.get("VIDMESH_TRANSCODER_PROCS", "2"))
-        return 4 + procs
+        return 7 + procs  # catalog, pipeline, thumbnailer, scheduler, notifier, monitor, gateway + transcoders
 
     def child_pids(self) -> list[int]:
         return [int(m.group(1)) for line in self.lines if (m := re.search(r"started pid=(\d+)", line))]
@@ -181,3 +181,180 @@ def mesh():
         pids = m.child_pids()
         assert m.stop() == 0, "\n".join(m.lines[-40:])
         wait_for(lambda: not any(alive(p) for p in pids), 20, what="every child process to exit")
+
+
+# =========================================================================================
+# Fault-test helpers (issue 4: tests/e2e/test_faults.py, test_cluster.py,
+# test_bad_media_corpus.py). Generic: a mesh on an existing NATS (one server or a
+# cluster), JetStream queries from sync tests, and the delivery invariants every fault
+# test checks: each accepted video terminal, each rendition exactly once, queues empty.
+# =========================================================================================
+
+TASK_QUEUES = {"TASKS_TRANSCODE": "transcoder", "TASKS_THUMBNAIL": "thumbnailer"}
+
+
+class MeshOn(Mesh):
+    """`vidmesh up` on an existing NATS server or cluster (NATS_URL, comma list for a
+    cluster): it starts no nats-server of its own."""
+
+    def __init__(self, data_dir: Path, nats_url: str, extra_env: dict | None = None):
+        super().__init__(data_dir, extra_env)
+        self.env["NATS_URL"] = nats_url  # Mesh drops an inherited NATS_URL; set ours after
+
+
+def nats_servers(mesh: Mesh) -> list[str]:
+    """The NATS seed URLs the mesh uses."""
+    url = mesh.env.get("NATS_URL") or f"nats://127.0.0.1:{mesh.nats_port}"
+    return [u.strip() for u in url.split(",") if u.strip()]
+
+
+def js_run(servers: list[str], query, timeout: float = 30.0):
+    """Run `await query(js)` on a fresh connection to `servers` (a sync test's JetStream)."""
+    import asyncio
+
+    import nats
+
+    async def go():
+        nc = await nats.connect(
+            servers, connect_timeout=2, max_reconnect_attempts=5, reconnect_time_wait=0.2, allow_reconnect=True
+        )
+        try:
+            return await asyncio.wait_for(query(nc.jetstream(timeout=10)), timeout)
+        finally:
+            await nc.close()
+
+    return asyncio.run(go())
+
+
+def service_pids(mesh: Mesh) -> dict[str, int]:
+    """The latest pid of every supervised process, by its log prefix (`transcoder-1`, ...)."""
+    pids = {}
+    for line in mesh.lines:
+        name, sep, rest = line.partition("|")
+        if sep and "started pid=" in rest:
+            pids[name.strip()] = int(rest.split("started pid=")[1].split()[0])
+    return pids
+
+
+def wait_terminal(client: httpx.Client, ids, timeout: float = 120.0, statuses=("ready", "failed")) -> dict[str, dict]:
+    """Poll every video until each is in `statuses`; on timeout say which are stuck where."""
+    ids = list(ids)
+    last: dict[str, dict] = {}
+
+    def done():
+        for vid in ids:
+            if last.get(vid, {}).get("status") in statuses:
+                continue
+            r = client.get(f"/v1/videos/{vid}")
+            last[vid] = r.json() if r.status_code == 200 else {"status": f"http {r.status_code}", "body": r.text}
+        return all(last[v].get("status") in statuses for v in ids)
+
+    try:
+        wait_for(done, timeout, 0.2, f"{len(ids)} videos to reach {statuses}")
+    except AssertionError:
+        stuck = {v: {k: last[v].get(k) for k in ("status", "progress", "planned", "renditions", "error")}
+                 for v in ids if last.get(v, {}).get("status") not in statuses}
+        raise AssertionError(f"not terminal after {timeout}s: {stuck}") from None
+    return {v: last[v] for v in ids}
+
+
+async def delivery_state(js, tenant: str, video_ids) -> dict:
+    """What the bus holds for these videos: rendition objects (and whether each is whole),
+    event counts per kind, the task queues, and chunks that belong to no live object."""
+    from nats.js.errors import NotFoundError
+
+    store = await js.object_store("media")
+    try:
+        objects = await store.list(ignore_deletes=True)
+    except NotFoundError:
+        objects = []
+    info = await js.stream_info("OBJ_media", subjects_filter="$O.media.C.>")
+    chunks = dict(info.state.subjects or {})
+    live = {o.name: o for o in objects if not o.deleted}
+    live_nuids = {o.nuid for o in live.values()}
+    state = {
+        "videos": {},
+        "orphan_chunk_subjects": sorted(s for s in chunks if s.rsplit(".", 1)[-1] not in live_nuids),
+        "queues": {},
+    }
+    for vid in video_ids:
+        prefix = f"{tenant}/{vid}/renditions/"
+        renditions = {}
+        for name, o in live.items():
+            if name.startswith(prefix):
+                held = chunks.get(f"$O.media.C.{o.nuid}", 0)
+                renditions[name[len(prefix):]] = {"chunks": o.chunks, "chunks_stored": held, "size": o.size}
+        events = {}
+        for kind in ("transcoder.evt.rendition_transcoded", "thumbnailer.evt.thumbnail_extracted",
+                     "pipeline.evt.video_ready", "pipeline.evt.video_failed"):
+            ev = await js.stream_info("EVENTS", subjects_filter=f"{kind}.{tenant}.{vid}")
+            events[kind.rsplit(".", 1)[-1]] = sum((ev.state.subjects or {}).values())
+        state["videos"][vid] = {"renditions": renditions, "events": events,
+                                "thumbnail": f"{tenant}/{vid}/thumbnail.jpg" in live}
+    for stream, durable in TASK_QUEUES.items():
+        s = await js.stream_info(stream)
+        c = await js.consumer_info(stream, durable)
+        state["queues"][stream] = {"messages": s.state.messages, "pending": c.num_pending,
+                                   "ack_pending": c.num_ack_pending}
+    return state
+
+
+def assert_delivered_once(mesh: Mesh, tenant: str, finals: dict[str, dict], *, queue_timeout: float = 30.0) -> dict:
+    """The invariants of a fault test, over the final JSON of every accepted video:
+    - each is `ready`, or `failed` with an error code and message;
+    - the JSON lists each rendition name once; a ready video lists exactly its plan;
+    - the object store holds exactly one whole object per listed rendition key, and no
+      rendition object the JSON does not list (for a ready video); no orphaned chunks;
+    - one `rendition_transcoded` event per rendition, one terminal event per video;
+    - the TASKS_* work queues end empty (nothing pending, nothing unacknowledged).
+    Returns the bus state it checked."""
+    servers = nats_servers(mesh)
+    problems = []
+    last = {}
+
+    def queues_empty():
+        last.update(js_run(servers, lambda js: delivery_state(js, tenant, finals)))
+        return all(q == {"messages": 0, "pending": 0, "ack_pending": 0} for q in last["queues"].values())
+
+    try:
+        wait_for(queues_empty, queue_timeout, 0.5, "the task queues to drain")
+    except AssertionError:
+        problems.append(f"task queues not empty: {last.get('queues')}")
+    state = last
+    for vid, video in finals.items():
+        held = state["videos"][vid]
+        names = [r["name"] for r in video.get("renditions", [])]
+        where = f"video {vid} ({video.get('status')})"
+        if len(names) != len(set(names)):
+            problems.append(f"{where}: a rendition is listed twice: {names}")
+        for name in names:
+            obj = held["renditions"].get(f"{name}.mp4")
+            if obj is None:
+                problems.append(f"{where}: rendition {name} listed but not in the object store")
+            elif obj["chunks_stored"] != obj["chunks"]:
+                problems.append(f"{where}: rendition {name} object has {obj['chunks_stored']} of {obj['chunks']} chunks")
+        ev = held["events"]
+        if video.get("status") == "ready":
+            if sorted(names) != sorted(video.get("planned", [])):
+                problems.append(f"{where}: renditions {names} != planned {video.get('planned')}")
+            extra = set(held["renditions"]) - {f"{n}.mp4" for n in names}
+            if extra:
+                problems.append(f"{where}: rendition objects not listed in the JSON: {sorted(extra)}")
+            if ev["rendition_transcoded"] != len(names):
+                problems.append(f"{where}: {ev['rendition_transcoded']} rendition_transcoded events for {len(names)} renditions")
+            if ev["video_ready"] != 1 or ev["video_failed"] != 0 or ev["thumbnail_extracted"] != 1:
+                problems.append(f"{where}: events {ev}")
+            if not video.get("thumbnail") or not held["thumbnail"]:
+                problems.append(f"{where}: no thumbnail (json {video.get('thumbnail')}, stored {held['thumbnail']})")
+        elif video.get("status") == "failed":
+            err = video.get("error") or {}
+            if not err.get("code") or not err.get("message"):
+                problems.append(f"{where}: failed without error code and message: {err}")
+            if ev["video_failed"] != 1 or ev["video_ready"] != 0:
+                problems.append(f"{where}: terminal events {ev}")
+        else:
+            problems.append(f"{where}: not terminal")
+    if state["orphan_chunk_subjects"]:
+        problems.append(f"object chunks that belong to no object: {state['orphan_chunk_subjects']}")
+    assert not problems, "\n".join(problems)
+    return state

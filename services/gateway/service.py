@@ -16,11 +16,15 @@ from fastapi import Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
+from nats.js.errors import KeyNotFoundError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from shared import telemetry, topology
 from shared.bus import Bus, RpcError
 from shared.contracts import (
+    AlertList,
+    GetAlerts,
+    LoadState,
     DeleteVideo,
     Event,
     GetVideo,
@@ -39,8 +43,7 @@ from shared.contracts import (
 from shared.objects import TooLarge
 from shared.service import Service
 
-from . import tokens
-from . import idempotency
+from . import idempotency, tokens
 from .auth import ApiKeys
 from .media import RangeNotSatisfiable, event_name, parse_range, sse
 from .uploads import MultipartFile, accepted, new_video_id
@@ -59,20 +62,34 @@ class Load:
     """The transcode backlog as last seen; refreshed in the background, read per upload."""
 
     backlog = 0
+    source = "none"  # monitor | direct
 
 
 load = Load()
 LOAD_POLL_S = 1.0
+LOAD_STALE_S = 15.0
 
 
 @service.on_startup
 async def _watch_load(bus: Bus) -> None:
+    """Follow the monitor's load state; if the monitor is silent, measure the backlog here,
+    so backpressure never depends on one more service being up."""
+    kv = await bus.kv(topology.KV_MONITOR)
+    load_decoder = decoder(LoadState)
+
     async def poll():
         spec = topology.TRANSCODE_TASKS
         while True:
             try:
-                info = await bus.js.consumer_info(spec.stream, spec.durable)
-                load.backlog = info.num_pending + info.num_ack_pending
+                try:
+                    state = load_decoder.decode((await kv.get("load")).value)
+                except KeyNotFoundError:
+                    state = None
+                if state is not None and time.time() - state.updated_at < LOAD_STALE_S:
+                    load.backlog, load.source = state.backlog, "monitor"
+                else:
+                    info = await bus.js.consumer_info(spec.stream, spec.durable)
+                    load.backlog, load.source = info.num_pending + info.num_ack_pending, "direct"
             except Exception:
                 pass  # keep the last figure while NATS is away
             await asyncio.sleep(LOAD_POLL_S)
@@ -223,7 +240,7 @@ def _shed_load(settings) -> None:
             429,
             "overloaded",
             f"{load.backlog} transcode tasks are waiting (limit {settings.max_backlog}); retry later",
-            {"Retry-After": str(settings.retry_after_s)},
+            {"Retry-After": str(settings.retry_after_s), "Vidmesh-Load-Source": load.source},
         )
 
 
@@ -285,6 +302,11 @@ async def _accept(request: Request, bus: Bus, tenant: str, video_id: str, ctype:
 async def mint_token(tenant: str = Depends(authenticate)):
     token, expires = tokens.mint(service.settings.api_keys, tenant)
     return JSONResponse({"token": token, "expires_at": expires, "tenant": tenant}, headers={"Cache-Control": "no-store"})
+
+
+@api.get("/v1/alerts", summary="Alerts firing now, and the load state behind backpressure")
+async def alerts(tenant: str = Depends(authenticate), bus: Bus = Depends(connected_bus)):
+    return json_response(await bus.request(topology.RPC_MONITOR_ALERTS, GetAlerts(), AlertList, timeout=5))
 
 
 @api.get("/v1/videos", summary="List videos, newest first")

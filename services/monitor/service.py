@@ -1,0 +1,111 @@
+"""monitor: alert rules over logs, metrics and consumer lag; the backpressure signal.
+
+It consumes the log records and metric samples every service publishes, reads the lag of
+every durable consumer and the dead-letter count, evaluates the rules (rules.py) every
+VIDMESH_MONITOR_INTERVAL_S, announces alert changes as events, and keeps two keys in its
+KV bucket: `alerts` (what fires now) and `load` (the transcode backlog against
+VIDMESH_MAX_BACKLOG), which the gateway reads to answer 429. Run one replica: the rules
+keep their window in memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from shared import topology
+from shared.bus import Bus
+from shared.consumer import Delivery
+from shared.contracts import (
+    Alert,
+    AlertChanged,
+    AlertList,
+    GetAlerts,
+    LoadState,
+    LogRecord,
+    MetricSample,
+    OpsEvent,
+    encode,
+)
+from shared.service import Service
+
+from .rules import Observations, Thresholds, diff, evaluate
+
+log = logging.getLogger("vidmesh.monitor")
+
+service = Service("monitor", "Alert rules over logs, metrics and lag; the load state for backpressure")
+
+
+class State:
+    def __init__(self):
+        self.obs = Observations()
+        self.firing: dict[tuple[str, str], Alert] = {}
+        self.load: LoadState | None = None
+
+
+state = State()
+
+
+@service.consumer(topology.MONITOR_INPUT, OpsEvent, concurrency=8)
+async def on_ops_event(event, delivery: Delivery) -> None:
+    if isinstance(event, MetricSample):
+        state.obs.add_sample(event)
+    elif isinstance(event, LogRecord):
+        state.obs.seen(event.service, event.time)
+
+
+@service.endpoint(topology.RPC_MONITOR_ALERTS, GetAlerts)
+async def get_alerts(req: GetAlerts, bus: Bus) -> AlertList:
+    return AlertList(alerts=sorted(state.firing.values(), key=lambda a: a.since), load=state.load)
+
+
+@service.on_startup
+async def start_rules(bus: Bus) -> None:
+    service.background(evaluate_forever(bus))
+
+
+async def evaluate_forever(bus: Bus) -> None:
+    settings = bus.settings
+    t = Thresholds(
+        lag=settings.alert_lag,
+        failure_rate=settings.alert_failure_rate,
+        failure_min=settings.alert_failure_min,
+        window_s=settings.alert_window_s,
+        silent_s=settings.alert_silent_s,
+    )
+    kv = await bus.kv(topology.KV_MONITOR)
+    while True:
+        try:
+            await evaluate_once(bus, kv, t)
+        except Exception as exc:  # NATS away: try again next round
+            log.warning("monitor round failed: %s", exc)
+        await asyncio.sleep(settings.monitor_interval_s)
+
+
+async def evaluate_once(bus: Bus, kv, t: Thresholds) -> list[tuple[Alert, str]]:
+    now = time.time()
+    for spec in {(s.stream, s.durable): s for s in topology.CONSUMERS}.values():
+        try:
+            info = await bus.js.consumer_info(spec.stream, spec.durable)
+        except Exception:
+            continue
+        state.obs.lag[spec.durable] = info.num_pending + info.num_ack_pending
+    state.obs.dead_letters = (await bus.js.stream_info(topology.DEADLETTER)).state.messages
+
+    backlog = state.obs.lag.get(topology.TRANSCODE_TASKS.durable, 0)
+    state.load = LoadState(
+        backlog=backlog, max_backlog=bus.settings.max_backlog, overloaded=backlog > bus.settings.max_backlog, updated_at=now
+    )
+    await kv.put("load", encode(state.load))
+
+    state.firing, changes = diff(state.firing, evaluate(state.obs, now, t), now)
+    for alert, change in changes:
+        log.warning("alert %s %s/%s: %s", change, alert.rule, alert.subject, alert.message)
+        await bus.publish(
+            AlertChanged(alert=alert, state=change),
+            subject=f"{topology.ALERT_PREFIX}.{alert.rule}",
+            msg_id=f"{alert.rule}:{alert.subject}:{alert.since}:{change}",
+        )
+    await kv.put("alerts", encode(AlertList(alerts=list(state.firing.values()), load=state.load)))
+    return changes
