@@ -205,8 +205,7 @@ class Service:
         self.background(ops.publish_forever(self.bus, self._log_events, settings.metrics_interval_s))
         for hook in self._startup:
             await hook(self.bus)
-        if self._endpoints:
-            await self._start_endpoints()
+        await self._start_endpoints()  # also without endpoints: $SRV.PING/INFO/STATS list every service
         for c in self._consumers:
             is_task = c.spec.stream in (topology.TASKS_TRANSCODE, topology.TASKS_THUMBNAIL)
             loop = ConsumerLoop(

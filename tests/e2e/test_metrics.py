@@ -62,3 +62,30 @@ def test_metrics_move_with_an_upload(mesh, tmp_path):
     # consumer lag per durable consumer is reported (and is back to zero once idle)
     wait_for(lambda: ("vidmesh_consumer_lag", (("consumer", "pipeline"),)) in scrape(p["pipeline"]), 15, 0.5, "lag gauge")
     wait_for(lambda: total(scrape(p["pipeline"]), "vidmesh_consumer_lag", consumer="pipeline") == 0, 15, 0.5, "lag 0")
+
+
+def test_every_service_answers_srv_ping(mesh):
+    """`nats micro ls` lists the whole mesh: each service answers $SRV.PING."""
+    import asyncio
+
+    import nats
+
+    from services.up import SERVICES
+
+    async def ping():
+        nc = await nats.connect(f"nats://127.0.0.1:{mesh.nats_port}")
+        names = set()
+        try:
+            inbox = nc.new_inbox()
+            sub = await nc.subscribe(inbox)
+            await nc.publish("$SRV.PING", b"", reply=inbox)
+            while True:
+                try:
+                    msg = await sub.next_msg(timeout=1.0)
+                except nats.errors.TimeoutError:
+                    return names
+                names.add(__import__("json").loads(msg.data)["name"])
+        finally:
+            await nc.close()
+
+    assert {f"vidmesh-{s}" for s in SERVICES} <= asyncio.run(ping())
