@@ -1,0 +1,376 @@
+"""notifier: signed webhooks for video.ready, video.failed and video.deleted, with retries.
+
+Two stages, so one event reaching several webhooks retries each one on its own:
+1. `on_event` (durable consumer on EVENTS, filtered to the three terminal facts) finds the
+   tenant's webhooks that want the event, snapshots the video's JSON from the catalog and
+   publishes one `DeliverWebhook` task per webhook on the TASKS_WEBHOOK work queue.
+2. `deliver` (work-queue consumer, shared by every replica) POSTs the body, signed with
+   the webhook's secret (`Vidmesh-Signature: t=<unix>,v1=<hex hmac-sha256 of "t.body">`).
+   A timeout or a non-2xx answer naks the task with a growing delay (JetStream redelivers
+   it: no sleeping loop); after VIDMESH_WEBHOOK_MAX_ATTEMPTS it is dead-lettered. Every
+   attempt is recorded in the `webhook_deliveries` bucket (GET /v1/webhooks/{id}/deliveries).
+
+The webhooks themselves (url, event types, secret) are kept in the `webhooks` bucket and
+managed over request-reply by the gateway's /v1/webhooks routes. The secret must be kept
+to sign with, so it is stored as is. TODO: encrypt it at rest (a key from a Secret).
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+
+import msgspec
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
+
+from shared import telemetry, topology
+from shared.bus import Bus, RpcError
+from shared.consumer import Delivery, Poison, Retry, backoff
+from shared.kvscan import entries
+from shared.contracts import (
+    WEBHOOK_EVENT_TYPES,
+    CreateWebhook,
+    DeleteWebhook,
+    DeliverWebhook,
+    DeliveryAttempt,
+    DeliveryPage,
+    Event,
+    GetVideo,
+    GetWebhook,
+    ListDeliveries,
+    ListWebhooks,
+    Video,
+    VideoDeleted,
+    VideoFailed,
+    VideoReady,
+    Webhook,
+    WebhookDelivery,
+    WebhookPage,
+    encode,
+)
+from shared.service import Service
+from shared.webhook_signature import HEADER as SIGNATURE_HEADER
+from shared.webhook_signature import sign
+
+from . import outbound
+
+service = Service("notifier", "Signed webhooks for video.ready, video.failed and video.deleted")
+
+EVENT_TYPES = {VideoReady: "video.ready", VideoFailed: "video.failed", VideoDeleted: "video.deleted"}
+STATUS_OF = {"video.ready": "ready", "video.failed": "failed", "video.deleted": "deleted"}
+# The video states that show the catalog has seen the event (or moved past it: a ready
+# video may be deleted already; a failed one may be ready after a dead letter's replay).
+CONSISTENT = {
+    "video.ready": ("ready", "deleted"),
+    "video.failed": ("failed", "ready", "deleted"),
+    "video.deleted": ("deleted",),
+}
+MAX_WEBHOOKS_PER_TENANT = 20
+BACKOFF_CAP_S = 3600.0
+CAS_ATTEMPTS = 10
+
+
+class WebhookRecord(msgspec.Struct, frozen=True, kw_only=True):
+    """What the notifier keeps per webhook (its own storage format)."""
+
+    id: str
+    tenant: str
+    url: str
+    events: list[str]
+    secret: str
+    created_at: float
+    description: str | None = None
+
+    def view(self, with_secret: bool = False) -> Webhook:
+        return Webhook(
+            id=self.id,
+            url=self.url,
+            events=list(self.events),
+            created_at=self.created_at,
+            description=self.description,
+            secret=self.secret if with_secret else None,
+        )
+
+
+class WebhookEventData(msgspec.Struct, frozen=True, kw_only=True):
+    video: Video
+
+
+class WebhookEvent(msgspec.Struct, frozen=True, kw_only=True):
+    """The JSON body a receiver gets; `id` is the same on every attempt (dedupe on it)."""
+
+    id: str
+    type: str
+    created_at: float
+    data: WebhookEventData
+
+
+record_decoder = msgspec.json.Decoder(WebhookRecord)
+delivery_decoder = msgspec.json.Decoder(WebhookDelivery)
+
+
+# --- stage 1: an event becomes one delivery task per interested webhook -----------------------
+
+
+@service.consumer(topology.NOTIFIER_EVENTS, Event)
+async def on_event(event, delivery: Delivery) -> None:
+    kind = EVENT_TYPES.get(type(event))
+    if kind is not None:
+        await fan_out(delivery.bus, event, kind, delivery)
+
+
+async def fan_out(bus: Bus, event, kind: str, delivery: Delivery) -> None:
+    hooks = [h for h in await _webhooks(bus, event.tenant) if kind in h.events]
+    if not hooks:
+        return
+    video = await _video_for(bus, event, kind, delivery)
+    event_id = f"evt_{event.video_id}_{STATUS_OF[kind]}"
+    happened_at = delivery.msg.metadata.timestamp.timestamp()  # the same on every redelivery
+    body = encode(WebhookEvent(id=event_id, type=kind, created_at=happened_at, data=WebhookEventData(video=video)))
+    deliveries = await bus.kv(topology.KV_DELIVERIES)
+    now = time.time()
+    for hook in hooks:
+        delivery_id = f"dlv_{event.video_id}_{STATUS_OF[kind]}"
+        key = topology.delivery_key(event.tenant, hook.id, delivery_id)
+        record = WebhookDelivery(
+            id=delivery_id,
+            webhook_id=hook.id,
+            event_id=event_id,
+            event_type=kind,
+            video_id=event.video_id,
+            status="pending",
+            created_at=now,
+            updated_at=now,
+        )
+        try:
+            await deliveries.create(key, encode(record))
+        except KeyWrongLastSequenceError:
+            existing = await _get(deliveries, key)
+            if existing is not None and delivery_decoder.decode(existing.value).status != "pending":
+                continue  # a redelivered event: this webhook's task already ran
+        task = DeliverWebhook(
+            tenant=event.tenant,
+            video_id=event.video_id,
+            webhook_id=hook.id,
+            delivery_id=delivery_id,
+            event_id=event_id,
+            event_type=kind,
+            body=body.decode(),
+        )
+        await bus.publish(task, msg_id=f"{hook.id}:{delivery_id}")
+
+
+async def _video_for(bus: Bus, event, kind: str, delivery: Delivery) -> Video:
+    """The video's JSON as the catalog shows it once it has seen the event."""
+    try:
+        video = await bus.request(topology.RPC_CATALOG_GET, GetVideo(tenant=event.tenant, video_id=event.video_id), Video)
+    except RpcError as exc:
+        if exc.code != "not_found":
+            raise Retry(f"catalog: {exc}", delay=min(5.0, 0.5 * delivery.attempt)) from None
+        now = time.time()
+        return Video(id=event.video_id, status=STATUS_OF[kind], created_at=now, updated_at=now)
+    if video.status not in CONSISTENT[kind] and not delivery.last_attempt:
+        # The catalog projects the same event concurrently: wait until it shows it.
+        raise Retry(f"the catalog still shows {video.status}", delay=min(5.0, 0.2 * delivery.attempt))
+    return video
+
+
+# --- stage 2: one POST per attempt, retried through JetStream ----------------------------------
+
+
+async def dead(task: DeliverWebhook, delivery: Delivery, exc: Exception) -> None:
+    """The task is being dead-lettered. `deliver` records its own refusals and last
+    attempts; this covers a handler that kept failing unexpectedly."""
+    if isinstance(exc, Poison):
+        return
+    attempt = DeliveryAttempt(attempt=delivery.attempt, at=time.time(), error=f"notifier error: {exc}"[:300])
+    await _record_attempt(delivery.bus, task, attempt, "dead")
+
+
+@service.consumer(topology.WEBHOOK_DELIVERIES, DeliverWebhook, on_exhausted=dead)
+async def deliver(task: DeliverWebhook, delivery: Delivery) -> None:
+    bus = delivery.bus
+    settings = bus.settings
+    hook = await _webhook(bus, task.tenant, task.webhook_id)
+    if hook is None:  # deleted since the event: nothing to deliver to
+        await _update_delivery(bus, task, lambda r: msgspec.structs.replace(r, status="cancelled", updated_at=time.time()))
+        return
+    attempt = delivery.attempt
+    at = time.time()
+    try:
+        target = await outbound.resolve(hook.url, allow_private=settings.webhook_allow_private)
+    except outbound.Refused as exc:
+        await _record_attempt(bus, task, DeliveryAttempt(attempt=attempt, at=at, error=f"refused: {exc}"), "dead")
+        raise Poison("private_address", str(exc)) from None
+    except (outbound.Unresolvable, outbound.InvalidUrl) as exc:
+        outcome = outbound.Outcome(False, None, str(exc), 0.0)
+    else:
+        body = task.body.encode()
+        headers = {
+            SIGNATURE_HEADER: sign(hook.secret, body),
+            "Vidmesh-Event-Id": task.event_id,
+            "Vidmesh-Event-Type": task.event_type,
+            "Vidmesh-Delivery-Id": task.delivery_id,
+            "Vidmesh-Delivery-Attempt": str(attempt),
+        }
+        outcome = await outbound.post(target, body, _with_trace(headers), timeout_s=settings.webhook_timeout_s)
+    record = DeliveryAttempt(
+        attempt=attempt, at=at, status_code=outcome.status_code, error=outcome.error, duration_ms=outcome.duration_ms
+    )
+    if outcome.ok:
+        await _record_attempt(bus, task, record, "succeeded")
+        return
+    if attempt >= settings.webhook_max_attempts:
+        await _record_attempt(bus, task, record, "dead")
+        raise Poison("retries_exhausted", f"{attempt} attempts, the last: {outcome.error}")
+    delay = backoff(attempt, base=settings.webhook_backoff_s, cap=BACKOFF_CAP_S)
+    await _record_attempt(bus, task, record, "retrying", next_attempt_at=time.time() + delay)
+    raise Retry(outcome.error or "failed", delay=delay)
+
+
+def _with_trace(headers: dict[str, str]) -> dict[str, str]:
+    return telemetry.inject(headers)  # the receiver can continue the upload's trace
+
+
+async def _record_attempt(
+    bus: Bus, task: DeliverWebhook, attempt: DeliveryAttempt, status: str | None, next_attempt_at: float | None = None
+) -> None:
+    def change(record: WebhookDelivery) -> WebhookDelivery:
+        attempts = [a for a in record.attempts if a.attempt != attempt.attempt] + [attempt]
+        return msgspec.structs.replace(
+            record,
+            attempts=attempts[-50:],
+            status=status or record.status,
+            next_attempt_at=next_attempt_at,
+            updated_at=time.time(),
+        )
+
+    await _update_delivery(bus, task, change)
+
+
+async def _update_delivery(bus: Bus, task: DeliverWebhook, change) -> None:
+    """Compare-and-set on the delivery record; recreates it if it expired meanwhile."""
+    kv = await bus.kv(topology.KV_DELIVERIES)
+    key = topology.delivery_key(task.tenant, task.webhook_id, task.delivery_id)
+    for _ in range(CAS_ATTEMPTS):
+        entry = await _get(kv, key)
+        if entry is None:
+            now = time.time()
+            current = WebhookDelivery(
+                id=task.delivery_id,
+                webhook_id=task.webhook_id,
+                event_id=task.event_id,
+                event_type=task.event_type,
+                video_id=task.video_id,
+                status="pending",
+                created_at=now,
+                updated_at=now,
+            )
+        else:
+            current = delivery_decoder.decode(entry.value)
+        new = change(current)
+        try:
+            if entry is None:
+                await kv.create(key, encode(new))
+            else:
+                await kv.update(key, encode(new), last=entry.revision)
+            return
+        except KeyWrongLastSequenceError:
+            continue
+    raise Retry(f"contention on {key}")
+
+
+# --- request-reply: the gateway's /v1/webhooks -------------------------------------------------
+
+
+@service.endpoint(topology.RPC_WEBHOOK_CREATE, CreateWebhook, concurrency=2)
+async def create_webhook(req: CreateWebhook, bus: Bus) -> Webhook:
+    events = list(dict.fromkeys(req.events)) or list(WEBHOOK_EVENT_TYPES)
+    unknown = [e for e in events if e not in WEBHOOK_EVENT_TYPES]
+    if unknown:
+        raise RpcError("invalid_request", f"unknown event types {unknown}; choose from {list(WEBHOOK_EVENT_TYPES)}")
+    if req.description is not None and len(req.description) > 200:
+        raise RpcError("invalid_request", "the description is limited to 200 characters")
+    try:
+        await outbound.resolve(req.url, allow_private=bus.settings.webhook_allow_private)
+    except outbound.InvalidUrl as exc:
+        raise RpcError("invalid_url", str(exc)) from None
+    except outbound.Unresolvable as exc:
+        raise RpcError("invalid_url", str(exc)) from None
+    except outbound.Refused as exc:
+        raise RpcError("private_address", str(exc)) from None
+    if len(await _webhooks(bus, req.tenant)) >= MAX_WEBHOOKS_PER_TENANT:
+        raise RpcError("too_many_webhooks", f"a tenant can have at most {MAX_WEBHOOKS_PER_TENANT} webhooks")
+    record = WebhookRecord(
+        id=f"wh_{secrets.token_hex(8)}",
+        tenant=req.tenant,
+        url=req.url,
+        events=events,
+        secret=f"whsec_{secrets.token_urlsafe(32)}",
+        created_at=time.time(),
+        description=req.description,
+    )
+    kv = await bus.kv(topology.KV_WEBHOOKS)
+    await kv.create(topology.webhook_key(req.tenant, record.id), encode(record))
+    return record.view(with_secret=True)  # the only time the secret is shown
+
+
+@service.endpoint(topology.RPC_WEBHOOK_LIST, ListWebhooks)
+async def list_webhooks(req: ListWebhooks, bus: Bus) -> WebhookPage:
+    return WebhookPage(items=[h.view() for h in await _webhooks(bus, req.tenant)])
+
+
+@service.endpoint(topology.RPC_WEBHOOK_GET, GetWebhook)
+async def get_webhook(req: GetWebhook, bus: Bus) -> Webhook:
+    return (await _existing(bus, req.tenant, req.webhook_id)).view()
+
+
+@service.endpoint(topology.RPC_WEBHOOK_DELETE, DeleteWebhook)
+async def delete_webhook(req: DeleteWebhook, bus: Bus) -> Webhook:
+    hook = await _existing(bus, req.tenant, req.webhook_id)
+    kv = await bus.kv(topology.KV_WEBHOOKS)
+    await kv.delete(topology.webhook_key(req.tenant, req.webhook_id))
+    return hook.view()  # tasks still queued for it end `cancelled`
+
+
+@service.endpoint(topology.RPC_WEBHOOK_DELIVERIES, ListDeliveries)
+async def list_deliveries(req: ListDeliveries, bus: Bus) -> DeliveryPage:
+    await _existing(bus, req.tenant, req.webhook_id)
+    pattern = f"{req.tenant}.{req.webhook_id}.*"
+    items = [delivery_decoder.decode(e.value) async for e in entries(bus.js, topology.KV_DELIVERIES, pattern)]
+    items.sort(key=lambda d: d.created_at, reverse=True)
+    return DeliveryPage(items=items[: max(1, min(req.limit, 200))])
+
+
+# --- storage ---------------------------------------------------------------------------------
+
+
+def _valid_id(webhook_id: str) -> bool:
+    return webhook_id.startswith("wh_") and len(webhook_id) <= 40 and webhook_id.isascii() and webhook_id[3:].isalnum()
+
+
+async def _webhook(bus: Bus, tenant: str, webhook_id: str) -> WebhookRecord | None:
+    if not _valid_id(webhook_id):
+        return None
+    kv = await bus.kv(topology.KV_WEBHOOKS)
+    entry = await _get(kv, topology.webhook_key(tenant, webhook_id))
+    return record_decoder.decode(entry.value) if entry else None
+
+
+async def _existing(bus: Bus, tenant: str, webhook_id: str) -> WebhookRecord:
+    hook = await _webhook(bus, tenant, webhook_id)
+    if hook is None:
+        raise RpcError("not_found", f"no webhook {webhook_id}")
+    return hook
+
+
+async def _webhooks(bus: Bus, tenant: str) -> list[WebhookRecord]:
+    hooks = [record_decoder.decode(e.value) async for e in entries(bus.js, topology.KV_WEBHOOKS, f"{tenant}.*")]
+    return sorted(hooks, key=lambda h: h.created_at)
+
+
+async def _get(kv, key: str):
+    try:
+        return await kv.get(key)
+    except KeyNotFoundError:
+        return None

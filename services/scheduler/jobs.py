@@ -1,0 +1,319 @@
+"""What the schedules fire: retention, re-drive of stuck videos, the daily usage report.
+
+Each job is `async def job(bus, now) -> summary`, with `now` the tick's time (or the
+`as_of` of a manual run), never the wall clock, so a test injects the clock. Jobs act
+through the owners of the state: the catalog deletes videos (catalog.rpc.delete) and
+lists them (catalog.rpc.list); a stuck video gets its lost tasks published again, or a
+`TaskFailed` (code `stuck`) that the pipeline folds into a failed video, exactly as if a
+worker had given up. The scheduler writes only its own `scheduler` bucket. It reads two
+others without writing them: the keys of `videos` (to know the tenants) and the
+pipeline's `jobs` (which tasks of a processing video are still pending).
+
+Every job is idempotent, so a redelivered tick or two overlapping runs do no harm:
+deleting twice is a no-op, re-published tasks carry msg-ids keyed by the re-drive attempt
+(taken with compare-and-set), the usage report's msg-id is keyed by tenant and day.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import AsyncIterator
+from datetime import datetime, timezone
+
+import msgspec
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NotFoundError
+
+from shared import topology
+from shared.kvscan import entries
+from shared.bus import Bus, RpcError
+from shared.consumer import Retry
+from shared.contracts import (
+    DeleteVideo,
+    ErrorInfo,
+    ExtractThumbnail,
+    GetVideo,
+    ListVideos,
+    RenditionSpec,
+    TaskFailed,
+    TranscodeRendition,
+    UsageReported,
+    Video,
+    VideoPage,
+    decoder,
+)
+
+log = logging.getLogger("vidmesh.scheduler")
+
+DAY_S = 86400.0
+PAGE = 100
+THUMBNAIL_TASK = "thumbnail"  # task names as in TaskFailed.task: "transcode:<rendition>" | "thumbnail"
+TRANSCODE_PREFIX = "transcode:"
+
+
+# --- retention -----------------------------------------------------------------------------
+
+
+def retention_days(settings, tenant: str) -> float:
+    return settings.retention_days_by_tenant.get(tenant, settings.retention_days)
+
+
+def expired(video: Video, now: float, days: float) -> bool:
+    return days > 0 and video.created_at < now - days * DAY_S
+
+
+async def retention(bus: Bus, now: float) -> dict:
+    """Delete (media and state, through the catalog) every video older than its tenant's
+    retention. VIDMESH_RETENTION_DAYS=0 (the default) keeps videos forever."""
+    tenants = await known_tenants(bus)
+    deleted = kept_tenants = 0
+    for tenant in sorted(tenants):
+        days = retention_days(bus.settings, tenant)
+        if days <= 0:
+            kept_tenants += 1
+            continue
+        doomed = [v.id async for v in videos_of(bus, tenant) if expired(v, now, days)]
+        for video_id in doomed:
+            try:
+                await bus.request(topology.RPC_CATALOG_DELETE, DeleteVideo(tenant=tenant, video_id=video_id), Video)
+            except RpcError as exc:
+                if exc.code != "not_found":
+                    raise Retry(f"catalog delete of {tenant}/{video_id}: {exc}") from None
+            deleted += 1
+            log.info("retention: deleted %s/%s (older than %g days)", tenant, video_id, days)
+    return {"tenants": len(tenants), "tenants_kept_forever": kept_tenants, "deleted": deleted}
+
+
+# --- re-drive ------------------------------------------------------------------------------
+
+
+class JobView(msgspec.Struct, frozen=True, kw_only=True):
+    """The part of the pipeline's job record re-drive reads (other fields are ignored)."""
+
+    video_id: str
+    tenant: str
+    source: str
+    renditions: list[RenditionSpec] = []
+    tasks: dict[str, str] = {}  # task -> pending | done | failed
+    status: str = "processing"
+
+
+class RedriveState(msgspec.Struct, frozen=True, kw_only=True):
+    attempts: int = 0
+    last_at: float = 0.0
+
+
+job_decoder = msgspec.json.Decoder(JobView)
+state_decoder = msgspec.json.Decoder(RedriveState)
+state_encoder = msgspec.json.Encoder()
+transcode_decoder = decoder(TranscodeRendition)
+
+
+def missing_tasks(job: JobView, queued: set[str]) -> list[str]:
+    """Pending tasks with no message on their work queue (queued or in a worker's hands)."""
+    return sorted(task for task, state in job.tasks.items() if state == "pending" and task not in queued)
+
+
+async def redrive(bus: Bus, now: float) -> dict:
+    """A video `processing` whose job has not moved for VIDMESH_STUCK_AFTER_S and has a
+    pending task that is on no work queue lost that task (e.g. deleted from the stream, or
+    a publish that never happened): publish it again. After VIDMESH_REDRIVE_MAX_ATTEMPTS
+    re-drives, fail the video with `stuck` instead.
+
+    A task waiting in a long queue or held by a slow worker is still in its work-queue
+    stream (a work queue drops a message only when it is acknowledged), so it is never
+    mistaken for lost."""
+    settings = bus.settings
+    state_kv = await bus.kv(topology.KV_SCHEDULER)
+    summary = {"processing": 0, "stuck": 0, "republished": 0, "failed": 0}
+    processing: set[str] = set()
+    async for entry in entries(bus.js, topology.KV_JOBS):
+        try:
+            job = job_decoder.decode(entry.value)
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            continue
+        if job.status != "processing":
+            continue
+        key = topology.state_key(job.tenant, job.video_id)
+        processing.add(key)
+        summary["processing"] += 1
+        changed_at = entry.created.timestamp()
+        if now - changed_at < settings.stuck_after_s:
+            continue
+        missing = missing_tasks(job, await queued_tasks(bus, job))
+        if not missing:
+            continue
+        summary["stuck"] += 1
+        attempt = await _take_attempt(state_kv, key, now, settings.stuck_after_s)
+        if attempt is None:
+            continue  # re-driven recently (or by an overlapping run): give it time
+        if attempt > settings.redrive_max_attempts:
+            error = ErrorInfo(
+                code="stuck",
+                message=f"{missing[0]}: no progress for {settings.stuck_after_s:g}s after "
+                f"{settings.redrive_max_attempts} re-drives",
+            )
+            failed = TaskFailed(video_id=job.video_id, tenant=job.tenant, task=missing[0], error=error)
+            await bus.publish(failed, msg_id=f"{job.video_id}:{missing[0]}:stuck")
+            summary["failed"] += 1
+            log.warning("re-drive: %s/%s is stuck on %s: failed", job.tenant, job.video_id, missing)
+            continue
+        source = await _source(bus, job)
+        for task in missing:
+            msg = _task_message(job, task, source)
+            if msg is not None:
+                await bus.publish(msg, msg_id=f"{job.video_id}:{task}:redrive{attempt}")
+                summary["republished"] += 1
+        log.warning("re-drive %d of %s/%s: published %s again", attempt, job.tenant, job.video_id, missing)
+    await _forget_finished(bus, state_kv, processing)
+    return summary
+
+
+async def queued_tasks(bus: Bus, job: JobView) -> set[str]:
+    """The tasks of `job` that have a message on their work queue."""
+    found: set[str] = set()
+    subject = f"{topology.SUBJECTS[TranscodeRendition]}.{job.tenant}.{job.video_id}"
+    seq = 1
+    while True:
+        try:
+            msg = await bus.js.get_msg(topology.TASKS_TRANSCODE, seq=seq, subject=subject, next=True)
+        except NotFoundError:
+            break
+        try:
+            found.add(TRANSCODE_PREFIX + transcode_decoder.decode(msg.data).rendition.name)
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            pass
+        seq = msg.seq + 1
+    try:
+        await bus.js.get_last_msg(topology.TASKS_THUMBNAIL, f"{topology.SUBJECTS[ExtractThumbnail]}.{job.tenant}.{job.video_id}")
+        found.add(THUMBNAIL_TASK)
+    except NotFoundError:
+        pass
+    return found
+
+
+def _task_message(job: JobView, task: str, source):
+    if task == THUMBNAIL_TASK:
+        return ExtractThumbnail(video_id=job.video_id, tenant=job.tenant, source=job.source)
+    if task.startswith(TRANSCODE_PREFIX):
+        name = task[len(TRANSCODE_PREFIX) :]
+        spec = next((r for r in job.renditions if r.name == name), None)
+        if spec is not None:
+            return TranscodeRendition(
+                video_id=job.video_id,
+                tenant=job.tenant,
+                source=job.source,
+                rendition=spec,
+                duration=source.duration if source else None,
+                rotation=source.rotation if source else 0,
+            )
+    log.warning("re-drive: do not know how to publish task %r of %s", task, job.video_id)
+    return None
+
+
+async def _source(bus: Bus, job: JobView):
+    """What the probe learned (duration, rotation), from the catalog."""
+    try:
+        video = await bus.request(topology.RPC_CATALOG_GET, GetVideo(tenant=job.tenant, video_id=job.video_id), Video)
+    except RpcError as exc:
+        if exc.code == "not_found":
+            return None
+        raise Retry(f"catalog: {exc}") from None
+    return video.source
+
+
+async def _take_attempt(kv, key: str, now: float, min_gap_s: float) -> int | None:
+    """The next re-drive attempt number for a video (compare-and-set), or None when it was
+    re-driven less than `min_gap_s` ago or another run took this attempt."""
+    state_key = f"redrive.{key}"
+    try:
+        entry = await kv.get(state_key)
+        state = state_decoder.decode(entry.value)
+    except KeyNotFoundError:
+        entry, state = None, RedriveState()
+    if state.attempts and now - state.last_at < min_gap_s:
+        return None
+    new = RedriveState(attempts=state.attempts + 1, last_at=now)
+    try:
+        if entry is None:
+            await kv.create(state_key, state_encoder.encode(new))
+        else:
+            await kv.update(state_key, state_encoder.encode(new), last=entry.revision)
+    except KeyWrongLastSequenceError:
+        return None
+    return new.attempts
+
+
+async def _forget_finished(bus: Bus, kv, processing: set[str]) -> None:
+    async for entry in entries(bus.js, topology.KV_SCHEDULER, "redrive.>", meta_only=True):
+        if entry.key[len("redrive.") :] not in processing:
+            try:
+                await kv.delete(entry.key)
+            except Exception:
+                pass  # best effort: it is retried on the next run
+
+
+# --- usage report --------------------------------------------------------------------------
+
+
+def report_day(now: float) -> tuple[str, float, float]:
+    """The UTC day that ended last before `now`: (YYYY-MM-DD, start, end)."""
+    end = math.floor(now / DAY_S) * DAY_S
+    start = end - DAY_S
+    return datetime.fromtimestamp(start, timezone.utc).strftime("%Y-%m-%d"), start, end
+
+
+def usage(videos: list[Video], start: float, end: float) -> dict:
+    """Counts for one tenant: stored videos and bytes now, uploads and rendition seconds of
+    the period (seconds are counted for the day the video was uploaded)."""
+    created = [v for v in videos if start <= v.created_at < end]
+    seconds = 0.0
+    for v in created:
+        fallback = v.source.duration if v.source and v.source.duration else 0.0
+        seconds += sum(r.duration or fallback for r in v.renditions)
+    stored = sum((v.source.size if v.source else 0) + sum(r.size for r in v.renditions) for v in videos)
+    return {
+        "videos": len(videos),
+        "videos_created": len(created),
+        "seconds_transcoded": round(seconds, 3),
+        "bytes_stored": stored,
+    }
+
+
+async def usage_report(bus: Bus, now: float) -> dict:
+    """One UsageReported per tenant for the day before `now` (on the REPORTS stream)."""
+    day, start, end = report_day(now)
+    tenants = await known_tenants(bus)
+    for tenant in sorted(tenants):
+        counts = usage([v async for v in videos_of(bus, tenant)], start, end)
+        report = UsageReported(
+            tenant=tenant, day=day, period_start=start, period_end=end, generated_at=time.time(), **counts
+        )
+        await bus.publish(report, msg_id=f"usage:{tenant}:{day}", subject=topology.usage_subject(tenant, day))
+    return {"day": day, "tenants": len(tenants)}
+
+
+# --- reading ---------------------------------------------------------------------------------
+
+
+async def known_tenants(bus: Bus) -> set[str]:
+    """Every tenant with a video, from the keys (`<tenant>.<video_id>`) of `videos`."""
+    return {entry.key.split(".", 1)[0] async for entry in entries(bus.js, topology.KV_VIDEOS, meta_only=True)}
+
+
+async def videos_of(bus: Bus, tenant: str) -> AsyncIterator[Video]:
+    """A tenant's videos (not deleted), newest first, page by page from the catalog."""
+    cursor = None
+    while True:
+        try:
+            page = await bus.request(
+                topology.RPC_CATALOG_LIST, ListVideos(tenant=tenant, limit=PAGE, cursor=cursor), VideoPage
+            )
+        except RpcError as exc:
+            raise Retry(f"catalog list for {tenant}: {exc}") from None
+        for video in page.items:
+            yield video
+        if not page.next_cursor:
+            return
+        cursor = page.next_cursor
