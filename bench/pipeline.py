@@ -72,7 +72,7 @@ async def mesh_once(mesh, clip: bytes) -> dict:
 
     events: list[tuple[float, object]] = []
     dec = decoder(Event)
-    nc = await nats.connect(f"nats://127.0.0.1:{mesh.nats_port}", name="bench-pipeline")
+    nc = await nats.connect(mesh.nats_url, name="bench-pipeline")
     ready = asyncio.Event()
     box: dict = {}
 

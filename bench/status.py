@@ -81,7 +81,7 @@ async def compare(mesh, video_id: str) -> dict:
     from shared.bus import Bus
     from shared.contracts import GetVideo, Video
 
-    bus = await Bus.connect(config.load({}), "bench", url=f"nats://127.0.0.1:{mesh.nats_port}")
+    bus = await Bus.connect(config.load({}), "bench", url=mesh.nats_url)
     port = service_port(mesh, "catalog")
     http = httpx.AsyncClient(
         base_url=f"http://127.0.0.1:{port}",

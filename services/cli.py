@@ -22,6 +22,32 @@ def up() -> None:
 
 
 @cli.command()
+def init() -> None:
+    """Create or update the topology (streams, consumers, buckets) as the NATS admin user."""
+    from .up import init as run_init
+
+    raise typer.Exit(run_init())
+
+
+@cli.command("nats-config")
+def nats_config(
+    out: list[str] = typer.Option([], "--out", help="write here (repeatable); default: print"),
+) -> None:
+    """The NATS `authorization` block: every service's least-privilege user (shared/permissions.py);
+    passwords come from the server's environment ($VIDMESH_NATS_PASSWORD_<USER>)."""
+    from pathlib import Path
+
+    from shared.permissions import nats_users_conf
+
+    text = nats_users_conf()
+    if not out:
+        typer.echo(text, nl=False)
+    for path in out:
+        Path(path).write_text(text)
+        typer.echo(f"wrote {path}")
+
+
+@cli.command()
 def run(service: str = typer.Argument(..., help=f"one of: {', '.join(SERVICES)}")) -> None:
     """Run one service in this process (what a container runs)."""
     if service not in SERVICES:

@@ -18,7 +18,7 @@ from nats.js.errors import NotFoundError
 from rich.console import Console
 from rich.table import Table
 
-from shared import config, topology
+from shared import config, permissions, topology
 
 app = typer.Typer(help="Inspect and replay dead-lettered messages", no_args_is_help=True)
 console = Console()
@@ -54,7 +54,8 @@ def _letter(msg) -> DeadLetter:
 async def _connect():
     settings = config.load()
     url = settings.nats_url or f"nats://127.0.0.1:{settings.nats_port}"
-    nc = await nats.connect(url.split(","), user=settings.nats_user, password=settings.nats_password)
+    user, password = permissions.credentials(settings, permissions.ADMIN)  # NATS_USER, or `vidmesh up`'s admin
+    nc = await nats.connect(url.split(","), user=user, password=password)
     return nc, nc.jetstream()
 
 

@@ -19,7 +19,7 @@ from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 from opentelemetry import trace
 
-from . import contracts, telemetry, topology
+from . import contracts, permissions, telemetry, topology
 from .config import Settings
 from .contracts import VideoDeleted
 
@@ -60,11 +60,15 @@ class Bus:
             log.warning("nats error: %s", exc)
 
         servers = (url or settings.nats_url or f"nats://127.0.0.1:{settings.nats_port}").split(",")
+        # Each service is its own NATS user (shared/permissions.py) with its own inbox
+        # prefix, the only inboxes its permissions let it subscribe to.
+        user, password = permissions.credentials(settings, service)
         nc = await nats.connect(
             [s.strip() for s in servers if s.strip()],  # a cluster: every seed URL
             name=f"vidmesh-{service}",
-            user=settings.nats_user,
-            password=settings.nats_password,
+            user=user,
+            password=password,
+            inbox_prefix=permissions.inbox_prefix(service),
             max_reconnect_attempts=-1,  # never give up: the server may restart under us
             reconnect_time_wait=0.5,
             connect_timeout=3,

@@ -59,6 +59,19 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     webhook_timeout_s: float = 10.0
     webhook_max_attempts: int = 10
     webhook_backoff_s: float = 10.0  # first retry delay; doubles each attempt, capped at 1 h
+    # --- quotas and hostile input (issue 5); parsed by security_settings() -----------------
+    quota_max_processing: int = 0  # videos processing at once per tenant; 0: no limit
+    quota_max_bytes: int = 0  # bytes stored per tenant (sources, renditions, thumbnails); 0: no limit
+    quota_max_processing_by_tenant: dict[str, int] = {}
+    quota_max_bytes_by_tenant: dict[str, int] = {}
+    max_json_bytes: int = 64 * 1024  # JSON request bodies (webhooks, ...)
+    max_header_count: int = 100
+    max_header_bytes: int = 16 * 1024  # all request headers together
+    max_query_bytes: int = 2048
+    max_streams: int = 16  # streams in an upload (video, audio, subtitles, data...)
+    containers: tuple[str, ...] = ()  # demuxers an upload may use; () = the default allow-list
+    probe_timeout_s: float = 30.0  # wall-clock bound of probing one upload
+    probe_max_memory_mb: int = 1024  # address-space bound of the probe subprocess
 
 
 def _int(env: dict, name: str, default: int) -> int:
@@ -110,6 +123,7 @@ def load(env: dict | None = None) -> Settings:
         raise ConfigError("VIDMESH_REPLICAS must be 1, 3 or 5")
     return Settings(
         **scheduling_settings(env),  # issue 8: see the block at the end of this file
+        **security_settings(env),  # issue 5: see the block at the end of this file
         nats_url=env.get("NATS_URL") or None,
         nats_user=env.get("NATS_USER") or None,
         nats_password=env.get("NATS_PASSWORD") or None,
@@ -233,4 +247,57 @@ def scheduling_settings(env: dict) -> dict:
         "webhook_timeout_s": timeout,
         "webhook_max_attempts": max_attempts,
         "webhook_backoff_s": backoff,
+    }
+
+
+# =============================================================================================
+# Quotas and hostile input (issue 5)
+# =============================================================================================
+
+# FFmpeg demuxer names an upload may be read with (a token of container.format.name, e.g.
+# "mov,mp4,m4a,3gp,3g2,mj2"). Playlists and other indirections (hls, concat, ...) are not
+# here on purpose: they make the demuxer open further files.
+DEFAULT_CONTAINERS = ("mov", "mp4", "matroska", "webm", "avi", "mpegts", "mpeg", "flv", "ogg", "asf", "mxf")
+
+
+def parse_ints_by_tenant(name: str, text: str) -> dict[str, int]:
+    """`acme:10,bob:2` -> {"acme": 10, "bob": 2} (values >= 0; 0: no limit)."""
+    found: dict[str, int] = {}
+    for item in re.split(r"[,\n]", text):
+        item = item.strip()
+        if not item:
+            continue
+        tenant, sep, value = item.partition(":")
+        tenant, value = tenant.strip(), value.strip()
+        if not sep or not TENANT_RE.match(tenant) or not value.isdigit():
+            raise ConfigError(f"{name} entries must be tenant:number (number >= 0), got {item!r}")
+        found[tenant] = int(value)
+    return found
+
+
+def security_settings(env: dict) -> dict:
+    values = {
+        "quota_max_processing": _int(env, "VIDMESH_QUOTA_MAX_PROCESSING", 0),
+        "quota_max_bytes": _int(env, "VIDMESH_QUOTA_MAX_BYTES", 0),
+        "max_json_bytes": _int(env, "VIDMESH_MAX_JSON_BYTES", 64 * 1024),
+        "max_header_count": _int(env, "VIDMESH_MAX_HEADER_COUNT", 100),
+        "max_header_bytes": _int(env, "VIDMESH_MAX_HEADER_BYTES", 16 * 1024),
+        "max_query_bytes": _int(env, "VIDMESH_MAX_QUERY_BYTES", 2048),
+        "max_streams": _int(env, "VIDMESH_MAX_STREAMS", 16),
+        "probe_timeout_s": _float(env, "VIDMESH_PROBE_TIMEOUT_S", 30.0),
+        "probe_max_memory_mb": _int(env, "VIDMESH_PROBE_MAX_MEMORY_MB", 1024),
+    }
+    for key, value in values.items():
+        if value < 0 or (value == 0 and not key.startswith("quota_")):
+            raise ConfigError(f"VIDMESH_{key.upper()} must be > 0 (quotas: >= 0, 0 for no limit), got {value}")
+    containers = tuple(c.strip().lower() for c in (env.get("VIDMESH_CONTAINERS") or "").split(",") if c.strip())
+    return {
+        **values,
+        "quota_max_processing_by_tenant": parse_ints_by_tenant(
+            "VIDMESH_QUOTA_MAX_PROCESSING_BY_TENANT", env.get("VIDMESH_QUOTA_MAX_PROCESSING_BY_TENANT", "")
+        ),
+        "quota_max_bytes_by_tenant": parse_ints_by_tenant(
+            "VIDMESH_QUOTA_MAX_BYTES_BY_TENANT", env.get("VIDMESH_QUOTA_MAX_BYTES_BY_TENANT", "")
+        ),
+        "containers": containers or DEFAULT_CONTAINERS,
     }

@@ -103,7 +103,8 @@ async def dead_letter(
             "Vidmesh-Dead-Consumer": consumer,
             "Vidmesh-Dead-Stream-Seq": str(seq),
             "Vidmesh-Dead-Deliveries": str(deliveries),
-            "Nats-Msg-Id": f"dead:{stream}:{seq}",
+            # per consumer: one stream message can be poison to several of them (EVENTS)
+            "Nats-Msg-Id": f"dead:{stream}:{consumer}:{seq}",
         }
     )
     await bus.js.publish(f"{topology.DEADLETTER_SUBJECT}.{stream}.{consumer}", data, headers=kept)

@@ -412,3 +412,20 @@ class GetAlerts(Contract, tag="monitor.get_alerts.v1"):
 class AlertList(msgspec.Struct, frozen=True, kw_only=True):
     alerts: list[Alert]
     load: LoadState | None = None
+
+
+# --- quotas (issue 5): the gateway asks the catalog for a tenant's usage ----------------------
+
+
+class GetUsage(Contract, tag="catalog.get_usage.v1"):
+    tenant: str
+
+
+class Usage(msgspec.Struct, frozen=True, kw_only=True):
+    """A tenant's usage as the catalog knows it: videos still processing, and bytes stored
+    (sources, renditions and thumbnails of every video not deleted)."""
+
+    tenant: str
+    processing: int = 0
+    stored_bytes: int = 0
+    videos: int = 0

@@ -137,9 +137,13 @@ class MediaStore:
             )
             headers = msg.headers or {}
             if headers.get("Status"):
-                raise NotFoundError(description=f"chunk missing: {headers.get('Description', '')}")
-            seq = int(headers["Nats-Sequence"]) + 1
-            data = msg.data
+                # Direct Get may be answered by an R3 follower that has not caught up with a
+                # chunk written a moment ago: ask the stream leader instead.
+                raw = await self.js.get_msg(self.stream, seq=seq, subject=subject, next=True)
+                seq, data = raw.seq + 1, raw.data or b""
+            else:
+                seq = int(headers["Nats-Sequence"]) + 1
+                data = msg.data
             lo, hi = offset, offset + len(data)
             offset = hi
             if hi <= start:

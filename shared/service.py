@@ -34,7 +34,7 @@ from nats.micro.request import Request, ServiceError
 from opentelemetry import trace
 from prometheus_client import CONTENT_TYPE_LATEST, Histogram, generate_latest
 
-from . import config, contracts, ops, telemetry, topology
+from . import config, contracts, ops, permissions, telemetry, topology
 from .bus import Bus, RpcError
 from .consumer import ConsumerLoop
 
@@ -195,10 +195,12 @@ class Service:
                 delay = min(delay * 2, 5.0)
         while True:
             try:
-                await topology.ensure(self.bus.js, settings)
+                # Created by the admin user (`vidmesh up`, `vidmesh init`); a service may only
+                # check that what it uses is there (shared/permissions.py).
+                await permissions.verify(self.bus.js, self.name)
                 break
             except Exception as exc:
-                log.warning("topology not ensured yet (%s); retrying", exc)
+                log.warning("topology not ready yet (%s); retrying", exc)
                 await asyncio.sleep(1.0)
         self._log_events = ops.BusLogHandler(self.name, settings.log_events_level)
         logging.getLogger().addHandler(self._log_events)
@@ -303,6 +305,9 @@ def run(service: Service, app: FastAPI | None = None) -> None:
             log_level="warning",
             timeout_graceful_shutdown=5,
             access_log=False,
+            # hostile input: the whole request head (line + headers) is bounded
+            http="h11",
+            h11_max_incomplete_event_size=settings.max_header_bytes,
         )
     )
     # uvicorn re-raises a captured SIGTERM/SIGINT after its graceful shutdown, through the

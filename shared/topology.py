@@ -51,6 +51,7 @@ RPC_CATALOG_GET = "catalog.rpc.get"
 RPC_CATALOG_LIST = "catalog.rpc.list"
 RPC_CATALOG_DELETE = "catalog.rpc.delete"
 RPC_PIPELINE_PROBE = "pipeline.rpc.probe"
+RPC_CATALOG_USAGE = "catalog.rpc.usage"  # issue 5: per-tenant usage for the gateway's quotas
 
 
 def subject_for(msg) -> str:

@@ -142,6 +142,16 @@ class Mesh:
         procs = int(self.env.get("VIDMESH_TRANSCODER_PROCS", "2"))
         return 7 + procs  # catalog, pipeline, thumbnailer, scheduler, notifier, monitor, gateway + transcoders
 
+    @property
+    def nats_url(self) -> str:
+        """The mesh's NATS as the admin user (`vidmesh up` turns NATS auth on and keeps the
+        generated passwords under its data dir): for tests that inspect the bus directly."""
+        from shared.permissions import ADMIN, local_passwords
+
+        password = local_passwords(self.data_dir).get(ADMIN)
+        auth = f"{ADMIN}:{password}@" if password else ""
+        return f"nats://{auth}127.0.0.1:{self.nats_port}"
+
     def child_pids(self) -> list[int]:
         return [int(m.group(1)) for line in self.lines if (m := re.search(r"started pid=(\d+)", line))]
 
@@ -191,6 +201,7 @@ def mesh():
 # =========================================================================================
 
 TASK_QUEUES = {"TASKS_TRANSCODE": "transcoder", "TASKS_THUMBNAIL": "thumbnailer"}
+EVENT_CONSUMERS = ("catalog", "pipeline")  # durable consumers of EVENTS that must not lag
 
 
 class MeshOn(Mesh):
@@ -204,7 +215,7 @@ class MeshOn(Mesh):
 
 def nats_servers(mesh: Mesh) -> list[str]:
     """The NATS seed URLs the mesh uses."""
-    url = mesh.env.get("NATS_URL") or f"nats://127.0.0.1:{mesh.nats_port}"
+    url = mesh.env.get("NATS_URL") or mesh.nats_url
     return [u.strip() for u in url.split(",") if u.strip()]
 
 
@@ -296,31 +307,45 @@ async def delivery_state(js, tenant: str, video_ids) -> dict:
         c = await js.consumer_info(stream, durable)
         state["queues"][stream] = {"messages": s.state.messages, "pending": c.num_pending,
                                    "ack_pending": c.num_ack_pending}
+    for durable in EVENT_CONSUMERS:
+        c = await js.consumer_info("EVENTS", durable)
+        state["queues"][f"EVENTS/{durable}"] = {"messages": 0, "pending": c.num_pending,
+                                               "ack_pending": c.num_ack_pending}
     return state
 
 
-def assert_delivered_once(mesh: Mesh, tenant: str, finals: dict[str, dict], *, queue_timeout: float = 30.0) -> dict:
-    """The invariants of a fault test, over the final JSON of every accepted video:
+def assert_delivered_once(
+    mesh: Mesh, tenant: str, finals: dict[str, dict], *, queue_timeout: float = 30.0, reread: bool = False
+) -> dict:
+    """The invariants of a fault test, over the final JSON of every accepted video (as
+    first seen terminal; with `reread`, as read again once the queues have drained):
     - each is `ready`, or `failed` with an error code and message;
     - the JSON lists each rendition name once; a ready video lists exactly its plan;
     - the object store holds exactly one whole object per listed rendition key, and no
       rendition object the JSON does not list (for a ready video); no orphaned chunks;
     - one `rendition_transcoded` event per rendition, one terminal event per video;
-    - the TASKS_* work queues end empty (nothing pending, nothing unacknowledged).
+    - the TASKS_* work queues end empty and the catalog and pipeline event consumers
+      catch up (nothing pending, nothing unacknowledged).
     Returns the bus state it checked."""
     servers = nats_servers(mesh)
     problems = []
     last = {}
 
+    first = {}
+
     def queues_empty():
         last.update(js_run(servers, lambda js: delivery_state(js, tenant, finals)))
+        first.setdefault("queues", last["queues"])
         return all(q == {"messages": 0, "pending": 0, "ack_pending": 0} for q in last["queues"].values())
 
     try:
         wait_for(queues_empty, queue_timeout, 0.5, "the task queues to drain")
     except AssertionError:
         problems.append(f"task queues not empty: {last.get('queues')}")
-    state = last
+    state = {**last, "first_queues": first.get("queues")}
+    if reread:
+        with mesh.client(tenant) as c:
+            finals = {vid: c.get(f"/v1/videos/{vid}").json() for vid in finals}
     for vid, video in finals.items():
         held = state["videos"][vid]
         names = [r["name"] for r in video.get("renditions", [])]

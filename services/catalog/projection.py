@@ -30,6 +30,11 @@ from shared.contracts import (
 TERMINAL = ("ready", "failed", "deleted")
 
 
+class Incomplete(Exception):
+    """`video_ready` arrived before the results it stands for (one is out for redelivery):
+    applying it now would show a ready video whose rendition downloads 404."""
+
+
 class StoredRendition(msgspec.Struct, frozen=True, kw_only=True):
     width: int
     height: int
@@ -43,6 +48,7 @@ class StoredThumbnail(msgspec.Struct, frozen=True, kw_only=True):
     object: str
     width: int
     height: int
+    size: int = 0
 
 
 class VideoRecord(msgspec.Struct, frozen=True, kw_only=True):
@@ -62,6 +68,14 @@ class VideoRecord(msgspec.Struct, frozen=True, kw_only=True):
     progress: dict[str, float] = {}
     thumbnail: StoredThumbnail | None = None
     error: ErrorInfo | None = None
+
+    def stored_bytes(self) -> int:
+        """What this video keeps in the object store (for storage quotas)."""
+        if self.status == "deleted":
+            return 0
+        total = self.source.size if self.source else 0
+        total += sum(r.size for r in self.renditions.values())
+        return total + (self.thumbnail.size if self.thumbnail else 0)
 
     def objects(self) -> list[str]:
         """Every media object of this video, for deletion."""
@@ -112,8 +126,11 @@ def _fold(r: VideoRecord, e) -> VideoRecord:
         )
         return replace(r, renditions={**r.renditions, e.rendition: done}, progress={**r.progress, e.rendition: 100.0})
     if isinstance(e, ThumbnailExtracted):
-        return replace(r, thumbnail=StoredThumbnail(object=e.object, width=e.width, height=e.height))
+        return replace(r, thumbnail=StoredThumbnail(object=e.object, width=e.width, height=e.height, size=e.size))
     if isinstance(e, VideoReady):
+        missing = [spec.name for spec in r.planned if spec.name not in r.renditions]
+        if r.status not in ("ready", "deleted") and (not r.planned or missing or r.thumbnail is None):
+            raise Incomplete(f"ready before {', '.join(missing) or 'its plan or thumbnail'}")
         # failed -> ready happens when a dead-lettered task is replayed and succeeds; the
         # pipeline never announces ready and then failed, so no fact is undone here.
         return r if r.status in ("ready", "deleted") else replace(r, status="ready", error=None)

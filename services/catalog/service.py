@@ -13,10 +13,24 @@ from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NotFound
 from shared import topology
 from shared.bus import Bus, RpcError
 from shared.consumer import Delivery, Retry
-from shared.contracts import DeleteVideo, Event, GetVideo, ListVideos, Video, VideoDeleted, VideoPage, VideoUploaded, decoder, encode
+from shared.contracts import (
+    DeleteVideo,
+    Event,
+    GetUsage,
+    GetVideo,
+    ListVideos,
+    Usage,
+    Video,
+    VideoDeleted,
+    VideoPage,
+    VideoUploaded,
+    decoder,
+    encode,
+)
+from shared.kvscan import entries
 from shared.service import Service
 
-from .projection import VideoRecord, apply, record_decoder, record_encoder, to_view
+from .projection import Incomplete, VideoRecord, apply, record_decoder, record_encoder, to_view
 
 service = Service("catalog", "The state of every video: get, list and delete")
 
@@ -35,7 +49,10 @@ async def project(bus: Bus, event) -> VideoRecord | None:
     for _ in range(CAS_ATTEMPTS):
         entry = await _get(kv, key)
         current = record_decoder.decode(entry.value) if entry else None
-        new = apply(current, event, time.time())
+        try:
+            new = apply(current, event, time.time())
+        except Incomplete as exc:
+            raise Retry(str(exc), delay=2.0) from None  # the missing result comes back first
         if new is None:
             return current
         try:
@@ -44,8 +61,10 @@ async def project(bus: Bus, event) -> VideoRecord | None:
             else:
                 await kv.update(key, record_encoder.encode(new), last=entry.revision)
             return new
-        except KeyWrongLastSequenceError:
-            continue  # another event of this video won the race: re-read and re-apply
+        except (KeyWrongLastSequenceError, KeyNotFoundError):
+            # another event of this video won the race (nats-py's create() reports some of
+            # those as KeyNotFoundError): re-read and re-apply
+            continue
     raise Retry(f"contention on {key}")
 
 
@@ -89,6 +108,27 @@ async def delete_video(req: DeleteVideo, bus: Bus) -> Video:
     for name in record.objects():
         await bus.media.delete(name)
     return to_view(record)
+
+
+@service.endpoint(topology.RPC_CATALOG_USAGE, GetUsage)
+async def usage(req: GetUsage, bus: Bus) -> Usage:
+    """A tenant's videos processing and bytes stored, for the gateway's quotas.
+
+    A complete scan of the tenant's records (shared/kvscan.py: one ephemeral consumer the
+    server filters to `<tenant>.>`): cost grows with the tenant's video count, fine for thousands. TODO: beyond that, keep a
+    per-tenant usage key the projection maintains (CAS), reconciled by this scan.
+    """
+    processing = stored = videos = 0
+    async for entry in entries(bus.js, topology.KV_VIDEOS, f"{req.tenant}.>"):  # a complete scan
+        if not entry.value:
+            continue
+        record = record_decoder.decode(entry.value)
+        if record.status == "deleted":
+            continue
+        videos += 1
+        processing += record.status == "processing"
+        stored += record.stored_bytes()
+    return Usage(tenant=req.tenant, processing=processing, stored_bytes=stored, videos=videos)
 
 
 @service.http.get("/internal/videos/{tenant}/{video_id}", include_in_schema=False)

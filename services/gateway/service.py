@@ -43,8 +43,9 @@ from shared.contracts import (
 from shared.objects import TooLarge
 from shared.service import Service
 
-from . import idempotency, tokens
+from . import idempotency, quotas, schemas, tokens
 from .auth import ApiKeys
+from .limits import RequestLimits
 from .media import RangeNotSatisfiable, event_name, parse_range, sse
 from .uploads import MultipartFile, accepted, new_video_id
 from .webhooks import router as webhooks_router
@@ -122,6 +123,13 @@ def _trace_header(app: FastAPI) -> None:
 
 
 @service.configure_app
+def _hardening(app: FastAPI) -> None:
+    # header count, path/query length, body size of every route (limits.py)
+    app.add_middleware(RequestLimits, settings=lambda: service.settings)
+    schemas.install(app)  # response schemas in /openapi.json (schemas.py)
+
+
+@service.configure_app
 def _errors(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def api_error(request, exc: ApiError):
@@ -192,7 +200,7 @@ UPLOAD_BODY = {
 }
 
 
-@api.post("/v1/videos", status_code=202, openapi_extra=UPLOAD_BODY, summary="Upload a video")
+@api.post("/v1/videos", status_code=202, openapi_extra=UPLOAD_BODY, responses=schemas.UPLOAD, summary="Upload a video")
 async def upload(request: Request, tenant: str = Depends(authenticate), bus: Bus = Depends(connected_bus)):
     settings = bus.settings
     ctype = request.headers.get("content-type")
@@ -223,7 +231,11 @@ async def upload(request: Request, tenant: str = Depends(authenticate), bus: Bus
             return json_response(video, 202, {"Location": f"/v1/videos/{first}", "Idempotent-Replayed": "true"})
     try:
         _shed_load(settings)
-        video = await _accept(request, bus, tenant, video_id, ctype)
+        try:  # per-tenant quotas (quotas.py): 429 quota_processing, 403 quota_storage
+            budget = await quotas.check(bus, tenant, int(length) if length and length.isdigit() else None)
+        except quotas.QuotaExceeded as exc:
+            raise ApiError(exc.status, exc.code, exc.message, exc.headers) from None
+        video = await _accept(request, bus, tenant, video_id, ctype, budget)
     except BaseException:
         if key is not None:
             await asyncio.shield(idempotency.release(bus, tenant, key))
@@ -244,11 +256,13 @@ def _shed_load(settings) -> None:
         )
 
 
-async def _accept(request: Request, bus: Bus, tenant: str, video_id: str, ctype: str) -> Video:
-    """Stream the body into the object store, have it probed, announce the upload."""
+async def _accept(request: Request, bus: Bus, tenant: str, video_id: str, ctype: str, budget: int | None = None) -> Video:
+    """Stream the body into the object store, have it probed, announce the upload.
+    `budget`: the bytes the tenant may still store (None: no storage quota)."""
     settings = bus.settings
     key = topology.source_key(tenant, video_id)
-    filename = request.headers.get("x-filename")
+    filename = (request.headers.get("x-filename") or "")[:255] or None
+    limit = settings.max_upload_bytes if budget is None else min(settings.max_upload_bytes, budget)
     body = request.stream()
     multipart = ctype.lower().startswith("multipart/")
     if multipart:
@@ -258,8 +272,10 @@ async def _accept(request: Request, bus: Bus, tenant: str, video_id: str, ctype:
             raise ApiError(400, "bad_multipart", str(exc)) from None
         body = part.stream(body)
     try:
-        info = await bus.media.put_stream(key, body, max_bytes=settings.max_upload_bytes)
+        info = await bus.media.put_stream(key, body, max_bytes=limit)
     except TooLarge:
+        if limit < settings.max_upload_bytes:
+            raise ApiError(403, "quota_storage", "this upload would pass the tenant's storage quota") from None
         raise ApiError(413, "too_large", f"uploads are limited to {settings.max_upload_bytes} bytes") from None
     except Exception as exc:  # the multipart parser refuses malformed bodies mid-stream
         if type(exc).__module__.startswith("python_multipart"):
@@ -269,7 +285,7 @@ async def _accept(request: Request, bus: Bus, tenant: str, video_id: str, ctype:
         if not part.found:
             await bus.media.delete(key)
             raise ApiError(400, "bad_multipart", "no file part in the multipart body (use -F file=@video.mp4)")
-        filename = part.filename or filename
+        filename = (part.filename or "")[:255] or filename
     if info.size == 0:
         await bus.media.delete(key)
         raise ApiError(400, "empty_body", "the upload is empty")
@@ -298,18 +314,18 @@ async def _accept(request: Request, bus: Bus, tenant: str, video_id: str, ctype:
     return Video(id=video_id, status="processing", created_at=now, updated_at=now, source=probed.source, filename=filename)
 
 
-@api.post("/v1/tokens", summary="A short-lived read token for media and events URLs (?token=)")
+@api.post("/v1/tokens", responses=schemas.TOKEN, summary="A short-lived read token for media and events URLs (?token=)")
 async def mint_token(tenant: str = Depends(authenticate)):
     token, expires = tokens.mint(service.settings.api_keys, tenant)
     return JSONResponse({"token": token, "expires_at": expires, "tenant": tenant}, headers={"Cache-Control": "no-store"})
 
 
-@api.get("/v1/alerts", summary="Alerts firing now, and the load state behind backpressure")
+@api.get("/v1/alerts", responses=schemas.ALERTS, summary="Alerts firing now, and the load state behind backpressure")
 async def alerts(tenant: str = Depends(authenticate), bus: Bus = Depends(connected_bus)):
     return json_response(await bus.request(topology.RPC_MONITOR_ALERTS, GetAlerts(), AlertList, timeout=5))
 
 
-@api.get("/v1/videos", summary="List videos, newest first")
+@api.get("/v1/videos", responses=schemas.LIST, summary="List videos, newest first")
 async def list_videos(
     limit: int = Query(20, ge=1, le=100),
     cursor: str | None = Query(None, max_length=64),
@@ -320,12 +336,12 @@ async def list_videos(
     return json_response(page)
 
 
-@api.get("/v1/videos/{video_id}", summary="A video's status, source facts, renditions and thumbnail")
+@api.get("/v1/videos/{video_id}", responses=schemas.GET, summary="A video's status, source facts, renditions and thumbnail")
 async def get_video(video_id: str, tenant: str = Depends(authenticate), bus: Bus = Depends(connected_bus)):
     return json_response(await _video(bus, tenant, video_id))
 
 
-@api.delete("/v1/videos/{video_id}", summary="Delete a video, its media and stop its tasks")
+@api.delete("/v1/videos/{video_id}", responses=schemas.DELETE, summary="Delete a video, its media and stop its tasks")
 async def delete_video(video_id: str, tenant: str = Depends(authenticate), bus: Bus = Depends(connected_bus)):
     _check_id(video_id)
     video = await bus.request(topology.RPC_CATALOG_DELETE, DeleteVideo(tenant=tenant, video_id=video_id), Video)
@@ -338,11 +354,12 @@ async def _video(bus: Bus, tenant: str, video_id: str) -> Video:
 
 
 def _check_id(video_id: str) -> None:
-    if not (0 < len(video_id) <= 64 and video_id.isalnum()):
+    if not (0 < len(video_id) <= 64 and video_id.isascii() and video_id.isalnum()):  # KV keys: ASCII only
         raise ApiError(404, "not_found", f"no video {video_id}")
 
 
-@api.api_route("/v1/videos/{video_id}/renditions/{name}", methods=["GET", "HEAD"], summary="Download a rendition (Range)")
+@api.get("/v1/videos/{video_id}/renditions/{name}", responses=schemas.RENDITION, summary="Download a rendition (Range)")
+@api.head("/v1/videos/{video_id}/renditions/{name}", responses=schemas.RENDITION, summary="Download a rendition (Range)")  # the size without the body
 async def rendition(video_id: str, name: str, request: Request, tenant: str = Depends(authenticate_read), bus: Bus = Depends(connected_bus)):
     video = await _video(bus, tenant, video_id)
     if not any(r.name == name for r in video.renditions):
@@ -350,7 +367,8 @@ async def rendition(video_id: str, name: str, request: Request, tenant: str = De
     return await _serve(bus, request, topology.rendition_key(tenant, video_id, name), "video/mp4")
 
 
-@api.api_route("/v1/videos/{video_id}/thumbnail", methods=["GET", "HEAD"], summary="The first frame as a JPEG")
+@api.get("/v1/videos/{video_id}/thumbnail", responses=schemas.THUMBNAIL, summary="The first frame as a JPEG")
+@api.head("/v1/videos/{video_id}/thumbnail", responses=schemas.THUMBNAIL, summary="The first frame as a JPEG")  # the size without the body
 async def thumbnail(video_id: str, request: Request, tenant: str = Depends(authenticate_read), bus: Bus = Depends(connected_bus)):
     video = await _video(bus, tenant, video_id)
     if video.thumbnail is None:
@@ -382,7 +400,7 @@ async def _serve(bus: Bus, request: Request, key: str, media_type: str) -> Respo
     return StreamingResponse(bus.media.read(info, start, end), status_code=status, headers=headers, media_type=media_type)
 
 
-@api.get("/v1/videos/{video_id}/events", summary="Server-Sent Events: history, then live, until a terminal state")
+@api.get("/v1/videos/{video_id}/events", responses=schemas.EVENTS, summary="Server-Sent Events: history, then live, until a terminal state")
 async def events(video_id: str, request: Request, tenant: str = Depends(authenticate_read), bus: Bus = Depends(connected_bus)):
     video = await _video(bus, tenant, video_id)
     return StreamingResponse(

@@ -2,15 +2,26 @@
 
 Pure PyAV: no bus, no HTTP. Every failure is a ProbeError with a stable code the
 pipeline can put on the wire.
+
+Uploads are hostile input: the limits (container allow-list, stream count, duration,
+declared picture size) are checked from the headers before any frame is decoded, and
+`probe_isolated` runs the whole probe in a child process with an address-space limit
+(RLIMIT_AS), a CPU-time limit and a wall-clock timeout, so a crafted file that makes the
+demuxer or decoder loop or balloon costs one killed child, never the pipeline service.
 """
 
 from __future__ import annotations
 
+import asyncio
+import json
 import os
+import sys
 from fractions import Fraction
 
 import av
+import msgspec
 
+from shared.config import DEFAULT_CONTAINERS
 from shared.contracts import SourceInfo
 
 # Demuxers that open files which are not videos: ANSI/text art ("tty" takes any .txt)
@@ -21,7 +32,8 @@ _MAX_PACKETS = 600
 
 
 class ProbeError(Exception):
-    """code: not_media | no_video_stream | too_large | too_long | unreadable."""
+    """code: not_media | unsupported_container | too_many_streams | no_video_stream |
+    too_large | too_long | unreadable."""
 
     def __init__(self, code: str, message: str):
         super().__init__(message)
@@ -35,6 +47,8 @@ def probe(
     max_width: int = 4096,
     max_height: int = 4096,
     max_duration_s: float = 10800.0,
+    max_streams: int = 16,
+    containers: tuple[str, ...] = DEFAULT_CONTAINERS,
 ) -> SourceInfo:
     size = os.path.getsize(path)  # a missing file is the caller's bug: let OSError out
     if size == 0:
@@ -48,20 +62,24 @@ def probe(
         raise ProbeError("not_media", f"not a media file ({e.strerror or e})") from None
     with container:
         try:
-            return _inspect(container, size, max_width, max_height, max_duration_s)
+            return _inspect(container, size, max_width, max_height, max_duration_s, max_streams, containers)
         except av.error.FFmpegError as e:
             raise ProbeError("unreadable", f"the video cannot be decoded ({e.strerror or e})") from None
 
 
-def _inspect(container, size, max_width, max_height, max_duration_s) -> SourceInfo:
+def _inspect(container, size, max_width, max_height, max_duration_s, max_streams, containers) -> SourceInfo:
     fmt = container.format.name
     if fmt in _NOT_VIDEO_FORMATS or fmt.endswith("_pipe"):
         raise ProbeError("not_media", f"not a video (detected {fmt})")
     video = next((s for s in container.streams.video if _is_moving_picture(s)), None)
+    if video is None and not container.streams.audio:  # e.g. a text file read as subtitles
+        raise ProbeError("not_media", f"not a video (detected {fmt} without audio or video)")
     if video is None:
-        if not container.streams.audio:  # e.g. a text file read as subtitles
-            raise ProbeError("not_media", f"not a video (detected {fmt} without audio or video)")
         raise ProbeError("no_video_stream", "the file has no video stream")
+    if not set(fmt.split(",")) & set(containers):
+        raise ProbeError("unsupported_container", f"{fmt} files are not accepted; use one of {', '.join(containers)}")
+    if len(container.streams) > max_streams:
+        raise ProbeError("too_many_streams", f"{len(container.streams)} streams is over the limit of {max_streams}")
     ctx = video.codec_context
     if not ctx.width or not ctx.height:
         raise ProbeError("no_video_stream", "the video stream has no picture size")
@@ -158,3 +176,66 @@ def _first_frame(container, stream):
         if n >= _MAX_PACKETS:
             break
     return None
+
+
+# --- isolation: the probe in a child process with bounded memory, CPU and time ---------------
+
+_result_decoder = msgspec.json.Decoder(dict)
+
+
+async def probe_isolated(
+    path: str, *, timeout_s: float = 30.0, max_memory_mb: int = 1024, **limits
+) -> SourceInfo:
+    """`probe` in a child process: RLIMIT_AS `max_memory_mb`, RLIMIT_CPU and a wall-clock
+    `timeout_s` (the child is killed). The child sets its own limits (no preexec_fn: this
+    process has threads), so it costs a Python start (about 0.2 s) per upload."""
+    args = {"path": path, "limits": limits, "max_memory_mb": max_memory_mb, "cpu_s": int(timeout_s) + 1}
+    env = {**os.environ, "MALLOC_ARENA_MAX": "2"}  # glibc arenas reserve address space per thread
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "services.pipeline.probe", json.dumps(args),
+        stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env,
+    )
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(), timeout_s)
+    except asyncio.TimeoutError:
+        proc.kill()
+        await proc.wait()
+        raise ProbeError("unreadable", f"probing took longer than {timeout_s:g} s") from None
+    except asyncio.CancelledError:
+        if proc.returncode is None:
+            proc.kill()
+        raise
+    try:
+        result = _result_decoder.decode(out)
+    except msgspec.DecodeError:
+        why = f"exit {proc.returncode}" if proc.returncode >= 0 else f"signal {-proc.returncode}"
+        raise ProbeError("unreadable", f"the probe failed ({why}): the file needs more than the probe may use") from None
+    if "error" in result:
+        raise ProbeError(result["error"]["code"], result["error"]["message"])
+    return msgspec.convert(result["source"], SourceInfo)
+
+
+def _child(raw: str) -> int:
+    import resource
+
+    args = json.loads(raw)
+    limit = args["max_memory_mb"] * 1024 * 1024
+    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+    resource.setrlimit(resource.RLIMIT_CPU, (args["cpu_s"], args["cpu_s"] + 1))
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    limits = dict(args["limits"])
+    if "containers" in limits:
+        limits["containers"] = tuple(limits["containers"])
+    try:
+        result = {"source": msgspec.to_builtins(probe(args["path"], **limits))}
+    except ProbeError as exc:
+        result = {"error": {"code": exc.code, "message": exc.message}}
+    except MemoryError:
+        result = {"error": {"code": "unreadable", "message": f"decoding needs more than {args['max_memory_mb']} MiB"}}
+    sys.stdout.write(json.dumps(result))
+    sys.stdout.flush()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_child(sys.argv[1]))

@@ -6,7 +6,6 @@ carry stable `Nats-Msg-Id`s, and task results are folded into the job with compa
 
 from __future__ import annotations
 
-import asyncio
 import os
 import tempfile
 from typing import Union
@@ -39,7 +38,7 @@ from shared.service import Service
 
 from . import jobs
 from .ladder import plan_ladder
-from .probe import ProbeError, probe
+from .probe import ProbeError, probe_isolated
 
 service = Service("pipeline", "Probe uploads, fan out renditions and a thumbnail, fan in")
 
@@ -59,12 +58,16 @@ async def probe_source(req: ProbeSource, bus: Bus) -> Probed:
             return Probed(error=ErrorInfo(code="not_found", message="the upload is not in the object store"))
         try:
             with telemetry.tracer.start_as_current_span("probe", attributes={"vidmesh.video.id": req.video_id}):
-                source = await asyncio.to_thread(
-                    probe,
+                # in a child process with bounded memory, CPU and time (probe.py)
+                source = await probe_isolated(
                     path,
+                    timeout_s=settings.probe_timeout_s,
+                    max_memory_mb=settings.probe_max_memory_mb,
                     max_width=settings.max_width,
                     max_height=settings.max_height,
                     max_duration_s=settings.max_duration_s,
+                    max_streams=settings.max_streams,
+                    containers=settings.containers,
                 )
         except ProbeError as exc:
             return Probed(error=ErrorInfo(code=exc.code, message=exc.message))

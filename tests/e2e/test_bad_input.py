@@ -44,7 +44,7 @@ def jetstream(mesh, query):
     """Run `await query(js)` against the mesh's own nats-server."""
 
     async def go():
-        nc = await nats.connect(f"nats://127.0.0.1:{mesh.nats_port}", connect_timeout=5, max_reconnect_attempts=0)
+        nc = await nats.connect(mesh.nats_url, connect_timeout=5, max_reconnect_attempts=0)
         try:
             return await query(nc.jetstream())
         finally:

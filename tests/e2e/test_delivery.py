@@ -38,7 +38,7 @@ def nats_query(mesh: Mesh, fn):
     """Run fn(js) against the mesh's NATS server and return its result."""
 
     async def run():
-        nc = await nats.connect(f"nats://127.0.0.1:{mesh.nats_port}")
+        nc = await nats.connect(mesh.nats_url)
         try:
             return await fn(nc.jetstream())
         finally:

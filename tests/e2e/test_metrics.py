@@ -73,7 +73,7 @@ def test_every_service_answers_srv_ping(mesh):
     from services.up import SERVICES
 
     async def ping():
-        nc = await nats.connect(f"nats://127.0.0.1:{mesh.nats_port}")
+        nc = await nats.connect(mesh.nats_url)
         names = set()
         try:
             inbox = nc.new_inbox()

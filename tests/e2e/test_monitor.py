@@ -39,7 +39,7 @@ def watched_mesh():
 
 def ops_messages(mesh: Mesh, subject: str) -> list[bytes]:
     async def read():
-        nc = await nats.connect(f"nats://127.0.0.1:{mesh.nats_port}")
+        nc = await nats.connect(mesh.nats_url)
         try:
             js = nc.jetstream()
             sub = await js.subscribe(subject, stream="OPS", ordered_consumer=True)
@@ -116,7 +116,7 @@ def test_log_level_on_demand(watched_mesh):
     """`ops.cmd.log_level` turns a service's log events up (any level on demand)."""
 
     async def ask():
-        nc = await nats.connect(f"nats://127.0.0.1:{watched_mesh.nats_port}")
+        nc = await nats.connect(watched_mesh.nats_url)
         try:
             reply = await nc.request("ops.cmd.log_level", b'{"service":"catalog","level":"DEBUG"}', timeout=5)
             return reply.data

@@ -296,7 +296,7 @@ def test_dockerignore_keeps_secrets_and_clutter_out():
 
 def test_compose_config_accepts_and_lists_the_mesh():
     cfg = compose_config()
-    assert set(SERVICES) | {"nats", "jaeger"} == set(cfg["services"])
+    assert set(SERVICES) | {"nats", "jaeger", "init"} == set(cfg["services"])
     raw = (ROOT / "compose.yaml").read_text()
     assert "x-service: &service" in raw and raw.count("<<: *service") == len(SERVICES)
 
@@ -311,7 +311,7 @@ def test_deploy_covers_every_service_of_the_code():
 
 
 def test_compose_and_kubernetes_run_the_same_services():
-    assert set(SERVICES) == {n for n, s in compose_config()["services"].items() if "build" in s}
+    assert set(SERVICES) == {n for n, s in compose_config()["services"].items() if "build" in s} - {"init"}
     assert set(SERVICES) == set(mesh_deployments(render("base")))
 
 
@@ -356,8 +356,13 @@ def test_compose_ports_volume_and_nats_config():
     assert "nats-data" in cfg["volumes"]
     mounts = cfg["services"]["nats"]["volumes"]
     assert any(m["type"] == "volume" and m["source"] == "nats-data" and m["target"] == "/data" for m in mounts)
-    conf_mount = [m for m in mounts if m["type"] == "bind"]
-    assert len(conf_mount) == 1 and conf_mount[0]["read_only"]
+    binds = [m for m in mounts if m["type"] == "bind"]
+    assert all(m["read_only"] for m in binds)
+    conf_mount = [m for m in binds if m["target"] in cfg["services"]["nats"]["command"]]
+    assert len(conf_mount) == 1
+    # the NATS users (generated, deploy/nats/auth.conf) beside the config that includes them
+    auth = [m for m in binds if m["target"] == str(Path(conf_mount[0]["target"]).parent / "auth.conf")]
+    assert len(auth) == 1 and Path(auth[0]["source"]) == ROOT / "deploy" / "nats" / "auth.conf"
     conf_file = Path(conf_mount[0]["source"])
     assert conf_file == ROOT / "deploy" / "nats" / "nats.conf"
     assert conf_mount[0]["target"] in cfg["services"]["nats"]["command"]
@@ -391,12 +396,18 @@ def test_compose_environment_parses_with_the_app_settings():
     "conf",
     ["deploy/nats/nats.conf", "k8s/base/nats/nats.conf", "k8s/overlays/dev/nats.conf"],
 )
-def test_nats_config_files_are_valid_for_nats_server(conf):
+def test_nats_config_files_are_valid_for_nats_server(conf, tmp_path):
+    from shared.permissions import USERS, password_env
+
     text = (ROOT / conf).read_text()
     js = conf_block(text, "jetstream")
     assert js and re.search(r"^\s*sync_interval\s*:\s*always\s*$", js, re.M), f"{conf}: sync_interval: always"
-    env = dict(os.environ, SERVER_NAME="nats-0")
-    _run([nats_server(), "-t", "-c", str(ROOT / conf)], env=env)
+    assert re.search(r"^include \./auth\.conf$", text, re.M), f"{conf}: the NATS users (auth.conf)"
+    # as the server sees it: beside the generated users, with their passwords in its environment
+    (tmp_path / "nats.conf").write_text(text)
+    (tmp_path / "auth.conf").write_text((ROOT / "deploy" / "nats" / "auth.conf").read_text())
+    env = dict(os.environ, SERVER_NAME="nats-0", **{password_env(user): f"pw-{user}" for user in USERS})
+    _run([nats_server(), "-t", "-c", str(tmp_path / "nats.conf")], env=env)
 
 
 # --- Kubernetes: rendering and schema validation -----------------------------------------------
@@ -743,3 +754,51 @@ def test_nats_routes_match_the_node_count(name):
     replicas = one(docs, "StatefulSet", "nats")["spec"]["replicas"]
     found = routes(nats_conf(docs))
     assert len(found) == (replicas if replicas > 1 else 0), f"{name}: {replicas} nodes, routes {found}"
+
+
+# --- NATS users (issue 5): every service its own user, the topology created by admin ----------
+
+
+def test_compose_gives_each_service_its_own_nats_user_and_runs_init_first():
+    from shared.permissions import USERS, password_env
+
+    cfg = compose_config()
+    nats_env = cfg["services"]["nats"]["environment"]
+    assert {password_env(u) for u in USERS} <= set(nats_env), "the server needs every user's password"
+    for name in SERVICES:
+        env = cfg["services"][name]["environment"]
+        assert env["NATS_USER"] == name and env["NATS_PASSWORD"] == nats_env[password_env(name)], name
+        assert cfg["services"][name]["depends_on"]["init"]["condition"] == "service_completed_successfully", name
+    init = cfg["services"]["init"]
+    assert init["command"] == ["init"] and init["environment"]["NATS_USER"] == "admin"
+    assert init["environment"]["NATS_PASSWORD"] == nats_env[password_env("admin")]
+    dot_env = (ROOT / ".env").read_text()
+    assert "NATS_PASSWORD" not in dot_env, ".env goes to every service: no NATS password there"
+
+
+@pytest.mark.parametrize("name", RENDERS)
+def test_kubernetes_nats_reads_every_users_password_and_init_creates_the_topology(name):
+    from shared.permissions import USERS, password_env
+
+    docs = render(name)
+    conf_map = [d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"].startswith("nats-config")][0]
+    assert conf_map["data"]["auth.conf"] == (ROOT / "deploy" / "nats" / "auth.conf").read_text()
+    env = {e["name"]: e for e in container(one(docs, "StatefulSet", "nats")).get("env", [])}
+    secrets = set(by_kind(docs, "Secret"))
+    for user in USERS:
+        ref = env[password_env(user)]["valueFrom"]["secretKeyRef"]
+        assert ref["key"] == "NATS_PASSWORD" and ref["name"].startswith(f"vidmesh-nats-{user}"), user
+        if name == "overlays/dev":
+            assert ref["name"] in secrets, f"dev generates {ref['name']}"
+    for dep_name, dep in mesh_deployments(docs).items():
+        refs = [s["secretRef"]["name"] for s in container(dep).get("envFrom", []) if "secretRef" in s]
+        assert any(r.startswith(f"vidmesh-nats-{dep_name}") for r in refs), dep_name
+    job = one(docs, "Job", "vidmesh-init")
+    c = container(job)
+    assert c["args"] == ["init"]
+    assert any(s.get("secretRef", {}).get("name", "").startswith("vidmesh-nats-admin") for s in c["envFrom"])
+    spec = pod_spec(job)
+    assert spec["securityContext"]["runAsNonRoot"] and spec["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault"
+    assert c["securityContext"]["readOnlyRootFilesystem"] and c["securityContext"]["capabilities"]["drop"] == ["ALL"]
+    labels = job["spec"]["template"]["metadata"]["labels"]
+    assert labels["app.kubernetes.io/component"] == "service", "the NetworkPolicies let it reach NATS"

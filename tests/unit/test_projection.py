@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import itertools
 
-from services.catalog.projection import apply, to_view
+from services.catalog.projection import Incomplete, apply, to_view
 from services.pipeline import jobs
 from shared.contracts import (
     ErrorInfo,
@@ -33,10 +33,18 @@ READY = VideoReady(video_id=V, tenant=T)
 
 
 def fold(events, now=200.0):
-    record = None
-    for event in events:
-        record = apply(record, event, now) or record
-    return record
+    """Apply events in this order; one that is not applicable yet comes back later, as a
+    nak'ed message does."""
+    record, queue = None, list(events)
+    for _ in range(len(queue) * len(queue) + 1):
+        if not queue:
+            return record
+        event = queue.pop(0)
+        try:
+            record = apply(record, event, now) or record
+        except Incomplete:
+            queue.append(event)
+    raise AssertionError(f"never applicable: {queue}")
 
 
 def test_a_full_history_reads_ready_with_urls():
@@ -46,6 +54,16 @@ def test_a_full_history_reads_ready_with_urls():
     assert view.renditions[1].url == f"/v1/videos/{V}/renditions/360p"
     assert view.thumbnail.url == f"/v1/videos/{V}/thumbnail"
     assert view.created_at == 100.0 and view.progress == {}
+
+
+def test_ready_waits_for_every_planned_result():
+    """A ready event never makes a video ready while a rendition it stands for is missing."""
+    import pytest
+
+    partial = fold([UPLOADED, PLANNED, DONE_360, THUMB])
+    with pytest.raises(Incomplete, match="720p"):
+        apply(partial, READY, 1)
+    assert apply(apply(partial, DONE_720, 1), READY, 2).status == "ready"
 
 
 def test_a_rendition_is_visible_before_the_video_is_ready():
@@ -70,7 +88,7 @@ def test_replayed_events_change_nothing():
 def test_progress_only_moves_forward_and_stops_at_terminal():
     record = fold([UPLOADED, RenditionProgress(video_id=V, tenant=T, rendition="720p", percent=50)])
     assert apply(record, RenditionProgress(video_id=V, tenant=T, rendition="720p", percent=20), 1) is None
-    ready = fold([UPLOADED, READY])
+    ready = fold([UPLOADED, PLANNED, DONE_360, DONE_720, THUMB, READY])
     assert apply(ready, RenditionProgress(video_id=V, tenant=T, rendition="720p", percent=90), 1) is None
 
 
@@ -79,7 +97,9 @@ def test_failed_keeps_its_reason_and_delete_wins_over_everything():
     assert failed.status == "failed" and failed.error.code == "bad_media"
     late = RenditionProgress(video_id=V, tenant=T, rendition="720p", percent=10)
     assert apply(failed, late, 1) is None
-    recovered = apply(failed, READY, 1)  # its failed task was replayed and succeeded
+    for event in (PLANNED, DONE_360, DONE_720, THUMB):  # its failed task was replayed and succeeded
+        failed = apply(failed, event, 1) or failed
+    recovered = apply(failed, READY, 1)
     assert recovered.status == "ready" and recovered.error is None
     assert apply(recovered, VideoFailed(video_id=V, tenant=T, error=ErrorInfo(code="x", message="y")), 2) is None
     deleted = fold([UPLOADED, DONE_360, VideoDeleted(video_id=V, tenant=T), READY, DONE_720])
