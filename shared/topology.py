@@ -142,6 +142,18 @@ EXHAUSTED_TASKS = ConsumerSpec(
 CONSUMERS = (CATALOG_EVENTS, PIPELINE_EVENTS, TRANSCODE_TASKS, THUMBNAIL_TASKS, EXHAUSTED_TASKS)
 
 
+def work_queue(name: str, subject: str, replicas: int) -> api.StreamConfig:
+    """A task stream: each message is removed once a worker acknowledges it."""
+    return api.StreamConfig(
+        name=name,
+        subjects=[subject],
+        retention=api.RetentionPolicy.WORK_QUEUE,
+        storage=api.StorageType.FILE,
+        num_replicas=replicas,
+        duplicate_window=120.0,
+    )
+
+
 def streams(replicas: int, events_max_age_s: float) -> list[api.StreamConfig]:
     storage = api.StorageType.FILE
     return [
@@ -155,22 +167,8 @@ def streams(replicas: int, events_max_age_s: float) -> list[api.StreamConfig]:
             duplicate_window=120.0,
             allow_direct=True,
         ),
-        api.StreamConfig(
-            name=TASKS_TRANSCODE,
-            subjects=[SUBJECTS[TranscodeRendition] + ".>"],
-            retention=api.RetentionPolicy.WORK_QUEUE,
-            storage=storage,
-            num_replicas=replicas,
-            duplicate_window=120.0,
-        ),
-        api.StreamConfig(
-            name=TASKS_THUMBNAIL,
-            subjects=[SUBJECTS[ExtractThumbnail] + ".>"],
-            retention=api.RetentionPolicy.WORK_QUEUE,
-            storage=storage,
-            num_replicas=replicas,
-            duplicate_window=120.0,
-        ),
+        work_queue(TASKS_TRANSCODE, SUBJECTS[TranscodeRendition] + ".>", replicas),
+        work_queue(TASKS_THUMBNAIL, SUBJECTS[ExtractThumbnail] + ".>", replicas),
         api.StreamConfig(
             name=ADVISORIES,
             subjects=[f"{MAX_DELIVERIES_ADVISORY}.{s}.>" for s in (TASKS_TRANSCODE, TASKS_THUMBNAIL)],
@@ -347,14 +345,7 @@ def scheduling_streams(replicas: int) -> list[api.StreamConfig]:
             duplicate_window=120.0,
             allow_direct=True,
         ),
-        api.StreamConfig(
-            name=TASKS_WEBHOOK,
-            subjects=[SUBJECTS[DeliverWebhook] + ".>"],
-            retention=api.RetentionPolicy.WORK_QUEUE,
-            storage=storage,
-            num_replicas=replicas,
-            duplicate_window=120.0,
-        ),
+        work_queue(TASKS_WEBHOOK, SUBJECTS[DeliverWebhook] + ".>", replicas),
     ]
 
 

@@ -77,7 +77,8 @@ async def get_video(req: GetVideo, bus: Bus) -> Video:
 async def list_videos(req: ListVideos, bus: Bus) -> VideoPage:
     """Newest first: video ids sort by creation time, so the key order is the page order."""
     kv = await bus.kv(topology.KV_VIDEOS)
-    keys = await _keys(kv, f"{req.tenant}.>")
+    # a complete scan of the tenant's keys (nats-py's kv.keys()/watch can end early)
+    keys = [e.key async for e in entries(bus.js, topology.KV_VIDEOS, f"{req.tenant}.>", meta_only=True)]
     ids = sorted((k.split(".", 1)[1] for k in keys), reverse=True)
     if req.cursor:
         ids = [i for i in ids if i < req.cursor]
@@ -161,21 +162,6 @@ async def _record(bus: Bus, tenant: str, video_id: str) -> VideoRecord:
     except msgspec.DecodeError:
         raise RpcError("not_found", f"no video {video_id}") from None
     return apply(None, event, time.time())
-
-
-async def _keys(kv, pattern: str) -> list[str]:
-    # kv.keys() in nats-py watches the whole bucket and filters by substring; a watch on
-    # the pattern lets the server do the filtering.
-    watcher = await kv.watch(pattern, meta_only=True, ignore_deletes=True)
-    keys = []
-    try:
-        async for entry in watcher:
-            if entry is None:  # end of the initial values
-                break
-            keys.append(entry.key)
-    finally:
-        await watcher.stop()
-    return keys
 
 
 async def _get(kv, key: str):
