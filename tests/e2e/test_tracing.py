@@ -86,6 +86,7 @@ def traced_mesh():
         "OTEL_EXPORTER_OTLP_ENDPOINT": collector.url,
         "OTEL_BSP_SCHEDULE_DELAY": "200",  # export quickly; the default waits 5 s
         "VIDMESH_TRANSCODER_PROCS": "2",
+        "VIDMESH_WEBHOOK_ALLOW_PRIVATE": "1",  # the webhook receiver is on 127.0.0.1
     }
     with tempfile.TemporaryDirectory(prefix="vidmesh-traced-") as tmp:
         mesh = Mesh(Path(tmp), env).start()
@@ -94,14 +95,45 @@ def traced_mesh():
         collector.close()
 
 
-EXPECTED_SERVICES = {"vidmesh-gateway", "vidmesh-pipeline", "vidmesh-transcoder", "vidmesh-thumbnailer", "vidmesh-catalog"}
+EXPECTED_SERVICES = {
+    "vidmesh-gateway",
+    "vidmesh-pipeline",
+    "vidmesh-transcoder",
+    "vidmesh-thumbnailer",
+    "vidmesh-catalog",
+    "vidmesh-notifier",
+}
+
+
+class Receiver:
+    """A webhook receiver on 127.0.0.1 that answers 204."""
+
+    def __init__(self):
+        self.bodies: list[bytes] = []
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):
+                receiver.bodies.append(self.rfile.read(int(self.headers.get("content-length", 0))))
+                self.send_response(204)
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
 
 def test_one_upload_is_one_trace_through_every_service(traced_mesh, tmp_path):
     mesh, collector = traced_mesh
     clip = tmp_path / "480.mp4"
     make_clip(str(clip), width=854, height=480, seconds=1.0)
+    receiver = Receiver()
     with mesh.client() as c:
+        hook = c.post("/v1/webhooks", json={"url": receiver.url, "events": ["video.ready"]})
+        assert hook.status_code == 201, hook.text
         r = c.post("/v1/videos", content=clip.read_bytes(), headers={"Content-Type": "video/mp4"})
         assert r.status_code == 202
         trace_id = r.headers["x-trace-id"]
@@ -116,7 +148,9 @@ def test_one_upload_is_one_trace_through_every_service(traced_mesh, tmp_path):
                     if s["kind"] == "consumer" and s["service"] == "vidmesh-catalog"}
         ids = {s["span_id"] for s in spans}
         settled = all(not s["parent"] or s["parent"] in ids for s in spans)  # batches arrive in any order
-        return spans if EXPECTED_SERVICES <= services and "video_ready" in consumed and settled else None
+        delivered = any(s["service"] == "vidmesh-notifier" and "deliver_webhook" in s["name"] and s["kind"] == "consumer"
+                        for s in spans)
+        return spans if EXPECTED_SERVICES <= services and "video_ready" in consumed and delivered and settled else None
 
     try:
         spans = wait_for(complete, 30, 0.2, "every service's spans of the upload's trace")
@@ -136,6 +170,8 @@ def test_one_upload_is_one_trace_through_every_service(traced_mesh, tmp_path):
     assert {"consumer", "producer"} <= kinds["vidmesh-transcoder"]
     assert {"consumer", "producer"} <= kinds["vidmesh-thumbnailer"]
     assert "consumer" in kinds["vidmesh-catalog"]
+    assert {"consumer", "producer"} <= kinds["vidmesh-notifier"]  # ready event -> delivery task -> webhook
+    assert receiver.bodies and video_id.encode() in receiver.bodies[0]
 
     # messaging conventions on every send/process span
     for s in spans:
