@@ -26,7 +26,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "k8s"
 RENDERS = ("base", "overlays/dev", "overlays/prod")
-SERVICES = ("gateway", "catalog", "pipeline", "transcoder", "thumbnailer")
+SERVICES = ("gateway", "catalog", "pipeline", "transcoder", "thumbnailer", "scheduler", "notifier", "monitor")
 WORKERS = {"transcoder": ("TASKS_TRANSCODE", "transcoder"), "thumbnailer": ("TASKS_THUMBNAIL", "thumbnailer")}
 KEDA_ENDPOINT = "nats.vidmesh.svc:8222"
 
@@ -802,3 +802,29 @@ def test_kubernetes_nats_reads_every_users_password_and_init_creates_the_topolog
     assert c["securityContext"]["readOnlyRootFilesystem"] and c["securityContext"]["capabilities"]["drop"] == ["ALL"]
     labels = job["spec"]["template"]["metadata"]["labels"]
     assert labels["app.kubernetes.io/component"] == "service", "the NetworkPolicies let it reach NATS"
+
+
+# --- scheduler, notifier, monitor: what docs/deploy.md promises ---------------------------------
+
+
+@pytest.mark.parametrize("name", RENDERS)
+def test_monitor_runs_exactly_one_replica_and_only_the_notifier_reaches_the_internet(name):
+    docs = render(name)
+    monitor = one(docs, "Deployment", "monitor")
+    assert monitor["spec"]["replicas"] == 1, "the monitor's rule windows live in memory"
+    assert monitor["spec"]["strategy"] == {"type": "Recreate"}, "no second monitor during a rollout"
+    scalers = [d for d in docs if d["kind"] in ("HorizontalPodAutoscaler", "ScaledObject")]
+    assert all(s["spec"]["scaleTargetRef"]["name"] != "monitor" for s in scalers)
+    egress = one(docs, "NetworkPolicy", "internet-egress")["spec"]["podSelector"]["matchLabels"]
+    reaching = {
+        n for n, d in mesh_deployments(docs).items() if egress.items() <= d["spec"]["template"]["metadata"]["labels"].items()
+    }
+    assert reaching == {"notifier"}, "webhook delivery is the only service that calls the internet"
+    assert one(docs, "Deployment", "scheduler")["spec"]["replicas"] >= 1
+    assert 1 <= one(docs, "Deployment", "notifier")["spec"]["replicas"] <= 2
+
+
+def test_compose_runs_one_monitor():
+    svc = compose_config()["services"]["monitor"]
+    assert svc["deploy"].get("replicas", 1) == 1
+    assert not svc.get("scale") or svc["scale"] == 1
