@@ -12,14 +12,18 @@ import traceback
 
 from .common import console, write_result
 
-BENCHMARKS = ("upload", "status", "pipeline", "transcoder_rss")
+BENCHMARKS = ("upload", "status", "pipeline", "transcoder_rss", "load")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument("names", nargs="*", metavar="NAME",
                         help=f"benchmarks to run, of {', '.join(BENCHMARKS)} (default: all)")
+    parser.add_argument("--n", type=int, metavar="N",
+                        help="load: how many clips to upload per run (default 40, or env BENCH_LOAD_N)")
     args = parser.parse_args(argv)
+    if args.n is not None:
+        os.environ["BENCH_LOAD_N"] = str(args.n)
     names = args.names or list(BENCHMARKS)
     unknown = [n for n in names if n not in BENCHMARKS]
     if unknown:
