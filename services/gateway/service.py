@@ -16,6 +16,7 @@ from fastapi import Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
+from nats.errors import TimeoutError as NatsTimeout
 from nats.js.errors import KeyNotFoundError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -410,6 +411,21 @@ async def events(video_id: str, request: Request, tenant: str = Depends(authenti
     )
 
 
+TERMINAL_STATUS = {VideoReady: "ready", VideoFailed: "failed", VideoDeleted: "deleted"}
+SETTLE_S = 10.0
+
+
+async def _settled(bus: Bus, tenant: str, video_id: str, status: str) -> None:
+    deadline = time.monotonic() + SETTLE_S
+    while time.monotonic() < deadline:
+        try:
+            if (await _video(bus, tenant, video_id)).status == status:
+                return
+        except RpcError:
+            return  # the catalog is away: do not hold the stream for it
+        await asyncio.sleep(0.1)
+
+
 async def _event_stream(bus: Bus, tenant: str, video: Video):
     event_decoder = decoder(Event)
     sub = await bus.js.subscribe(
@@ -420,9 +436,7 @@ async def _event_stream(bus: Bus, tenant: str, video: Video):
         while True:
             try:
                 msg = await sub.next_msg(timeout=15.0)
-            except (asyncio.TimeoutError, Exception) as exc:
-                if not isinstance(exc, asyncio.TimeoutError) and "timeout" not in type(exc).__name__.lower():
-                    raise
+            except NatsTimeout:
                 if terminal_at_start:  # history expired: close with the current state
                     yield sse("video", encode(await _video(bus, tenant, video.id)))
                     return
@@ -432,10 +446,15 @@ async def _event_stream(bus: Bus, tenant: str, video: Video):
                 event = event_decoder.decode(msg.data)
             except msgspec.DecodeError:
                 continue  # an event type newer than this gateway: skip it
+            last = msg.metadata.num_pending == 0
+            if isinstance(event, TERMINAL_EVENTS) and last:
+                # A client that follows the stream to its end and then GETs the video must
+                # read that state: wait (bounded) for the catalog's projection to catch up.
+                await _settled(bus, tenant, video.id, TERMINAL_STATUS[type(event)])
             yield sse(event_name(type(event).__struct_config__.tag), msg.data, str(msg.metadata.sequence.stream))
-            if isinstance(event, TERMINAL_EVENTS):
-                return
-            if terminal_at_start and msg.metadata.num_pending == 0:
+            if isinstance(event, TERMINAL_EVENTS) and last:
+                return  # (a terminal event followed by more history, e.g. ready then deleted, goes on)
+            if terminal_at_start and last:
                 yield sse("video", encode(await _video(bus, tenant, video.id)))
                 return
     finally:

@@ -191,3 +191,13 @@ def test_uploads_get_429_when_the_backlog_is_too_deep(stalled_mesh, tiny, tmp_pa
         r = wait_for(refused, 10, 0.3, "a 429")
         assert r.json()["code"] == "overloaded"
         assert int(r.headers["retry-after"]) > 0
+
+
+def test_events_of_a_ready_then_deleted_video_end_with_the_delete(mesh, tiny):
+    with mesh.client() as c:
+        video_id = post(c, tiny).json()["id"]
+        wait_for(lambda: c.get(f"/v1/videos/{video_id}").json()["status"] == "ready", 60, 0.2, "ready")
+        assert c.delete(f"/v1/videos/{video_id}").status_code == 200
+        with c.stream("GET", f"/v1/videos/{video_id}/events", timeout=30) as r:
+            names = [line.split(": ", 1)[1] for line in r.iter_lines() if line.startswith("event: ")]
+    assert "video_ready" in names and names[-1] == "video_deleted", names
