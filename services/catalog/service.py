@@ -5,6 +5,7 @@ It answers get/list/delete over request-reply; the gateway never reads the bucke
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import msgspec
@@ -115,10 +116,13 @@ async def delete_video(req: DeleteVideo, bus: Bus) -> Video:
 async def usage(req: GetUsage, bus: Bus) -> Usage:
     """A tenant's videos processing and bytes stored, for the gateway's quotas.
 
-    A complete scan of the tenant's records (shared/kvscan.py: one ephemeral consumer the
-    server filters to `<tenant>.>`): cost grows with the tenant's video count, fine for thousands. TODO: beyond that, keep a
-    per-tenant usage key the projection maintains (CAS), reconciled by this scan.
+    It first waits (bounded) until the projection has applied every event stored before the
+    question, so an upload the gateway just accepted counts. Then a complete scan of the
+    tenant's records (shared/kvscan.py): cost grows with the tenant's video count, fine for
+    thousands. TODO: beyond that, keep a per-tenant usage key the projection maintains
+    (CAS), reconciled by this scan.
     """
+    await _caught_up(bus)
     processing = stored = videos = 0
     async for entry in entries(bus.js, topology.KV_VIDEOS, f"{req.tenant}.>"):  # a complete scan
         if not entry.value:
@@ -143,6 +147,18 @@ async def get_video_http(tenant: str, video_id: str):
     except RpcError as exc:
         return JSONResponse({"code": exc.code, "message": exc.message}, status_code=404)
     return Response(encode(video), media_type="application/json")
+
+
+async def _caught_up(bus: Bus, timeout: float = 5.0) -> None:
+    """Wait until the catalog consumer has acknowledged every event stored up to now."""
+    spec = topology.CATALOG_EVENTS
+    target = (await bus.js.stream_info(spec.stream)).state.last_seq
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        info = await bus.js.consumer_info(spec.stream, spec.durable)
+        if info.ack_floor.stream_seq >= target:
+            return
+        await asyncio.sleep(0.05)
 
 
 async def _record(bus: Bus, tenant: str, video_id: str) -> VideoRecord:

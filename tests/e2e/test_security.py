@@ -240,7 +240,10 @@ def test_request_head_and_body_limits(sec):
         r = c.get("/v1/videos", headers=many)
         assert r.status_code == 431 and r.json()["code"] == "headers_too_large"
         assert c.get("/v1/videos", headers={"x-big": "a" * 20000}).status_code == 431
-        assert c.get("/v1/videos", headers={"x-big": "a" * 70000}).status_code in (400, 431)  # uvicorn bounds the head
+        try:  # uvicorn bounds the head: an answer, or the connection closed under the sender
+            assert c.get("/v1/videos", headers={"x-big": "a" * 70000}).status_code in (400, 431)
+        except (httpx.ReadError, httpx.RemoteProtocolError, httpx.WriteError):
+            pass
         r = c.get("/v1/videos", params={"cursor": "a" * 3000})
         assert r.status_code == 414 and r.json()["code"] == "uri_too_long"
         assert c.get("/v1/videos/" + "a" * 3000).status_code == 414
