@@ -35,10 +35,20 @@ def _die_with_parent() -> None:
         pass
 
 
+def free_ports(n: int) -> list[int]:
+    """n distinct free ports: every socket stays bound until all are chosen."""
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for sock in socks:
+            sock.bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in socks]
+    finally:
+        for sock in socks:
+            sock.close()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return free_ports(1)[0]
 
 
 def nats_server_binary() -> str:
@@ -123,9 +133,10 @@ class Supervisor:
             count = s.transcoder_procs if name == "transcoder" else 1
             names += [name] if count == 1 else [f"{name}-{i}" for i in range(1, count + 1)]
         tasks = []
+        ports = iter(p for p in free_ports(len(names) + 1) if p != s.http_port)
         for name in names:
             service = name.split("-")[0]
-            port = s.http_port if service == "gateway" else free_port()
+            port = s.http_port if service == "gateway" else next(ports)
             child_env = {**env, "VIDMESH_HTTP_PORT": str(port), "OTEL_SERVICE_NAME": f"vidmesh-{service}"}
             if service in passwords:  # embedded NATS: the service's own user
                 child_env.update(NATS_USER=service, NATS_PASSWORD=passwords[service])

@@ -19,10 +19,7 @@ import pytest
 from services.up import nats_server_binary
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from services.up import free_port, free_ports  # noqa: E402  (distinct ports in one call)
 
 
 def wait_for(condition, timeout: float = 30.0, interval: float = 0.05, what: str = "condition"):
@@ -38,8 +35,8 @@ def wait_for(condition, timeout: float = 30.0, interval: float = 0.05, what: str
 
 class NatsServer:
     def __init__(self, store: Path, port: int | None = None):
-        self.port = port or free_port()
-        self.monitor = free_port()
+        self.port, self.monitor = free_ports(2)
+        self.port = port or self.port
         self.store = store
         self.proc: subprocess.Popen | None = None
 
@@ -91,8 +88,7 @@ class Mesh:
 
     def __init__(self, data_dir: Path, extra_env: dict | None = None):
         self.data_dir = data_dir
-        self.http_port = free_port()
-        self.nats_port = free_port()
+        self.http_port, self.nats_port, monitor_port = free_ports(3)
         self.url = f"http://127.0.0.1:{self.http_port}"
         self.lines: list[str] = []
         self.env = {
@@ -100,7 +96,7 @@ class Mesh:
             "VIDMESH_DATA_DIR": str(data_dir),
             "VIDMESH_HTTP_PORT": str(self.http_port),
             "VIDMESH_NATS_PORT": str(self.nats_port),
-            "VIDMESH_NATS_MONITOR_PORT": str(free_port()),
+            "VIDMESH_NATS_MONITOR_PORT": str(monitor_port),
             "VIDMESH_API_KEYS": ",".join(f"{t}:{k}" for t, k in self.KEYS.items()),
             "VIDMESH_TMP_DIR": str(data_dir / "tmp"),
             "OTEL_SDK_DISABLED": "true",

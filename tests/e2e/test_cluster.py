@@ -27,7 +27,7 @@ from tests.conftest import (
     MeshOn,
     alive,
     assert_delivered_once,
-    free_port,
+    free_ports,
     js_run,
     nats_servers,
     service_pids,
@@ -42,10 +42,10 @@ STREAMS = ("EVENTS", "TASKS_TRANSCODE", "TASKS_THUMBNAIL", "DEADLETTER", "KV_vid
 
 
 class Node:
-    def __init__(self, name: str, store: Path):
+    def __init__(self, name: str, store: Path, ports: list[int]):
         self.name = name
         self.store = store
-        self.port, self.monitor, self.route = free_port(), free_port(), free_port()
+        self.port, self.monitor, self.route = ports
         self.proc: subprocess.Popen | None = None
 
     @property
@@ -103,7 +103,8 @@ class Node:
 
 class Cluster:
     def __init__(self, root: Path, size: int = 3):
-        self.nodes = [Node(f"n{i}", root / f"n{i}") for i in range(1, size + 1)]
+        ports = free_ports(3 * size)  # all distinct: client, monitor and route port per node
+        self.nodes = [Node(f"n{i}", root / f"n{i}", ports[3 * (i - 1) : 3 * i]) for i in range(1, size + 1)]
 
     @property
     def url(self) -> str:

@@ -21,7 +21,7 @@ import pytest
 from services import up
 from shared import config, permissions, topology
 from shared.permissions import ADMIN, NEEDS, SERVICES, nats_users_conf
-from tests.conftest import free_port, wait_for
+from tests.conftest import free_ports, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 COMMITTED = ("deploy/nats/auth.conf", "k8s/base/nats/auth.conf")
@@ -54,7 +54,7 @@ def secured(tmp_path_factory):
     """nats-server with every vidmesh user (random passwords) and the topology ensured."""
     store = tmp_path_factory.mktemp("nats-auth")
     passwords = {user: secrets.token_urlsafe(16) for user in permissions.USERS}
-    port, monitor = free_port(), free_port()
+    port, monitor = free_ports(2)
     conf = store / "nats.conf"
     conf.write_text(up.nats_config(store, port, monitor, passwords))
     proc = subprocess.Popen([up.nats_server_binary(), "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
