@@ -200,6 +200,17 @@ def consumer_config(spec: ConsumerSpec, max_deliver: int | None = None, ack_wait
     )
 
 
+def buckets(settings) -> list[tuple[str, float | None]]:
+    """Every KV bucket with its TTL (None: entries stay)."""
+    return [
+        (KV_VIDEOS, None),
+        (KV_JOBS, None),
+        (KV_UPLOADS, UPLOADS_TTL_S),
+        (KV_MONITOR, None),
+        *scheduling_buckets(settings),  # issue 8: see the block at the end of this file
+    ]
+
+
 async def ensure(js, settings) -> None:
     """Create or update every stream, consumer and bucket; safe to run from every replica."""
     for cfg in streams(settings.replicas, settings.events_max_age_s):
@@ -212,7 +223,7 @@ async def ensure(js, settings) -> None:
             ack_wait_s=settings.task_ack_wait_s if is_task else None,
         )
         await js.add_consumer(spec.stream, config=cfg)
-    for bucket, ttl in ((KV_VIDEOS, None), (KV_JOBS, None), (KV_UPLOADS, UPLOADS_TTL_S)):
+    for bucket, ttl in buckets(settings):
         try:
             await js.key_value(bucket)
         except BucketNotFoundError:
@@ -228,13 +239,6 @@ async def ensure(js, settings) -> None:
         await js.create_object_store(
             OBJ_MEDIA,
             config=api.ObjectStoreConfig(bucket=OBJ_MEDIA, replicas=settings.replicas, storage=api.StorageType.FILE),
-        )
-    await ensure_scheduling_buckets(js, settings)  # issue 8: see the block at the end of this file
-    try:
-        await js.key_value(KV_MONITOR)
-    except BucketNotFoundError:
-        await js.create_key_value(
-            api.KeyValueConfig(bucket=KV_MONITOR, history=1, replicas=settings.replicas, storage=api.StorageType.FILE)
         )
 
 
@@ -349,18 +353,9 @@ def scheduling_streams(replicas: int) -> list[api.StreamConfig]:
     ]
 
 
-async def ensure_scheduling_buckets(js, settings) -> None:
+def scheduling_buckets(settings) -> list[tuple[str, float | None]]:
     # Delivery records expire with the events they describe; webhooks and runs stay.
-    buckets = ((KV_WEBHOOKS, None), (KV_DELIVERIES, settings.events_max_age_s), (KV_SCHEDULER, None))
-    for bucket, ttl in buckets:
-        try:
-            await js.key_value(bucket)
-        except BucketNotFoundError:
-            await js.create_key_value(
-                api.KeyValueConfig(
-                    bucket=bucket, history=1, ttl=ttl, replicas=settings.replicas, storage=api.StorageType.FILE
-                )
-            )
+    return [(KV_WEBHOOKS, None), (KV_DELIVERIES, settings.events_max_age_s), (KV_SCHEDULER, None)]
 
 
 # =============================================================================================
