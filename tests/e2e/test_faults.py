@@ -257,18 +257,22 @@ def test_sigterm_transcoder_mid_task_drains_in_time_exits_0_and_loses_nothing(fa
 
     assert "exited with 0;" in exited[0], exited
     assert final["status"] == "ready", final
-    # It held the task until the drain timeout, then gave it back (nak) and exited: the
-    # encode had seconds left, so the rendition was made after the exit, by the new worker.
-    assert DRAIN_S - 0.2 <= exit_s <= DRAIN_S + 10, exit_s
+    # The promise: it finishes or gives back (nak) the task in hand within the drain bound,
+    # exits 0, and the rendition is made exactly once: either by it before it exited (the
+    # encode ended inside the drain window, which a fast machine allows) or, after the
+    # exit, by the restarted worker.
+    assert exit_s <= DRAIN_S + 10, exit_s
     done = [seq for seq, kind, e in video_events(mesh, "alice", vid)
             if kind == "rendition_transcoded" and e["rendition"] == rendition]
-    assert len(done) == 1 and done[0] > exited_at, (rendition, percent, exit_s, done, stopped_at, exited_at)
+    assert len(done) == 1, (rendition, percent, exit_s, done, stopped_at, exited_at)
+    if done[0] > exited_at:  # given back: it held the task for the whole drain window first
+        assert exit_s >= DRAIN_S - 0.2, exit_s
     assert_delivered_once(mesh, "alice", {vid: final})
     # No traceback from the stopping transcoder: a drain is not a crash.
     dying = [l for l in lines_since(mesh, mark) if l.startswith("transcoder") and ("Traceback" in l or " ERROR " in l)]
     assert not dying, "\n".join(lines_since(mesh, mark)[-40:])
-    print(f"SIGTERM at {rendition} {percent}%: exited 0 after {exit_s:.1f}s; "
-          f"{rendition} redone after the exit")
+    how = "redone after the exit" if done[0] > exited_at else "finished within the drain"
+    print(f"SIGTERM at {rendition} {percent}%: exited 0 after {exit_s:.1f}s; {rendition} {how}")
 
 
 # --- 3. nats-server restart under a running pipeline -----------------------------------
