@@ -438,8 +438,13 @@ async def test_an_unexpected_handler_exception_is_redelivered_not_lost(nats_serv
             await loop.stop(5)
             run.cancel()
         assert attempts == [1, 2]
-        info = await bus.js.consumer_info(topology.TASKS_THUMBNAIL, topology.THUMBNAIL_TASKS.durable)
         assert (await bus.js.stream_info(topology.TASKS_THUMBNAIL)).state.messages == 0
+        deadline = time.monotonic() + 10  # the ack is asynchronous: poll the consumer's state
+        while True:
+            info = await bus.js.consumer_info(topology.TASKS_THUMBNAIL, topology.THUMBNAIL_TASKS.durable)
+            if (info.num_pending, info.num_ack_pending) == (0, 0) or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.1)
         assert (info.num_pending, info.num_ack_pending) == (0, 0)
     finally:
         await bus.close()
