@@ -4,6 +4,12 @@ nats-py's ObjectStore.get() concatenates bytes (quadratic) and put() wants a blo
 reader, so media goes through here instead: writes pipeline chunk publishes from an
 async iterator, reads pull one chunk at a time with Direct Get. Objects stay readable by
 any NATS client (`nats object get`), since layout and metadata are the standard ones.
+
+Seeking: chunk messages of concurrent uploads interleave in the stream, so the n-th chunk's
+sequence is not computable. The writer records the sequence of every `stride`-th chunk in
+the object's standard `metadata` map (at most MAX_CHECKPOINTS of them), and a read from
+offset X starts at the checkpoint before X instead of at the first chunk: a Range request
+near the end of a 1 GiB object fetches a few chunks, not all of them.
 """
 
 from __future__ import annotations
@@ -12,9 +18,12 @@ import asyncio
 import base64
 import hashlib
 import json
+import math
 import os
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from datetime import datetime, timezone
+from typing import Optional
 
 from nats.js import api
 from prometheus_client import Counter
@@ -25,6 +34,35 @@ MEDIA_BYTES = Counter("vidmesh_media_bytes_total", "Bytes written to and read fr
 
 CHUNK_SIZE = 256 * 1024
 PUBLISH_WINDOW = 32  # chunks in flight while writing: ~8 MiB bounded
+MAX_CHECKPOINTS = 1024  # seek index entries per object: ~8 KB of metadata at most
+CHECKPOINTS_KEY = "vidmesh-chunk-seqs"  # "<stride>:<seq>,<seq>,..."
+
+
+@dataclass
+class StoredObject(api.ObjectInfo):
+    """ObjectInfo plus the object-store `metadata` map, which the Go client and the nats CLI
+    know but nats-py does not model (its parser would drop it)."""
+
+    metadata: Optional[dict] = None
+
+    def checkpoint_before(self, offset: int) -> tuple[int, int]:
+        """(chunk index, stream sequence) of the recorded chunk at or before `offset`;
+        (0, 1) when the object has no index (written by another client)."""
+        raw = (self.metadata or {}).get(CHECKPOINTS_KEY)
+        chunk_size = (self.options and self.options.max_chunk_size) or CHUNK_SIZE
+        if not raw:
+            return 0, 1
+        stride, seqs = raw.split(":", 1)
+        seqs = seqs.split(",")
+        k = min((offset // chunk_size) // int(stride), len(seqs) - 1)
+        return k * int(stride), int(seqs[k])
+
+
+def _checkpoints(seqs: list[int]) -> dict:
+    if not seqs:
+        return {}
+    stride = max(1, math.ceil(len(seqs) / MAX_CHECKPOINTS))
+    return {CHECKPOINTS_KEY: f"{stride}:" + ",".join(str(q) for q in seqs[::stride])}
 
 
 class TooLarge(Exception):
@@ -40,31 +78,30 @@ class MediaStore:
     def _meta_subject(self, name: str) -> str:
         return OBJ_META_PRE_TEMPLATE.format(bucket=self.bucket, obj=base64.urlsafe_b64encode(name.encode()).decode())
 
-    async def info(self, name: str) -> api.ObjectInfo | None:
+    async def info(self, name: str) -> StoredObject | None:
         try:
             msg = await self.js.get_last_msg(self.stream, self._meta_subject(name))
         except NotFoundError:
             return None
-        info = api.ObjectInfo.from_response(json.loads(msg.data))
+        info = StoredObject.from_response(json.loads(msg.data))
         return None if info.deleted else info
 
     async def put_stream(
         self, name: str, chunks: AsyncIterator[bytes], *, max_bytes: int | None = None, headers: dict | None = None
-    ) -> api.ObjectInfo:
+    ) -> StoredObject:
         """Store an object from an async byte iterator with bounded memory."""
         nuid = self.js._nc._nuid.next().decode()
         chunk_subject = OBJ_CHUNKS_PRE_TEMPLATE.format(bucket=self.bucket, obj=nuid)
         digest = hashlib.sha256()
         pending: list[asyncio.Future] = []
+        seqs: list[int] = []  # stream sequence of each chunk, in order (the seek index)
         buf = bytearray()
-        total = count = 0
+        total = 0
 
         async def flush(data: bytes) -> None:
-            nonlocal count
             pending.append(await self.js.publish_async(chunk_subject, data))
-            count += 1
             if len(pending) >= PUBLISH_WINDOW:
-                await pending.pop(0)
+                seqs.append((await pending.pop(0)).seq)
 
         try:
             async for piece in chunks:
@@ -78,29 +115,30 @@ class MediaStore:
                     del buf[:CHUNK_SIZE]
             if buf:
                 await flush(bytes(buf))
-            await asyncio.gather(*pending)
+            seqs.extend(ack.seq for ack in await asyncio.gather(*pending))
             MEDIA_BYTES.labels("in").inc(total)
-            return await self._commit(name, nuid, total, count, digest, headers)
+            return await self._commit(name, nuid, total, seqs, digest, headers)
         except BaseException:
             # Let the chunks already sent land before purging, or they would outlive the purge.
             await asyncio.shield(self._abandon(pending, chunk_subject))
             raise
 
-    async def put_file(self, name: str, path: str | os.PathLike, *, headers: dict | None = None) -> api.ObjectInfo:
+    async def put_file(self, name: str, path: str | os.PathLike, *, headers: dict | None = None) -> StoredObject:
         return await self.put_stream(name, _read_file(path), headers=headers)
 
-    async def _commit(self, name, nuid, size, chunks, digest, headers) -> api.ObjectInfo:
+    async def _commit(self, name, nuid, size, seqs, digest, headers) -> StoredObject:
         previous = await self.info(name)
-        info = api.ObjectInfo(
+        info = StoredObject(
             name=name,
             bucket=self.bucket,
             nuid=nuid,
             size=size,
-            chunks=chunks,
+            chunks=len(seqs),
             mtime=datetime.now(timezone.utc).isoformat(),
             digest="SHA-256=" + base64.urlsafe_b64encode(digest.digest()).decode(),
             headers=headers,
             options=api.ObjectMetaOptions(max_chunk_size=CHUNK_SIZE),
+            metadata=_checkpoints(seqs),
         )
         await self.js.publish(
             self._meta_subject(name), json.dumps(info.as_dict()).encode(), headers={api.Header.ROLLUP: "sub"}
@@ -120,14 +158,13 @@ class MediaStore:
         except Exception:
             pass  # best effort: an orphaned chunk subject wastes space, not correctness
 
-    async def read(
-        self, info: api.ObjectInfo, start: int = 0, end: int | None = None
-    ) -> AsyncIterator[bytes]:
+    async def read(self, info: StoredObject, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
         """Yield bytes [start, end] (inclusive end, as in HTTP Range) one chunk at a time."""
         end = info.size - 1 if end is None else min(end, info.size - 1)
         subject = OBJ_CHUNKS_PRE_TEMPLATE.format(bucket=self.bucket, obj=info.nuid)
-        seq, offset = 1, 0
-        for _ in range(info.chunks):
+        index, seq = info.checkpoint_before(start)
+        offset = index * ((info.options and info.options.max_chunk_size) or CHUNK_SIZE)
+        for _ in range(index, info.chunks):
             if offset > end:
                 return
             msg = await self.js._nc.request(
@@ -144,21 +181,31 @@ class MediaStore:
             else:
                 seq = int(headers["Nats-Sequence"]) + 1
                 data = msg.data
+            MEDIA_BYTES.labels("out").inc(len(data))
             lo, hi = offset, offset + len(data)
             offset = hi
             if hi <= start:
                 continue
-            MEDIA_BYTES.labels("out").inc(len(data))
             yield data[max(0, start - lo) : min(len(data), end + 1 - lo)]
 
-    async def download(self, name: str, path: str | os.PathLike) -> api.ObjectInfo:
+    async def download(self, name: str, path: str | os.PathLike, *, ends: int | None = None) -> StoredObject:
+        """Write the object to `path`. With `ends`, only its first and last `ends` bytes, at
+        their offsets in a sparse file of the object's size: what a demuxer reads to find the
+        streams and an index stored at the end, without fetching the middle."""
         info = await self.info(name)
         if info is None:
             raise FileNotFoundError(name)
+        if ends is None or info.size <= 2 * ends:
+            ranges = [(0, None)]
+        else:
+            ranges = [(0, ends - 1), (info.size - ends, None)]
         loop = asyncio.get_running_loop()
         with open(path, "wb") as fh:
-            async for data in self.read(info):
-                await loop.run_in_executor(None, fh.write, data)
+            fh.truncate(info.size)
+            for start, end in ranges:
+                fh.seek(start)
+                async for data in self.read(info, start, end):
+                    await loop.run_in_executor(None, fh.write, data)
         return info
 
     async def delete(self, name: str) -> bool:

@@ -13,6 +13,9 @@ from shared import config, contracts, telemetry, topology
 from shared.bus import Bus, RpcError
 from shared.consumer import ConsumerLoop, Poison, Retry
 from shared.contracts import GetVideo, Video, VideoReady
+from prometheus_client import REGISTRY
+
+from shared import objects
 from shared.objects import CHUNK_SIZE, TooLarge
 from shared.service import Service
 
@@ -242,6 +245,48 @@ async def test_objects_stream_in_and_out_with_ranges(bus):
     # the standard nats-py client reads what we wrote (same layout and digest)
     store = await bus.js.object_store(topology.OBJ_MEDIA)
     assert (await store.get("t/v/obj")).data == expected
+
+
+def _bytes_read() -> float:
+    return REGISTRY.get_sample_value("vidmesh_media_bytes_total", {"direction": "out"}) or 0.0
+
+
+async def test_reads_seek_through_the_checkpoint_index_past_interleaved_chunks(bus, monkeypatch, tmp_path):
+    monkeypatch.setattr(objects, "MAX_CHECKPOINTS", 4)  # 13 chunks -> every 4th recorded
+    size = CHUNK_SIZE * 12 + 777
+    expected = b"".join([p async for p in _pieces(size)])
+    other = b"x" * (CHUNK_SIZE * 2)
+
+    async def with_another_upload_in_the_middle():
+        sent = 0
+        async for piece in _pieces(size):
+            yield piece
+            sent += len(piece)
+            if sent >= CHUNK_SIZE * 5 and not other_done:
+                other_done.append(await bus.media.put_stream("t/v/other", _aiter(other)))
+
+    other_done: list = []
+    await bus.media.put_stream("t/v/seek", with_another_upload_in_the_middle())
+    info = await bus.media.info("t/v/seek")
+    assert other_done and info.metadata[objects.CHECKPOINTS_KEY].startswith("4:")
+    for start, end in [(0, 9), (CHUNK_SIZE * 5 - 3, CHUNK_SIZE * 6 + 3), (CHUNK_SIZE * 9, CHUNK_SIZE * 11), (size - 5, size - 1)]:
+        before = _bytes_read()
+        assert b"".join([p async for p in bus.media.read(info, start, end)]) == expected[start : end + 1]
+        # from the checkpoint before `start`: at most 3 chunks ahead of it plus the range
+        assert _bytes_read() - before <= (3 + (end - start) // CHUNK_SIZE + 2) * CHUNK_SIZE, (start, end)
+    assert b"".join([p async for p in bus.media.read(await bus.media.info("t/v/other"))]) == other
+
+    # head and tail only, in a sparse file of the object's size
+    before = _bytes_read()
+    await bus.media.download("t/v/seek", tmp_path / "ends", ends=CHUNK_SIZE)
+    got = (tmp_path / "ends").read_bytes()
+    assert len(got) == size and _bytes_read() - before <= 6 * CHUNK_SIZE
+    assert got[:CHUNK_SIZE] == expected[:CHUNK_SIZE] and got[-CHUNK_SIZE:] == expected[-CHUNK_SIZE:]
+    assert got[CHUNK_SIZE:-CHUNK_SIZE] == bytes(size - 2 * CHUNK_SIZE)
+
+
+async def _aiter(data: bytes):
+    yield data
 
 
 async def test_overwriting_an_object_replaces_its_chunks(bus):
