@@ -72,6 +72,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     containers: tuple[str, ...] = ()  # demuxers an upload may use; () = the default allow-list
     probe_timeout_s: float = 30.0  # wall-clock bound of probing one upload
     probe_max_memory_mb: int = 1024  # address-space bound of the probe subprocess
+    probe_window_mb: int = 8  # first and last MiB of an upload fetched for a first probe
 
 
 def _int(env: dict, name: str, default: int) -> int:
@@ -286,6 +287,7 @@ def security_settings(env: dict) -> dict:
         "max_streams": _int(env, "VIDMESH_MAX_STREAMS", 16),
         "probe_timeout_s": _float(env, "VIDMESH_PROBE_TIMEOUT_S", 30.0),
         "probe_max_memory_mb": _int(env, "VIDMESH_PROBE_MAX_MEMORY_MB", 1024),
+        "probe_window_mb": _int(env, "VIDMESH_PROBE_WINDOW_MB", 8),
     }
     for key, value in values.items():
         if value < 0 or (value == 0 and not key.startswith("quota_")):

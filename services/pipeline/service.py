@@ -6,6 +6,7 @@ carry stable `Nats-Msg-Id`s, and task results are folded into the job with compa
 
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
 from typing import Union
@@ -24,6 +25,7 @@ from shared.contracts import (
     ProbeSource,
     Probed,
     RenditionTranscoded,
+    SourceInfo,
     TaskFailed,
     ThumbnailExtracted,
     TranscodeRendition,
@@ -40,6 +42,7 @@ from . import jobs
 from .ladder import plan_ladder
 from .probe import ProbeError, probe_isolated
 
+log = logging.getLogger("vidmesh.pipeline")
 service = Service("pipeline", "Probe uploads, fan out renditions and a thumbnail, fan in")
 
 CAS_ATTEMPTS = 20
@@ -47,31 +50,43 @@ CAS_ATTEMPTS = 20
 
 @service.endpoint(topology.RPC_PIPELINE_PROBE, ProbeSource, concurrency=2)
 async def probe_source(req: ProbeSource, bus: Bus) -> Probed:
-    """Probe a stored upload; refusals are data (Probed.error), not transport errors."""
+    """Probe a stored upload; refusals are data (Probed.error), not transport errors.
+
+    A demuxer needs the header at the start and, for MP4 written without faststart, the
+    index at the end: the first probe fetches only both ends (a sparse file of the upload's
+    size), which spares fetching a large upload's middle. Only a success is trusted from it;
+    if it fails, the whole upload is fetched and the verdict comes from probing that."""
     settings = bus.settings
+    window = settings.probe_window_mb * 1024 * 1024
     with tempfile.TemporaryDirectory(prefix="vidmesh-probe-", dir=settings.tmp_dir) as tmp:
         path = os.path.join(tmp, "source")
-        try:
-            with telemetry.tracer.start_as_current_span("download upload"):
-                await bus.media.download(req.object, path)
-        except FileNotFoundError:
-            return Probed(error=ErrorInfo(code="not_found", message="the upload is not in the object store"))
-        try:
-            with telemetry.tracer.start_as_current_span("probe", attributes={"vidmesh.video.id": req.video_id}):
-                # in a child process with bounded memory, CPU and time (probe.py)
-                source = await probe_isolated(
-                    path,
-                    timeout_s=settings.probe_timeout_s,
-                    max_memory_mb=settings.probe_max_memory_mb,
-                    max_width=settings.max_width,
-                    max_height=settings.max_height,
-                    max_duration_s=settings.max_duration_s,
-                    max_streams=settings.max_streams,
-                    containers=settings.containers,
-                )
-        except ProbeError as exc:
-            return Probed(error=ErrorInfo(code=exc.code, message=exc.message))
-    return Probed(source=source)
+        for ends in (window, None):
+            try:
+                with telemetry.tracer.start_as_current_span("download upload", attributes={"vidmesh.probe.ends": ends or 0}):
+                    info = await bus.media.download(req.object, path, ends=ends)
+            except FileNotFoundError:
+                return Probed(error=ErrorInfo(code="not_found", message="the upload is not in the object store"))
+            try:
+                return Probed(source=await _probe(path, req, settings))
+            except ProbeError as exc:
+                if ends is None or info.size <= 2 * ends:  # the whole upload was probed
+                    return Probed(error=ErrorInfo(code=exc.code, message=exc.message))
+                log.info("probe of the ends of %s failed (%s): probing the whole upload", req.object, exc.code)
+
+
+async def _probe(path: str, req: ProbeSource, settings) -> SourceInfo:
+    with telemetry.tracer.start_as_current_span("probe", attributes={"vidmesh.video.id": req.video_id}):
+        # in a child process with bounded memory, CPU and time (probe.py)
+        return await probe_isolated(
+            path,
+            timeout_s=settings.probe_timeout_s,
+            max_memory_mb=settings.probe_max_memory_mb,
+            max_width=settings.max_width,
+            max_height=settings.max_height,
+            max_duration_s=settings.max_duration_s,
+            max_streams=settings.max_streams,
+            containers=settings.containers,
+        )
 
 
 @service.consumer(topology.PIPELINE_EVENTS, Event)

@@ -1,0 +1,116 @@
+"""probe: the pipeline's probe of a large stored upload, two ends vs the whole object.
+
+A 1 GiB video (raw 1080p RGB frames in a MOV with its index at the end, as a camera writes
+it: no encoder time spent making it) is stored once in the object store of a real
+nats-server; then the pipeline's probe endpoint function runs on it three times as it
+runs now (`VIDMESH_PROBE_WINDOW_MB=8`: first and last 8 MiB in a sparse file) and three
+times as it ran before (the whole object fetched: a window larger than half the upload),
+interleaved, in the same process. Reported: the median seconds of each and their ratio,
+and the bytes each fetched from the store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import tempfile
+import time
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+from prometheus_client import REGISTRY
+from rich.table import Table
+
+from .common import GiB, MiB, console, median
+
+NAME = "probe"
+SIZE = 1 * GiB
+ROUNDS = 3
+MODES = {"two ends (8 MiB each)": "8", "whole upload (before)": str(2 * SIZE // MiB)}
+
+
+def make_video(path: Path, size: int) -> int:
+    """Raw 1080p RGB frames (6 MiB each) in a MOV, index at the end; returns the file size."""
+    width, height = 1920, 1080
+    frame_bytes = width * height * 3
+    rng = np.random.default_rng(3)
+    picture = rng.integers(16, 235, (height, width, 3), dtype=np.uint8)
+    with av.open(str(path), "w", format="mov") as out:
+        stream = out.add_stream("rawvideo", rate=25)
+        stream.width, stream.height, stream.pix_fmt = width, height, "rgb24"
+        for i in range(max(1, size // frame_bytes)):
+            frame = av.VideoFrame.from_ndarray(np.roll(picture, i, axis=1), format="rgb24")
+            frame.pts, frame.time_base = i, Fraction(1, 25)
+            out.mux(stream.encode(frame))
+        out.mux(stream.encode(None))
+    return path.stat().st_size
+
+
+def _fetched() -> float:
+    return REGISTRY.get_sample_value("vidmesh_media_bytes_total", {"direction": "out"}) or 0.0
+
+
+async def measure(url: str, video: Path, tmp: str) -> dict:
+    from services.pipeline import service as pipeline
+    from shared import config, topology
+    from shared.bus import Bus
+    from shared.contracts import ProbeSource
+
+    buses = {}
+    for mode, window in MODES.items():
+        settings = config.load({"NATS_URL": url, "VIDMESH_PROBE_WINDOW_MB": window, "VIDMESH_TMP_DIR": tmp,
+                                "VIDMESH_MAX_UPLOAD_BYTES": str(2 * SIZE)})
+        buses[mode] = await Bus.connect(settings, "bench")
+    try:
+        first = next(iter(buses.values()))
+        await topology.ensure(first.js, first.settings)
+        t0 = time.perf_counter()
+        await first.media.put_file("bench/probe/source", video)
+        console.log(f"stored {video.stat().st_size / MiB:.0f} MiB in {time.perf_counter() - t0:.1f} s")
+        runs = {mode: [] for mode in MODES}
+        for _ in range(ROUNDS):
+            for mode, bus in buses.items():
+                before, t0 = _fetched(), time.perf_counter()
+                probed = await pipeline.probe_source(ProbeSource(tenant="bench", video_id="v", object="bench/probe/source"), bus)
+                seconds = time.perf_counter() - t0
+                if probed.error is not None:
+                    raise RuntimeError(f"{mode}: the probe refused the video: {probed.error}")
+                runs[mode].append({"seconds": round(seconds, 3), "fetched_mib": round((_fetched() - before) / MiB, 1)})
+                console.log(f"{mode}: {seconds:.2f} s, fetched {runs[mode][-1]['fetched_mib']} MiB")
+    finally:
+        for bus in buses.values():
+            await bus.close()
+    return runs
+
+
+def run() -> dict:
+    from tests.conftest import NatsServer
+
+    with tempfile.TemporaryDirectory(prefix="vidmesh-bench-probe-") as tmp:
+        video = Path(tmp) / "camera.mov"
+        with console.status("writing a 1 GiB video"):
+            size = make_video(video, SIZE)
+        server = NatsServer(Path(tmp) / "nats").start()
+        try:
+            runs = asyncio.run(measure(server.url, video, tmp))
+        finally:
+            server.stop()
+    (now, before) = (median([r["seconds"] for r in runs[m]]) for m in MODES)
+    return {
+        "video_bytes": size,
+        "runs": runs,
+        "summary": {"median_s": {m: median([r["seconds"] for r in runs[m]]) for m in MODES},
+                    "ratio_two_ends_to_whole": round(now / before, 3)},
+    }
+
+
+def table(result: dict) -> Table:
+    t = Table(title=f"probe: a {result['video_bytes'] / MiB:.0f} MiB stored upload (index at the end)")
+    for col in ("fetch", "median", "runs", "fetched from the store"):
+        t.add_column(col, justify="right")
+    for mode, runs in result["runs"].items():
+        t.add_row(mode, f"{median([r['seconds'] for r in runs]):.2f} s", ", ".join(f"{r['seconds']:.2f}" for r in runs),
+                  f"{runs[-1]['fetched_mib']} MiB")
+    t.caption = f"two ends / whole upload: {result['summary']['ratio_two_ends_to_whole']}x"
+    return t
