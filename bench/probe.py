@@ -6,12 +6,15 @@ nats-server; then the pipeline's probe endpoint function runs on it three times 
 runs now (`VIDMESH_PROBE_WINDOW_MB=8`: first and last 8 MiB in a sparse file) and three
 times as it ran before (the whole object fetched: a window larger than half the upload),
 interleaved, in the same process. Reported: the median seconds of each and their ratio,
-and the bytes each fetched from the store.
+and the bytes each fetched from the store. The same object also measures a Range read of
+its last MiB (what a player seeking to the end asks for): through the chunk checkpoints
+vs without them (the object's info with its metadata dropped: the scan from chunk one).
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import tempfile
 import time
 from fractions import Fraction
@@ -78,6 +81,17 @@ async def measure(url: str, video: Path, tmp: str) -> dict:
                     raise RuntimeError(f"{mode}: the probe refused the video: {probed.error}")
                 runs[mode].append({"seconds": round(seconds, 3), "fetched_mib": round((_fetched() - before) / MiB, 1)})
                 console.log(f"{mode}: {seconds:.2f} s, fetched {runs[mode][-1]['fetched_mib']} MiB")
+        info = await first.media.info("bench/probe/source")
+        reads = {"Range: last MiB, checkpoints": info,
+                 "Range: last MiB, scan (before)": dataclasses.replace(info, metadata=None)}
+        runs.update({label: [] for label in reads})
+        for _ in range(ROUNDS):
+            for label, obj in reads.items():
+                before, t0 = _fetched(), time.perf_counter()
+                got = sum([len(p) async for p in first.media.read(obj, info.size - MiB, info.size - 1)])
+                assert got == MiB, got
+                runs[label].append({"seconds": round(time.perf_counter() - t0, 4),
+                                    "fetched_mib": round((_fetched() - before) / MiB, 1)})
     finally:
         for bus in buses.values():
             await bus.close()
@@ -96,12 +110,13 @@ def run() -> dict:
             runs = asyncio.run(measure(server.url, video, tmp))
         finally:
             server.stop()
-    (now, before) = (median([r["seconds"] for r in runs[m]]) for m in MODES)
+    medians = {m: median([r["seconds"] for r in rs]) for m, rs in runs.items()}
+    now, before, seek, scan = medians.values()
     return {
         "video_bytes": size,
         "runs": runs,
-        "summary": {"median_s": {m: median([r["seconds"] for r in runs[m]]) for m in MODES},
-                    "ratio_two_ends_to_whole": round(now / before, 3)},
+        "summary": {"median_s": medians, "ratio_two_ends_to_whole": round(now / before, 3),
+                    "ratio_range_checkpoints_to_scan": round(seek / scan, 4)},
     }
 
 
@@ -110,7 +125,9 @@ def table(result: dict) -> Table:
     for col in ("fetch", "median", "runs", "fetched from the store"):
         t.add_column(col, justify="right")
     for mode, runs in result["runs"].items():
-        t.add_row(mode, f"{median([r['seconds'] for r in runs]):.2f} s", ", ".join(f"{r['seconds']:.2f}" for r in runs),
+        t.add_row(mode, f"{median([r['seconds'] for r in runs]):.3f} s", ", ".join(f"{r['seconds']:.3f}" for r in runs),
                   f"{runs[-1]['fetched_mib']} MiB")
-    t.caption = f"two ends / whole upload: {result['summary']['ratio_two_ends_to_whole']}x"
+    s = result["summary"]
+    t.caption = (f"probe, two ends / whole upload: {s['ratio_two_ends_to_whole']}x; "
+                 f"Range read, checkpoints / scan: {s['ratio_range_checkpoints_to_scan']}x")
     return t
