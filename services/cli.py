@@ -47,6 +47,14 @@ def nats_config(
         typer.echo(f"wrote {path}")
 
 
+@cli.command("webhook-key")
+def webhook_key() -> None:
+    """Print a new key for VIDMESH_WEBHOOK_KEYS (seals webhook secrets at rest)."""
+    from .notifier.sealing import new_key
+
+    typer.echo(new_key())
+
+
 @cli.command()
 def run(service: str = typer.Argument(..., help=f"one of: {', '.join(SERVICES)}")) -> None:
     """Run one service in this process (what a container runs)."""

@@ -90,6 +90,17 @@ def dev_api_key(data_dir: Path) -> str:
     return key
 
 
+def dev_webhook_keys(data_dir: Path) -> Path:
+    """A persistent key file sealing webhook secrets (owner-only), when none is configured."""
+    from services.notifier.sealing import new_key
+
+    path = data_dir / "webhook-keys"
+    if not path.exists():
+        path.touch(mode=0o600)
+        path.write_text(new_key() + "\n")
+    return path
+
+
 class Supervisor:
     def __init__(self, settings: config.Settings):
         self.settings = settings
@@ -127,6 +138,8 @@ class Supervisor:
             env["VIDMESH_API_KEYS"] = f"dev:{key}"
             self.say("vidmesh", f"no VIDMESH_API_KEYS set: dev key for tenant 'dev' is {key}")
             self.say("vidmesh", f"try: curl -H 'Authorization: Bearer {key}' http://127.0.0.1:{s.http_port}/v1/videos")
+        if not s.webhook_keys:
+            env["VIDMESH_WEBHOOK_KEYS_FILE"] = str(dev_webhook_keys(s.data_dir).resolve())
 
         names = []
         for name in SERVICES:

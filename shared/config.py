@@ -59,6 +59,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     webhook_timeout_s: float = 10.0
     webhook_max_attempts: int = 10
     webhook_backoff_s: float = 10.0  # first retry delay; doubles each attempt, capped at 1 h
+    webhook_keys: tuple[str, ...] = ()  # seal webhook secrets at rest; the first seals, all open
     # --- quotas and hostile input (issue 5); parsed by security_settings() -----------------
     quota_max_processing: int = 0  # videos processing at once per tenant; 0: no limit
     quota_max_bytes: int = 0  # bytes stored per tenant (sources, renditions, thumbnails); 0: no limit
@@ -98,10 +99,7 @@ def _float(env: dict, name: str, default: float) -> float:
 def parse_api_keys(text: str) -> dict[str, str]:
     """`tenant:key,tenant:key` (commas or newlines) -> {key: tenant}."""
     keys: dict[str, str] = {}
-    for item in re.split(r"[,\n]", text):
-        item = item.strip()
-        if not item or item.startswith("#"):
-            continue
+    for item in _items(text):
         tenant, sep, key = item.partition(":")
         tenant, key = tenant.strip(), key.strip()
         if not sep or not key or not TENANT_RE.match(tenant):
@@ -206,10 +204,7 @@ def _bool(env: dict, name: str, default: bool) -> bool:
 def parse_days_by_tenant(text: str) -> dict[str, float]:
     """`acme:30,bob:7` -> {"acme": 30.0, "bob": 7.0}."""
     days: dict[str, float] = {}
-    for item in re.split(r"[,\n]", text):
-        item = item.strip()
-        if not item:
-            continue
+    for item in _items(text):
         tenant, sep, value = item.partition(":")
         tenant = tenant.strip()
         try:
@@ -248,7 +243,28 @@ def scheduling_settings(env: dict) -> dict:
         "webhook_timeout_s": timeout,
         "webhook_max_attempts": max_attempts,
         "webhook_backoff_s": backoff,
+        "webhook_keys": webhook_keys(env),
     }
+
+
+def webhook_keys(env: dict) -> tuple[str, ...]:
+    """VIDMESH_WEBHOOK_KEYS (comma-separated), then VIDMESH_WEBHOOK_KEYS_FILE (one per line,
+    `#` comments). Their form (32 bytes, base64url) is checked where they are used."""
+    text = env.get("VIDMESH_WEBHOOK_KEYS", "")
+    path = env.get("VIDMESH_WEBHOOK_KEYS_FILE")
+    if path:
+        try:
+            text += "\n" + Path(path).read_text()
+        except OSError as exc:
+            raise ConfigError(f"VIDMESH_WEBHOOK_KEYS_FILE: {exc}") from None
+    return tuple(_items(text))
+
+
+def _items(text: str):
+    """Comma- or newline-separated items; a line starting with `#` is a comment."""
+    for line in text.splitlines():
+        if not line.strip().startswith("#"):
+            yield from (item.strip() for item in line.split(",") if item.strip())
 
 
 # =============================================================================================
@@ -264,10 +280,7 @@ DEFAULT_CONTAINERS = ("mov", "mp4", "matroska", "webm", "avi", "mpegts", "mpeg",
 def parse_ints_by_tenant(name: str, text: str) -> dict[str, int]:
     """`acme:10,bob:2` -> {"acme": 10, "bob": 2} (values >= 0; 0: no limit)."""
     found: dict[str, int] = {}
-    for item in re.split(r"[,\n]", text):
-        item = item.strip()
-        if not item:
-            continue
+    for item in _items(text):
         tenant, sep, value = item.partition(":")
         tenant, value = tenant.strip(), value.strip()
         if not sep or not TENANT_RE.match(tenant) or not value.isdigit():

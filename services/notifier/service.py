@@ -12,7 +12,8 @@ Two stages, so one event reaching several webhooks retries each one on its own:
 
 The webhooks themselves (url, event types, secret) are kept in the `webhooks` bucket and
 managed over request-reply by the gateway's /v1/webhooks routes. The secret must be kept
-to sign with, so it is stored as is. TODO: encrypt it at rest (a key from a Secret).
+to sign with, so it is sealed (AES-GCM, keys from VIDMESH_WEBHOOK_KEYS: sealing.py), never
+stored in plain text; the notifier does not start without a key.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 
 from shared import telemetry, topology
 from shared.bus import Bus, RpcError
+from shared.config import ConfigError
 from shared.consumer import Delivery, Poison, Retry, backoff
 from shared.kvscan import entries
 from shared.contracts import (
@@ -52,7 +54,7 @@ from shared.service import Service
 from shared.webhook_signature import HEADER as SIGNATURE_HEADER
 from shared.webhook_signature import sign
 
-from . import outbound
+from . import outbound, sealing
 
 service = Service("notifier", "Signed webhooks for video.ready, video.failed and video.deleted")
 
@@ -77,19 +79,29 @@ class WebhookRecord(msgspec.Struct, frozen=True, kw_only=True):
     tenant: str
     url: str
     events: list[str]
-    secret: str
     created_at: float
     description: str | None = None
+    sealed_secret: str | None = None  # sealing.Keyring.seal(secret, context=self.context)
+    secret: str | None = None  # only in records written before secrets were sealed
 
-    def view(self, with_secret: bool = False) -> Webhook:
+    @property
+    def context(self) -> str:
+        return f"{self.tenant}/{self.id}"
+
+    def view(self, secret: str | None = None) -> Webhook:
         return Webhook(
             id=self.id,
             url=self.url,
             events=list(self.events),
             created_at=self.created_at,
             description=self.description,
-            secret=self.secret if with_secret else None,
+            secret=secret,
         )
+
+    def signing_secret(self, keys: tuple[str, ...]) -> str:
+        if self.sealed_secret is None:
+            return self.secret or ""
+        return sealing.keyring(keys).open(self.sealed_secret, self.context)
 
 
 class WebhookEventData(msgspec.Struct, frozen=True, kw_only=True):
@@ -106,6 +118,15 @@ class WebhookEvent(msgspec.Struct, frozen=True, kw_only=True):
 
 
 record_decoder = msgspec.json.Decoder(WebhookRecord)
+
+
+@service.on_startup
+async def _check_keys(bus: Bus) -> None:
+    """Refuse to start without a valid key: a webhook secret is never stored in plain text."""
+    try:
+        sealing.keyring(bus.settings.webhook_keys)
+    except ValueError as exc:
+        raise ConfigError(f"VIDMESH_WEBHOOK_KEYS: {exc}; `vidmesh webhook-key` prints a new key") from None
 delivery_decoder = msgspec.json.Decoder(WebhookDelivery)
 
 
@@ -205,9 +226,14 @@ async def deliver(task: DeliverWebhook, delivery: Delivery) -> None:
     except (outbound.Unresolvable, outbound.InvalidUrl) as exc:
         outcome = outbound.Outcome(False, None, str(exc), 0.0)
     else:
+        try:
+            secret = hook.signing_secret(settings.webhook_keys)
+        except sealing.SealError as exc:  # a key missing from the config: replayable from the DLQ once it is back
+            await _record_attempt(bus, task, DeliveryAttempt(attempt=attempt, at=at, error=f"secret: {exc}"), "dead")
+            raise Poison("secret_unavailable", str(exc)) from None
         body = task.body.encode()
         headers = {
-            SIGNATURE_HEADER: sign(hook.secret, body),
+            SIGNATURE_HEADER: sign(secret, body),
             "Vidmesh-Event-Id": task.event_id,
             "Vidmesh-Event-Type": task.event_type,
             "Vidmesh-Delivery-Id": task.delivery_id,
@@ -306,13 +332,15 @@ async def create_webhook(req: CreateWebhook, bus: Bus) -> Webhook:
         tenant=req.tenant,
         url=req.url,
         events=events,
-        secret=f"whsec_{secrets.token_urlsafe(32)}",
         created_at=time.time(),
         description=req.description,
     )
+    secret = f"whsec_{secrets.token_urlsafe(32)}"
+    sealed = sealing.keyring(bus.settings.webhook_keys).seal(secret, record.context)
+    record = msgspec.structs.replace(record, sealed_secret=sealed)
     kv = await bus.kv(topology.KV_WEBHOOKS)
     await kv.create(topology.webhook_key(req.tenant, record.id), encode(record))
-    return record.view(with_secret=True)  # the only time the secret is shown
+    return record.view(secret)  # the only time the secret is shown
 
 
 @service.endpoint(topology.RPC_WEBHOOK_LIST, ListWebhooks)

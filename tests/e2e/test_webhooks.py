@@ -127,6 +127,21 @@ def test_webhooks_are_created_with_a_secret_shown_once_listed_and_deleted(hooks_
         assert c.get(f"/v1/webhooks/{extra['id']}/deliveries").json()["code"] == "not_found"
 
 
+def test_secrets_are_sealed_at_rest(hooks_mesh, delivered):
+    """Whoever reads the `webhooks` bucket (a NATS user, a backup) finds no secret in it."""
+
+    async def records(js):
+        kv = await js.key_value(topology.KV_WEBHOOKS)
+        return [(await kv.get(key)).value for key in await kv.keys()]
+
+    stored = js_run(nats_servers(hooks_mesh), records)
+    assert len(stored) >= len(delivered["hooks"])
+    for hook in delivered["hooks"].values():
+        secret = hook["secret"].encode()
+        assert not [value for value in stored if secret in value or secret[6:] in value]
+    assert all(json.loads(value)["sealed_secret"].startswith("v1.") for value in stored)
+
+
 def test_a_receiver_gets_video_ready_with_a_valid_signature(hooks_mesh, receiver, delivered):
     video_id, hook = delivered["video_id"], delivered["hooks"]["/ok"]
     got = wait_for(lambda: receiver.got("/ok"), 20, what="the video.ready delivery")

@@ -387,6 +387,12 @@ def test_compose_environment_parses_with_the_app_settings():
         assert settings.replicas == 1 and settings.http_port == 8080 and settings.http_host == "0.0.0.0"
         assert settings.nats_url == "nats://nats:4222"
     assert config.load(cfg["services"]["gateway"]["environment"]).api_keys
+    from services.notifier.sealing import Keyring
+
+    for name in SERVICES:  # the key that seals webhook secrets: the notifier's alone
+        keys = config.load(cfg["services"][name]["environment"]).webhook_keys
+        assert bool(keys) == (name == "notifier"), name
+    Keyring(config.load(cfg["services"]["notifier"]["environment"]).webhook_keys)  # a valid key
 
 
 # --- NATS config files ------------------------------------------------------------------------
@@ -487,7 +493,7 @@ def test_every_reference_resolves(name):
     """ConfigMaps, Secrets, Services and ports named by workloads exist (after kustomize's hashing)."""
     docs = render(name)
     configmaps, secrets = set(by_kind(docs, "ConfigMap")), set(by_kind(docs, "Secret"))
-    out_of_band = {"vidmesh-api-keys"} if name != "overlays/dev" else set()
+    out_of_band = {"vidmesh-api-keys", "vidmesh-webhook-keys"} if name != "overlays/dev" else set()
     for kind in ("Deployment", "StatefulSet"):
         for wname, w in by_kind(docs, kind).items():
             spec = pod_spec(w)
@@ -704,19 +710,23 @@ def test_prod_ships_no_placeholder_secret(prod):
     assert not by_kind(prod, "Secret"), "prod Secrets are created out of band (docs/deploy.md)"
 
 
-def test_prod_gateway_reads_api_keys_from_a_mounted_secret(prod):
-    gw = one(prod, "Deployment", "gateway")
-    c = container(gw)
-    path = {e["name"]: e.get("value") for e in c["env"]}["VIDMESH_API_KEYS_FILE"]
+@pytest.mark.parametrize(
+    "service, variable, secret",
+    [("gateway", "VIDMESH_API_KEYS_FILE", "vidmesh-api-keys"), ("notifier", "VIDMESH_WEBHOOK_KEYS_FILE", "vidmesh-webhook-keys")],
+)
+def test_prod_keys_are_read_from_a_mounted_secret_by_their_service_only(prod, service, variable, secret):
+    dep = one(prod, "Deployment", service)
+    c = container(dep)
+    path = {e["name"]: e.get("value") for e in c["env"]}[variable]
     mount = [m for m in c["volumeMounts"] if path.startswith(m["mountPath"].rstrip("/") + "/")]
     assert len(mount) == 1 and mount[0]["readOnly"]
-    vol = {v["name"]: v for v in pod_spec(gw)["volumes"]}[mount[0]["name"]]
-    assert vol["secret"]["secretName"] == "vidmesh-api-keys"
+    vol = {v["name"]: v for v in pod_spec(dep)["volumes"]}[mount[0]["name"]]
+    assert vol["secret"]["secretName"] == secret
     assert "subPath" not in mount[0], "a subPath mount would not see a rotated Secret"
-    for name, dep in mesh_deployments(prod).items():
-        env = {e["name"] for e in container(dep).get("env", [])}
-        assert ("VIDMESH_API_KEYS_FILE" in env) == (name == "gateway"), name
-    assert "VIDMESH_API_KEYS" not in vidmesh_config(prod), "keys never in the ConfigMap"
+    for name, other in mesh_deployments(prod).items():
+        env = {e["name"] for e in container(other).get("env", [])}
+        assert (variable in env) == (name == service), name
+    assert variable.removesuffix("_FILE") not in vidmesh_config(prod), "keys never in the ConfigMap"
 
 
 # --- Kubernetes: dev ----------------------------------------------------------------------------
@@ -746,6 +756,23 @@ def test_dev_api_keys_secret_is_a_marked_placeholder(dev):
     text = base64.b64decode(secrets[0]["data"]["api-keys"]).decode()
     assert "PLACEHOLDER" in text
     assert config.parse_api_keys(text), "the placeholder parses as tenant:key lines"
+
+
+def test_dev_webhook_keys_secret_is_a_marked_placeholder_that_seals(dev, tmp_path):
+    import base64
+
+    from services.notifier.sealing import Keyring
+    from shared import config
+
+    secrets = [s for n, s in by_kind(dev, "Secret").items() if n.startswith("vidmesh-webhook-keys")]
+    assert len(secrets) == 1
+    text = base64.b64decode(secrets[0]["data"]["webhook-keys"]).decode()
+    assert "PLACEHOLDER" in text
+    (tmp_path / "webhook-keys").write_text(text)  # as the notifier reads the mounted Secret
+    keys = config.webhook_keys({"VIDMESH_WEBHOOK_KEYS_FILE": str(tmp_path / "webhook-keys")})
+    assert len(keys) == 1
+    ring = Keyring(keys)
+    assert ring.open(ring.seal("whsec_x", "t/wh"), "t/wh") == "whsec_x"
 
 
 @pytest.mark.parametrize("name", RENDERS)
