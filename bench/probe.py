@@ -8,13 +8,15 @@ times as it ran before (the whole object fetched: a window larger than half the 
 interleaved, in the same process. Reported: the median seconds of each and their ratio,
 and the bytes each fetched from the store. The same object also measures a Range read of
 its last MiB (what a player seeking to the end asks for): through the chunk checkpoints
-vs without them (the object's info with its metadata dropped: the scan from chunk one).
+vs without them (the object's info with its metadata dropped: the scan from chunk one),
+and the thumbnailer's first-frame JPEG read through ObjectReader vs from a downloaded copy.
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
+import os
 import tempfile
 import time
 from fractions import Fraction
@@ -92,10 +94,32 @@ async def measure(url: str, video: Path, tmp: str) -> dict:
                 assert got == MiB, got
                 runs[label].append({"seconds": round(time.perf_counter() - t0, 4),
                                     "fetched_mib": round((_fetched() - before) / MiB, 1)})
+        thumbnails = {"thumbnail: read from the store": True, "thumbnail: downloaded first (before)": False}
+        runs.update({label: [] for label in thumbnails})
+        for _ in range(ROUNDS):
+            for label, direct in thumbnails.items():
+                before, t0 = _fetched(), time.perf_counter()
+                await thumbnail(first, info, Path(tmp), direct)
+                runs[label].append({"seconds": round(time.perf_counter() - t0, 3),
+                                    "fetched_mib": round((_fetched() - before) / MiB, 1)})
     finally:
         for bus in buses.values():
             await bus.close()
     return runs
+
+
+async def thumbnail(bus, info, tmp: Path, direct: bool) -> None:
+    from services.thumbnailer.snapshot import first_frame_jpeg
+    from shared.objects import ObjectReader
+
+    if direct:  # what the thumbnailer does now
+        source = ObjectReader(bus.media, info, asyncio.get_running_loop())
+    else:
+        source = str(tmp / "downloaded")
+        await bus.media.download(info.name, source)
+    await asyncio.to_thread(first_frame_jpeg, source, str(tmp / "thumbnail.jpg"))
+    if not direct:
+        os.unlink(source)
 
 
 def run() -> dict:
@@ -111,12 +135,13 @@ def run() -> dict:
         finally:
             server.stop()
     medians = {m: median([r["seconds"] for r in rs]) for m, rs in runs.items()}
-    now, before, seek, scan = medians.values()
+    now, before, seek, scan, direct, downloaded = medians.values()
     return {
         "video_bytes": size,
         "runs": runs,
         "summary": {"median_s": medians, "ratio_two_ends_to_whole": round(now / before, 3),
-                    "ratio_range_checkpoints_to_scan": round(seek / scan, 4)},
+                    "ratio_range_checkpoints_to_scan": round(seek / scan, 4),
+                    "ratio_thumbnail_direct_to_downloaded": round(direct / downloaded, 3)},
     }
 
 
@@ -129,5 +154,6 @@ def table(result: dict) -> Table:
                   f"{runs[-1]['fetched_mib']} MiB")
     s = result["summary"]
     t.caption = (f"probe, two ends / whole upload: {s['ratio_two_ends_to_whole']}x; "
-                 f"Range read, checkpoints / scan: {s['ratio_range_checkpoints_to_scan']}x")
+                 f"Range read, checkpoints / scan: {s['ratio_range_checkpoints_to_scan']}x; "
+                 f"thumbnail, from the store / downloaded: {s['ratio_thumbnail_direct_to_downloaded']}x")
     return t

@@ -17,9 +17,11 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
+import io
 import json
 import math
 import os
+from collections import OrderedDict
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -49,13 +51,16 @@ class StoredObject(api.ObjectInfo):
         """(chunk index, stream sequence) of the recorded chunk at or before `offset`;
         (0, 1) when the object has no index (written by another client)."""
         raw = (self.metadata or {}).get(CHECKPOINTS_KEY)
-        chunk_size = (self.options and self.options.max_chunk_size) or CHUNK_SIZE
         if not raw:
             return 0, 1
         stride, seqs = raw.split(":", 1)
         seqs = seqs.split(",")
-        k = min((offset // chunk_size) // int(stride), len(seqs) - 1)
+        k = min((offset // _chunk_size(self)) // int(stride), len(seqs) - 1)
         return k * int(stride), int(seqs[k])
+
+
+def _chunk_size(info: api.ObjectInfo) -> int:
+    return (info.options and info.options.max_chunk_size) or CHUNK_SIZE
 
 
 def _checkpoints(seqs: list[int]) -> dict:
@@ -161,12 +166,21 @@ class MediaStore:
     async def read(self, info: StoredObject, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
         """Yield bytes [start, end] (inclusive end, as in HTTP Range) one chunk at a time."""
         end = info.size - 1 if end is None else min(end, info.size - 1)
+        chunk_size = _chunk_size(info)
+        async for index, _, data in self.chunks(info, *info.checkpoint_before(start), last=end // chunk_size):
+            lo = index * chunk_size
+            if lo + len(data) <= start:
+                continue
+            yield data[max(0, start - lo) : min(len(data), end + 1 - lo)]
+
+    async def chunks(
+        self, info: StoredObject, index: int = 0, seq: int = 1, *, last: int | None = None
+    ) -> AsyncIterator[tuple[int, int, bytes]]:
+        """(chunk index, stream sequence, bytes) of the chunks from `index` to `last`; chunk
+        `index` is stored at sequence `seq` or later (a checkpoint, or a chunk read before)."""
         subject = OBJ_CHUNKS_PRE_TEMPLATE.format(bucket=self.bucket, obj=info.nuid)
-        index, seq = info.checkpoint_before(start)
-        offset = index * ((info.options and info.options.max_chunk_size) or CHUNK_SIZE)
-        for _ in range(index, info.chunks):
-            if offset > end:
-                return
+        stop = info.chunks if last is None else min(info.chunks, last + 1)
+        for index in range(index, stop):
             msg = await self.js._nc.request(
                 f"$JS.API.DIRECT.GET.{self.stream}",
                 json.dumps({"seq": seq, "next_by_subj": subject}).encode(),
@@ -177,16 +191,12 @@ class MediaStore:
                 # Direct Get may be answered by an R3 follower that has not caught up with a
                 # chunk written a moment ago: ask the stream leader instead.
                 raw = await self.js.get_msg(self.stream, seq=seq, subject=subject, next=True)
-                seq, data = raw.seq + 1, raw.data or b""
+                seq, data = raw.seq, raw.data or b""
             else:
-                seq = int(headers["Nats-Sequence"]) + 1
-                data = msg.data
+                seq, data = int(headers["Nats-Sequence"]), msg.data
             MEDIA_BYTES.labels("out").inc(len(data))
-            lo, hi = offset, offset + len(data)
-            offset = hi
-            if hi <= start:
-                continue
-            yield data[max(0, start - lo) : min(len(data), end + 1 - lo)]
+            yield index, seq, data
+            seq += 1
 
     async def download(self, name: str, path: str | os.PathLike, *, ends: int | None = None) -> StoredObject:
         """Write the object to `path`. With `ends`, only its first and last `ends` bytes, at
@@ -218,6 +228,70 @@ class MediaStore:
         )
         await self._purge(OBJ_CHUNKS_PRE_TEMPLATE.format(bucket=self.bucket, obj=info.nuid))
         return True
+
+
+class ObjectReader(io.RawIOBase):
+    """A stored object as a read-only, seekable file, for code that runs in a worker thread
+    and wants a file (PyAV's `av.open` takes one): a demuxer reads its header, index and
+    first packets, not the whole object. Chunks are fetched on `loop` (the service's event
+    loop) and the last CACHED of them kept; a seek starts from the nearest chunk whose
+    position is known (a checkpoint or a chunk read before)."""
+
+    CACHED = 16  # 4 MiB
+
+    def __init__(self, store: MediaStore, info: StoredObject, loop: asyncio.AbstractEventLoop, timeout: float = 30.0):
+        super().__init__()
+        self.store, self.info, self.loop, self.timeout = store, info, loop, timeout
+        self.pos = 0
+        self._chunk_size = _chunk_size(info)
+        self._cache: OrderedDict[int, bytes] = OrderedDict()
+        self._seqs: dict[int, int] = {}  # chunk index -> stream sequence, learned while reading
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self.pos
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self.pos, io.SEEK_END: self.info.size}[whence]
+        self.pos = max(0, base + offset)
+        return self.pos
+
+    def readinto(self, buffer) -> int:
+        view, done = memoryview(buffer).cast("B"), 0
+        while done < len(view) and self.pos < self.info.size:
+            index, skip = divmod(self.pos, self._chunk_size)
+            data = self._chunk(index)
+            n = min(len(view) - done, len(data) - skip)
+            if n <= 0:
+                break  # a chunk shorter than the object's chunk size: not our layout, stop
+            view[done : done + n] = data[skip : skip + n]
+            done += n
+            self.pos += n
+        return done
+
+    def _chunk(self, index: int) -> bytes:
+        if index in self._cache:
+            self._cache.move_to_end(index)
+            return self._cache[index]
+        data = asyncio.run_coroutine_threadsafe(self._fetch(index), self.loop).result(self.timeout)
+        self._cache[index] = data
+        while len(self._cache) > self.CACHED:
+            self._cache.popitem(last=False)
+        return data
+
+    async def _fetch(self, index: int) -> bytes:
+        start, seq = self.info.checkpoint_before(index * self._chunk_size)
+        known = max((i for i in self._seqs if start <= i <= index), default=None)
+        if known is not None:
+            start, seq = known, self._seqs[known]
+        async for i, seq, data in self.store.chunks(self.info, start, seq, last=index):
+            self._seqs[i] = seq
+        return data
 
 
 async def _read_file(path) -> AsyncIterator[bytes]:

@@ -9,6 +9,7 @@ import tempfile
 from shared import telemetry, topology
 from shared.consumer import Delivery, Poison
 from shared.contracts import ErrorInfo, ExtractThumbnail, TaskFailed, ThumbnailExtracted
+from shared.objects import ObjectReader
 from shared.service import Service
 
 from .snapshot import MediaError, first_frame_jpeg
@@ -29,18 +30,19 @@ async def extract_thumbnail(task: ExtractThumbnail, delivery: Delivery) -> None:
     bus = delivery.bus
     if await bus.video_deleted(task.tenant, task.video_id):
         return  # deleted while the task waited: nothing to do
+    info = await bus.media.info(task.source)
+    if info is None:
+        if await bus.video_deleted(task.tenant, task.video_id):
+            return
+        raise Poison("source_missing", "the upload is no longer in the object store")
+    # The demuxer reads the source straight from the object store (its header, index and
+    # first packets), not a downloaded copy: a few MiB of a large upload, no scratch disk.
+    source = ObjectReader(bus.media, info, asyncio.get_running_loop())
     with tempfile.TemporaryDirectory(prefix="vidmesh-thumb-", dir=bus.settings.tmp_dir) as tmp:
-        src, dst = os.path.join(tmp, "source"), os.path.join(tmp, "thumbnail.jpg")
-        try:
-            with telemetry.tracer.start_as_current_span("download source"):
-                await bus.media.download(task.source, src)
-        except FileNotFoundError:
-            if await bus.video_deleted(task.tenant, task.video_id):
-                return
-            raise Poison("source_missing", "the upload is no longer in the object store") from None
+        dst = os.path.join(tmp, "thumbnail.jpg")
         try:
             with telemetry.tracer.start_as_current_span("extract first frame"):
-                width, height = await asyncio.to_thread(first_frame_jpeg, src, dst, max_width=task.max_width)
+                width, height = await asyncio.to_thread(first_frame_jpeg, source, dst, max_width=task.max_width)
         except MediaError as exc:
             raise Poison(exc.code, exc.message) from None
         key = topology.thumbnail_key(task.tenant, task.video_id)

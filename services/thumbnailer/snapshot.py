@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 from fractions import Fraction
+from typing import BinaryIO
 
 import av
 from av.video.reformatter import Interpolation, VideoReformatter
@@ -24,8 +25,9 @@ class MediaError(Exception):
         self.message = message
 
 
-def first_frame_jpeg(src: str, dst: str, *, max_width: int = 640) -> tuple[int, int]:
-    """Write the first frame of `src` to `dst` as a JPEG and return its (width, height).
+def first_frame_jpeg(src: str | BinaryIO, dst: str, *, max_width: int = 640) -> tuple[int, int]:
+    """Write the first frame of `src` (a path or a seekable file) to `dst` as a JPEG and
+    return its (width, height).
 
     The frame is turned upright (display matrix), shown at its display aspect ratio
     (sample aspect ratio applied) and scaled down to at most max_width wide; never up.

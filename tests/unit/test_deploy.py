@@ -611,6 +611,16 @@ def _cpu(q: str) -> float:
     return float(q[:-1]) / 1000 if str(q).endswith("m") else float(q)
 
 
+def test_scratch_space_holds_the_largest_upload_where_a_whole_upload_is_fetched(prod):
+    """The transcoder downloads its source, the probe the whole upload when its two ends are
+    not enough: their ephemeral storage must fit VIDMESH_MAX_UPLOAD_BYTES (or the pod is
+    evicted mid-task, again on every redelivery)."""
+    largest = int(vidmesh_config(prod)["VIDMESH_MAX_UPLOAD_BYTES"])
+    for name in ("transcoder", "pipeline"):
+        limit = container(one(prod, "Deployment", name))["resources"]["limits"]["ephemeral-storage"]
+        assert _memory(limit) > largest, (name, limit)
+
+
 def test_prod_transcoder_gets_the_most_cpu_and_memory(prod):
     limits = {n: container(d)["resources"]["limits"] for n, d in mesh_deployments(prod).items()}
     for other in set(SERVICES) - {"transcoder"}:
