@@ -153,3 +153,12 @@ class Bus:
             except Exception:
                 pass
         await self.nc.close()
+
+
+async def kv_write(kv, key: str, value: bytes, revision: int | None, *, ttl_s: float | None = None) -> int:
+    """Compare-and-set: create when `revision` is None, else update from `revision`. With
+    `ttl_s` the server removes the entry after that long (a tombstone that must not stay
+    forever); raises KeyWrongLastSequenceError when another writer got there first."""
+    if revision is None:
+        return await kv.create(key, value, msg_ttl=ttl_s)
+    return await kv._update(key, value, last=revision, msg_ttl=ttl_s)  # update() takes no TTL (nats-py 2.16)

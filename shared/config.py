@@ -34,6 +34,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     tmp_dir: str | None = None
     log_level: str = "INFO"
     events_max_age_s: float = 7 * 24 * 3600.0
+    tombstone_ttl_s: float = 8 * 24 * 3600.0  # a deleted video's record expires (default: events max age + 1 day)
     task_max_deliver: int = 5
     task_ack_wait_s: float = 30.0
     worker_concurrency: int = 1
@@ -120,6 +121,11 @@ def load(env: dict | None = None) -> Settings:
     replicas = _int(env, "VIDMESH_REPLICAS", 1)
     if replicas not in (1, 3, 5):
         raise ConfigError("VIDMESH_REPLICAS must be 1, 3 or 5")
+    events_max_age = _float(env, "VIDMESH_EVENTS_MAX_AGE_S", 7 * 24 * 3600.0)
+    # A tombstone outliving every event of its video: no late event can bring the video back.
+    tombstone_ttl = _float(env, "VIDMESH_TOMBSTONE_TTL_S", events_max_age + 24 * 3600.0)
+    if tombstone_ttl < 1:
+        raise ConfigError("VIDMESH_TOMBSTONE_TTL_S must be >= 1 (the server's smallest message TTL)")
     return Settings(
         **scheduling_settings(env),  # issue 8: see the block at the end of this file
         **security_settings(env),  # issue 5: see the block at the end of this file
@@ -140,7 +146,8 @@ def load(env: dict | None = None) -> Settings:
         transcode_crf=_int(env, "VIDMESH_TRANSCODE_CRF", 23),
         tmp_dir=env.get("VIDMESH_TMP_DIR") or None,
         log_level=(env.get("VIDMESH_LOG_LEVEL") or "INFO").upper(),
-        events_max_age_s=_float(env, "VIDMESH_EVENTS_MAX_AGE_S", 7 * 24 * 3600.0),
+        events_max_age_s=events_max_age,
+        tombstone_ttl_s=tombstone_ttl,
         task_max_deliver=_int(env, "VIDMESH_TASK_MAX_DELIVER", 5),
         task_ack_wait_s=_float(env, "VIDMESH_TASK_ACK_WAIT_S", 30.0),
         worker_concurrency=_int(env, "VIDMESH_WORKER_CONCURRENCY", 1),

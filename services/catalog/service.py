@@ -12,7 +12,7 @@ import msgspec
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NotFoundError
 
 from shared import topology
-from shared.bus import Bus, RpcError
+from shared.bus import Bus, RpcError, kv_write
 from shared.consumer import Delivery, Retry
 from shared.contracts import (
     DeleteVideo,
@@ -57,10 +57,8 @@ async def project(bus: Bus, event) -> VideoRecord | None:
         if new is None:
             return current
         try:
-            if entry is None:
-                await kv.create(key, record_encoder.encode(new))
-            else:
-                await kv.update(key, record_encoder.encode(new), last=entry.revision)
+            ttl = bus.settings.tombstone_ttl_s if new.status == "deleted" else None
+            await kv_write(kv, key, record_encoder.encode(new), entry.revision if entry else None, ttl_s=ttl)
             return new
         except (KeyWrongLastSequenceError, KeyNotFoundError):
             # another event of this video won the race (nats-py's create() reports some of

@@ -15,7 +15,7 @@ import msgspec
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NotFoundError
 
 from shared import telemetry, topology
-from shared.bus import Bus
+from shared.bus import Bus, kv_write
 from shared.consumer import Delivery, Retry, dead_letter
 from shared.contracts import (
     ErrorInfo,
@@ -182,7 +182,7 @@ async def fan_in(bus: Bus, event, change) -> None:
                 # Deleted before its job existed: leave a tombstone so a late upload is not run.
                 tomb = jobs.Job(video_id=event.video_id, tenant=event.tenant, source="", renditions=[], tasks={})
                 try:
-                    await kv.create(key, jobs.job_encoder.encode(jobs.deleted(tomb)))
+                    await kv_write(kv, key, jobs.job_encoder.encode(jobs.deleted(tomb)), None, ttl_s=bus.settings.tombstone_ttl_s)
                 except KeyWrongLastSequenceError:
                     continue
                 return
@@ -190,8 +190,9 @@ async def fan_in(bus: Bus, event, change) -> None:
         job = jobs.job_decoder.decode(entry.value)
         new = change(job)
         if new != job:
+            ttl = bus.settings.tombstone_ttl_s if new.status == "deleted" else None
             try:
-                await kv.update(key, jobs.job_encoder.encode(new), last=entry.revision)
+                await kv_write(kv, key, jobs.job_encoder.encode(new), entry.revision, ttl_s=ttl)
             except KeyWrongLastSequenceError:
                 continue
         await _announce(bus, new, event)

@@ -1,0 +1,75 @@
+"""A deleted video's records are tombstones that keep late events from bringing it back,
+and that the NATS server removes after VIDMESH_TOMBSTONE_TTL_S (per-message TTL), so the
+`videos` and `jobs` buckets do not grow forever. Real nats-server, real KV."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+from nats.js.errors import KeyNotFoundError
+
+from services.catalog import service as catalog
+from services.catalog.projection import record_decoder
+from services.gateway.uploads import new_video_id
+from services.pipeline import jobs
+from services.pipeline import service as pipeline
+from shared import config, telemetry, topology
+from shared.bus import Bus
+from shared.contracts import RenditionTranscoded, SourceInfo, VideoDeleted, VideoUploaded
+
+TTL_S = 2
+
+
+@pytest.fixture
+async def bus(nats_server):
+    settings = config.load({"NATS_URL": nats_server.url, "VIDMESH_TOMBSTONE_TTL_S": str(TTL_S)})
+    telemetry.setup("test")
+    b = await Bus.connect(settings, "test")
+    await topology.ensure(b.js, settings)
+    yield b
+    await b.close()
+
+
+def _uploaded(tenant: str, video_id: str) -> VideoUploaded:
+    source = SourceInfo(size=1, container="mp4", duration=1.0, width=320, height=240, fps=30.0, video_codec="h264")
+    return VideoUploaded(video_id=video_id, tenant=tenant, object="x", created_at=time.time(), source=source)
+
+
+async def _value(bus, bucket: str, key: str) -> bytes | None:
+    kv = await bus.kv(bucket)
+    try:
+        return (await kv.get(key)).value
+    except KeyNotFoundError:
+        return None
+
+
+async def test_a_deleted_video_holds_off_late_events_then_its_records_expire(bus):
+    gone, kept = new_video_id(), new_video_id()
+    for vid in (gone, kept):
+        await catalog.project(bus, _uploaded("tomb", vid))
+    deleted = VideoDeleted(video_id=gone, tenant="tomb")
+    await catalog.project(bus, deleted)
+    await pipeline.fan_in(bus, deleted, jobs.deleted)  # deleted before its job existed: a job tombstone
+    key = topology.state_key("tomb", gone)
+
+    # a late result of the deleted video does not bring it back
+    late = RenditionTranscoded(video_id=gone, tenant="tomb", rendition="240p", object="y", width=320, height=240, size=1)
+    await catalog.project(bus, late)
+    assert record_decoder.decode(await _value(bus, topology.KV_VIDEOS, key)).status == "deleted"
+    assert jobs.job_decoder.decode(await _value(bus, topology.KV_JOBS, key)).status == "deleted"
+
+    deadline = time.monotonic() + TTL_S + 10
+    while await _value(bus, topology.KV_VIDEOS, key) is not None or await _value(bus, topology.KV_JOBS, key) is not None:
+        assert time.monotonic() < deadline, "the tombstones did not expire"
+        await asyncio.sleep(0.2)
+    # a live video's record has no TTL
+    assert record_decoder.decode(await _value(bus, topology.KV_VIDEOS, topology.state_key("tomb", kept))).status != "deleted"
+
+
+def test_tombstones_outlive_every_event_by_default():
+    s = config.load({"VIDMESH_EVENTS_MAX_AGE_S": "3600"})
+    assert s.tombstone_ttl_s == 3600 + 24 * 3600
+    with pytest.raises(config.ConfigError, match="VIDMESH_TOMBSTONE_TTL_S"):
+        config.load({"VIDMESH_TOMBSTONE_TTL_S": "0.5"})
