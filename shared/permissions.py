@@ -114,7 +114,7 @@ NEEDS: dict[str, Needs] = {
             t.RPC_WEBHOOK_DELETE,
             t.RPC_WEBHOOK_DELIVERIES,
         ),
-        writes_kv=(t.KV_UPLOADS,),
+        writes_kv=(t.KV_UPLOADS, t.KV_ADMISSIONS),
         reads_kv=(t.KV_MONITOR,),
         media="write",  # uploads in, media out
         follows=(t.EVENTS,),  # SSE: one video's events

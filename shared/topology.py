@@ -82,6 +82,7 @@ KV_VIDEOS = "videos"  # catalog: the public state of every video, key <tenant>.<
 KV_JOBS = "jobs"  # pipeline: fan-in bookkeeping, key <tenant>.<video_id>
 KV_UPLOADS = "uploads"  # gateway: Idempotency-Key -> video id, kept for a day
 UPLOADS_TTL_S = 24 * 3600.0
+KV_ADMISSIONS = "admissions"  # gateway: per tenant, the uploads admitted under quotas and still streaming
 OBJ_MEDIA = "media"  # uploads, renditions and thumbnails
 
 
@@ -206,6 +207,7 @@ def buckets(settings) -> list[tuple[str, float | None]]:
         (KV_VIDEOS, None),
         (KV_JOBS, None),
         (KV_UPLOADS, UPLOADS_TTL_S),
+        (KV_ADMISSIONS, UPLOADS_TTL_S),  # live entries are minutes old; an idle tenant's key goes
         (KV_MONITOR, None),
         *scheduling_buckets(settings),  # issue 8: see the block at the end of this file
     ]

@@ -8,16 +8,40 @@
   it gets `403 quota_storage` (waiting does not help: delete videos). The budget also caps
   the streamed body, so an upload without Content-Length cannot overshoot it either.
 
-0 means no limit (the default), and then the catalog is not asked at all. The usage comes
-from the catalog (`catalog.rpc.usage`). Uploads racing each other may pass the processing
-limit by the number in flight at that instant, and renditions add bytes after the check:
-quotas bound use, they are not an exact ledger.
+0 means no limit (the default), and then nothing is asked at all. Usage comes from the
+catalog (`catalog.rpc.usage`, which counts only what it has projected), so uploads still
+streaming are counted from the tenant's admission ledger: one KV entry per tenant in the
+`admissions` bucket listing the uploads admitted and not yet announced (with the bytes each
+reserved: its Content-Length, or all that was left when it has none). Admission is a
+compare-and-set on that entry, so concurrent uploads through any number of gateways are
+admitted one after another and cannot pass a limit together. An entry holds for HOLD_S
+and is renewed while its upload streams, so a gateway that dies frees its slots.
+Renditions add bytes after admission: the storage quota bounds uploads, it is not an
+exact ledger of every byte.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator
+
+import msgspec
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
+
 from shared import topology
+from shared.bus import kv_write
 from shared.contracts import GetUsage, Usage
+
+log = logging.getLogger("vidmesh.gateway")
+
+HOLD_S = 120.0  # an admission not renewed for this long is dropped (its gateway died)
+CAS_ATTEMPTS = 20
+
+# video id -> (held until, bytes reserved)
+_ledger = msgspec.json.Decoder(dict[str, tuple[float, int]])
 
 
 class QuotaExceeded(Exception):
@@ -34,28 +58,99 @@ def limits_for(settings, tenant: str) -> tuple[int, int]:
     )
 
 
-async def check(bus, tenant: str, incoming: int | None = None) -> int | None:
-    """Raise QuotaExceeded when the tenant may not upload now; else the bytes it may still
-    store (None: no storage limit). `incoming`: the upload's Content-Length, if known."""
-    settings = bus.settings
-    max_processing, max_bytes = limits_for(settings, tenant)
+@contextlib.asynccontextmanager
+async def admitted(bus, tenant: str, video_id: str, incoming: int | None = None) -> AsyncIterator[int | None]:
+    """Admit one upload under the tenant's quotas (QuotaExceeded if it may not start) and
+    hold its place until the block ends: leave it once the upload is announced (or refused).
+    Yields the bytes the upload may store (None: no storage limit). `incoming`: the upload's
+    Content-Length, if known."""
+    max_processing, max_bytes = limits_for(bus.settings, tenant)
     if not max_processing and not max_bytes:
-        return None
-    usage: Usage = await bus.request(topology.RPC_CATALOG_USAGE, GetUsage(tenant=tenant), Usage, timeout=10)
-    if max_processing and usage.processing >= max_processing:
-        raise QuotaExceeded(
-            429,
-            "quota_processing",
-            f"{usage.processing} videos are processing (limit {max_processing} for this tenant); retry when one is done",
-            {"Retry-After": str(settings.retry_after_s)},
-        )
-    if not max_bytes:
-        return None
-    left = max_bytes - usage.stored_bytes
-    if left <= 0 or (incoming is not None and incoming > left):
-        raise QuotaExceeded(403, "quota_storage", storage_message(usage.stored_bytes, max_bytes))
-    return left
+        yield None
+        return
+    budget = await _admit(bus, tenant, video_id, incoming, max_processing, max_bytes)
+    renew = asyncio.create_task(_renew(bus, tenant, video_id))
+    try:
+        yield budget
+    finally:
+        renew.cancel()
+        await asyncio.shield(_change(bus, tenant, lambda ledger: ledger.pop(video_id, None)))
+
+
+async def _admit(bus, tenant, video_id, incoming, max_processing, max_bytes) -> int | None:
+    kv = await bus.kv(topology.KV_ADMISSIONS)
+    for _ in range(CAS_ATTEMPTS):
+        entry, ledger = await _read(kv, tenant)
+        # Fresh usage on every attempt: a conflict means another upload was admitted.
+        usage: Usage = await bus.request(topology.RPC_CATALOG_USAGE, GetUsage(tenant=tenant), Usage, timeout=10)
+        streaming = len(ledger)
+        if max_processing and usage.processing + streaming >= max_processing:
+            raise QuotaExceeded(
+                429,
+                "quota_processing",
+                f"{usage.processing} videos are processing and {streaming} uploading "
+                f"(limit {max_processing} for this tenant); retry when one is done",
+                {"Retry-After": str(bus.settings.retry_after_s)},
+            )
+        budget = None
+        if max_bytes:
+            stored = usage.stored_bytes + sum(reserved for _, reserved in ledger.values())
+            left = max_bytes - stored
+            if left <= 0 or (incoming is not None and incoming > left):
+                raise QuotaExceeded(403, "quota_storage", storage_message(stored, max_bytes))
+            budget = left if incoming is None else incoming
+        ledger[video_id] = (time.time() + HOLD_S, budget or 0)
+        try:
+            await kv_write(kv, tenant, msgspec.json.encode(ledger), entry.revision if entry else None)
+            return budget
+        except (KeyWrongLastSequenceError, KeyNotFoundError):
+            continue  # another upload of this tenant got in first: count again
+    raise QuotaExceeded(
+        429, "quota_busy", "too many uploads of this tenant start at once; retry",
+        {"Retry-After": str(bus.settings.retry_after_s)},
+    )
+
+
+async def _renew(bus, tenant: str, video_id: str) -> None:
+    """Keep the admission while the upload streams (a slow client may take long)."""
+    while True:
+        await asyncio.sleep(HOLD_S / 3)
+
+        def extend(ledger: dict) -> None:
+            if video_id in ledger:
+                ledger[video_id] = (time.time() + HOLD_S, ledger[video_id][1])
+
+        await _change(bus, tenant, extend)
+
+
+async def _change(bus, tenant: str, change) -> None:
+    """Apply `change` to the tenant's ledger (compare-and-set); best effort: a failure
+    leaves the entry to expire after HOLD_S."""
+    try:
+        kv = await bus.kv(topology.KV_ADMISSIONS)
+        for _ in range(CAS_ATTEMPTS):
+            entry, ledger = await _read(kv, tenant)
+            if entry is None:
+                return
+            change(ledger)
+            try:
+                await kv_write(kv, tenant, msgspec.json.encode(ledger), entry.revision)
+                return
+            except KeyWrongLastSequenceError:
+                continue
+    except Exception:
+        log.warning("could not update the admissions of %s", tenant, exc_info=True)
+
+
+async def _read(kv, tenant: str):
+    """(entry or None, the live admissions of the tenant)."""
+    try:
+        entry = await kv.get(tenant)
+    except KeyNotFoundError:
+        return None, {}
+    now = time.time()
+    return entry, {vid: held for vid, held in _ledger.decode(entry.value).items() if held[0] > now}
 
 
 def storage_message(stored: int, max_bytes: int) -> str:
-    return f"{stored} bytes stored of this tenant's {max_bytes}; delete videos to upload more"
+    return f"{stored} bytes stored or being uploaded of this tenant's {max_bytes}; delete videos to upload more"

@@ -232,11 +232,14 @@ async def upload(request: Request, tenant: str = Depends(authenticate), bus: Bus
             return json_response(video, 202, {"Location": f"/v1/videos/{first}", "Idempotent-Replayed": "true"})
     try:
         _shed_load(settings)
-        try:  # per-tenant quotas (quotas.py): 429 quota_processing, 403 quota_storage
-            budget = await quotas.check(bus, tenant, int(length) if length and length.isdigit() else None)
-        except quotas.QuotaExceeded as exc:
+        # per-tenant quotas (quotas.py): 429 quota_processing, 403 quota_storage; the
+        # admission is held while the upload streams and left once it is announced
+        incoming = int(length) if length and length.isdigit() else None
+        try:
+            async with quotas.admitted(bus, tenant, video_id, incoming) as budget:
+                video = await _accept(request, bus, tenant, video_id, ctype, budget)
+        except quotas.QuotaExceeded as exc:  # only admission raises it
             raise ApiError(exc.status, exc.code, exc.message, exc.headers) from None
-        video = await _accept(request, bus, tenant, video_id, ctype, budget)
     except BaseException:
         if key is not None:
             await asyncio.shield(idempotency.release(bus, tenant, key))

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+from concurrent.futures import ThreadPoolExecutor
 import tempfile
 import time
 from pathlib import Path
@@ -41,6 +42,7 @@ class SecureMesh(Mesh):
         "bob": "key-bob-0123456789",
         "carol": "key-carol-0123456789",  # at most 1 video processing
         "dave": "key-dave-0123456789",  # a small storage quota
+        "erin": "key-erin-0123456789",  # at most 2 videos processing
     }
 
 
@@ -61,7 +63,7 @@ def clips(tmp_path_factory) -> dict[str, bytes]:
 def sec(clips):
     env = {
         "VIDMESH_TRANSCODER_PROCS": "1",
-        "VIDMESH_QUOTA_MAX_PROCESSING_BY_TENANT": "carol:1",
+        "VIDMESH_QUOTA_MAX_PROCESSING_BY_TENANT": "carol:1,erin:2",
         "VIDMESH_QUOTA_MAX_BYTES_BY_TENANT": f"dave:{len(clips['tiny']) * 3 // 2}",
         "VIDMESH_MAX_STREAMS": "1",  # so a clip with audio (2 streams) is over it
         "VIDMESH_CONTAINERS": "mov,mp4",  # so matroska is not accepted
@@ -147,6 +149,34 @@ def test_processing_quota_is_a_429_with_retry_after(sec, clips):
         assert upload(alice, clips["tiny"]).status_code == 202, "another tenant is not limited"
         wait_status(carol, vid)
         assert upload(carol, clips["tiny"]).status_code == 202, "a slot is free again"
+
+
+def test_uploads_starting_together_cannot_pass_the_processing_quota_together(sec, clips):
+    """Six uploads of one tenant start at once and stream slowly: none is processing yet
+    when the others ask, yet the quota of 2 admits two (the admission ledger)."""
+    data = clips["long"]
+    piece = len(data) // 4 + 1
+
+    def slow_upload(_):
+        def body():
+            for i in range(0, len(data), piece):
+                yield data[i : i + piece]
+                time.sleep(0.3)
+
+        with sec.client("erin") as c:
+            headers = {"Content-Type": "video/mp4", "Content-Length": str(len(data))}
+            return c.post("/v1/videos", content=body(), headers=headers)
+
+    with ThreadPoolExecutor(6) as pool:
+        results = list(pool.map(slow_upload, range(6)))
+    accepted = [r.json()["id"] for r in results if r.status_code == 202]
+    refused = [r for r in results if r.status_code != 202]
+    assert len(accepted) == 2, [(r.status_code, r.text) for r in results]
+    assert all(r.status_code == 429 and r.json()["code"] == "quota_processing" for r in refused), [r.text for r in refused]
+    with sec.client("erin") as erin:
+        for vid in accepted:
+            assert wait_status(erin, vid)["status"] == "ready"
+        assert upload(erin, clips["tiny"]).status_code == 202, "the slots are free again"
 
 
 def test_storage_quota_is_a_403_also_without_content_length(sec, clips):
