@@ -1,8 +1,10 @@
 """gateway: the public HTTP API. The only door from outside; everything else is NATS.
 
 Uploads stream into the object store, the pipeline probes them over request-reply, and
-an accepted upload becomes one `video_uploaded` event. Reads go to the catalog over
-request-reply; media is streamed from the object store chunk by chunk.
+an accepted upload becomes one `video_uploaded` event; reads go to the catalog over
+request-reply. This module wires the app and serves uploads, video reads and deletes,
+tokens, alerts and the dashboard; media and events are in playback.py, /v1/webhooks in
+webhooks.py, and what the routes share in app.py.
 """
 
 from __future__ import annotations
@@ -11,12 +13,10 @@ import asyncio
 import time
 from pathlib import Path
 
-import msgspec
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
+from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
-from nats.errors import TimeoutError as NatsTimeout
 from nats.js.errors import KeyNotFoundError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -27,37 +27,39 @@ from shared.contracts import (
     GetAlerts,
     LoadState,
     DeleteVideo,
-    Event,
-    GetVideo,
     ListVideos,
     Probed,
     ProbeSource,
     Video,
-    VideoDeleted,
-    VideoFailed,
     VideoPage,
-    VideoReady,
     VideoUploaded,
     decoder,
-    encode,
 )
 from shared.objects import TooLarge
-from shared.service import Service
 
 from . import idempotency, quotas, schemas, tokens
-from .auth import ApiKeys
+from .app import (
+    RPC_STATUS,
+    ApiError,
+    api,
+    authenticate,
+    check_video_id,
+    connected_bus,
+    error_response,
+    fetch_video,
+    json_response,
+    service,
+)
 from .limits import RequestLimits
-from .media import RangeNotSatisfiable, event_name, parse_range, sse
+from .playback import router as playback_router
 from .uploads import MultipartFile, accepted, new_video_id
 from .webhooks import router as webhooks_router
 
-service = Service("gateway", "The public HTTP API of vidmesh")
-api = service.http
-service.http.include_router(webhooks_router)  # /v1/webhooks: services/gateway/webhooks.py
+# /openapi.json lists paths in the order routes are registered: webhooks first, then this
+# module's routes, then playback's (included below the video routes).
+api.include_router(webhooks_router)  # /v1/webhooks: services/gateway/webhooks.py
 
 PROBE_TIMEOUT_S = 120.0
-TERMINAL_EVENTS = (VideoReady, VideoFailed, VideoDeleted)
-_keys: ApiKeys | None = None
 
 
 class Load:
@@ -99,19 +101,6 @@ async def _watch_load(bus: Bus) -> None:
     service.background(poll())
 
 
-class ApiError(Exception):
-    def __init__(self, status: int, code: str, message: str, headers: dict | None = None):
-        super().__init__(message)
-        self.status, self.code, self.message, self.headers = status, code, message, headers
-
-
-def error_response(status: int, code: str, message: str, headers: dict | None = None) -> JSONResponse:
-    return JSONResponse({"code": code, "message": message}, status_code=status, headers=headers)
-
-
-RPC_STATUS = {"not_found": 404, "unavailable": 503, "timeout": 504, "bad_request": 400}
-
-
 @service.configure_app
 def _trace_header(app: FastAPI) -> None:
     @app.middleware("http")
@@ -150,41 +139,6 @@ def _errors(app: FastAPI) -> None:
     async def http_error(request, exc: StarletteHTTPException):
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
         return error_response(exc.status_code, code, str(exc.detail))
-
-
-def authenticate(request: Request) -> str:
-    global _keys
-    if _keys is None:
-        _keys = ApiKeys(service.settings.api_keys)
-    found = _keys.tenant_for(request.headers.get("authorization"))
-    if found is None:
-        raise ApiError(401, "unauthorized", "missing or invalid API key", {"WWW-Authenticate": 'Bearer realm="vidmesh"'})
-    return found
-
-
-def authenticate_read(request: Request) -> str:
-    """`authenticate`, or for GET/HEAD only a `?token=` from POST /v1/tokens.
-
-    Used on the media and events routes only: a browser's <video>, <img> and EventSource
-    cannot send headers. Uploads, lists and deletes still need the header.
-    """
-    token = request.query_params.get("token")
-    if token and request.method in ("GET", "HEAD") and "authorization" not in request.headers:
-        tenant = tokens.verify(service.settings.api_keys, token)
-        if tenant is None:
-            raise ApiError(401, "unauthorized", "invalid or expired token", {"WWW-Authenticate": 'Bearer realm="vidmesh"'})
-        return tenant
-    return authenticate(request)
-
-
-def connected_bus() -> Bus:
-    if not service.ready or service.bus is None:
-        raise ApiError(503, "not_ready", "the gateway is not connected to NATS yet", {"Retry-After": "1"})
-    return service.bus
-
-
-def json_response(obj, status: int = 200, headers: dict | None = None) -> Response:
-    return Response(encode(obj), status_code=status, media_type="application/json", headers=headers)
 
 
 UPLOAD_BODY = {
@@ -228,7 +182,7 @@ async def upload(request: Request, tenant: str = Depends(authenticate), bus: Bus
         except idempotency.StillUploading:
             raise ApiError(409, "upload_in_progress", "an upload with this Idempotency-Key is still in progress") from None
         if first is not None:  # a retry: answer with the first upload, start nothing
-            video = await _video(bus, tenant, first)
+            video = await fetch_video(bus, tenant, first)
             return json_response(video, 202, {"Location": f"/v1/videos/{first}", "Idempotent-Replayed": "true"})
     try:
         _shed_load(settings)
@@ -342,130 +296,17 @@ async def list_videos(
 
 @api.get("/v1/videos/{video_id}", responses=schemas.GET, summary="A video's status, source facts, renditions and thumbnail")
 async def get_video(video_id: str, tenant: str = Depends(authenticate), bus: Bus = Depends(connected_bus)):
-    return json_response(await _video(bus, tenant, video_id))
+    return json_response(await fetch_video(bus, tenant, video_id))
 
 
 @api.delete("/v1/videos/{video_id}", responses=schemas.DELETE, summary="Delete a video, its media and stop its tasks")
 async def delete_video(video_id: str, tenant: str = Depends(authenticate), bus: Bus = Depends(connected_bus)):
-    _check_id(video_id)
+    check_video_id(video_id)
     video = await bus.request(topology.RPC_CATALOG_DELETE, DeleteVideo(tenant=tenant, video_id=video_id), Video)
     return json_response(video)
 
 
-async def _video(bus: Bus, tenant: str, video_id: str) -> Video:
-    _check_id(video_id)
-    return await bus.request(topology.RPC_CATALOG_GET, GetVideo(tenant=tenant, video_id=video_id), Video)
-
-
-def _check_id(video_id: str) -> None:
-    if not (0 < len(video_id) <= 64 and video_id.isascii() and video_id.isalnum()):  # KV keys: ASCII only
-        raise ApiError(404, "not_found", f"no video {video_id}")
-
-
-@api.get("/v1/videos/{video_id}/renditions/{name}", responses=schemas.RENDITION, summary="Download a rendition (Range)")
-@api.head("/v1/videos/{video_id}/renditions/{name}", responses=schemas.RENDITION, summary="Download a rendition (Range)")  # the size without the body
-async def rendition(video_id: str, name: str, request: Request, tenant: str = Depends(authenticate_read), bus: Bus = Depends(connected_bus)):
-    video = await _video(bus, tenant, video_id)
-    if not any(r.name == name for r in video.renditions):
-        raise ApiError(404, "not_found", f"video {video_id} has no rendition {name!r} (yet)")
-    return await _serve(bus, request, topology.rendition_key(tenant, video_id, name), "video/mp4")
-
-
-@api.get("/v1/videos/{video_id}/thumbnail", responses=schemas.THUMBNAIL, summary="The first frame as a JPEG")
-@api.head("/v1/videos/{video_id}/thumbnail", responses=schemas.THUMBNAIL, summary="The first frame as a JPEG")  # the size without the body
-async def thumbnail(video_id: str, request: Request, tenant: str = Depends(authenticate_read), bus: Bus = Depends(connected_bus)):
-    video = await _video(bus, tenant, video_id)
-    if video.thumbnail is None:
-        raise ApiError(404, "not_found", f"video {video_id} has no thumbnail (yet)")
-    return await _serve(bus, request, topology.thumbnail_key(tenant, video_id), "image/jpeg")
-
-
-async def _serve(bus: Bus, request: Request, key: str, media_type: str) -> Response:
-    info = await bus.media.info(key)
-    if info is None:
-        raise ApiError(404, "not_found", "the media is gone")
-    etag = '"' + (info.digest or info.nuid).replace("SHA-256=", "") + '"'
-    headers = {"Accept-Ranges": "bytes", "ETag": etag, "Cache-Control": "private, max-age=3600"}
-    if request.headers.get("if-none-match") == etag:
-        return Response(status_code=304, headers=headers)
-    try:
-        wanted = parse_range(request.headers.get("range"), info.size)
-    except RangeNotSatisfiable:
-        return Response(status_code=416, headers={**headers, "Content-Range": f"bytes */{info.size}"})
-    status = 200
-    start, end = 0, info.size - 1
-    if wanted is not None and request.headers.get("if-range", etag) == etag:
-        start, end = wanted
-        status = 206
-        headers["Content-Range"] = f"bytes {start}-{end}/{info.size}"
-    headers["Content-Length"] = str(end - start + 1 if info.size else 0)
-    if request.method == "HEAD" or info.size == 0:
-        return Response(status_code=status, headers=headers, media_type=media_type)
-    return StreamingResponse(bus.media.read(info, start, end), status_code=status, headers=headers, media_type=media_type)
-
-
-@api.get("/v1/videos/{video_id}/events", responses=schemas.EVENTS, summary="Server-Sent Events: history, then live, until a terminal state")
-async def events(video_id: str, request: Request, tenant: str = Depends(authenticate_read), bus: Bus = Depends(connected_bus)):
-    video = await _video(bus, tenant, video_id)
-    return StreamingResponse(
-        _event_stream(bus, tenant, video),
-        media_type="text/event-stream",
-        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-    )
-
-
-TERMINAL_STATUS = {VideoReady: "ready", VideoFailed: "failed", VideoDeleted: "deleted"}
-SETTLE_S = 10.0
-
-
-async def _settled(bus: Bus, tenant: str, video_id: str, status: str) -> None:
-    deadline = time.monotonic() + SETTLE_S
-    while time.monotonic() < deadline:
-        try:
-            if (await _video(bus, tenant, video_id)).status == status:
-                return
-        except RpcError:
-            return  # the catalog is away: do not hold the stream for it
-        await asyncio.sleep(0.1)
-
-
-async def _event_stream(bus: Bus, tenant: str, video: Video):
-    event_decoder = decoder(Event)
-    sub = await bus.js.subscribe(
-        topology.video_events_filter(tenant, video.id), stream=topology.EVENTS, ordered_consumer=True
-    )
-    terminal_at_start = video.status in ("ready", "failed", "deleted")
-    try:
-        while True:
-            try:
-                msg = await sub.next_msg(timeout=15.0)
-            except NatsTimeout:
-                if terminal_at_start:  # history expired: close with the current state
-                    yield sse("video", encode(await _video(bus, tenant, video.id)))
-                    return
-                yield b": keep-alive\n\n"
-                continue
-            try:
-                event = event_decoder.decode(msg.data)
-            except msgspec.DecodeError:
-                continue  # an event type newer than this gateway: skip it
-            last = msg.metadata.num_pending == 0
-            if isinstance(event, TERMINAL_EVENTS) and last:
-                # A client that follows the stream to its end and then GETs the video must
-                # read that state: wait (bounded) for the catalog's projection to catch up.
-                await _settled(bus, tenant, video.id, TERMINAL_STATUS[type(event)])
-            yield sse(event_name(type(event).__struct_config__.tag), msg.data, str(msg.metadata.sequence.stream))
-            if isinstance(event, TERMINAL_EVENTS) and last:
-                return  # (a terminal event followed by more history, e.g. ready then deleted, goes on)
-            if terminal_at_start and last:
-                yield sse("video", encode(await _video(bus, tenant, video.id)))
-                return
-    finally:
-        try:
-            await sub.unsubscribe()
-        except Exception:
-            pass
-
+api.include_router(playback_router)  # renditions, thumbnail, events: services/gateway/playback.py
 
 # --- the dashboard: one static page, no build step ------------------------------------------
 

@@ -3,15 +3,11 @@
 The gateway only authenticates and translates HTTP to the notifier's request-reply
 endpoints (`notifier.rpc.*`); URL and address checks are the notifier's, since it applies
 VIDMESH_WEBHOOK_ALLOW_PRIVATE. Wired into the gateway with
-`service.http.include_router(webhooks_router)` in service.py.
-
-The gateway's shared helpers (authenticate, connected_bus, ApiError) live in service.py,
-which imports this module: they are looked up at request time, not at import time.
+`api.include_router(webhooks_router)` in service.py.
 """
 
 from __future__ import annotations
 
-import importlib
 from typing import Annotated
 
 import msgspec
@@ -21,7 +17,6 @@ from fastapi.responses import Response
 from shared import topology
 from shared.bus import Bus, RpcError
 
-from . import schemas
 from shared.contracts import (
     WEBHOOK_EVENT_TYPES,
     CreateWebhook,
@@ -32,8 +27,10 @@ from shared.contracts import (
     ListWebhooks,
     Webhook,
     WebhookPage,
-    encode,
 )
+
+from . import schemas
+from .app import ApiError, authenticate, connected_bus, json_response
 
 router = APIRouter(tags=["webhooks"])
 
@@ -87,58 +84,42 @@ CREATE_BODY = {
 }
 
 
-def _gateway():
-    return importlib.import_module("services.gateway.service")
-
-
-def _tenant(request: Request) -> str:
-    return _gateway().authenticate(request)
-
-
-def _bus() -> Bus:
-    return _gateway().connected_bus()
-
-
-def _json(obj, status: int = 200, headers: dict | None = None) -> Response:
-    return Response(encode(obj), status_code=status, media_type="application/json", headers=headers)
-
-
 async def _ask(bus: Bus, subject: str, msg, reply_type):
     try:
         return await bus.request(subject, msg, reply_type)
     except RpcError as exc:
-        raise _gateway().ApiError(STATUS.get(exc.code, 502), exc.code, exc.message) from None
+        raise ApiError(STATUS.get(exc.code, 502), exc.code, exc.message) from None
 
 
 def _check_id(webhook_id: str) -> None:
     if not (webhook_id.startswith("wh_") and len(webhook_id) <= 40 and webhook_id.isascii() and webhook_id[3:].isalnum()):
-        raise _gateway().ApiError(404, "not_found", f"no webhook {webhook_id}")
+        raise ApiError(404, "not_found", f"no webhook {webhook_id}")
 
 
 @router.post("/v1/webhooks", status_code=201, openapi_extra=CREATE_BODY, responses=schemas.WEBHOOK_CREATE, summary="Register a webhook (the secret is shown once)")
-async def create_webhook(request: Request, tenant: str = Depends(_tenant), bus: Bus = Depends(_bus)):
+async def create_webhook(request: Request, tenant: str = Depends(authenticate), bus: Bus = Depends(connected_bus)):
     try:
         body = _new_webhook.decode(await request.body())
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-        raise _gateway().ApiError(400, "invalid_request", f"expected JSON {{url, events?, description?}}: {exc}") from None
+        raise ApiError(400, "invalid_request", f"expected JSON {{url, events?, description?}}: {exc}") from None
     req = CreateWebhook(tenant=tenant, url=body.url, events=body.events, description=body.description)
     hook = await _ask(bus, topology.RPC_WEBHOOK_CREATE, req, Webhook)
-    return _json(hook, 201, {"Location": f"/v1/webhooks/{hook.id}", "Cache-Control": "no-store"})
+    return json_response(hook, 201, {"Location": f"/v1/webhooks/{hook.id}", "Cache-Control": "no-store"})
 
 
 @router.get("/v1/webhooks", responses=schemas.WEBHOOK_LIST, summary="The tenant's webhooks (without secrets)")
-async def list_webhooks(tenant: str = Depends(_tenant), bus: Bus = Depends(_bus)):
-    return _json(await _ask(bus, topology.RPC_WEBHOOK_LIST, ListWebhooks(tenant=tenant), WebhookPage))
+async def list_webhooks(tenant: str = Depends(authenticate), bus: Bus = Depends(connected_bus)):
+    return json_response(await _ask(bus, topology.RPC_WEBHOOK_LIST, ListWebhooks(tenant=tenant), WebhookPage))
 
 
 @router.get("/v1/webhooks/{webhook_id}", responses=schemas.WEBHOOK_GET, summary="One webhook (without its secret)")
-async def get_webhook(webhook_id: str, tenant: str = Depends(_tenant), bus: Bus = Depends(_bus)):
+async def get_webhook(webhook_id: str, tenant: str = Depends(authenticate), bus: Bus = Depends(connected_bus)):
     _check_id(webhook_id)
-    return _json(await _ask(bus, topology.RPC_WEBHOOK_GET, GetWebhook(tenant=tenant, webhook_id=webhook_id), Webhook))
+    return json_response(await _ask(bus, topology.RPC_WEBHOOK_GET, GetWebhook(tenant=tenant, webhook_id=webhook_id), Webhook))
 
 
 @router.delete("/v1/webhooks/{webhook_id}", status_code=204, responses=schemas.WEBHOOK_DELETE, summary="Delete a webhook; queued deliveries are cancelled")
-async def delete_webhook(webhook_id: str, tenant: str = Depends(_tenant), bus: Bus = Depends(_bus)):
+async def delete_webhook(webhook_id: str, tenant: str = Depends(authenticate), bus: Bus = Depends(connected_bus)):
     _check_id(webhook_id)
     await _ask(bus, topology.RPC_WEBHOOK_DELETE, DeleteWebhook(tenant=tenant, webhook_id=webhook_id), Webhook)
     return Response(status_code=204)
@@ -148,9 +129,9 @@ async def delete_webhook(webhook_id: str, tenant: str = Depends(_tenant), bus: B
 async def list_deliveries(
     webhook_id: str,
     limit: int = Query(50, ge=1, le=200),
-    tenant: str = Depends(_tenant),
-    bus: Bus = Depends(_bus),
+    tenant: str = Depends(authenticate),
+    bus: Bus = Depends(connected_bus),
 ):
     _check_id(webhook_id)
     req = ListDeliveries(tenant=tenant, webhook_id=webhook_id, limit=limit)
-    return _json(await _ask(bus, topology.RPC_WEBHOOK_DELIVERIES, req, DeliveryPage))
+    return json_response(await _ask(bus, topology.RPC_WEBHOOK_DELIVERIES, req, DeliveryPage))

@@ -1,0 +1,79 @@
+"""The gateway's Service and what its route modules share: the error type and its JSON body,
+the API-key and read-token dependencies, the connected bus, and one video from the catalog.
+Imported by service.py, playback.py and webhooks.py; it imports none of them."""
+
+from __future__ import annotations
+
+from fastapi import Request
+from fastapi.responses import JSONResponse, Response
+
+from shared import topology
+from shared.bus import Bus
+from shared.contracts import GetVideo, Video, encode
+from shared.service import Service
+
+from . import tokens
+from .auth import ApiKeys
+
+service = Service("gateway", "The public HTTP API of vidmesh")
+api = service.http
+
+_keys: ApiKeys | None = None
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, code: str, message: str, headers: dict | None = None):
+        super().__init__(message)
+        self.status, self.code, self.message, self.headers = status, code, message, headers
+
+
+def error_response(status: int, code: str, message: str, headers: dict | None = None) -> JSONResponse:
+    return JSONResponse({"code": code, "message": message}, status_code=status, headers=headers)
+
+
+RPC_STATUS = {"not_found": 404, "unavailable": 503, "timeout": 504, "bad_request": 400}
+
+
+def authenticate(request: Request) -> str:
+    global _keys
+    if _keys is None:
+        _keys = ApiKeys(service.settings.api_keys)
+    found = _keys.tenant_for(request.headers.get("authorization"))
+    if found is None:
+        raise ApiError(401, "unauthorized", "missing or invalid API key", {"WWW-Authenticate": 'Bearer realm="vidmesh"'})
+    return found
+
+
+def authenticate_read(request: Request) -> str:
+    """`authenticate`, or for GET/HEAD only a `?token=` from POST /v1/tokens.
+
+    Used on the media and events routes only: a browser's <video>, <img> and EventSource
+    cannot send headers. Uploads, lists and deletes still need the header.
+    """
+    token = request.query_params.get("token")
+    if token and request.method in ("GET", "HEAD") and "authorization" not in request.headers:
+        tenant = tokens.verify(service.settings.api_keys, token)
+        if tenant is None:
+            raise ApiError(401, "unauthorized", "invalid or expired token", {"WWW-Authenticate": 'Bearer realm="vidmesh"'})
+        return tenant
+    return authenticate(request)
+
+
+def connected_bus() -> Bus:
+    if not service.ready or service.bus is None:
+        raise ApiError(503, "not_ready", "the gateway is not connected to NATS yet", {"Retry-After": "1"})
+    return service.bus
+
+
+def json_response(obj, status: int = 200, headers: dict | None = None) -> Response:
+    return Response(encode(obj), status_code=status, media_type="application/json", headers=headers)
+
+
+async def fetch_video(bus: Bus, tenant: str, video_id: str) -> Video:
+    check_video_id(video_id)
+    return await bus.request(topology.RPC_CATALOG_GET, GetVideo(tenant=tenant, video_id=video_id), Video)
+
+
+def check_video_id(video_id: str) -> None:
+    if not (0 < len(video_id) <= 64 and video_id.isascii() and video_id.isalnum()):  # KV keys: ASCII only
+        raise ApiError(404, "not_found", f"no video {video_id}")
