@@ -4,6 +4,9 @@ Subjects read `<owner>.<kind>.<name>[.<tenant>.<video_id>]` with kind `rpc`, `cm
 Events and tasks carry the tenant and video id as the last two tokens, so a consumer
 (or an SSE stream) can filter one video's history without reading anyone else's.
 No stream captures an `rpc` subject: JetStream would answer the request with a PubAck.
+
+Each kind is declared once, in this order: subjects, request-reply subjects, streams,
+consumers, buckets, keys, then `ensure()`, which creates them all.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from nats.js import api
 from nats.js.errors import BadRequestError, BucketNotFoundError
 
 from .contracts import (
+    DeliverWebhook,
     ExtractThumbnail,
     RenditionProgress,
     RenditionTranscoded,
@@ -33,6 +37,8 @@ log = logging.getLogger("vidmesh.topology")
 # --- subjects ------------------------------------------------------------------------------
 
 # Each message type has exactly one subject prefix; `subject_for` appends tenant and video.
+# The EVENTS stream captures every `<owner>.evt.>` named here, so nothing here may claim
+# `scheduler.evt.>` (EVENTS would then overlap REPORTS).
 SUBJECTS: dict[type, str] = {
     VideoUploaded: "gateway.evt.video_uploaded",
     VideoPlanned: "pipeline.evt.video_planned",
@@ -45,13 +51,27 @@ SUBJECTS: dict[type, str] = {
     VideoDeleted: "catalog.evt.video_deleted",
     TranscodeRendition: "transcoder.cmd.transcode_rendition",
     ExtractThumbnail: "thumbnailer.cmd.extract_thumbnail",
+    DeliverWebhook: "notifier.cmd.deliver_webhook",
 }
 
-RPC_CATALOG_GET = "catalog.rpc.get"
-RPC_CATALOG_LIST = "catalog.rpc.list"
-RPC_CATALOG_DELETE = "catalog.rpc.delete"
-RPC_PIPELINE_PROBE = "pipeline.rpc.probe"
-RPC_CATALOG_USAGE = "catalog.rpc.usage"  # issue 5: per-tenant usage for the gateway's quotas
+DEADLETTER_SUBJECT = "dlq.evt"  # dlq.evt.<stream>.<consumer>
+MAX_DELIVERIES_ADVISORY = "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES"  # + .<stream>.<consumer>
+
+# Schedules live in the server (ADR-51 message scheduler): a schedule is one message with a
+# `Nats-Schedule` header on `scheduler.schedule.<name>` (kind `schedule`: a standing
+# definition the server fires, never consumed), in a stream with allow_msg_schedules. The
+# server writes each tick into the same stream on `scheduler.cmd.tick.<name>`.
+SCHEDULE_PREFIX = "scheduler.schedule"  # + .<name>: one schedule definition per subject
+TICK_PREFIX = "scheduler.cmd.tick"  # + .<name>: what a schedule fires
+USAGE_REPORTED_PREFIX = "scheduler.evt.usage_reported"  # + .<tenant>.<YYYY-MM-DD>
+
+# Every service publishes its log records (warning and above, or VIDMESH_LOG_EVENTS_LEVEL)
+# and a periodic metric sample on `logs.evt.<service>` / `metrics.evt.<service>`; the monitor
+# consumes them with the consumer lag of every durable consumer, evaluates its alert rules
+# and announces alert changes on `monitor.evt.alert.<rule>`.
+LOG_PREFIX = "logs.evt"  # + .<service>
+METRICS_PREFIX = "metrics.evt"  # + .<service>
+ALERT_PREFIX = "monitor.evt.alert"  # + .<rule>
 
 
 def subject_for(msg) -> str:
@@ -64,47 +84,129 @@ def video_events_filter(tenant: str, video_id: str) -> str:
     return f"*.evt.*.{tenant}.{video_id}"
 
 
+def schedule_subject(name: str) -> str:
+    return f"{SCHEDULE_PREFIX}.{name}"
+
+
+def tick_subject(name: str) -> str:
+    return f"{TICK_PREFIX}.{name}"
+
+
+def usage_subject(tenant: str, day: str) -> str:
+    return f"{USAGE_REPORTED_PREFIX}.{tenant}.{day}"
+
+
+# --- request-reply subjects ----------------------------------------------------------------
+
+RPC_CATALOG_GET = "catalog.rpc.get"
+RPC_CATALOG_LIST = "catalog.rpc.list"
+RPC_CATALOG_DELETE = "catalog.rpc.delete"
+RPC_CATALOG_USAGE = "catalog.rpc.usage"  # per-tenant usage for the gateway's quotas
+RPC_PIPELINE_PROBE = "pipeline.rpc.probe"
+RPC_WEBHOOK_CREATE = "notifier.rpc.create_webhook"
+RPC_WEBHOOK_LIST = "notifier.rpc.list_webhooks"
+RPC_WEBHOOK_GET = "notifier.rpc.get_webhook"
+RPC_WEBHOOK_DELETE = "notifier.rpc.delete_webhook"
+RPC_WEBHOOK_DELIVERIES = "notifier.rpc.list_deliveries"
+RPC_MONITOR_ALERTS = "monitor.rpc.alerts"
+
 # --- streams -------------------------------------------------------------------------------
 
 EVENTS = "EVENTS"
 TASKS_TRANSCODE = "TASKS_TRANSCODE"
 TASKS_THUMBNAIL = "TASKS_THUMBNAIL"
-DEADLETTER = "DEADLETTER"
-DEADLETTER_SUBJECT = "dlq.evt"  # dlq.evt.<stream>.<consumer>
+TASKS_WEBHOOK = "TASKS_WEBHOOK"
 # The server announces a message that ran out of deliveries (e.g. its worker crashed on
 # every attempt); this stream keeps those advisories until the pipeline dead-letters them.
 ADVISORIES = "ADVISORIES"
-MAX_DELIVERIES_ADVISORY = "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES"
-
-# --- buckets -------------------------------------------------------------------------------
-
-KV_VIDEOS = "videos"  # catalog: the public state of every video, key <tenant>.<video_id>
-KV_JOBS = "jobs"  # pipeline: fan-in bookkeeping, key <tenant>.<video_id>
-KV_UPLOADS = "uploads"  # gateway: Idempotency-Key -> video id, kept for a day
-UPLOADS_TTL_S = 24 * 3600.0
-KV_ADMISSIONS = "admissions"  # gateway: per tenant, the uploads admitted under quotas and still streaming
-OBJ_MEDIA = "media"  # uploads, renditions and thumbnails
-
-
-def media_key(tenant: str, video_id: str, name: str) -> str:
-    """Object key of one piece of media; tenant first so keys never mix tenants."""
-    return f"{tenant}/{video_id}/{name}"
+DEADLETTER = "DEADLETTER"
+# Schedule definitions and their ticks. No scheduler process is special: in a cluster the
+# stream's leader fires the schedules.
+SCHEDULES = "SCHEDULES"
+# Usage reports are per tenant and day, kept for billing far longer than video events, so
+# they have their own stream.
+REPORTS = "REPORTS"
+REPORTS_MAX_AGE_S = 400 * 86400.0
+OPS = "OPS"  # logs, metrics and alerts
+OPS_MAX_AGE_S = 24 * 3600.0
 
 
-def source_key(tenant: str, video_id: str) -> str:
-    return media_key(tenant, video_id, "source")
+def work_queue(name: str, subject: str, replicas: int) -> api.StreamConfig:
+    """A task stream: each message is removed once a worker acknowledges it."""
+    return api.StreamConfig(
+        name=name,
+        subjects=[subject],
+        retention=api.RetentionPolicy.WORK_QUEUE,
+        storage=api.StorageType.FILE,
+        num_replicas=replicas,
+        duplicate_window=120.0,
+    )
 
 
-def rendition_key(tenant: str, video_id: str, rendition: str) -> str:
-    return media_key(tenant, video_id, f"renditions/{rendition}.mp4")
-
-
-def thumbnail_key(tenant: str, video_id: str) -> str:
-    return media_key(tenant, video_id, "thumbnail.jpg")
-
-
-def state_key(tenant: str, video_id: str) -> str:
-    return f"{tenant}.{video_id}"
+def streams(replicas: int, events_max_age_s: float) -> list[api.StreamConfig]:
+    """Every stream, in the order `ensure()` creates them."""
+    storage = api.StorageType.FILE
+    return [
+        api.StreamConfig(
+            name=EVENTS,
+            subjects=sorted({prefix.split(".")[0] + ".evt.>" for prefix in SUBJECTS.values() if ".evt." in prefix}),
+            retention=api.RetentionPolicy.LIMITS,
+            max_age=events_max_age_s,
+            storage=storage,
+            num_replicas=replicas,
+            duplicate_window=120.0,
+            allow_direct=True,
+        ),
+        work_queue(TASKS_TRANSCODE, SUBJECTS[TranscodeRendition] + ".>", replicas),
+        work_queue(TASKS_THUMBNAIL, SUBJECTS[ExtractThumbnail] + ".>", replicas),
+        api.StreamConfig(
+            name=ADVISORIES,
+            subjects=[f"{MAX_DELIVERIES_ADVISORY}.{s}.>" for s in (TASKS_TRANSCODE, TASKS_THUMBNAIL)],
+            retention=api.RetentionPolicy.WORK_QUEUE,
+            storage=storage,
+            num_replicas=replicas,
+        ),
+        api.StreamConfig(
+            name=DEADLETTER,
+            subjects=[DEADLETTER_SUBJECT + ".>"],
+            retention=api.RetentionPolicy.LIMITS,
+            storage=storage,
+            num_replicas=replicas,
+        ),
+        api.StreamConfig(
+            name=SCHEDULES,
+            subjects=[SCHEDULE_PREFIX + ".>", TICK_PREFIX + ".>"],
+            # Ticks leave the stream when handled; definitions stay (no consumer takes them).
+            retention=api.RetentionPolicy.WORK_QUEUE,
+            allow_msg_schedules=True,
+            allow_msg_ttl=True,  # ticks carry Nats-Schedule-TTL: unhandled ones expire
+            storage=storage,
+            num_replicas=replicas,
+            duplicate_window=120.0,
+        ),
+        api.StreamConfig(
+            name=REPORTS,
+            subjects=[USAGE_REPORTED_PREFIX + ".>"],
+            retention=api.RetentionPolicy.LIMITS,
+            max_age=REPORTS_MAX_AGE_S,
+            max_msgs_per_subject=1,  # a re-run report for the same tenant and day replaces it
+            storage=storage,
+            num_replicas=replicas,
+            duplicate_window=120.0,
+            allow_direct=True,
+        ),
+        work_queue(TASKS_WEBHOOK, SUBJECTS[DeliverWebhook] + ".>", replicas),
+        api.StreamConfig(
+            name=OPS,
+            subjects=[LOG_PREFIX + ".>", METRICS_PREFIX + ".>", ALERT_PREFIX + ".>"],
+            retention=api.RetentionPolicy.LIMITS,
+            max_age=OPS_MAX_AGE_S,
+            max_bytes=512 * 1024 * 1024,  # logs must never fill the disk: oldest go first
+            storage=storage,
+            num_replicas=replicas,
+            duplicate_window=60.0,
+        ),
+    ]
 
 
 # --- consumers -----------------------------------------------------------------------------
@@ -135,56 +237,35 @@ PIPELINE_EVENTS = ConsumerSpec(
 )
 TRANSCODE_TASKS = ConsumerSpec(TASKS_TRANSCODE, "transcoder", (SUBJECTS[TranscodeRendition] + ".>",))
 THUMBNAIL_TASKS = ConsumerSpec(TASKS_THUMBNAIL, "thumbnailer", (SUBJECTS[ExtractThumbnail] + ".>",))
-
 EXHAUSTED_TASKS = ConsumerSpec(
     ADVISORIES, "deadletter", tuple(f"{MAX_DELIVERIES_ADVISORY}.{s}.>" for s in (TASKS_TRANSCODE, TASKS_THUMBNAIL))
 )
+# One work-queue consumer shared by every scheduler replica takes each tick exactly once.
+SCHEDULER_TICKS = ConsumerSpec(SCHEDULES, "scheduler", (TICK_PREFIX + ".>",), ack_wait_s=30.0, max_deliver=3)
+NOTIFIER_EVENTS = ConsumerSpec(
+    EVENTS,
+    "notifier",
+    tuple(SUBJECTS[kind] + ".>" for kind in (VideoReady, VideoFailed, VideoDeleted)),
+    max_deliver=20,
+)
+# The notifier stops a delivery after VIDMESH_WEBHOOK_MAX_ATTEMPTS itself (it knows the
+# setting); the server's max_deliver is only a backstop for a handler that keeps crashing.
+WEBHOOK_DELIVERIES = ConsumerSpec(
+    TASKS_WEBHOOK, "notifier", (SUBJECTS[DeliverWebhook] + ".>",), ack_wait_s=30.0, max_deliver=100
+)
+MONITOR_INPUT = ConsumerSpec(OPS, "monitor", (LOG_PREFIX + ".>", METRICS_PREFIX + ".>"), max_deliver=5)
 
-CONSUMERS = (CATALOG_EVENTS, PIPELINE_EVENTS, TRANSCODE_TASKS, THUMBNAIL_TASKS, EXHAUSTED_TASKS)
-
-
-def work_queue(name: str, subject: str, replicas: int) -> api.StreamConfig:
-    """A task stream: each message is removed once a worker acknowledges it."""
-    return api.StreamConfig(
-        name=name,
-        subjects=[subject],
-        retention=api.RetentionPolicy.WORK_QUEUE,
-        storage=api.StorageType.FILE,
-        num_replicas=replicas,
-        duplicate_window=120.0,
-    )
-
-
-def streams(replicas: int, events_max_age_s: float) -> list[api.StreamConfig]:
-    storage = api.StorageType.FILE
-    return [
-        api.StreamConfig(
-            name=EVENTS,
-            subjects=sorted({prefix.split(".")[0] + ".evt.>" for prefix in SUBJECTS.values() if ".evt." in prefix}),
-            retention=api.RetentionPolicy.LIMITS,
-            max_age=events_max_age_s,
-            storage=storage,
-            num_replicas=replicas,
-            duplicate_window=120.0,
-            allow_direct=True,
-        ),
-        work_queue(TASKS_TRANSCODE, SUBJECTS[TranscodeRendition] + ".>", replicas),
-        work_queue(TASKS_THUMBNAIL, SUBJECTS[ExtractThumbnail] + ".>", replicas),
-        api.StreamConfig(
-            name=ADVISORIES,
-            subjects=[f"{MAX_DELIVERIES_ADVISORY}.{s}.>" for s in (TASKS_TRANSCODE, TASKS_THUMBNAIL)],
-            retention=api.RetentionPolicy.WORK_QUEUE,
-            storage=storage,
-            num_replicas=replicas,
-        ),
-        api.StreamConfig(
-            name=DEADLETTER,
-            subjects=[DEADLETTER_SUBJECT + ".>"],
-            retention=api.RetentionPolicy.LIMITS,
-            storage=storage,
-            num_replicas=replicas,
-        ),
-    ] + scheduling_streams(replicas) + ops_streams(replicas)  # see the blocks at the end of this file
+CONSUMERS = (
+    CATALOG_EVENTS,
+    PIPELINE_EVENTS,
+    TRANSCODE_TASKS,
+    THUMBNAIL_TASKS,
+    EXHAUSTED_TASKS,
+    SCHEDULER_TICKS,
+    NOTIFIER_EVENTS,
+    WEBHOOK_DELIVERIES,
+    MONITOR_INPUT,
+)
 
 
 def consumer_config(spec: ConsumerSpec, max_deliver: int | None = None, ack_wait_s: float | None = None):
@@ -201,6 +282,22 @@ def consumer_config(spec: ConsumerSpec, max_deliver: int | None = None, ack_wait
     )
 
 
+# --- buckets -------------------------------------------------------------------------------
+
+KV_VIDEOS = "videos"  # catalog: the public state of every video, key <tenant>.<video_id>
+KV_JOBS = "jobs"  # pipeline: fan-in bookkeeping, key <tenant>.<video_id>
+KV_UPLOADS = "uploads"  # gateway: Idempotency-Key -> video id, kept for a day
+UPLOADS_TTL_S = 24 * 3600.0
+KV_ADMISSIONS = "admissions"  # gateway: per tenant, the uploads admitted under quotas and still streaming
+# monitor: `load` (backpressure: the transcode backlog, which the gateway reads for its 429s),
+# `alerts` (what fires now)
+KV_MONITOR = "monitor"
+KV_WEBHOOKS = "webhooks"  # notifier: key <tenant>.<webhook_id> (holds the signing secret)
+KV_DELIVERIES = "webhook_deliveries"  # notifier: key <tenant>.<webhook_id>.<delivery_id>
+KV_SCHEDULER = "scheduler"  # scheduler: run.<name> (last run), redrive.<tenant>.<video_id>
+OBJ_MEDIA = "media"  # uploads, renditions and thumbnails
+
+
 def buckets(settings) -> list[tuple[str, float | None]]:
     """Every KV bucket with its TTL (None: entries stay)."""
     return [
@@ -209,8 +306,46 @@ def buckets(settings) -> list[tuple[str, float | None]]:
         (KV_UPLOADS, UPLOADS_TTL_S),
         (KV_ADMISSIONS, UPLOADS_TTL_S),  # live entries are minutes old; an idle tenant's key goes
         (KV_MONITOR, None),
-        *scheduling_buckets(settings),  # issue 8: see the block at the end of this file
+        # Delivery records expire with the events they describe; webhooks and runs stay.
+        (KV_WEBHOOKS, None),
+        (KV_DELIVERIES, settings.events_max_age_s),
+        (KV_SCHEDULER, None),
     ]
+
+
+# --- keys ----------------------------------------------------------------------------------
+
+
+def media_key(tenant: str, video_id: str, name: str) -> str:
+    """Object key of one piece of media; tenant first so keys never mix tenants."""
+    return f"{tenant}/{video_id}/{name}"
+
+
+def source_key(tenant: str, video_id: str) -> str:
+    return media_key(tenant, video_id, "source")
+
+
+def rendition_key(tenant: str, video_id: str, rendition: str) -> str:
+    return media_key(tenant, video_id, f"renditions/{rendition}.mp4")
+
+
+def thumbnail_key(tenant: str, video_id: str) -> str:
+    return media_key(tenant, video_id, "thumbnail.jpg")
+
+
+def state_key(tenant: str, video_id: str) -> str:
+    return f"{tenant}.{video_id}"
+
+
+def webhook_key(tenant: str, webhook_id: str) -> str:
+    return f"{tenant}.{webhook_id}"
+
+
+def delivery_key(tenant: str, webhook_id: str, delivery_id: str) -> str:
+    return f"{tenant}.{webhook_id}.{delivery_id}"
+
+
+# --- ensure --------------------------------------------------------------------------------
 
 
 async def ensure(js, settings) -> None:
@@ -250,148 +385,3 @@ async def _ensure_stream(js, cfg: api.StreamConfig) -> None:
     except BadRequestError:
         # Exists with another config (e.g. replicas changed): update in place.
         await js.update_stream(config=cfg)
-
-
-# =============================================================================================
-# Scheduled jobs and webhooks (issue 8)
-#
-# Schedules live in the server (ADR-51 message scheduler): a schedule is one message with a
-# `Nats-Schedule` header on `scheduler.schedule.<name>` (kind `schedule`: a standing
-# definition the server fires, never consumed), in a stream with allow_msg_schedules. The
-# server writes each tick into the same stream on `scheduler.cmd.tick.<name>`; one
-# work-queue consumer shared by every scheduler replica takes each tick exactly once.
-# No scheduler process is special: in a cluster the stream's leader fires the schedules.
-#
-# Usage reports are per tenant and day, kept for billing far longer than video events, so
-# they have their own stream. Nothing else may claim `scheduler.evt.>` in SUBJECTS (the
-# EVENTS stream would then overlap REPORTS).
-# =============================================================================================
-
-from .contracts import DeliverWebhook  # noqa: E402
-
-SUBJECTS[DeliverWebhook] = "notifier.cmd.deliver_webhook"  # + .<tenant>.<video_id>
-
-SCHEDULES = "SCHEDULES"
-SCHEDULE_PREFIX = "scheduler.schedule"  # + .<name>: one schedule definition per subject
-TICK_PREFIX = "scheduler.cmd.tick"  # + .<name>: what a schedule fires
-REPORTS = "REPORTS"
-USAGE_REPORTED_PREFIX = "scheduler.evt.usage_reported"  # + .<tenant>.<YYYY-MM-DD>
-REPORTS_MAX_AGE_S = 400 * 86400.0
-TASKS_WEBHOOK = "TASKS_WEBHOOK"
-
-RPC_WEBHOOK_CREATE = "notifier.rpc.create_webhook"
-RPC_WEBHOOK_LIST = "notifier.rpc.list_webhooks"
-RPC_WEBHOOK_GET = "notifier.rpc.get_webhook"
-RPC_WEBHOOK_DELETE = "notifier.rpc.delete_webhook"
-RPC_WEBHOOK_DELIVERIES = "notifier.rpc.list_deliveries"
-
-KV_WEBHOOKS = "webhooks"  # notifier: key <tenant>.<webhook_id> (holds the signing secret)
-KV_DELIVERIES = "webhook_deliveries"  # notifier: key <tenant>.<webhook_id>.<delivery_id>
-KV_SCHEDULER = "scheduler"  # scheduler: run.<name> (last run), redrive.<tenant>.<video_id>
-
-
-def schedule_subject(name: str) -> str:
-    return f"{SCHEDULE_PREFIX}.{name}"
-
-
-def tick_subject(name: str) -> str:
-    return f"{TICK_PREFIX}.{name}"
-
-
-def usage_subject(tenant: str, day: str) -> str:
-    return f"{USAGE_REPORTED_PREFIX}.{tenant}.{day}"
-
-
-def webhook_key(tenant: str, webhook_id: str) -> str:
-    return f"{tenant}.{webhook_id}"
-
-
-def delivery_key(tenant: str, webhook_id: str, delivery_id: str) -> str:
-    return f"{tenant}.{webhook_id}.{delivery_id}"
-
-
-SCHEDULER_TICKS = ConsumerSpec(SCHEDULES, "scheduler", (TICK_PREFIX + ".>",), ack_wait_s=30.0, max_deliver=3)
-NOTIFIER_EVENTS = ConsumerSpec(
-    EVENTS,
-    "notifier",
-    tuple(SUBJECTS[kind] + ".>" for kind in (VideoReady, VideoFailed, VideoDeleted)),
-    max_deliver=20,
-)
-# The notifier stops a delivery after VIDMESH_WEBHOOK_MAX_ATTEMPTS itself (it knows the
-# setting); the server's max_deliver is only a backstop for a handler that keeps crashing.
-WEBHOOK_DELIVERIES = ConsumerSpec(
-    TASKS_WEBHOOK, "notifier", (SUBJECTS[DeliverWebhook] + ".>",), ack_wait_s=30.0, max_deliver=100
-)
-
-CONSUMERS = CONSUMERS + (SCHEDULER_TICKS, NOTIFIER_EVENTS, WEBHOOK_DELIVERIES)
-
-
-def scheduling_streams(replicas: int) -> list[api.StreamConfig]:
-    storage = api.StorageType.FILE
-    return [
-        api.StreamConfig(
-            name=SCHEDULES,
-            subjects=[SCHEDULE_PREFIX + ".>", TICK_PREFIX + ".>"],
-            # Ticks leave the stream when handled; definitions stay (no consumer takes them).
-            retention=api.RetentionPolicy.WORK_QUEUE,
-            allow_msg_schedules=True,
-            allow_msg_ttl=True,  # ticks carry Nats-Schedule-TTL: unhandled ones expire
-            storage=storage,
-            num_replicas=replicas,
-            duplicate_window=120.0,
-        ),
-        api.StreamConfig(
-            name=REPORTS,
-            subjects=[USAGE_REPORTED_PREFIX + ".>"],
-            retention=api.RetentionPolicy.LIMITS,
-            max_age=REPORTS_MAX_AGE_S,
-            max_msgs_per_subject=1,  # a re-run report for the same tenant and day replaces it
-            storage=storage,
-            num_replicas=replicas,
-            duplicate_window=120.0,
-            allow_direct=True,
-        ),
-        work_queue(TASKS_WEBHOOK, SUBJECTS[DeliverWebhook] + ".>", replicas),
-    ]
-
-
-def scheduling_buckets(settings) -> list[tuple[str, float | None]]:
-    # Delivery records expire with the events they describe; webhooks and runs stay.
-    return [(KV_WEBHOOKS, None), (KV_DELIVERIES, settings.events_max_age_s), (KV_SCHEDULER, None)]
-
-
-# =============================================================================================
-# Logs, metrics and alerts as events (issue 6)
-# =============================================================================================
-# Every service publishes its log records (warning and above, or VIDMESH_LOG_EVENTS_LEVEL)
-# and a periodic metric sample on `logs.evt.<service>` / `metrics.evt.<service>`; the monitor
-# consumes them with the consumer lag of every durable consumer, evaluates its alert rules,
-# announces alert changes on `monitor.evt.alert.<rule>`, and keeps the load state (the
-# transcode backlog) in its KV bucket, where the gateway reads it for its 429s.
-
-OPS = "OPS"
-OPS_MAX_AGE_S = 24 * 3600.0
-LOG_PREFIX = "logs.evt"  # + .<service>
-METRICS_PREFIX = "metrics.evt"  # + .<service>
-ALERT_PREFIX = "monitor.evt.alert"  # + .<rule>
-KV_MONITOR = "monitor"  # monitor: `load` (backpressure), `alerts` (what fires now)
-RPC_MONITOR_ALERTS = "monitor.rpc.alerts"
-
-MONITOR_INPUT = ConsumerSpec(OPS, "monitor", (LOG_PREFIX + ".>", METRICS_PREFIX + ".>"), max_deliver=5)
-
-CONSUMERS = CONSUMERS + (MONITOR_INPUT,)
-
-
-def ops_streams(replicas: int) -> list[api.StreamConfig]:
-    return [
-        api.StreamConfig(
-            name=OPS,
-            subjects=[LOG_PREFIX + ".>", METRICS_PREFIX + ".>", ALERT_PREFIX + ".>"],
-            retention=api.RetentionPolicy.LIMITS,
-            max_age=OPS_MAX_AGE_S,
-            max_bytes=512 * 1024 * 1024,  # logs must never fill the disk: oldest go first
-            storage=api.StorageType.FILE,
-            num_replicas=replicas,
-            duplicate_window=60.0,
-        )
-    ]
