@@ -209,7 +209,7 @@ class Service:
             await hook(self.bus)
         await self._start_endpoints()  # also without endpoints: $SRV.PING/INFO/STATS list every service
         for c in self._consumers:
-            is_task = c.spec.stream in (topology.TASKS_TRANSCODE, topology.TASKS_THUMBNAIL)
+            is_task = c.spec.stream in topology.MEDIA_TASK_STREAMS
             loop = ConsumerLoop(
                 self.bus,
                 c.spec,

@@ -115,6 +115,10 @@ RPC_MONITOR_ALERTS = "monitor.rpc.alerts"
 EVENTS = "EVENTS"
 TASKS_TRANSCODE = "TASKS_TRANSCODE"
 TASKS_THUMBNAIL = "TASKS_THUMBNAIL"
+# The media work queues: VIDMESH_TASK_ACK_WAIT_S / VIDMESH_TASK_MAX_DELIVER apply to them and
+# their exhausted deliveries are dead-lettered by the pipeline (not TASKS_WEBHOOK: the
+# notifier counts its own attempts).
+MEDIA_TASK_STREAMS = (TASKS_TRANSCODE, TASKS_THUMBNAIL)
 TASKS_WEBHOOK = "TASKS_WEBHOOK"
 # The server announces a message that ran out of deliveries (e.g. its worker crashed on
 # every attempt); this stream keeps those advisories until the pipeline dead-letters them.
@@ -161,7 +165,7 @@ def streams(replicas: int, events_max_age_s: float) -> list[api.StreamConfig]:
         work_queue(TASKS_THUMBNAIL, SUBJECTS[ExtractThumbnail] + ".>", replicas),
         api.StreamConfig(
             name=ADVISORIES,
-            subjects=[f"{MAX_DELIVERIES_ADVISORY}.{s}.>" for s in (TASKS_TRANSCODE, TASKS_THUMBNAIL)],
+            subjects=[f"{MAX_DELIVERIES_ADVISORY}.{s}.>" for s in MEDIA_TASK_STREAMS],
             retention=api.RetentionPolicy.WORK_QUEUE,
             storage=storage,
             num_replicas=replicas,
@@ -238,7 +242,7 @@ PIPELINE_EVENTS = ConsumerSpec(
 TRANSCODE_TASKS = ConsumerSpec(TASKS_TRANSCODE, "transcoder", (SUBJECTS[TranscodeRendition] + ".>",))
 THUMBNAIL_TASKS = ConsumerSpec(TASKS_THUMBNAIL, "thumbnailer", (SUBJECTS[ExtractThumbnail] + ".>",))
 EXHAUSTED_TASKS = ConsumerSpec(
-    ADVISORIES, "deadletter", tuple(f"{MAX_DELIVERIES_ADVISORY}.{s}.>" for s in (TASKS_TRANSCODE, TASKS_THUMBNAIL))
+    ADVISORIES, "deadletter", tuple(f"{MAX_DELIVERIES_ADVISORY}.{s}.>" for s in MEDIA_TASK_STREAMS)
 )
 # One work-queue consumer shared by every scheduler replica takes each tick exactly once.
 SCHEDULER_TICKS = ConsumerSpec(SCHEDULES, "scheduler", (TICK_PREFIX + ".>",), ack_wait_s=30.0, max_deliver=3)
@@ -353,7 +357,7 @@ async def ensure(js, settings) -> None:
     for cfg in streams(settings.replicas, settings.events_max_age_s):
         await _ensure_stream(js, cfg)
     for spec in CONSUMERS:
-        is_task = spec.stream in (TASKS_TRANSCODE, TASKS_THUMBNAIL)
+        is_task = spec.stream in MEDIA_TASK_STREAMS
         cfg = consumer_config(
             spec,
             max_deliver=settings.task_max_deliver if is_task else None,

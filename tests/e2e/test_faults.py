@@ -34,6 +34,7 @@ from tests.conftest import (
     NatsServer,
     alive,
     assert_delivered_once,
+    delivery_state,
     js_run,
     nats_servers,
     service_pids,
@@ -317,8 +318,13 @@ def test_nats_server_restart_mid_pipeline(tmp_path, how):
             wait_for(ready, 30, 0.2, "the gateway ready again")
             try:
                 finals = wait_terminal(c, ids, 120)
-            except AssertionError as exc:  # what each service did after the stop, to tell why
-                raise AssertionError(f"{exc}\n--- mesh output since the stop ---\n" + "\n".join(lines_since(mesh, mark)[-200:])) from None
+            except AssertionError as exc:  # the bus's state and what each service did since the stop
+                state = js_run(nats_servers(mesh), lambda js: delivery_state(js, "alice", ids))
+                videos = {v: c.get(f"/v1/videos/{v}").json() for v in ids}
+                raise AssertionError(
+                    f"{exc}\n--- bus ---\n{state}\n--- videos ---\n{videos}\n--- mesh output since the stop ---\n"
+                    + "\n".join(lines_since(mesh, mark)[-200:])
+                ) from None
             took = time.monotonic() - down
 
         assert [f["status"] for f in finals.values()] == ["ready"] * 3, finals
