@@ -36,6 +36,10 @@ MEDIA_BYTES = Counter("vidmesh_media_bytes_total", "Bytes written to and read fr
 
 CHUNK_SIZE = 256 * 1024
 PUBLISH_WINDOW = 32  # chunks in flight while writing: ~8 MiB bounded
+# nats-py's publish_async future has no timeout: a chunk whose ack was lost with the
+# connection (the server restarted mid-write) would hang the writer, and a task handler
+# holding its message with heartbeats would hang with it. Bounded, it fails and is retried.
+ACK_TIMEOUT_S = 10.0
 MAX_CHECKPOINTS = 1024  # seek index entries per object: ~8 KB of metadata at most
 CHECKPOINTS_KEY = "vidmesh-chunk-seqs"  # "<stride>:<seq>,<seq>,..."
 
@@ -106,7 +110,7 @@ class MediaStore:
         async def flush(data: bytes) -> None:
             pending.append(await self.js.publish_async(chunk_subject, data))
             if len(pending) >= PUBLISH_WINDOW:
-                seqs.append((await pending.pop(0)).seq)
+                seqs.append((await _acked(pending.pop(0))).seq)
 
         try:
             async for piece in chunks:
@@ -120,7 +124,8 @@ class MediaStore:
                     del buf[:CHUNK_SIZE]
             if buf:
                 await flush(bytes(buf))
-            seqs.extend(ack.seq for ack in await asyncio.gather(*pending))
+            for fut in pending:
+                seqs.append((await _acked(fut)).seq)
             MEDIA_BYTES.labels("in").inc(total)
             return await self._commit(name, nuid, total, seqs, digest, headers)
         except BaseException:
@@ -154,7 +159,8 @@ class MediaStore:
         return info
 
     async def _abandon(self, pending: list, chunk_subject: str) -> None:
-        await asyncio.wait_for(asyncio.gather(*pending, return_exceptions=True), timeout=10)
+        if pending:
+            await asyncio.wait(pending, timeout=ACK_TIMEOUT_S)
         await self._purge(chunk_subject)
 
     async def _purge(self, chunk_subject: str) -> None:
@@ -292,6 +298,13 @@ class ObjectReader(io.RawIOBase):
         async for i, seq, data in self.store.chunks(self.info, start, seq, last=index):
             self._seqs[i] = seq
         return data
+
+
+async def _acked(future: asyncio.Future) -> api.PubAck:
+    try:
+        return await asyncio.wait_for(future, ACK_TIMEOUT_S)
+    except asyncio.TimeoutError:
+        raise ConnectionError(f"no acknowledgement of a chunk within {ACK_TIMEOUT_S:g} s (connection lost?)") from None
 
 
 async def _read_file(path) -> AsyncIterator[bytes]:

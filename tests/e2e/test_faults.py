@@ -298,7 +298,8 @@ def test_nats_server_restart_mid_pipeline(tmp_path, how):
                 return any(v.get("progress") or v.get("renditions") for v in videos) and videos
 
             at_stop = wait_for(started, 60, 0.05, "the pipeline to be working")
-            assert not any(v["status"] == "ready" for v in at_stop), "the restart must land mid-pipeline"
+            # mid-pipeline: some work is left (on a busy machine the first video may be done)
+            assert not all(v["status"] == "ready" for v in at_stop), "the restart must land mid-pipeline"
             mark = len(mesh.lines)
             if how == "sigkill":
                 server.proc.kill()

@@ -333,3 +333,36 @@ def test_nats_py_version_has_what_we_rely_on():
     from importlib.metadata import version
 
     assert tuple(int(x) for x in version("nats-py").split(".")[:2]) >= (2, 16)
+
+
+async def test_a_write_whose_acks_stop_coming_fails_in_bounded_time(tmp_path, monkeypatch):
+    """The server stops answering mid-write (SIGSTOP: acks in flight never come): the writer
+    fails within ACK_TIMEOUT_S instead of waiting forever (a task holding its message with
+    heartbeats would hang with it), and nothing half-written is left once it answers again."""
+    import os
+    import signal
+
+    from tests.conftest import NatsServer
+
+    monkeypatch.setattr(objects, "ACK_TIMEOUT_S", 1.0)
+    server = NatsServer(tmp_path / "nats").start()
+    settings = config.load({"NATS_URL": server.url})
+    b = await Bus.connect(settings, "test")
+    try:
+        await topology.ensure(b.js, settings)
+
+        async def stalls():
+            yield b"x" * CHUNK_SIZE
+            os.kill(server.proc.pid, signal.SIGSTOP)  # the next chunks' acks never arrive
+            for _ in range(3):
+                yield b"y" * CHUNK_SIZE
+
+        try:  # without the bound this waits forever, and wait_for ends it with TimeoutError
+            with pytest.raises(ConnectionError, match="no acknowledgement"):
+                await asyncio.wait_for(b.media.put_stream("t/v/stalled", stalls()), 60)
+        finally:
+            os.kill(server.proc.pid, signal.SIGCONT)
+        assert await b.media.info("t/v/stalled") is None
+    finally:
+        await b.close()
+        server.stop()
