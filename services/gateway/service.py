@@ -10,6 +10,7 @@ webhooks.py, and what the routes share in app.py.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from fastapi import Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
+from nats.errors import Error as NatsError
 from nats.js.errors import KeyNotFoundError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -54,6 +56,8 @@ from .limits import RequestLimits
 from .playback import router as playback_router
 from .uploads import MultipartFile, accepted, new_video_id
 from .webhooks import router as webhooks_router
+
+log = logging.getLogger("vidmesh.gateway")
 
 # /openapi.json lists paths in the order routes are registered: webhooks first, then this
 # module's routes, then playback's (included below the video routes).
@@ -139,6 +143,21 @@ def _errors(app: FastAPI) -> None:
     async def http_error(request, exc: StarletteHTTPException):
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
         return error_response(exc.status_code, code, str(exc.detail))
+
+    # NATS did not answer (restarting, partitioned): nothing was accepted, a retry is safe
+    # (with the same Idempotency-Key for uploads). Anything else is a bug: a 500, in JSON too.
+    @app.exception_handler(NatsError)
+    @app.exception_handler(ConnectionError)
+    @app.exception_handler(asyncio.TimeoutError)
+    async def bus_unavailable(request, exc: Exception):
+        log.warning("%s %s: the bus did not answer: %r", request.method, request.url.path, exc)
+        message = "the message bus did not answer; retry shortly"
+        return error_response(503, "unavailable", message, {"Retry-After": str(service.settings.retry_after_s)})
+
+    @app.exception_handler(Exception)
+    async def internal(request, exc: Exception):
+        log.error("%s %s failed", request.method, request.url.path, exc_info=exc)
+        return error_response(500, "internal", "an internal error; it has been logged")
 
 
 UPLOAD_BODY = {

@@ -348,6 +348,36 @@ def test_nats_server_restart_mid_pipeline(tmp_path, how):
     assert code == 0, "\n".join(mesh.lines[-40:])
 
 
+def test_an_upload_while_nats_does_not_answer_is_a_503_and_the_mesh_recovers(tmp_path):
+    """The nats-server freezes (SIGSTOP: connections stay open, nothing answers) while an
+    upload streams in: the client gets a JSON 503 it can retry, not a hang or a bare 500;
+    once the server answers again, uploads go through and become ready."""
+    server = NatsServer(tmp_path / "nats").start()
+    clip = make_clip(tmp_path / "c.mp4", width=320, height=240, seconds=1.0)
+    mesh = MeshOn(tmp_path / "mesh", server.url, FAULT_ENV).start()
+    try:
+        with mesh.client() as c:
+            os.kill(server.proc.pid, signal.SIGSTOP)
+            try:
+                r = c.post("/v1/videos", content=Path(clip).read_bytes(),
+                           headers={"Content-Type": "video/mp4", "Idempotency-Key": "frozen-1"})
+            finally:
+                os.kill(server.proc.pid, signal.SIGCONT)
+            assert r.status_code == 503, r.text
+            assert r.json()["code"] == "unavailable" and int(r.headers["retry-after"]) > 0
+            # the retry with the same key is a fresh upload: the first one was never accepted
+            again = c.post("/v1/videos", content=Path(clip).read_bytes(),
+                           headers={"Content-Type": "video/mp4", "Idempotency-Key": "frozen-1"})
+            assert again.status_code == 202, again.text
+            final = wait_terminal(c, [again.json()["id"]], 90)[again.json()["id"]]
+        assert final["status"] == "ready", final
+        assert not [l for l in mesh.lines if "exited with" in l], "no service died"
+    finally:
+        code = mesh.stop()
+        server.stop()
+    assert code == 0, "\n".join(mesh.lines[-40:])
+
+
 # --- 4. an event consumer replica that dies holding a message ----------------------------
 
 
