@@ -118,6 +118,7 @@ class WebhookEvent(msgspec.Struct, frozen=True, kw_only=True):
 
 
 record_decoder = msgspec.json.Decoder(WebhookRecord)
+delivery_decoder = msgspec.json.Decoder(WebhookDelivery)
 
 
 @service.on_startup
@@ -127,7 +128,6 @@ async def _check_keys(bus: Bus) -> None:
         sealing.keyring(bus.settings.webhook_keys)
     except ValueError as exc:
         raise ConfigError(f"VIDMESH_WEBHOOK_KEYS: {exc}; `vidmesh webhook-key` prints a new key") from None
-delivery_decoder = msgspec.json.Decoder(WebhookDelivery)
 
 
 # --- stage 1: an event becomes one delivery task per interested webhook -----------------------
