@@ -50,7 +50,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     alert_window_s: float = 300.0
     alert_silent_s: float = 60.0  # service_silent fires when a service sends nothing this long
     retry_after_s: int = 5
-    # --- scheduled jobs and webhooks (issue 8); parsed by scheduling_settings() -------------
+    # --- scheduled jobs and webhooks; parsed by scheduling_settings() -------------
     retention_days: float = 0.0  # 0: keep videos forever
     retention_days_by_tenant: dict[str, float] = {}  # tenant -> days (0: forever)
     stuck_after_s: float = 600.0
@@ -61,7 +61,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     webhook_max_attempts: int = 10
     webhook_backoff_s: float = 10.0  # first retry delay; doubles each attempt, capped at 1 h
     webhook_keys: tuple[str, ...] = ()  # seal webhook secrets at rest; the first seals, all open
-    # --- quotas and hostile input (issue 5); parsed by security_settings() -----------------
+    # --- quotas and hostile input; parsed by security_settings() -----------------
     quota_max_processing: int = 0  # videos processing at once per tenant; 0: no limit
     quota_max_bytes: int = 0  # bytes stored per tenant (sources, renditions, thumbnails); 0: no limit
     quota_max_processing_by_tenant: dict[str, int] = {}
@@ -127,8 +127,8 @@ def load(env: dict | None = None) -> Settings:
     if tombstone_ttl < 1:
         raise ConfigError("VIDMESH_TOMBSTONE_TTL_S must be >= 1 (the server's smallest message TTL)")
     return Settings(
-        **scheduling_settings(env),  # issue 8: see the block at the end of this file
-        **security_settings(env),  # issue 5: see the block at the end of this file
+        **scheduling_settings(env),  # see the block at the end of this file
+        **security_settings(env),  # see the block at the end of this file
         nats_url=env.get("NATS_URL") or None,
         nats_user=env.get("NATS_USER") or None,
         nats_password=env.get("NATS_PASSWORD") or None,
@@ -167,7 +167,7 @@ def load(env: dict | None = None) -> Settings:
 
 
 # =============================================================================================
-# Scheduled jobs and webhooks (issue 8)
+# Scheduled jobs and webhooks
 # =============================================================================================
 
 # Server-side schedules (`Nats-Schedule`): 6-field cron (sec min hour dom month dow, UTC),
@@ -275,7 +275,7 @@ def _items(text: str):
 
 
 # =============================================================================================
-# Quotas and hostile input (issue 5)
+# Quotas and hostile input
 # =============================================================================================
 
 # FFmpeg demuxer names an upload may be read with (a token of container.format.name, e.g.

@@ -224,7 +224,7 @@ class MaxDeliveriesAdvisory(msgspec.Struct, frozen=True, kw_only=True):
 
 
 # =============================================================================================
-# Scheduled jobs and webhooks (issue 8): the scheduler's ticks and usage reports, the
+# Scheduled jobs and webhooks: the scheduler's ticks and usage reports, the
 # notifier's delivery tasks, and the gateway <-> notifier request-reply for /v1/webhooks.
 # =============================================================================================
 
@@ -356,7 +356,7 @@ def decoder(kind) -> msgspec.json.Decoder:
     return dec
 
 
-# --- logs, metrics and alerts as events (issue 6) ------------------------------------------
+# --- logs, metrics and alerts as events ------------------------------------------
 
 
 class LogRecord(Contract, tag="ops.log_record.v1"):
@@ -414,7 +414,7 @@ class AlertList(msgspec.Struct, frozen=True, kw_only=True):
     load: LoadState | None = None
 
 
-# --- quotas (issue 5): the gateway asks the catalog for a tenant's usage ----------------------
+# --- quotas: the gateway asks the catalog for a tenant's usage ----------------------
 
 
 class GetUsage(Contract, tag="catalog.get_usage.v1"):
