@@ -39,7 +39,10 @@ PUBLISH_WINDOW = 32  # chunks in flight while writing: ~8 MiB bounded
 # nats-py's publish_async future has no timeout: a chunk whose ack was lost with the
 # connection (the server restarted mid-write) would hang the writer, and a task handler
 # holding its message with heartbeats would hang with it. Bounded, it fails and is retried.
-ACK_TIMEOUT_S = 10.0
+# Generous, because in a cluster an ack is only late while the stream elects a new leader,
+# and a write given up too early may see its last chunks land after its purge.
+ACK_TIMEOUT_S = 30.0
+PURGE_ATTEMPTS = 5  # a purge asked while the stream elects a leader fails: ask again
 MAX_CHECKPOINTS = 1024  # seek index entries per object: ~8 KB of metadata at most
 CHECKPOINTS_KEY = "vidmesh-chunk-seqs"  # "<stride>:<seq>,<seq>,..."
 
@@ -164,10 +167,14 @@ class MediaStore:
         await self._purge(chunk_subject)
 
     async def _purge(self, chunk_subject: str) -> None:
-        try:
-            await self.js.purge_stream(self.stream, subject=chunk_subject)
-        except Exception:
-            pass  # best effort: an orphaned chunk subject wastes space, not correctness
+        for attempt in range(PURGE_ATTEMPTS):
+            try:
+                await self.js.purge_stream(self.stream, subject=chunk_subject)
+                return
+            except Exception:
+                if attempt + 1 < PURGE_ATTEMPTS:
+                    await asyncio.sleep(1.0)
+        # best effort: an orphaned chunk subject wastes space, not correctness
 
     async def read(self, info: StoredObject, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
         """Yield bytes [start, end] (inclusive end, as in HTTP Range) one chunk at a time."""
