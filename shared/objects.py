@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import hashlib
 import io
 import json
@@ -57,13 +58,20 @@ class StoredObject(api.ObjectInfo):
     def checkpoint_before(self, offset: int) -> tuple[int, int]:
         """(chunk index, stream sequence) of the recorded chunk at or before `offset`;
         (0, 1) when the object has no index (written by another client)."""
+        stride, seqs = self._index
+        if not seqs:
+            return 0, 1
+        k = min((offset // _chunk_size(self)) // stride, len(seqs) - 1)
+        return k * stride, seqs[k]
+
+    @functools.cached_property
+    def _index(self) -> tuple[int, list[int]]:
+        """The checkpoints parsed once per object info (a reader asks on every chunk)."""
         raw = (self.metadata or {}).get(CHECKPOINTS_KEY)
         if not raw:
-            return 0, 1
+            return 1, []
         stride, seqs = raw.split(":", 1)
-        seqs = seqs.split(",")
-        k = min((offset // _chunk_size(self)) // int(stride), len(seqs) - 1)
-        return k * int(stride), int(seqs[k])
+        return int(stride), [int(q) for q in seqs.split(",")]
 
 
 def _chunk_size(info: api.ObjectInfo) -> int:
