@@ -14,14 +14,18 @@ from shared import config, telemetry, topology
 from shared.bus import Bus
 from shared.contracts import GetUsage
 from shared.service import Service
+from tests.conftest import NatsServer
 
 HOLD_S = 1.0
 
 
 @pytest.fixture
-async def bus(nats_server, monkeypatch):
+async def bus(tmp_path, monkeypatch):
     monkeypatch.setattr(quotas, "HOLD_S", HOLD_S)
-    settings = config.load({"NATS_URL": nats_server.url, "VIDMESH_QUOTA_MAX_PROCESSING": "1"})
+    # A server of its own: the usage endpoint answers once the catalog has projected every
+    # stored event, and no catalog consumes the events other tests leave on a shared one.
+    server = NatsServer(tmp_path / "nats").start()
+    settings = config.load({"NATS_URL": server.url, "VIDMESH_QUOTA_MAX_PROCESSING": "1"})
     telemetry.setup("test")
     b = await Bus.connect(settings, "test")
     await topology.ensure(b.js, settings)
@@ -33,6 +37,7 @@ async def bus(nats_server, monkeypatch):
     yield b
     await usage.stop()
     await b.close()
+    server.stop()
 
 
 async def test_an_admission_renewed_while_its_upload_streams_keeps_its_slot(bus):
