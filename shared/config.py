@@ -30,7 +30,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     max_height: int = 4096
     max_duration_s: float = 3 * 3600.0
     transcode_preset: str = "veryfast"
-    transcode_crf: int = 23
+    segment_s: float = 6.0  # HLS segment duration; every rung has an IDR frame at each boundary
+    chunk_s: float = 6.0  # timeline per chunk task; a multiple of segment_s
     tmp_dir: str | None = None
     log_level: str = "INFO"
     events_max_age_s: float = 7 * 24 * 3600.0
@@ -126,6 +127,13 @@ def load(env: dict | None = None) -> Settings:
     tombstone_ttl = _float(env, "VIDMESH_TOMBSTONE_TTL_S", events_max_age + 24 * 3600.0)
     if tombstone_ttl < 1:
         raise ConfigError("VIDMESH_TOMBSTONE_TTL_S must be >= 1 (the server's smallest message TTL)")
+    segment_s = _float(env, "VIDMESH_SEGMENT_S", 6.0)
+    chunk_s = _float(env, "VIDMESH_CHUNK_S", 6.0)
+    if not 0.5 <= segment_s <= 60:
+        raise ConfigError("VIDMESH_SEGMENT_S must be between 0.5 and 60 seconds")
+    per_chunk = round(chunk_s / segment_s)
+    if per_chunk < 1 or abs(per_chunk * segment_s - chunk_s) > 1e-6:
+        raise ConfigError("VIDMESH_CHUNK_S must be a multiple of VIDMESH_SEGMENT_S")
     return Settings(
         **scheduling_settings(env),  # see the block at the end of this file
         **security_settings(env),  # see the block at the end of this file
@@ -143,7 +151,8 @@ def load(env: dict | None = None) -> Settings:
         max_height=_int(env, "VIDMESH_MAX_HEIGHT", 4096),
         max_duration_s=_float(env, "VIDMESH_MAX_DURATION_S", 3 * 3600.0),
         transcode_preset=env.get("VIDMESH_TRANSCODE_PRESET") or "veryfast",
-        transcode_crf=_int(env, "VIDMESH_TRANSCODE_CRF", 23),
+        segment_s=segment_s,
+        chunk_s=chunk_s,
         tmp_dir=env.get("VIDMESH_TMP_DIR") or None,
         log_level=(env.get("VIDMESH_LOG_LEVEL") or "INFO").upper(),
         events_max_age_s=events_max_age,

@@ -32,12 +32,117 @@ class SourceInfo(msgspec.Struct, frozen=True, kw_only=True):
     audio_codec: str | None = None
     # Degrees clockwise to turn decoded frames so they display upright (0, 90, 180, 270).
     rotation: int = 0
+    # The timeline can be cut into chunks: a seek index and ordered timestamps. When False
+    # the video is encoded as one chunk.
+    cuttable: bool = False
+    video_duration: float | None = None  # where the video stream ends (seconds), when known
 
 
 class RenditionSpec(msgspec.Struct, frozen=True, kw_only=True):
+    """One rung of the ladder: its size and its x264 rate control (capped CRF)."""
+
     name: str  # "720p"
     width: int
     height: int
+    crf: int = 23
+    maxrate_kbps: int = 0  # VBV cap in kb/s; 0: uncapped CRF
+    bufsize_kbit: int = 0  # VBV buffer in kbit
+    profile: str = "high"  # H.264 profile
+    level: str = ""  # H.264 level, e.g. "4.2"; "": x264 picks
+
+
+class ChunkSpan(msgspec.Struct, frozen=True, kw_only=True):
+    """One chunk of a video's timeline: frames with start <= t < end (seconds on the source
+    timeline shifted to start at 0). The last chunk has no end: it takes every frame left."""
+
+    index: int
+    start: float
+    end: float | None = None
+    first_segment: int = 0  # the index of the segment that opens at `start`
+
+
+class VideoPlan(msgspec.Struct, frozen=True, kw_only=True):
+    """How the pipeline cut one video: the chunks every rung is encoded in, and the segment
+    grid their keyframes and fragments follow."""
+
+    renditions: list[RenditionSpec]
+    segment_s: float  # segment duration (seconds); chunk starts are multiples of it
+    chunks: list[ChunkSpan]
+    audio: bool = False  # the source has an audio track: one audio task
+    rotation: int = 0
+    duration: float | None = None  # seconds, from the probe
+    segments: int = 0  # segments expected from the duration (the stored count may differ by one)
+
+    def task_names(self) -> list[str]:
+        """Every task of the video, in publishing order (the stitch comes last, when the
+        chunks and the audio are in)."""
+        names = [chunk_task(c.index) for c in self.chunks]
+        if self.audio:
+            names.insert(1, AUDIO_TASK)
+        return [*names, THUMBNAIL_TASK, STITCH_TASK]
+
+    def task_message(
+        self,
+        name: str,
+        *,
+        video_id: str,
+        tenant: str,
+        source: str,
+        segments: list[int] | None = None,
+        audio_segments: list[int] | None = None,
+        audio_priming: int = 0,
+    ):
+        """The message of task `name` of this plan (an EncodeChunk, EncodeAudio,
+        ExtractThumbnail or StitchRenditions); the stitch needs the stored segments.
+        Raises ValueError for a name the plan does not have."""
+        ids = {"video_id": video_id, "tenant": tenant}
+        if name == THUMBNAIL_TASK:
+            return ExtractThumbnail(**ids, source=source)
+        if name == AUDIO_TASK and self.audio:
+            return EncodeAudio(**ids, source=source, segment_s=self.segment_s, duration=self.duration)
+        if name == STITCH_TASK:
+            return StitchRenditions(
+                **ids,
+                renditions=self.renditions,
+                segments=list(segments or []),
+                audio_segments=list(audio_segments or []),
+                audio_priming=audio_priming,
+            )
+        if name.startswith(CHUNK_TASK_PREFIX) and name[len(CHUNK_TASK_PREFIX) :].isdigit():
+            index = int(name[len(CHUNK_TASK_PREFIX) :])
+            if index < len(self.chunks):
+                return EncodeChunk(
+                    **ids,
+                    source=source,
+                    chunk=self.chunks[index],
+                    renditions=self.renditions,
+                    segment_s=self.segment_s,
+                    rotation=self.rotation,
+                    duration=self.duration,
+                )
+        raise ValueError(f"the plan has no task {name!r}")
+
+
+class SegmentInfo(msgspec.Struct, frozen=True, kw_only=True):
+    """One segment as stored: its index in the video, where it starts on the output timeline
+    and how long it lasts (seconds; EXTINF), and the bytes of its fragment per rendition."""
+
+    index: int
+    start: float
+    duration: float
+    sizes: dict[str, int] = {}  # rendition name (or "audio") -> bytes
+
+
+# Task names, as in TaskFailed.task and the pipeline's job: "chunk:<index>", "audio",
+# "thumbnail", "stitch".
+AUDIO_TASK = "audio"
+THUMBNAIL_TASK = "thumbnail"
+STITCH_TASK = "stitch"
+CHUNK_TASK_PREFIX = "chunk:"
+
+
+def chunk_task(index: int) -> str:
+    return f"{CHUNK_TASK_PREFIX}{index}"
 
 
 class ErrorInfo(msgspec.Struct, frozen=True, kw_only=True):
@@ -63,16 +168,49 @@ class VideoPlanned(Contract, tag="pipeline.video_planned.v1"):
     tenant: str
     renditions: list[RenditionSpec]
     thumbnail: bool = True
+    chunks: int = 0  # chunk tasks (each encodes every rendition of its part of the timeline)
+    segments: int = 0  # segments expected per rendition (progress is the share stored)
+    segment_s: float = 0.0
+    audio: bool = False
 
 
-class RenditionProgress(Contract, tag="transcoder.rendition_progress.v1"):
+class ChunkProgress(Contract, tag="transcoder.chunk_progress.v1"):
+    """A chunk task finished `segments` segments (of every rendition) so far; sent at most
+    about once a second while a chunk of several segments encodes."""
+
     video_id: str
     tenant: str
-    rendition: str
-    percent: float
+    chunk: int
+    segments: int
 
 
-class RenditionTranscoded(Contract, tag="transcoder.rendition_transcoded.v1"):
+class ChunkEncoded(Contract, tag="transcoder.chunk_encoded.v1"):
+    """Every rendition of one chunk is stored as CMAF fragments, one per segment, under
+    topology.segment_key; the init segments under topology.init_key (written by chunk 0;
+    `inits` lets the pipeline check that every chunk produced the same ones)."""
+
+    video_id: str
+    tenant: str
+    chunk: int
+    segments: list[SegmentInfo]
+    inits: dict[str, str] = {}  # rendition -> SHA-256 (hex) of its init segment
+    codecs: dict[str, str] = {}  # rendition -> RFC 6381 codec, e.g. "avc1.64001f"
+
+
+class AudioEncoded(Contract, tag="transcoder.audio_encoded.v1"):
+    """The whole audio track is stored as CMAF fragments on the same segment grid as the video
+    (AAC-LC; each fragment starts with the first AAC frame at or after the segment's start)."""
+
+    video_id: str
+    tenant: str
+    segments: list[SegmentInfo]
+    codec: str = "mp4a.40.2"
+    priming: int = 0  # samples (48 kHz) of encoder delay at the start of the track
+
+
+class RenditionStitched(Contract, tag="transcoder.rendition_stitched.v1"):
+    """One rendition's fragments and the audio remuxed (stream copy) into a faststart MP4."""
+
     video_id: str
     tenant: str
     rendition: str
@@ -96,7 +234,7 @@ class ThumbnailExtracted(Contract, tag="thumbnailer.thumbnail_extracted.v1"):
 class TaskFailed(Contract, tag="worker.task_failed.v1"):
     video_id: str
     tenant: str
-    task: str  # "transcode:720p" or "thumbnail"
+    task: str  # "chunk:<index>", "audio", "stitch" or "thumbnail"
     error: ErrorInfo
 
 
@@ -119,8 +257,10 @@ class VideoDeleted(Contract, tag="catalog.video_deleted.v1"):
 Event = Union[
     VideoUploaded,
     VideoPlanned,
-    RenditionProgress,
-    RenditionTranscoded,
+    ChunkProgress,
+    ChunkEncoded,
+    AudioEncoded,
+    RenditionStitched,
     ThumbnailExtracted,
     TaskFailed,
     VideoReady,
@@ -131,13 +271,54 @@ Event = Union[
 # --- commands (tasks, on work-queue streams) -------------------------------------------------
 
 
-class TranscodeRendition(Contract, tag="transcoder.transcode_rendition.v1"):
+class EncodeChunk(Contract, tag="transcoder.encode_chunk.v1"):
+    """Decode one chunk of the source once and encode every rendition of it into CMAF
+    fragments, with an IDR frame at every segment boundary."""
+
     video_id: str
     tenant: str
     source: str  # object key of the upload
-    rendition: RenditionSpec
-    duration: float | None = None
+    chunk: ChunkSpan
+    renditions: list[RenditionSpec]
+    segment_s: float
     rotation: int = 0
+    duration: float | None = None  # seconds, of the whole source
+
+    @property
+    def task(self) -> str:
+        return chunk_task(self.chunk.index)
+
+
+class EncodeAudio(Contract, tag="transcoder.encode_audio.v1"):
+    """Encode the whole audio track once (AAC-LC, 48 kHz stereo) into CMAF fragments on the
+    video's segment grid."""
+
+    video_id: str
+    tenant: str
+    source: str
+    segment_s: float
+    bitrate_kbps: int = 128
+    duration: float | None = None
+
+    @property
+    def task(self) -> str:
+        return AUDIO_TASK
+
+
+class StitchRenditions(Contract, tag="transcoder.stitch_renditions.v1"):
+    """Remux (stream copy) each rendition's stored fragments, with the audio's, into one
+    faststart MP4 at topology.rendition_key."""
+
+    video_id: str
+    tenant: str
+    renditions: list[RenditionSpec]
+    segments: list[int]  # video segment indices, in order
+    audio_segments: list[int] = []  # empty: no audio
+    audio_priming: int = 0  # samples (48 kHz) of encoder delay the MP4's edit list hides
+
+    @property
+    def task(self) -> str:
+        return STITCH_TASK
 
 
 class ExtractThumbnail(Contract, tag="thumbnailer.extract_thumbnail.v1"):
@@ -145,6 +326,13 @@ class ExtractThumbnail(Contract, tag="thumbnailer.extract_thumbnail.v1"):
     tenant: str
     source: str
     max_width: int = 640
+
+    @property
+    def task(self) -> str:
+        return THUMBNAIL_TASK
+
+
+MediaTask = Union[EncodeChunk, EncodeAudio, StitchRenditions, ExtractThumbnail]
 
 
 # --- request-reply ---------------------------------------------------------------------------

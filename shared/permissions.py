@@ -33,13 +33,17 @@ from pathlib import Path
 
 from . import topology as t
 from .contracts import (
+    AudioEncoded,
+    ChunkEncoded,
+    ChunkProgress,
     DeliverWebhook,
+    EncodeAudio,
+    EncodeChunk,
     ExtractThumbnail,
-    RenditionProgress,
-    RenditionTranscoded,
+    RenditionStitched,
+    StitchRenditions,
     TaskFailed,
     ThumbnailExtracted,
-    TranscodeRendition,
     VideoDeleted,
     VideoFailed,
     VideoPlanned,
@@ -97,6 +101,7 @@ class Needs:
 
 
 _ALL_TASK_CONSUMERS = (t.TRANSCODE_TASKS, t.THUMBNAIL_TASKS)
+_TRANSCODE_TASKS = tuple(_all(kind) for kind in (EncodeChunk, EncodeAudio, StitchRenditions))
 
 NEEDS: dict[str, Needs] = {
     "gateway": Needs(
@@ -133,7 +138,7 @@ NEEDS: dict[str, Needs] = {
             _all(VideoPlanned),
             _all(VideoReady),
             _all(VideoFailed),
-            _all(TranscodeRendition),
+            *_TRANSCODE_TASKS,
             _all(ExtractThumbnail),
             _all(TaskFailed),
             *(_dlq(spec) for spec in _ALL_TASK_CONSUMERS),  # tasks whose worker died every time
@@ -146,7 +151,13 @@ NEEDS: dict[str, Needs] = {
         deletes_messages=(t.TASKS_TRANSCODE, t.TASKS_THUMBNAIL),
     ),
     "transcoder": Needs(
-        publishes=(_all(RenditionProgress), _all(RenditionTranscoded), _all(TaskFailed)),
+        publishes=(
+            _all(ChunkProgress),
+            _all(ChunkEncoded),
+            _all(AudioEncoded),
+            _all(RenditionStitched),
+            _all(TaskFailed),
+        ),
         consumes=(t.TRANSCODE_TASKS,),
         media="write",
         reads_messages=(t.EVENTS,),  # was the video deleted? (Direct Get)
@@ -174,7 +185,7 @@ NEEDS: dict[str, Needs] = {
         publishes=(
             t.SCHEDULE_PREFIX + ".>",  # declares the schedules
             t.USAGE_REPORTED_PREFIX + ".>",
-            _all(TranscodeRendition),  # re-drive
+            *_TRANSCODE_TASKS,  # re-drive
             _all(ExtractThumbnail),
             _all(TaskFailed),  # a stuck video fails like a worker that gave up
         ),

@@ -18,13 +18,17 @@ from nats.js import api
 from nats.js.errors import BadRequestError, BucketNotFoundError
 
 from .contracts import (
+    AudioEncoded,
+    ChunkEncoded,
+    ChunkProgress,
     DeliverWebhook,
+    EncodeAudio,
+    EncodeChunk,
     ExtractThumbnail,
-    RenditionProgress,
-    RenditionTranscoded,
+    RenditionStitched,
+    StitchRenditions,
     TaskFailed,
     ThumbnailExtracted,
-    TranscodeRendition,
     VideoDeleted,
     VideoFailed,
     VideoPlanned,
@@ -42,14 +46,18 @@ log = logging.getLogger("vidmesh.topology")
 SUBJECTS: dict[type, str] = {
     VideoUploaded: "gateway.evt.video_uploaded",
     VideoPlanned: "pipeline.evt.video_planned",
-    RenditionProgress: "transcoder.evt.rendition_progress",
-    RenditionTranscoded: "transcoder.evt.rendition_transcoded",
+    ChunkProgress: "transcoder.evt.chunk_progress",
+    ChunkEncoded: "transcoder.evt.chunk_encoded",
+    AudioEncoded: "transcoder.evt.audio_encoded",
+    RenditionStitched: "transcoder.evt.rendition_stitched",
     ThumbnailExtracted: "thumbnailer.evt.thumbnail_extracted",
     TaskFailed: "worker.evt.task_failed",
     VideoReady: "pipeline.evt.video_ready",
     VideoFailed: "pipeline.evt.video_failed",
     VideoDeleted: "catalog.evt.video_deleted",
-    TranscodeRendition: "transcoder.cmd.transcode_rendition",
+    EncodeChunk: "transcoder.cmd.encode_chunk",
+    EncodeAudio: "transcoder.cmd.encode_audio",
+    StitchRenditions: "transcoder.cmd.stitch_renditions",
     ExtractThumbnail: "thumbnailer.cmd.extract_thumbnail",
     DeliverWebhook: "notifier.cmd.deliver_webhook",
 }
@@ -135,11 +143,15 @@ OPS = "OPS"  # logs, metrics and alerts
 OPS_MAX_AGE_S = 24 * 3600.0
 
 
-def work_queue(name: str, subject: str, replicas: int) -> api.StreamConfig:
+# The transcoder's work queue carries its three kinds of task: chunks, the audio, the stitch.
+TRANSCODE_TASK_SUBJECTS = [SUBJECTS[kind] + ".>" for kind in (EncodeChunk, EncodeAudio, StitchRenditions)]
+
+
+def work_queue(name: str, subjects: str | list[str], replicas: int) -> api.StreamConfig:
     """A task stream: each message is removed once a worker acknowledges it."""
     return api.StreamConfig(
         name=name,
-        subjects=[subject],
+        subjects=[subjects] if isinstance(subjects, str) else list(subjects),
         retention=api.RetentionPolicy.WORK_QUEUE,
         storage=api.StorageType.FILE,
         num_replicas=replicas,
@@ -161,7 +173,7 @@ def streams(replicas: int, events_max_age_s: float) -> list[api.StreamConfig]:
             duplicate_window=120.0,
             allow_direct=True,
         ),
-        work_queue(TASKS_TRANSCODE, SUBJECTS[TranscodeRendition] + ".>", replicas),
+        work_queue(TASKS_TRANSCODE, TRANSCODE_TASK_SUBJECTS, replicas),
         work_queue(TASKS_THUMBNAIL, SUBJECTS[ExtractThumbnail] + ".>", replicas),
         api.StreamConfig(
             name=ADVISORIES,
@@ -232,14 +244,16 @@ PIPELINE_EVENTS = ConsumerSpec(
     "pipeline",
     (
         SUBJECTS[VideoUploaded] + ".>",
-        SUBJECTS[RenditionTranscoded] + ".>",
+        SUBJECTS[ChunkEncoded] + ".>",
+        SUBJECTS[AudioEncoded] + ".>",
+        SUBJECTS[RenditionStitched] + ".>",
         SUBJECTS[ThumbnailExtracted] + ".>",
         SUBJECTS[TaskFailed] + ".>",
         SUBJECTS[VideoDeleted] + ".>",
     ),
     max_deliver=20,
 )
-TRANSCODE_TASKS = ConsumerSpec(TASKS_TRANSCODE, "transcoder", (SUBJECTS[TranscodeRendition] + ".>",))
+TRANSCODE_TASKS = ConsumerSpec(TASKS_TRANSCODE, "transcoder", tuple(TRANSCODE_TASK_SUBJECTS))
 THUMBNAIL_TASKS = ConsumerSpec(TASKS_THUMBNAIL, "thumbnailer", (SUBJECTS[ExtractThumbnail] + ".>",))
 EXHAUSTED_TASKS = ConsumerSpec(
     ADVISORIES, "deadletter", tuple(f"{MAX_DELIVERIES_ADVISORY}.{s}.>" for s in MEDIA_TASK_STREAMS)
@@ -331,6 +345,19 @@ def source_key(tenant: str, video_id: str) -> str:
 
 def rendition_key(tenant: str, video_id: str, rendition: str) -> str:
     return media_key(tenant, video_id, f"renditions/{rendition}.mp4")
+
+
+AUDIO_TRACK = "audio"  # the name of the audio track's fragments, beside the renditions'
+
+
+def init_key(tenant: str, video_id: str, track: str) -> str:
+    """The CMAF init segment of a rendition (or of AUDIO_TRACK)."""
+    return media_key(tenant, video_id, f"cmaf/{track}/init.mp4")
+
+
+def segment_key(tenant: str, video_id: str, track: str, index: int) -> str:
+    """The CMAF fragment of one segment of a rendition (or of AUDIO_TRACK)."""
+    return media_key(tenant, video_id, f"cmaf/{track}/{index:05d}.m4s")
 
 
 def thumbnail_key(tenant: str, video_id: str) -> str:

@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import msgspec
 
+from shared import topology
 from shared.contracts import (
+    AudioEncoded,
+    ChunkEncoded,
+    ChunkProgress,
     ErrorInfo,
     Rendition,
-    RenditionProgress,
     RenditionSpec,
-    RenditionTranscoded,
+    RenditionStitched,
     SourceInfo,
     TaskFailed,
     Thumbnail,
@@ -44,6 +47,15 @@ class StoredRendition(msgspec.Struct, frozen=True, kw_only=True):
     has_audio: bool = False
 
 
+class StoredSegment(msgspec.Struct, frozen=True, kw_only=True):
+    """One segment of every rendition (or of the audio): seconds on the output timeline, and
+    its fragment's bytes per rendition."""
+
+    start: float
+    duration: float
+    sizes: dict[str, int] = {}
+
+
 class StoredThumbnail(msgspec.Struct, frozen=True, kw_only=True):
     object: str
     width: int
@@ -68,13 +80,22 @@ class VideoRecord(msgspec.Struct, frozen=True, kw_only=True):
     progress: dict[str, float] = {}
     thumbnail: StoredThumbnail | None = None
     error: ErrorInfo | None = None
+    segment_s: float = 0.0
+    segments_planned: int = 0
+    chunk_progress: dict[str, int] = {}  # chunk index -> segments encoded so far
+    chunks_done: list[int] = []
+    segments: dict[str, StoredSegment] = {}  # segment index -> the segment of every rendition
+    audio_segments: dict[str, StoredSegment] = {}
+    codecs: dict[str, str] = {}  # rendition (or "audio") -> RFC 6381 codec
 
     def stored_bytes(self) -> int:
-        """What this video keeps in the object store (for storage quotas)."""
+        """What this video keeps in the object store (for storage quotas): the source, the
+        MP4 renditions, the thumbnail and the CMAF fragments."""
         if self.status == "deleted":
             return 0
         total = self.source.size if self.source else 0
         total += sum(r.size for r in self.renditions.values())
+        total += sum(sum(seg.sizes.values()) for seg in (*self.segments.values(), *self.audio_segments.values()))
         return total + (self.thumbnail.size if self.thumbnail else 0)
 
     def objects(self) -> list[str]:
@@ -84,7 +105,18 @@ class VideoRecord(msgspec.Struct, frozen=True, kw_only=True):
             names.append(self.source_object)
         if self.thumbnail:
             names.append(self.thumbnail.object)
+        tracks = {name for seg in self.segments.values() for name in seg.sizes} | {spec.name for spec in self.planned}
+        for track, segments in [(t, self.segments) for t in sorted(tracks)] + [(topology.AUDIO_TRACK, self.audio_segments)]:
+            if segments or track in self.codecs:
+                names.append(topology.init_key(self.tenant, self.id, track))
+            names += [topology.segment_key(self.tenant, self.id, track, int(i)) for i in segments]
         return names
+
+    def encoded_share(self) -> float:
+        """Percent of the expected segments encoded (every rendition alike)."""
+        done = sum(self.chunk_progress.values())
+        expected = max(self.segments_planned, done, 1)
+        return min(99.9, 100.0 * done / expected)
 
 
 record_encoder = msgspec.json.Encoder()
@@ -113,14 +145,30 @@ def _fold(r: VideoRecord, e) -> VideoRecord:
             r, uploaded=True, created_at=e.created_at, source=e.source, source_object=e.object, filename=e.filename
         )
     if isinstance(e, VideoPlanned):
-        return replace(r, planned=list(e.renditions))
-    if isinstance(e, RenditionProgress):
-        if r.status in TERMINAL or e.rendition in r.renditions:
+        return _with_progress(
+            replace(r, planned=list(e.renditions), segments_planned=e.segments, segment_s=e.segment_s)
+        )
+    if isinstance(e, ChunkProgress):
+        key = str(e.chunk)
+        if r.status in TERMINAL or e.chunk in r.chunks_done or e.segments <= r.chunk_progress.get(key, 0):
             return r
-        if e.percent <= r.progress.get(e.rendition, -1):
-            return r
-        return replace(r, progress={**r.progress, e.rendition: round(e.percent, 1)})
-    if isinstance(e, RenditionTranscoded):
+        return _with_progress(replace(r, chunk_progress={**r.chunk_progress, key: e.segments}))
+    if isinstance(e, ChunkEncoded):
+        stored = {str(s.index): StoredSegment(start=s.start, duration=s.duration, sizes=s.sizes) for s in e.segments}
+        done = r.chunks_done if e.chunk in r.chunks_done else sorted([*r.chunks_done, e.chunk])
+        return _with_progress(
+            replace(
+                r,
+                segments={**r.segments, **stored},
+                chunks_done=done,
+                chunk_progress={**r.chunk_progress, str(e.chunk): len(e.segments)},
+                codecs={**r.codecs, **e.codecs},
+            )
+        )
+    if isinstance(e, AudioEncoded):
+        stored = {str(s.index): StoredSegment(start=s.start, duration=s.duration, sizes=s.sizes) for s in e.segments}
+        return replace(r, audio_segments=stored, codecs={**r.codecs, topology.AUDIO_TRACK: e.codec})
+    if isinstance(e, RenditionStitched):
         done = StoredRendition(
             width=e.width, height=e.height, object=e.object, size=e.size, duration=e.duration, has_audio=e.has_audio
         )
@@ -139,6 +187,15 @@ def _fold(r: VideoRecord, e) -> VideoRecord:
     if isinstance(e, TaskFailed):
         return r  # the pipeline decides what a failed task means for the video
     return r
+
+
+def _with_progress(r: VideoRecord) -> VideoRecord:
+    """Progress of every rendition not yet stitched: the share of its segments encoded."""
+    if r.status in TERMINAL:
+        return r
+    share = round(r.encoded_share(), 1)
+    progress = {spec.name: (100.0 if spec.name in r.renditions else share) for spec in r.planned}
+    return msgspec.structs.replace(r, progress=progress)
 
 
 def to_view(r: VideoRecord) -> Video:

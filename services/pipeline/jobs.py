@@ -1,19 +1,33 @@
 """Fan-in bookkeeping of one video (pure logic; stored by the pipeline in the `jobs` bucket).
 
-A job knows its tasks; each task ends `done` or `failed`. The job is `ready` when every
-task is done, `failed` as soon as one task failed for good, `deleted` when the video was
-deleted. Transitions are idempotent. `ready` and `deleted` are final; a `failed` job
-becomes `ready` only if its failed tasks complete after all (a dead letter replayed with
-`vidmesh dlq replay`).
+A job knows its plan and its tasks: one per chunk (`chunk:<i>`), the audio, the thumbnail,
+and the stitch, which waits until every chunk and the audio are in. Each task ends `done`
+or `failed`. The job is `ready` when every task is done, `failed` as soon as one task
+failed for good, `deleted` when the video was deleted. Transitions are idempotent. `ready`
+and `deleted` are final; a `failed` job goes on when its failed task completes after all
+(a dead letter replayed with `vidmesh dlq replay`) and becomes `ready` when all are done.
 """
 
 from __future__ import annotations
 
 import msgspec
 
-from shared.contracts import ErrorInfo, RenditionSpec
+from shared import topology
+from shared.contracts import (
+    AUDIO_TASK,
+    CHUNK_TASK_PREFIX,
+    STITCH_TASK,
+    AudioEncoded,
+    ChunkEncoded,
+    ErrorInfo,
+    RenditionSpec,
+    RenditionStitched,
+    VideoPlan,
+    chunk_task,
+)
 
 TERMINAL = ("ready", "failed", "deleted")
+WAITING, PENDING, DONE, FAILED = "waiting", "pending", "done", "failed"
 
 
 class Job(msgspec.Struct, frozen=True, kw_only=True):
@@ -21,44 +35,138 @@ class Job(msgspec.Struct, frozen=True, kw_only=True):
     tenant: str
     source: str
     renditions: list[RenditionSpec]
-    tasks: dict[str, str]  # task name -> pending | done | failed
+    tasks: dict[str, str]  # task name -> waiting | pending | done | failed
     status: str = "processing"
     error: ErrorInfo | None = None
-    outputs: list[str] = []  # object keys written for this video, for clean-up
+    outputs: list[str] = []  # renditions and thumbnail written for this video, for clean-up
+    plan: VideoPlan | None = None
+    chunk_segments: dict[str, list[int]] = {}  # chunk index -> the segments it stored
+    audio_segments: list[int] = []
+    audio_priming: int = 0
+    inits: dict[str, str] = {}  # rendition -> SHA-256 of its init segment (every chunk's must match)
+    stitched: list[str] = []  # renditions whose MP4 is stored
 
 
 job_encoder = msgspec.json.Encoder()
 job_decoder = msgspec.json.Decoder(Job)
 
 
-def transcode_task(rendition: str) -> str:
-    return f"transcode:{rendition}"
+def new_job(video_id: str, tenant: str, source: str, plan: VideoPlan) -> Job:
+    tasks = {name: WAITING if name == STITCH_TASK else PENDING for name in plan.task_names()}
+    return Job(video_id=video_id, tenant=tenant, source=source, renditions=plan.renditions, tasks=tasks, plan=plan)
 
 
-THUMBNAIL_TASK = "thumbnail"
+def chunk_done(job: Job, event: ChunkEncoded) -> Job:
+    task = chunk_task(event.chunk)
+    if job.status in ("ready", "deleted") or task not in job.tasks:
+        return job
+    for name, digest in event.inits.items():
+        if job.inits.get(name, digest) != digest:
+            error = ErrorInfo(
+                code="encode_mismatch",
+                message=f"{task}: its {name} init segment differs from another chunk's (the encoder settings changed)",
+            )
+            return task_failed(job, task, error)
+    return _advance(
+        msgspec.structs.replace(
+            job,
+            tasks={**job.tasks, task: DONE},
+            chunk_segments={**job.chunk_segments, str(event.chunk): [s.index for s in event.segments]},
+            inits={**job.inits, **event.inits},
+        )
+    )
 
 
-def new_job(video_id: str, tenant: str, source: str, renditions: list[RenditionSpec]) -> Job:
-    tasks = {transcode_task(r.name): "pending" for r in renditions}
-    tasks[THUMBNAIL_TASK] = "pending"
-    return Job(video_id=video_id, tenant=tenant, source=source, renditions=renditions, tasks=tasks)
+def audio_done(job: Job, event: AudioEncoded) -> Job:
+    if job.status in ("ready", "deleted") or AUDIO_TASK not in job.tasks:
+        return job
+    return _advance(
+        msgspec.structs.replace(
+            job,
+            tasks={**job.tasks, AUDIO_TASK: DONE},
+            audio_segments=[s.index for s in event.segments],
+            audio_priming=event.priming,
+        )
+    )
+
+
+def rendition_stitched(job: Job, event: RenditionStitched) -> Job:
+    outputs = _with_output(job, event.object)
+    if job.status in ("ready", "deleted") or STITCH_TASK not in job.tasks:
+        return msgspec.structs.replace(job, outputs=outputs)
+    stitched = job.stitched if event.rendition in job.stitched else [*job.stitched, event.rendition]
+    tasks = job.tasks
+    if {r.name for r in job.renditions} <= set(stitched):
+        tasks = {**tasks, STITCH_TASK: DONE}
+    return _advance(msgspec.structs.replace(job, tasks=tasks, stitched=stitched, outputs=outputs))
 
 
 def task_done(job: Job, task: str, output: str | None) -> Job:
-    outputs = job.outputs if output is None or output in job.outputs else [*job.outputs, output]
+    """A task with one output (the thumbnail) is done."""
+    outputs = _with_output(job, output)
     if job.status in ("ready", "deleted") or task not in job.tasks:
         return msgspec.structs.replace(job, outputs=outputs)
-    tasks = {**job.tasks, task: "done"}
-    if all(state == "done" for state in tasks.values()):
-        return msgspec.structs.replace(job, tasks=tasks, status="ready", error=None, outputs=outputs)
-    return msgspec.structs.replace(job, tasks=tasks, outputs=outputs)
+    return _advance(msgspec.structs.replace(job, tasks={**job.tasks, task: DONE}, outputs=outputs))
 
 
 def task_failed(job: Job, task: str, error: ErrorInfo) -> Job:
     if job.status in TERMINAL:
         return job
-    return msgspec.structs.replace(job, tasks={**job.tasks, task: "failed"}, status="failed", error=error)
+    return msgspec.structs.replace(job, tasks={**job.tasks, task: FAILED}, status="failed", error=error)
 
 
 def deleted(job: Job) -> Job:
     return job if job.status == "deleted" else msgspec.structs.replace(job, status="deleted")
+
+
+def _advance(job: Job) -> Job:
+    """The stitch starts when every chunk and the audio are in; the video is ready when every
+    task is done."""
+    tasks = job.tasks
+    encodes = [state for name, state in tasks.items() if name.startswith(CHUNK_TASK_PREFIX) or name == AUDIO_TASK]
+    if tasks.get(STITCH_TASK) == WAITING and all(state == DONE for state in encodes):
+        tasks = {**tasks, STITCH_TASK: PENDING}
+    if all(state == DONE for state in tasks.values()):
+        return msgspec.structs.replace(job, tasks=tasks, status="ready", error=None)
+    return msgspec.structs.replace(job, tasks=tasks)
+
+
+def _with_output(job: Job, output: str | None) -> list[str]:
+    return job.outputs if output is None or output in job.outputs else [*job.outputs, output]
+
+
+def video_segments(job: Job) -> list[int]:
+    """Every stored video segment of the job, in order."""
+    return sorted({index for indices in job.chunk_segments.values() for index in indices})
+
+
+# --- task messages ---------------------------------------------------------------------------
+
+
+def task_message(job: Job, name: str):
+    """The message of one of the job's tasks (for publishing it, or publishing it again);
+    None for a task the job does not have or cannot publish yet (a waiting stitch)."""
+    if job.plan is None or job.tasks.get(name, WAITING) == WAITING:
+        return None
+    return job.plan.task_message(
+        name,
+        video_id=job.video_id,
+        tenant=job.tenant,
+        source=job.source,
+        segments=video_segments(job),
+        audio_segments=job.audio_segments,
+        audio_priming=job.audio_priming,
+    )
+
+
+def media_of(job: Job) -> list[str]:
+    """Every object key the job's tasks may have written (for deleting a deleted video)."""
+    keys = list(job.outputs)
+    track_names = [r.name for r in job.renditions]
+    for name in track_names:
+        keys.append(topology.init_key(job.tenant, job.video_id, name))
+        keys += [topology.segment_key(job.tenant, job.video_id, name, i) for i in video_segments(job)]
+    if job.plan is not None and job.plan.audio:
+        keys.append(topology.init_key(job.tenant, job.video_id, topology.AUDIO_TRACK))
+        keys += [topology.segment_key(job.tenant, job.video_id, topology.AUDIO_TRACK, i) for i in job.audio_segments]
+    return keys

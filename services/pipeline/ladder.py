@@ -1,10 +1,37 @@
-"""The rendition ladder: which sizes to transcode an upload into."""
+"""The rendition ladder: which sizes an upload is encoded into, and at what rate control.
+
+One table, LADDER: each rung's shorter side, its x264 CRF and the VBV cap that bounds its
+peak bit rate (so playlists can state honest bandwidths), its H.264 profile and level.
+The caps follow Apple's HLS Authoring Specification bit-rate ladder for H.264 (1080p
+7800 kb/s, 720p 4500, 540p 2000, 432p 1100; here 480p and 360p take the two lower rows);
+the buffer is two seconds at the cap. The levels cover up to 60 frames/s at each size
+(H.264 Annex A, Table A-1: 1080p60 needs 4.2, 720p60 3.2, 480p60 and 360p60 3.1).
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from shared.contracts import RenditionSpec
 
-RUNGS = (1080, 720, 480, 360)  # heights of a landscape ladder (shorter side in general)
+
+@dataclass(frozen=True)
+class Rung:
+    short_side: int  # pixels
+    crf: int
+    maxrate_kbps: int
+    bufsize_kbit: int
+    profile: str
+    level: str
+
+
+LADDER = (
+    Rung(1080, crf=23, maxrate_kbps=7800, bufsize_kbit=15600, profile="high", level="4.2"),
+    Rung(720, crf=23, maxrate_kbps=4500, bufsize_kbit=9000, profile="high", level="3.2"),
+    Rung(480, crf=23, maxrate_kbps=2000, bufsize_kbit=4000, profile="main", level="3.1"),
+    Rung(360, crf=23, maxrate_kbps=1100, bufsize_kbit=2200, profile="main", level="3.1"),
+)
+RUNGS = tuple(r.short_side for r in LADDER)  # heights of a landscape ladder (shorter side in general)
 
 
 def plan_ladder(width: int, height: int) -> list[RenditionSpec]:
@@ -12,17 +39,30 @@ def plan_ladder(width: int, height: int) -> list[RenditionSpec]:
 
     Rungs are sizes of the shorter side, so portrait video keeps its orientation and gets
     the same quality steps as landscape. No rung upscales; a source smaller than the
-    lowest rung gets one rendition at its own size.
+    lowest rung gets one rendition at its own size, with the lowest rung's rate control.
     """
     if width <= 0 or height <= 0:
         raise ValueError(f"invalid source size {width}x{height}")
     short, long_ = min(width, height), max(width, height)
-    rungs = [r for r in RUNGS if r <= short] or [max(2, short // 2 * 2)]  # round down: no upscale
+    rungs = [r for r in LADDER if r.short_side <= short]
+    sides = [r.short_side for r in rungs] or [max(2, short // 2 * 2)]  # round down: no upscale
+    rungs = rungs or [LADDER[-1]]
     specs = []
-    for rung in rungs:
-        other = _even(long_ * rung / short)  # keep the aspect ratio
-        w, h = (other, rung) if width >= height else (rung, other)
-        specs.append(RenditionSpec(name=f"{rung}p", width=w, height=h))
+    for side, rung in zip(sides, rungs):
+        other = _even(long_ * side / short)  # keep the aspect ratio
+        w, h = (other, side) if width >= height else (side, other)
+        specs.append(
+            RenditionSpec(
+                name=f"{side}p",
+                width=w,
+                height=h,
+                crf=rung.crf,
+                maxrate_kbps=rung.maxrate_kbps,
+                bufsize_kbit=rung.bufsize_kbit,
+                profile=rung.profile,
+                level=rung.level,
+            )
+        )
     return specs
 
 

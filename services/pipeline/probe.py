@@ -93,7 +93,7 @@ def _inspect(container, size, max_width, max_height, max_duration_s, max_streams
     if not _fits(declared, max_width, max_height):
         _check_size(declared[::-1], max_width, max_height)
 
-    frame = _first_frame(container, video)
+    frame, untimed = _first_frame(container, video)
     if frame is None or not frame.width or not frame.height:
         raise ProbeError("unreadable", "no video frame could be decoded")
     rotation = rotation_of(frame)
@@ -102,6 +102,8 @@ def _inspect(container, size, max_width, max_height, max_duration_s, max_streams
 
     audio = container.streams.audio[0] if container.streams.audio else None
     rate = video.average_rate or video.guessed_rate
+    video_duration = _video_end(container, video) or duration
+    cuttable = not untimed and _cuttable(container, video, video_duration)
     return SourceInfo(
         size=size,
         container=fmt,
@@ -112,6 +114,8 @@ def _inspect(container, size, max_width, max_height, max_duration_s, max_streams
         video_codec=ctx.name,
         audio_codec=audio.codec_context.name if audio is not None else None,
         rotation=rotation,
+        cuttable=cuttable,
+        video_duration=video_duration,
     )
 
 
@@ -170,12 +174,44 @@ def _duration(container, stream) -> float | None:
 
 
 def _first_frame(container, stream):
+    """(the first decoded frame or None, whether a packet before it had no timestamp)."""
+    untimed = False
     for n, packet in enumerate(container.demux(stream)):
+        untimed |= packet.size > 0 and packet.pts is None
         for frame in packet.decode():
-            return frame
+            return frame, untimed or frame.pts is None
         if n >= _MAX_PACKETS:
             break
-    return None
+    return None, untimed
+
+
+def _video_end(container, stream) -> float | None:
+    """Where the video stream ends on the timeline the tasks use (seconds from the
+    container's start), when the file says so."""
+    if not stream.duration or not stream.time_base:
+        return None
+    start = (stream.start_time or 0) * stream.time_base - Fraction(container.start_time or 0, av.time_base)
+    return float(start + stream.duration * stream.time_base)
+
+
+# Demuxers with an index of the video's keyframes (MP4/MOV sample tables, Matroska cues,
+# AVI idx1): the ones chunk tasks can seek in exactly.
+_INDEXED_FORMATS = {"mov", "mp4", "matroska", "webm", "avi"}
+
+
+def _cuttable(container, stream, duration: float | None) -> bool:
+    """Can the timeline be cut into chunks that tasks encode apart? It needs a keyframe
+    index (a seek lands on a keyframe at or before its target) with timestamps that only go
+    forward. Checked from the index alone, so a probe of an upload's two ends suffices."""
+    if not duration or not set(container.format.name.split(",")) & _INDEXED_FORMATS:
+        return False
+    try:
+        # Matroska reads its cues on the first seek: ask for one, to the middle.
+        container.seek(int(duration / 2 / stream.time_base), stream=stream, backward=True)
+    except av.error.FFmpegError:
+        return False
+    keys = [e.timestamp for e in stream.index_entries if e.is_keyframe]
+    return len(keys) >= 2 and all(a < b for a, b in zip(keys, keys[1:]))
 
 
 # --- isolation: the probe in a child process with bounded memory, CPU and time ---------------

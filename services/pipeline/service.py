@@ -18,32 +18,35 @@ from shared import telemetry, topology
 from shared.bus import Bus, kv_write
 from shared.consumer import Delivery, Retry, dead_letter
 from shared.contracts import (
+    AudioEncoded,
+    ChunkEncoded,
     ErrorInfo,
     Event,
-    ExtractThumbnail,
     MaxDeliveriesAdvisory,
+    MediaTask,
     ProbeSource,
     Probed,
-    RenditionTranscoded,
+    RenditionStitched,
     SourceInfo,
     TaskFailed,
     ThumbnailExtracted,
-    TranscodeRendition,
     VideoDeleted,
     VideoFailed,
     VideoPlanned,
     VideoReady,
     VideoUploaded,
+    STITCH_TASK,
+    THUMBNAIL_TASK,
     decoder,
 )
 from shared.service import Service
 
 from . import jobs
-from .ladder import plan_ladder
+from .plan import plan_video
 from .probe import ProbeError, probe_isolated
 
 log = logging.getLogger("vidmesh.pipeline")
-service = Service("pipeline", "Probe uploads, fan out renditions and a thumbnail, fan in")
+service = Service("pipeline", "Probe uploads, fan out chunks, audio and a thumbnail, fan in, stitch")
 
 CAS_ATTEMPTS = 20
 
@@ -94,17 +97,21 @@ async def on_event(event, delivery: Delivery) -> None:
     bus = delivery.bus
     if isinstance(event, VideoUploaded):
         await fan_out(bus, event)
-    elif isinstance(event, RenditionTranscoded):
-        await fan_in(bus, event, lambda job: jobs.task_done(job, jobs.transcode_task(event.rendition), event.object))
+    elif isinstance(event, ChunkEncoded):
+        await fan_in(bus, event, lambda job: jobs.chunk_done(job, event))
+    elif isinstance(event, AudioEncoded):
+        await fan_in(bus, event, lambda job: jobs.audio_done(job, event))
+    elif isinstance(event, RenditionStitched):
+        await fan_in(bus, event, lambda job: jobs.rendition_stitched(job, event))
     elif isinstance(event, ThumbnailExtracted):
-        await fan_in(bus, event, lambda job: jobs.task_done(job, jobs.THUMBNAIL_TASK, event.object))
+        await fan_in(bus, event, lambda job: jobs.task_done(job, THUMBNAIL_TASK, event.object))
     elif isinstance(event, TaskFailed):
         await fan_in(bus, event, lambda job: jobs.task_failed(job, event.task, event.error))
     elif isinstance(event, VideoDeleted):
         await fan_in(bus, event, jobs.deleted)
 
 
-TASKS = decoder(Union[TranscodeRendition, ExtractThumbnail])
+TASKS = decoder(MediaTask)
 
 
 @service.consumer(topology.EXHAUSTED_TASKS, MaxDeliveriesAdvisory)
@@ -132,7 +139,7 @@ async def on_exhausted_task(advisory: MaxDeliveriesAdvisory, delivery: Delivery)
     except (msgspec.DecodeError, msgspec.ValidationError):
         task = None
     if task is not None:
-        name = jobs.THUMBNAIL_TASK if isinstance(task, ExtractThumbnail) else jobs.transcode_task(task.rendition.name)
+        name = task.task
         error = ErrorInfo(code="retries_exhausted", message=f"{name}: no worker finished it in {advisory.deliveries} attempts")
         failed = TaskFailed(video_id=task.video_id, tenant=task.tenant, task=name, error=error)
         await bus.publish(failed, msg_id=f"{task.video_id}:{name}:failed")
@@ -143,31 +150,35 @@ async def on_exhausted_task(advisory: MaxDeliveriesAdvisory, delivery: Delivery)
 
 
 async def fan_out(bus: Bus, event: VideoUploaded) -> None:
-    source = event.source
-    renditions = plan_ladder(source.width, source.height)
-    job = jobs.new_job(event.video_id, event.tenant, event.object, renditions)
+    """Create the job (once) and publish its plan and its tasks: chunk 0 first, then the
+    audio (the first seconds of every rendition and of the audio are the first to play),
+    then the other chunks in timeline order, then the thumbnail."""
+    settings = bus.settings
+    plan = plan_video(event.source, chunk_s=settings.chunk_s, segment_s=settings.segment_s)
+    job = jobs.new_job(event.video_id, event.tenant, event.object, plan)
     kv = await bus.kv(topology.KV_JOBS)
     key = topology.state_key(event.tenant, event.video_id)
     try:
         await kv.create(key, jobs.job_encoder.encode(job))
     except KeyWrongLastSequenceError:
         job = jobs.job_decoder.decode((await kv.get(key)).value)  # redelivery: job exists
-    if job.status != "processing":
+    if job.status != "processing" or job.plan is None:
         return
-    for spec in job.renditions:
-        task = TranscodeRendition(
-            video_id=event.video_id,
-            tenant=event.tenant,
-            source=event.object,
-            rendition=spec,
-            duration=source.duration,
-            rotation=source.rotation,
-        )
-        await bus.publish(task, msg_id=f"{event.video_id}:transcode:{spec.name}")
-    thumb = ExtractThumbnail(video_id=event.video_id, tenant=event.tenant, source=event.object)
-    await bus.publish(thumb, msg_id=f"{event.video_id}:thumbnail")
-    planned = VideoPlanned(video_id=event.video_id, tenant=event.tenant, renditions=job.renditions)
+    plan = job.plan
+    planned = VideoPlanned(
+        video_id=event.video_id,
+        tenant=event.tenant,
+        renditions=plan.renditions,
+        chunks=len(plan.chunks),
+        segments=plan.segments,
+        segment_s=plan.segment_s,
+        audio=plan.audio,
+    )
     await bus.publish(planned, msg_id=f"{event.video_id}:planned")
+    for name in plan.task_names():
+        task = jobs.task_message(job, name)
+        if task is not None:
+            await bus.publish(task, msg_id=f"{event.video_id}:{name}")
 
 
 async def fan_in(bus: Bus, event, change) -> None:
@@ -202,15 +213,33 @@ async def fan_in(bus: Bus, event, change) -> None:
 
 async def _announce(bus: Bus, job: jobs.Job, event) -> None:
     # Re-announcing on redelivery is safe: the msg-id makes JetStream drop the duplicate.
+    if job.status == "deleted":
+        # Media written by tasks that finished after the delete would otherwise be orphaned.
+        for name in jobs.media_of(job) + _written_by(event, job):
+            await bus.media.delete(name)
+        return
+    if job.tasks.get(STITCH_TASK) == jobs.PENDING and isinstance(event, (ChunkEncoded, AudioEncoded)):
+        # Only the last chunk or audio result moves the stitch to pending; a redelivery of it
+        # publishes the same task again, which JetStream drops as a duplicate.
+        await bus.publish(jobs.task_message(job, STITCH_TASK), msg_id=f"{job.video_id}:{STITCH_TASK}")
     if job.status == "ready":
         await bus.publish(VideoReady(video_id=job.video_id, tenant=job.tenant), msg_id=f"{job.video_id}:ready")
     elif job.status == "failed" and job.error is not None:
         failed = VideoFailed(video_id=job.video_id, tenant=job.tenant, error=job.error)
         await bus.publish(failed, msg_id=f"{job.video_id}:failed")
-    elif job.status == "deleted":
-        # Media written by tasks that finished after the delete would otherwise be orphaned.
-        for name in job.outputs:
-            await bus.media.delete(name)
-        output = getattr(event, "object", None)
-        if output and not isinstance(event, VideoUploaded):
-            await bus.media.delete(output)
+
+
+def _written_by(event, job: jobs.Job) -> list[str]:
+    """The object keys a task result names (a late result of a deleted video)."""
+    if isinstance(event, (RenditionStitched, ThumbnailExtracted)):
+        return [event.object]
+    if isinstance(event, ChunkEncoded):
+        keys = [topology.segment_key(event.tenant, event.video_id, r, s.index) for s in event.segments for r in s.sizes]
+        if event.chunk == 0:
+            keys += [topology.init_key(event.tenant, event.video_id, r) for r in event.inits]
+        return keys
+    if isinstance(event, AudioEncoded):
+        track = topology.AUDIO_TRACK
+        keys = [topology.segment_key(event.tenant, event.video_id, track, s.index) for s in event.segments]
+        return keys + [topology.init_key(event.tenant, event.video_id, track)] if event.segments else keys
+    return []

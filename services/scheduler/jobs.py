@@ -32,15 +32,13 @@ from shared.consumer import Retry
 from shared.contracts import (
     DeleteVideo,
     ErrorInfo,
-    ExtractThumbnail,
-    GetVideo,
     ListVideos,
-    RenditionSpec,
+    MediaTask,
     TaskFailed,
-    TranscodeRendition,
     UsageReported,
     Video,
     VideoPage,
+    VideoPlan,
     decoder,
 )
 
@@ -48,8 +46,6 @@ log = logging.getLogger("vidmesh.scheduler")
 
 DAY_S = 86400.0
 PAGE = 100
-THUMBNAIL_TASK = "thumbnail"  # task names as in TaskFailed.task: "transcode:<rendition>" | "thumbnail"
-TRANSCODE_PREFIX = "transcode:"
 
 
 # --- retention -----------------------------------------------------------------------------
@@ -94,9 +90,12 @@ class JobView(msgspec.Struct, frozen=True, kw_only=True):
     video_id: str
     tenant: str
     source: str
-    renditions: list[RenditionSpec] = []
-    tasks: dict[str, str] = {}  # task -> pending | done | failed
+    tasks: dict[str, str] = {}  # task -> waiting | pending | done | failed
     status: str = "processing"
+    plan: VideoPlan | None = None
+    chunk_segments: dict[str, list[int]] = {}
+    audio_segments: list[int] = []
+    audio_priming: int = 0
 
 
 class RedriveState(msgspec.Struct, frozen=True, kw_only=True):
@@ -107,7 +106,7 @@ class RedriveState(msgspec.Struct, frozen=True, kw_only=True):
 job_decoder = msgspec.json.Decoder(JobView)
 state_decoder = msgspec.json.Decoder(RedriveState)
 state_encoder = msgspec.json.Encoder()
-transcode_decoder = decoder(TranscodeRendition)
+task_decoder = decoder(MediaTask)
 
 
 def missing_tasks(job: JobView, queued: set[str]) -> list[str]:
@@ -159,9 +158,8 @@ async def redrive(bus: Bus, now: float) -> dict:
             summary["failed"] += 1
             log.warning("re-drive: %s/%s is stuck on %s: failed", job.tenant, job.video_id, missing)
             continue
-        source = await _source(bus, job)
         for task in missing:
-            msg = _task_message(job, task, source)
+            msg = _task_message(job, task)
             if msg is not None:
                 await bus.publish(msg, msg_id=f"{job.video_id}:{task}:redrive{attempt}")
                 summary["republished"] += 1
@@ -173,54 +171,40 @@ async def redrive(bus: Bus, now: float) -> dict:
 async def queued_tasks(bus: Bus, job: JobView) -> set[str]:
     """The tasks of `job` that have a message on their work queue."""
     found: set[str] = set()
-    subject = f"{topology.SUBJECTS[TranscodeRendition]}.{job.tenant}.{job.video_id}"
-    seq = 1
-    while True:
-        try:
-            msg = await bus.js.get_msg(topology.TASKS_TRANSCODE, seq=seq, subject=subject, next=True)
-        except NotFoundError:
-            break
-        try:
-            found.add(TRANSCODE_PREFIX + transcode_decoder.decode(msg.data).rendition.name)
-        except (msgspec.DecodeError, msgspec.ValidationError):
-            pass
-        seq = msg.seq + 1
-    try:
-        await bus.js.get_last_msg(topology.TASKS_THUMBNAIL, f"{topology.SUBJECTS[ExtractThumbnail]}.{job.tenant}.{job.video_id}")
-        found.add(THUMBNAIL_TASK)
-    except NotFoundError:
-        pass
+    for stream in topology.MEDIA_TASK_STREAMS:
+        subject = f"*.cmd.*.{job.tenant}.{job.video_id}"
+        seq = 1
+        while True:
+            try:
+                msg = await bus.js.get_msg(stream, seq=seq, subject=subject, next=True)
+            except NotFoundError:
+                break
+            try:
+                found.add(task_decoder.decode(msg.data).task)
+            except (msgspec.DecodeError, msgspec.ValidationError):
+                pass
+            seq = msg.seq + 1
     return found
 
 
-def _task_message(job: JobView, task: str, source):
-    if task == THUMBNAIL_TASK:
-        return ExtractThumbnail(video_id=job.video_id, tenant=job.tenant, source=job.source)
-    if task.startswith(TRANSCODE_PREFIX):
-        name = task[len(TRANSCODE_PREFIX) :]
-        spec = next((r for r in job.renditions if r.name == name), None)
-        if spec is not None:
-            return TranscodeRendition(
-                video_id=job.video_id,
-                tenant=job.tenant,
-                source=job.source,
-                rendition=spec,
-                duration=source.duration if source else None,
-                rotation=source.rotation if source else 0,
-            )
-    log.warning("re-drive: do not know how to publish task %r of %s", task, job.video_id)
-    return None
-
-
-async def _source(bus: Bus, job: JobView):
-    """What the probe learned (duration, rotation), from the catalog."""
+def _task_message(job: JobView, task: str):
+    if job.plan is None:
+        log.warning("re-drive: %s has no plan: cannot publish %r", job.video_id, task)
+        return None
+    segments = sorted({i for indices in job.chunk_segments.values() for i in indices})
     try:
-        video = await bus.request(topology.RPC_CATALOG_GET, GetVideo(tenant=job.tenant, video_id=job.video_id), Video)
-    except RpcError as exc:
-        if exc.code == "not_found":
-            return None
-        raise Retry(f"catalog: {exc}") from None
-    return video.source
+        return job.plan.task_message(
+            task,
+            video_id=job.video_id,
+            tenant=job.tenant,
+            source=job.source,
+            segments=segments,
+            audio_segments=job.audio_segments,
+            audio_priming=job.audio_priming,
+        )
+    except ValueError:
+        log.warning("re-drive: do not know how to publish task %r of %s", task, job.video_id)
+        return None
 
 
 async def _take_attempt(kv, key: str, now: float, min_gap_s: float) -> int | None:

@@ -1,62 +1,223 @@
-"""transcoder: one rendition per task, pulled from the TASKS_TRANSCODE work queue.
+"""transcoder: the media work of a video, in tasks pulled from the TASKS_TRANSCODE work queue.
 
-The output key is derived from the task, so a redelivered task overwrites its own output
-instead of adding a second one. Progress goes out as events about once a second.
+- EncodeChunk: one chunk of the timeline, decoded once, encoded into every rung as CMAF
+  fragments (chunk.py);
+- EncodeAudio: the whole audio track into CMAF fragments on the same segment grid (audio.py);
+- StitchRenditions: each rung's fragments and the audio remuxed into a faststart MP4 (stitch.py).
+
+Outputs are keyed by the task (topology.init_key / segment_key / rendition_key), so a
+redelivered task overwrites its own outputs instead of adding more. A task of a deleted
+video is dropped, and one in progress stops within a second.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import tempfile
 import threading
-import logging
+from collections.abc import Callable
+from typing import Union
 
 from opentelemetry import context as otel_context
 
 from shared import telemetry, topology
 from shared.consumer import Delivery, Poison, Retry
-from shared.contracts import ErrorInfo, RenditionProgress, RenditionTranscoded, TaskFailed, TranscodeRendition
+from shared.contracts import (
+    AudioEncoded,
+    ChunkEncoded,
+    ChunkProgress,
+    EncodeAudio,
+    EncodeChunk,
+    ErrorInfo,
+    RenditionStitched,
+    SegmentInfo,
+    StitchRenditions,
+    TaskFailed,
+)
+from shared.objects import ObjectReader
 from shared.service import Service
 
-from .encode import Cancelled, MediaError, transcode
+from . import audio, chunk
+from .media import Cancelled, MediaError
+from .stitch import stitch
 
 log = logging.getLogger("vidmesh.transcoder")
 
-service = Service("transcoder", "Transcode one rendition per task (H.264/AAC MP4)")
-
-
-async def report_failure(task: TranscodeRendition, delivery: Delivery, exc: Exception) -> None:
-    code = exc.code if isinstance(exc, Poison) else "retries_exhausted"
-    failed = TaskFailed(
-        video_id=task.video_id,
-        tenant=task.tenant,
-        task=f"transcode:{task.rendition.name}",
-        error=ErrorInfo(code=code, message=f"{task.rendition.name}: {exc}"),
-    )
-    await delivery.bus.publish(failed, msg_id=f"{task.video_id}:transcode:{task.rendition.name}:failed")
-
+service = Service("transcoder", "Encode chunks of the ladder and the audio as CMAF, stitch the MP4 renditions")
 
 CANCEL_POLL_S = 0.5
+UPLOADS_IN_FLIGHT = 8  # object-store writes of one task at once
+Task = Union[EncodeChunk, EncodeAudio, StitchRenditions]
 
 
-@service.consumer(topology.TRANSCODE_TASKS, TranscodeRendition, on_exhausted=report_failure)
-async def transcode_rendition(task: TranscodeRendition, delivery: Delivery) -> None:
-    bus = delivery.bus
-    settings = bus.settings
-    spec = task.rendition
-    if await bus.video_deleted(task.tenant, task.video_id):
-        log.info("dropping %s of deleted video %s", spec.name, task.video_id)
+async def report_failure(task: Task, delivery: Delivery, exc: Exception) -> None:
+    code = exc.code if isinstance(exc, Poison) else "retries_exhausted"
+    error = ErrorInfo(code=code, message=f"{task.task}: {exc}")
+    failed = TaskFailed(video_id=task.video_id, tenant=task.tenant, task=task.task, error=error)
+    await delivery.bus.publish(failed, msg_id=f"{task.video_id}:{task.task}:failed")
+
+
+@service.consumer(topology.TRANSCODE_TASKS, Task, on_exhausted=report_failure)
+async def on_task(task: Task, delivery: Delivery) -> None:
+    if await delivery.bus.video_deleted(task.tenant, task.video_id):
+        log.info("dropping %s of deleted video %s", task.task, task.video_id)
         return
-    loop = asyncio.get_running_loop()
-    stop = threading.Event()  # read by the encoder thread on every frame
+    if isinstance(task, EncodeChunk):
+        await encode_chunk(task, delivery)
+    elif isinstance(task, EncodeAudio):
+        await encode_audio(task, delivery)
+    else:
+        await stitch_renditions(task, delivery)
 
-    def on_progress(percent: float) -> None:  # encoder thread, at most about once a second
-        event = RenditionProgress(video_id=task.video_id, tenant=task.tenant, rendition=spec.name, percent=percent)
-        msg_id = f"{task.video_id}:{spec.name}:progress:{delivery.attempt}:{int(percent)}"
-        # the thread runs in the task's trace context; carry it over to the loop
-        parent = otel_context.get_current()
-        asyncio.run_coroutine_threadsafe(_publish_quietly(bus, event, msg_id, parent), loop)
+
+async def encode_chunk(task: EncodeChunk, delivery: Delivery) -> None:
+    bus = delivery.bus
+    span = task.chunk
+    grid = task.segment_s
+    end_segment = None if span.end is None else round(span.end / grid)
+    loop = asyncio.get_running_loop()
+
+    def on_progress(done: int) -> None:  # encoder thread, at most about once a second
+        event = ChunkProgress(video_id=task.video_id, tenant=task.tenant, chunk=span.index, segments=done)
+        _publish_from_thread(bus, loop, event, f"{task.video_id}:{task.task}:progress:{delivery.attempt}:{done}")
+
+    source = await _source(bus, task)
+    if source is None:
+        return
+    with tempfile.TemporaryDirectory(prefix="vidmesh-chunk-", dir=bus.settings.tmp_dir) as tmp:
+        attributes = {"vidmesh.chunk": span.index, "vidmesh.preset": bus.settings.transcode_preset}
+        with telemetry.tracer.start_as_current_span("encode chunk", attributes=attributes):
+            result = await _run_media(
+                bus,
+                task,
+                lambda stop: chunk.encode_chunk(
+                    source,
+                    tmp,
+                    rungs=task.renditions,
+                    segment_s=grid,
+                    first_segment=span.first_segment,
+                    end_segment=end_segment,
+                    rotation=task.rotation,
+                    preset=bus.settings.transcode_preset,
+                    on_progress=on_progress,
+                    should_stop=stop,
+                ),
+            )
+        if result is None:
+            return
+        uploads = []
+        for r in task.renditions:
+            if span.index == 0 and result.segments:  # every chunk makes the same init: one stores it
+                uploads.append((topology.init_key(task.tenant, task.video_id, r.name), chunk.init_path(tmp, r.name)))
+            for seg in result.segments:
+                key = topology.segment_key(task.tenant, task.video_id, r.name, seg.index)
+                uploads.append((key, chunk.segment_path(tmp, r.name, seg.index)))
+        with telemetry.tracer.start_as_current_span("upload fragments", attributes={"vidmesh.objects": len(uploads)}):
+            await _put_files(bus, uploads)
+    done = ChunkEncoded(
+        video_id=task.video_id,
+        tenant=task.tenant,
+        chunk=span.index,
+        segments=[_segment_info(s) for s in result.segments],
+        inits=result.inits,
+        codecs=result.codecs,
+    )
+    await bus.publish(done, msg_id=f"{task.video_id}:{task.task}:done")
+
+
+async def encode_audio(task: EncodeAudio, delivery: Delivery) -> None:
+    bus = delivery.bus
+    source = await _source(bus, task)
+    if source is None:
+        return
+    with tempfile.TemporaryDirectory(prefix="vidmesh-audio-", dir=bus.settings.tmp_dir) as tmp:
+        with telemetry.tracer.start_as_current_span("encode audio"):
+            result = await _run_media(
+                bus,
+                task,
+                lambda stop: audio.encode_audio(
+                    source, tmp, segment_s=task.segment_s, bitrate_kbps=task.bitrate_kbps, should_stop=stop
+                ),
+            )
+        if result is None:
+            return
+        track = topology.AUDIO_TRACK
+        uploads = []
+        if result.segments:
+            uploads.append((topology.init_key(task.tenant, task.video_id, track), audio.init_path(tmp)))
+        for seg in result.segments:
+            uploads.append((topology.segment_key(task.tenant, task.video_id, track, seg.index), audio.segment_path(tmp, seg.index)))
+        with telemetry.tracer.start_as_current_span("upload fragments", attributes={"vidmesh.objects": len(uploads)}):
+            await _put_files(bus, uploads)
+    done = AudioEncoded(
+        video_id=task.video_id,
+        tenant=task.tenant,
+        segments=[_segment_info(s) for s in result.segments],
+        priming=result.priming,
+    )
+    await bus.publish(done, msg_id=f"{task.video_id}:{task.task}:done")
+
+
+async def stitch_renditions(task: StitchRenditions, delivery: Delivery) -> None:
+    bus = delivery.bus
+    with tempfile.TemporaryDirectory(prefix="vidmesh-stitch-", dir=bus.settings.tmp_dir) as tmp:
+        sound = None
+        if task.audio_segments:
+            sound = os.path.join(tmp, "audio.cmaf")
+            if not await _fetch_track(bus, task, topology.AUDIO_TRACK, task.audio_segments, sound):
+                return
+        for r in task.renditions:
+            track = os.path.join(tmp, f"{r.name}.cmaf")
+            if not await _fetch_track(bus, task, r.name, task.segments, track):
+                return
+            dst = os.path.join(tmp, f"{r.name}.mp4")
+            with telemetry.tracer.start_as_current_span("stitch", attributes={"vidmesh.rendition": r.name}):
+                result = await _run_media(
+                    bus, task, lambda _stop: stitch(track, dst, audio=sound, audio_priming=task.audio_priming)
+                )
+            if result is None:
+                return
+            key = topology.rendition_key(task.tenant, task.video_id, r.name)
+            with telemetry.tracer.start_as_current_span("upload rendition"):
+                info = await bus.media.put_file(key, dst)
+            os.remove(track)
+            os.remove(dst)
+            done = RenditionStitched(
+                video_id=task.video_id,
+                tenant=task.tenant,
+                rendition=r.name,
+                object=key,
+                width=result.width,
+                height=result.height,
+                size=info.size,
+                duration=result.duration,
+                has_audio=result.has_audio,
+            )
+            await bus.publish(done, msg_id=f"{task.video_id}:stitch:{r.name}:done")
+
+
+# --- helpers -------------------------------------------------------------------------------
+
+
+async def _source(bus, task):
+    """The upload as a seekable file read straight from the object store (a chunk reads its
+    part of the source, not the whole of it); None when the video was deleted meanwhile."""
+    info = await bus.media.info(task.source)
+    if info is None:
+        if await bus.video_deleted(task.tenant, task.video_id):
+            return None  # deleted while queued: its source went with it
+        raise Poison("source_missing", "the upload is no longer in the object store")
+    return ObjectReader(bus.media, info, asyncio.get_running_loop())
+
+
+async def _run_media(bus, task, work: Callable[[Callable[[], bool]], object]):
+    """Run `work(should_stop)` in a thread while watching for the video's deletion.
+
+    Returns its result, or None when the video was deleted meanwhile. Bad media is poison;
+    other media errors (the output side: disk, muxer) are retried."""
+    stop = threading.Event()  # read by the media thread on every frame
 
     async def watch_cancellation() -> None:
         while not stop.is_set():
@@ -64,61 +225,61 @@ async def transcode_rendition(task: TranscodeRendition, delivery: Delivery) -> N
             if await bus.video_deleted(task.tenant, task.video_id):
                 stop.set()
 
-    with tempfile.TemporaryDirectory(prefix="vidmesh-transcode-", dir=settings.tmp_dir) as tmp:
-        src, dst = os.path.join(tmp, "source"), os.path.join(tmp, f"{spec.name}.mp4")
-        try:
-            with telemetry.tracer.start_as_current_span("download source"):
-                await bus.media.download(task.source, src)
-        except FileNotFoundError:
-            if await bus.video_deleted(task.tenant, task.video_id):
-                return  # deleted while queued: its source went with it
-            raise Poison("source_missing", "the upload is no longer in the object store") from None
-        watcher = asyncio.create_task(watch_cancellation())
-        try:
-            with telemetry.tracer.start_as_current_span(
-                "transcode", attributes={"vidmesh.rendition": spec.name, "vidmesh.preset": settings.transcode_preset}
-            ):
-                result = await asyncio.to_thread(
-                    transcode,
-                    src,
-                    dst,
-                    width=spec.width,
-                    height=spec.height,
-                    rotation=task.rotation,
-                    preset=settings.transcode_preset,
-                    crf=settings.transcode_crf,
-                    duration=task.duration,
-                    on_progress=on_progress,
-                    should_stop=stop.is_set,
-                )
-        except asyncio.CancelledError:
-            stop.set()  # shutdown: let the encoder thread notice and end
-            raise
-        except Cancelled:
-            log.info("abandoned %s of video %s: it was deleted", spec.name, task.video_id)
-            return
-        except MediaError as exc:
-            if exc.code == "bad_media":
-                raise Poison(exc.code, exc.message) from None
-            raise Retry(f"{exc.code}: {exc.message}") from None  # output side (disk, muxer)
-        finally:
-            stop.set()
-            watcher.cancel()
-        key = topology.rendition_key(task.tenant, task.video_id, spec.name)
-        with telemetry.tracer.start_as_current_span("upload rendition"):
-            info = await bus.media.put_file(key, dst)
-    done = RenditionTranscoded(
-        video_id=task.video_id,
-        tenant=task.tenant,
-        rendition=spec.name,
-        object=key,
-        width=result.width,
-        height=result.height,
-        size=info.size,
-        duration=result.duration,
-        has_audio=result.has_audio,
-    )
-    await bus.publish(done, msg_id=f"{task.video_id}:transcode:{spec.name}:done")
+    watcher = asyncio.create_task(watch_cancellation())
+    try:
+        return await asyncio.to_thread(work, stop.is_set)
+    except asyncio.CancelledError:
+        stop.set()  # shutdown: let the media thread notice and end
+        raise
+    except Cancelled:
+        log.info("abandoned %s of video %s: it was deleted", task.task, task.video_id)
+        return None
+    except MediaError as exc:
+        if exc.code == "bad_media":
+            raise Poison(exc.code, exc.message) from None
+        raise Retry(f"{exc.code}: {exc.message}") from None
+    finally:
+        stop.set()
+        watcher.cancel()
+
+
+async def _put_files(bus, uploads: list[tuple[str, str]]) -> None:
+    """Store files under their keys, a few at a time."""
+    limit = asyncio.Semaphore(UPLOADS_IN_FLIGHT)
+
+    async def put(key: str, path: str) -> None:
+        async with limit:
+            await bus.media.put_file(key, path)
+
+    await asyncio.gather(*(put(key, path) for key, path in uploads))
+
+
+async def _fetch_track(bus, task: StitchRenditions, track: str, segments: list[int], path: str) -> bool:
+    """Write a track's init segment and its fragments, in order, into one file; False when
+    the video was deleted meanwhile."""
+    keys = [topology.init_key(task.tenant, task.video_id, track)]
+    keys += [topology.segment_key(task.tenant, task.video_id, track, index) for index in segments]
+    loop = asyncio.get_running_loop()
+    with open(path, "wb") as fh:
+        for key in keys:
+            info = await bus.media.info(key)
+            if info is None:
+                if await bus.video_deleted(task.tenant, task.video_id):
+                    return False
+                raise Poison("fragment_missing", f"{key} is not in the object store")
+            async for data in bus.media.read(info):
+                await loop.run_in_executor(None, fh.write, data)
+    return True
+
+
+def _segment_info(seg) -> SegmentInfo:
+    return SegmentInfo(index=seg.index, start=round(seg.start, 6), duration=round(seg.duration, 6), sizes=seg.sizes)
+
+
+def _publish_from_thread(bus, loop, event, msg_id: str) -> None:
+    # the thread runs in the task's trace context; carry it over to the loop
+    parent = otel_context.get_current()
+    asyncio.run_coroutine_threadsafe(_publish_quietly(bus, event, msg_id, parent), loop)
 
 
 async def _publish_quietly(bus, event, msg_id: str, parent) -> None:
