@@ -30,13 +30,23 @@ def test_settings_defaults_and_parsing(tmp_path):
     assert s.replicas == 3 and s.max_upload_bytes == 1000
     d = config.load({})
     assert d.nats_url is None and d.nats_port == 4222 and d.http_port == 8080
-    assert d.transcode_preset == "veryfast" and d.transcode_crf == 23
+    assert d.transcode_preset == "veryfast"
+    assert d.chunk_s == 6.0 and d.segment_s == 6.0
+    cut = config.load({"VIDMESH_CHUNK_S": "4", "VIDMESH_SEGMENT_S": "2"})
+    assert cut.chunk_s == 4.0 and cut.segment_s == 2.0
     assert d.max_width == 4096 and d.max_duration_s == 3 * 3600
 
 
 @pytest.mark.parametrize(
     "env",
-    [{"VIDMESH_REPLICAS": "2"}, {"VIDMESH_HTTP_PORT": "eighty"}, {"VIDMESH_API_KEYS": "no-colon"}, {"VIDMESH_API_KEYS": "bad tenant:k"}],
+    [
+        {"VIDMESH_REPLICAS": "2"},
+        {"VIDMESH_HTTP_PORT": "eighty"},
+        {"VIDMESH_API_KEYS": "no-colon"},
+        {"VIDMESH_API_KEYS": "bad tenant:k"},
+        {"VIDMESH_CHUNK_S": "5", "VIDMESH_SEGMENT_S": "2"},  # chunks must end on segment boundaries
+        {"VIDMESH_SEGMENT_S": "0"},
+    ],
 )
 def test_bad_settings_name_the_variable(env):
     with pytest.raises(config.ConfigError) as err:
@@ -130,7 +140,8 @@ def test_unsatisfiable_ranges(header):
 
 def test_sse_framing():
     assert sse("video_ready", b'{"a":1}', "7") == b'event: video_ready\nid: 7\ndata: {"a":1}\n\n'
-    assert event_name("transcoder.rendition_progress.v1") == "rendition_progress"
+    assert event_name("transcoder.chunk_progress.v1") == "chunk_progress"
+    assert event_name("transcoder.rendition_stitched.v1") == "rendition_stitched"
 
 
 def test_accepted_content_types():

@@ -11,7 +11,7 @@ import pytest
 from services.notifier import outbound
 from services.scheduler import jobs, schedules
 from shared import config, topology
-from shared.contracts import Rendition, RenditionSpec, SourceInfo, Video
+from shared.contracts import Rendition, SourceInfo, Video
 from shared.webhook_signature import SignatureError, parse, sign, verify
 
 SECRET = "whsec_test-secret"
@@ -167,11 +167,19 @@ def test_missing_tasks_are_pending_ones_on_no_queue():
         video_id="v",
         tenant="t",
         source="t/v/source",
-        renditions=[RenditionSpec(name="240p", width=320, height=240)],
-        tasks={"transcode:240p": "pending", "transcode:360p": "done", "thumbnail": "pending"},
+        tasks={
+            "chunk:0": "pending",
+            "chunk:1": "done",
+            "audio": "pending",
+            "thumbnail": "pending",
+            "stitch": "waiting",  # not published before the chunks are in: never lost
+        },
     )
-    assert jobs.missing_tasks(job, {"transcode:240p"}) == ["thumbnail"]
-    assert jobs.missing_tasks(job, {"transcode:240p", "thumbnail"}) == []
+    assert jobs.missing_tasks(job, {"chunk:0"}) == ["audio", "thumbnail"]
+    assert jobs.missing_tasks(job, {"chunk:0", "audio", "thumbnail"}) == []
+    stitching = jobs.JobView(video_id="v", tenant="t", source="s", tasks={"chunk:0": "done", "stitch": "pending"})
+    assert jobs.missing_tasks(stitching, set()) == ["stitch"]
+    assert jobs.missing_tasks(stitching, {"stitch"}) == []
 
 
 def _matches(pattern: str, subject: str) -> bool:
