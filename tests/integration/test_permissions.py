@@ -19,7 +19,7 @@ import nats
 import pytest
 
 from services import up
-from shared import config, permissions, topology
+from shared import config, contracts, permissions, topology
 from shared.permissions import ADMIN, NEEDS, SERVICES, nats_users_conf
 from tests.conftest import free_ports, wait_for
 
@@ -207,3 +207,32 @@ async def test_only_admin_creates_the_topology(secured):
         assert await worker.refused("$JS.API.STREAM.UPDATE.TASKS_TRANSCODE")
     finally:
         await worker.close()
+
+
+async def test_the_chunked_pipeline_s_subjects_are_open_to_exactly_their_owners(secured):
+    """Each kind of transcode task (chunk, audio, stitch) may be published by the pipeline
+    (fan-out) and the scheduler (re-drive), and each transcoder result by the transcoder;
+    a worker cannot hand itself work, nor forge another worker's results."""
+    tasks = [topology.SUBJECTS[k] + ".alice.v1" for k in (contracts.EncodeChunk, contracts.EncodeAudio, contracts.StitchRenditions)]
+    results = [
+        topology.SUBJECTS[k] + ".alice.v1"
+        for k in (contracts.ChunkProgress, contracts.ChunkEncoded, contracts.AudioEncoded, contracts.RenditionStitched)
+    ]
+    clients = {name: await as_user(secured, name) for name in ("pipeline", "scheduler", "transcoder", "thumbnailer")}
+    try:
+        for subject in tasks:
+            for name in ("pipeline", "scheduler"):
+                await clients[name].nc.publish(subject, b"{}")
+                assert not await clients[name].refused(subject), (name, subject, clients[name].errors)
+            for name in ("transcoder", "thumbnailer"):
+                await clients[name].nc.publish(subject, b"{}")
+                assert await clients[name].refused(subject), (name, subject)
+        for subject in results:
+            await clients["transcoder"].nc.publish(subject, b"{}")
+            assert not await clients["transcoder"].refused(subject), (subject, clients["transcoder"].errors)
+            for name in ("pipeline", "thumbnailer"):
+                await clients[name].nc.publish(subject, b"{}")
+                assert await clients[name].refused(subject), (name, subject)
+    finally:
+        for c in clients.values():
+            await c.close()

@@ -123,7 +123,9 @@ async def upload(bus: Bus, tenant: str, clip: str, created_at: float | None = No
     video_id = new_video_id()
     key = topology.source_key(tenant, video_id)
     info = await bus.media.put_file(key, clip)
-    source = SourceInfo(size=info.size, container="mp4", duration=1.0, width=320, height=240, fps=30.0, video_codec="h264")
+    source = SourceInfo(
+        size=info.size, container="mp4", duration=1.0, width=320, height=240, fps=30.0, video_codec="h264", audio_codec="aac"
+    )
     event = VideoUploaded(
         video_id=video_id, tenant=tenant, object=key, created_at=created_at or time.time(), source=source
     )
@@ -227,6 +229,36 @@ async def test_declaring_is_idempotent_a_change_updates_and_off_removes(bus, set
         await on.close()
 
 
+# --- what re-drive counts as queued ------------------------------------------------------------
+
+
+async def test_a_task_on_either_media_work_queue_is_queued_not_lost(bus):
+    """Chunks, the audio and the stitch wait on TASKS_TRANSCODE, the thumbnail on
+    TASKS_THUMBNAIL: re-drive must see each there (no worker runs yet in this module, so
+    they stay queued) and call only the others missing."""
+    from services.pipeline.plan import plan_video
+
+    vid = new_video_id()
+    source = SourceInfo(size=1, duration=20.0, width=320, height=240, audio_codec="aac", cuttable=True)
+    plan = plan_video(source, chunk_s=6.0, segment_s=6.0)
+    view = jobs.JobView(
+        video_id=vid,
+        tenant="queued",
+        source="queued/x/source",
+        plan=plan,
+        tasks={name: "pending" for name in plan.task_names()},
+    )
+    on_queue = ["chunk:0", "chunk:2", "audio", "stitch", "thumbnail"]
+    try:
+        for name in on_queue:
+            await bus.publish(jobs._task_message(view, name), msg_id=f"{vid}:{name}")
+        assert await jobs.queued_tasks(bus, view) == set(on_queue)
+        assert jobs.missing_tasks(view, await jobs.queued_tasks(bus, view)) == ["chunk:1"]
+    finally:  # the workers started by later tests must not find these
+        for stream in topology.MEDIA_TASK_STREAMS:
+            await bus.js.purge_stream(stream, subject=f"*.cmd.*.queued.{vid}")
+
+
 # --- retention -----------------------------------------------------------------------------
 
 
@@ -286,8 +318,9 @@ async def _lose_thumbnail_task(bus, tenant, vid) -> None:
 async def test_redrive_completes_a_video_whose_task_was_lost(bus, replicas, services, clip, settings):
     vid = await upload(bus, "redrive", clip)
     await _lose_thumbnail_task(bus, "redrive", vid)
-    job = await until(lambda: _transcoded(bus, "redrive", vid), 30, "the rendition to be transcoded")
+    job = await until(lambda: _stitched(bus, "redrive", vid), 30, "the chunk, the audio and the stitch to be done")
     assert job.status == "processing" and job.tasks["thumbnail"] == "pending"
+    assert {job.tasks[t] for t in ("chunk:0", "audio", "stitch")} == {"done"}
 
     # not stuck yet: no progress for less than VIDMESH_STUCK_AFTER_S
     _, run = await admin.run_now(bus, "redrive", as_of=time.time(), timeout=20)
@@ -300,9 +333,9 @@ async def test_redrive_completes_a_video_whose_task_was_lost(bus, replicas, serv
     assert done.status == "ready" and done.thumbnail is not None, done
 
 
-async def _transcoded(bus, tenant, vid):
+async def _stitched(bus, tenant, vid):
     job = await _job(bus, tenant, vid)
-    return job if job and job.tasks.get("transcode:240p") == "done" else None
+    return job if job and job.tasks.get("stitch") == "done" else None
 
 
 async def _terminal(bus, tenant, vid):
@@ -312,9 +345,9 @@ async def _terminal(bus, tenant, vid):
 
 async def test_redrive_fails_a_video_still_stuck_after_the_last_attempt(bus, replicas, services, clip):
     vid = await upload(bus, "stuck", clip)
-    # only the thumbnail goes missing: let the rendition finish first, so each re-drive
-    # republishes exactly that one task
-    await until(lambda: _transcoded(bus, "stuck", vid), 30, "the rendition to be transcoded")
+    # only the thumbnail goes missing: let the chunk, the audio and the stitch finish first,
+    # so each re-drive republishes exactly that one task
+    await until(lambda: _stitched(bus, "stuck", vid), 30, "the rendition to be stitched")
     now = time.time() + STUCK_AFTER_S + 1
     for attempt in (1, 2):  # VIDMESH_REDRIVE_MAX_ATTEMPTS=2, and the task gets lost every time
         await _lose_thumbnail_task(bus, "stuck", vid)

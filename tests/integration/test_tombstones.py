@@ -17,7 +17,7 @@ from services.pipeline import jobs
 from services.pipeline import service as pipeline
 from shared import config, telemetry, topology
 from shared.bus import Bus
-from shared.contracts import RenditionTranscoded, SourceInfo, VideoDeleted, VideoUploaded
+from shared.contracts import ChunkEncoded, RenditionStitched, SegmentInfo, SourceInfo, VideoDeleted, VideoUploaded
 
 TTL_S = 2
 
@@ -45,7 +45,7 @@ async def _value(bus, bucket: str, key: str) -> bytes | None:
         return None
 
 
-async def test_a_deleted_video_holds_off_late_events_then_its_records_expire(bus):
+async def test_a_deleted_video_holds_off_late_events_then_its_records_expire(bus, tmp_path):
     gone, kept = new_video_id(), new_video_id()
     for vid in (gone, kept):
         await catalog.project(bus, _uploaded("tomb", vid))
@@ -54,11 +54,21 @@ async def test_a_deleted_video_holds_off_late_events_then_its_records_expire(bus
     await pipeline.fan_in(bus, deleted, jobs.deleted)  # deleted before its job existed: a job tombstone
     key = topology.state_key("tomb", gone)
 
-    # a late result of the deleted video does not bring it back
-    late = RenditionTranscoded(video_id=gone, tenant="tomb", rendition="240p", object="y", width=320, height=240, size=1)
-    await catalog.project(bus, late)
+    # late results of the deleted video do not bring it back; the fragments a late chunk
+    # stored are deleted rather than orphaned
+    fragment = topology.segment_key("tomb", gone, "240p", 0)
+    (tmp_path / "fragment").write_bytes(b"moof")
+    await bus.media.put_file(fragment, tmp_path / "fragment")
+    late_chunk = ChunkEncoded(
+        video_id=gone, tenant="tomb", chunk=0, segments=[SegmentInfo(index=0, start=0.0, duration=1.0, sizes={"240p": 4})]
+    )
+    stitched = RenditionStitched(video_id=gone, tenant="tomb", rendition="240p", object="y", width=320, height=240, size=1)
+    for late in (late_chunk, stitched):
+        await catalog.project(bus, late)
+    await pipeline.fan_in(bus, late_chunk, lambda job: jobs.chunk_done(job, late_chunk))
     assert record_decoder.decode(await _value(bus, topology.KV_VIDEOS, key)).status == "deleted"
     assert jobs.job_decoder.decode(await _value(bus, topology.KV_JOBS, key)).status == "deleted"
+    assert await bus.media.info(fragment) is None
 
     deadline = time.monotonic() + TTL_S + 10
     while await _value(bus, topology.KV_VIDEOS, key) is not None or await _value(bus, topology.KV_JOBS, key) is not None:
