@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 from contextlib import closing
 import json
+import math
 import mimetypes
 import os
 import sys
@@ -41,6 +42,7 @@ from rich.progress import (
     TimeRemainingColumn,
     TransferSpeedColumn,
 )
+from rich.markup import escape
 from rich.table import Table
 
 DEFAULT_URL = "http://127.0.0.1:8080"
@@ -546,6 +548,121 @@ def register(cli: typer.Typer) -> None:
                 raise typer.Exit(130) from None
 
 
+# --- progress of one video, from its events --------------------------------------------------
+
+
+AUDIO, THUMBNAIL = "audio", "thumbnail"
+
+
+class VideoProgress:
+    """What a user wants to see of one video while it processes, folded from its events.
+
+    Chunk tasks encode every rendition of a part of the timeline at once, so renditions
+    advance together: each one's share is the segments encoded (per chunk, the most
+    `chunk_progress` reported, or the final count of `chunk_encoded`) over the segments
+    `video_planned` expects. A rendition is done only when its MP4 is stitched
+    (`rendition_stitched`); until then it stays below 100 %, because the plan's count is an
+    estimate (the stored count can differ by one) and the stitch still has to run.
+
+    Tracks are the renditions, then `audio` (when the source has sound) and `thumbnail`.
+    Events may repeat (a replayed history) and arrive in any order: applying is idempotent.
+    """
+
+    def __init__(self) -> None:
+        self.renditions: list[str] = []
+        self.chunks = 0  # chunk tasks planned
+        self.segments = 0  # segments planned per rendition
+        self.audio = False
+        self.thumbnail = False
+        self.chunk_segments: dict[int, int] = {}  # chunk -> segments encoded so far
+        self.chunks_encoded: set[int] = set()
+        self.stitched: dict[str, dict] = {}  # rendition -> its rendition_stitched data
+        self.finished: set[str] = set()  # audio / thumbnail done
+        self.failures: dict[str, str] = {}  # track -> "task code"
+        self.ended = False  # the video failed or was deleted: nothing more will finish
+
+    @property
+    def tracks(self) -> list[str]:
+        return [*self.renditions, *([AUDIO] if self.audio else []), *([THUMBNAIL] if self.thumbnail else [])]
+
+    def apply(self, name: str, d: dict) -> None:
+        if name == "video_planned":
+            self.renditions = [r["name"] for r in d.get("renditions", [])]
+            self.chunks = int(d.get("chunks") or 0)
+            self.segments = int(d.get("segments") or 0)
+            self.audio = bool(d.get("audio"))
+            self.thumbnail = bool(d.get("thumbnail", True))
+        elif name == "chunk_progress":
+            chunk = int(d.get("chunk", 0))
+            if chunk not in self.chunks_encoded:
+                self.chunk_segments[chunk] = max(self.chunk_segments.get(chunk, 0), int(d.get("segments") or 0))
+        elif name == "chunk_encoded":
+            chunk = int(d.get("chunk", 0))
+            self.chunks_encoded.add(chunk)
+            self.chunk_segments[chunk] = len(d.get("segments") or [])
+        elif name == "audio_encoded":
+            self.finished.add(AUDIO)
+        elif name == "thumbnail_extracted":
+            self.finished.add(THUMBNAIL)
+        elif name == "rendition_stitched":
+            rendition = str(d.get("rendition") or "?")
+            self.stitched[rendition] = d
+            if rendition not in self.renditions:
+                self.renditions.append(rendition)
+        elif name == "task_failed":
+            task = str(d.get("task") or "?")
+            error = d.get("error") or {}
+            text = f"{task} {error.get('code')}"
+            for track in self._tracks_of(task):
+                self.failures[track] = text
+        elif name in ("video_failed", "video_deleted"):
+            self.ended = True
+
+    def _tracks_of(self, task: str) -> list[str]:
+        """The tracks a failed task leaves unfinished: a chunk or the stitch holds back every
+        rendition not yet stitched."""
+        if task in (AUDIO, THUMBNAIL):
+            return [task]
+        return [r for r in self.renditions if r not in self.stitched]
+
+    @property
+    def encoded(self) -> int:
+        """Segments encoded so far (of every rendition alike)."""
+        return sum(self.chunk_segments.values())
+
+    @property
+    def all_chunks_encoded(self) -> bool:
+        return self.chunks > 0 and len(self.chunks_encoded) >= self.chunks
+
+    def percent(self, track: str) -> float:
+        if track in self.stitched or track in self.finished:
+            return 100.0
+        if track in (AUDIO, THUMBNAIL):
+            return 0.0
+        if self.all_chunks_encoded:
+            return 99.0  # encoded; the stitch is left
+        done = self.encoded
+        return min(99.0, 100.0 * done / max(self.segments, done, 1))
+
+    def state(self, track: str) -> str:
+        """A few words on the track: queued, encoding, stitching, done, or why it failed."""
+        if track in self.stitched:
+            return f"done {_size(self.stitched[track].get('size'))}"
+        if track in self.finished:
+            return "done"
+        if track in self.failures:
+            return f"failed: {self.failures[track]}"
+        if self.ended:
+            return "not done"
+        if track in (AUDIO, THUMBNAIL):
+            return "queued"
+        if self.all_chunks_encoded:
+            return "stitching"
+        if self.encoded or self.chunks_encoded:
+            return f"encoding {self.encoded}/{max(self.segments, self.encoded)} segments"
+        return "queued"
+
+
 # --- upload and follow -------------------------------------------------------------------------
 
 
@@ -595,7 +712,8 @@ def _upload_one(client: Client, path: Path, as_json: bool) -> dict:
 
 
 def _follow(client: Client, video: dict, as_json: bool) -> dict:
-    """Show per-rendition progress from the SSE stream; return the final video."""
+    """Show per-rendition progress (and the audio's and the thumbnail's) from the SSE
+    stream; return the final video."""
     video_id = video["id"]
     progress = Progress(
         TextColumn("{task.description}"),
@@ -605,31 +723,25 @@ def _follow(client: Client, video: dict, as_json: bool) -> dict:
         console=err,
         disable=as_json,
     )
-    tasks: dict[str, int] = {}
+    bars: dict[str, int] = {}
+    seen = VideoProgress()
 
-    def task_for(name: str) -> int:
-        if name not in tasks:
-            tasks[name] = progress.add_task(f"{video_id[-8:]} {name:>9}", total=100, state="queued")
-        return tasks[name]
+    def redraw() -> None:
+        for track in seen.tracks:
+            if track not in bars:
+                bars[track] = progress.add_task(f"{video_id[-8:]} {track:>9}", total=100, state="queued")
+            state = escape(seen.state(track))
+            if track in seen.failures and track not in seen.stitched and track not in seen.finished:
+                state = f"[red]{state}[/]"
+            progress.update(bars[track], completed=seen.percent(track), state=state)
 
     outcome = None
     with progress:
         for name, data, _ in client.events(video_id):
-            if name == "video_planned":
-                for spec in data.get("renditions", []):
-                    task_for(spec["name"])
-                if data.get("thumbnail", True):
-                    task_for("thumbnail")
-            elif name == "rendition_progress":
-                progress.update(task_for(data["rendition"]), completed=data["percent"], state="transcoding")
-            elif name == "rendition_transcoded":
-                progress.update(task_for(data["rendition"]), completed=100, state=f"done {_size(data.get('size', 0))}")
-            elif name == "thumbnail_extracted":
-                progress.update(task_for("thumbnail"), completed=100, state="done")
-            elif name == "task_failed":
-                task = data.get("task", "?").split(":")[-1]
-                error = data.get("error") or {}
-                progress.update(task_for(task), state=f"[red]{error.get('code')}[/]")
+            seen.apply(name, data)
+            redraw()
+            if name == "task_failed" and not as_json:
+                progress.console.print(f"{video_id}: task {data.get('task')} failed: {_error_text(data.get('error'), data.get('task'))}", markup=False)
             if name in TERMINAL_EVENTS or name == "video":
                 outcome = name
                 break
@@ -645,8 +757,7 @@ def _follow(client: Client, video: dict, as_json: bool) -> dict:
             names = " ".join(r["name"] for r in final.get("renditions", []))
             out.print(f"[green]ready[/] {video_id}: {names}", markup=True)
         else:
-            error = final.get("error") or {}
-            detail = f": {error.get('code')}: {error.get('message')}" if error else ""
+            detail = f": {_error_text(final['error'])}" if final.get("error") else ""
             out.print(f"[red]{final['status']}[/] {video_id}{detail}", markup=True)
     if outcome is None and final["status"] == "processing":  # the stream ended early
         raise ApiError("stream_ended", f"the event stream of {video_id} ended before a final state")
@@ -669,11 +780,30 @@ def _when(ts: float | None) -> str:
     return datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S") if ts else ""
 
 
+def _percent(p: float) -> str:
+    # rounded down: a rendition reads 100 % only once its MP4 is stitched
+    return f"{math.floor(p)}%"
+
+
+def _error_text(error: dict | None, task: str | None = None) -> str:
+    """`code: message`. A task's message starts with its task name, and often repeats the
+    code after it ("chunk:3: bad_media: ..."): the code is shown once, and the task name
+    not at all when the caller already shows it."""
+    error = error or {}
+    code, message = str(error.get("code")), str(error.get("message") or "")
+    head, sep, rest = message.partition(": ")
+    if sep and rest.startswith(f"{code}: "):
+        message = f"{head}: {rest[len(code) + 2:]}"
+    if task and message.startswith(f"{task}: "):
+        message = message[len(task) + 2 :]
+    return f"{code}: {message}"
+
+
 def _status_text(v: dict) -> str:
     status = v["status"]
     if status == "processing" and v.get("progress"):
         done = sum(v["progress"].values()) / max(1, len(v.get("planned") or v["progress"]))
-        return f"processing {done:.0f}%"
+        return f"processing {_percent(done)}"
     if status == "failed" and v.get("error"):
         return f"failed ({v['error']['code']})"
     return status
@@ -710,10 +840,14 @@ def _print_video(v: dict, base: str) -> None:
         if extra:
             table.add_row("", ", ".join(str(e) for e in extra))
     if v.get("error"):
-        table.add_row("error", f"{v['error']['code']}: {v['error']['message']}")
+        table.add_row("error", escape(_error_text(v["error"])))
     if v.get("planned") and v["status"] == "processing":
+        done = {r["name"] for r in v.get("renditions", [])}
         table.add_row(
-            "progress", ", ".join(f"{name} {v.get('progress', {}).get(name, 0):.0f}%" for name in v["planned"])
+            "progress",
+            ", ".join(
+                f"{name} {'done' if name in done else _percent(v.get('progress', {}).get(name, 0))}" for name in v["planned"]
+            ),
         )
     for r in v.get("renditions", []):
         table.add_row(f"rendition {r['name']}", f"{r['width']}x{r['height']}, {_size(r.get('size'))}, {base}{r['url']}")
@@ -727,17 +861,31 @@ def _event_summary(name: str, d: dict) -> str:
     if name == "video_uploaded":
         return f"{d.get('filename') or ''} {_source_summary(d.get('source'))}".strip()
     if name == "video_planned":
-        return " ".join(r["name"] for r in d.get("renditions", [])) + (" + thumbnail" if d.get("thumbnail") else "")
-    if name == "rendition_progress":
-        return f"{d.get('rendition')} {d.get('percent', 0):.0f}%"
-    if name == "rendition_transcoded":
-        return f"{d.get('rendition')} {d.get('width')}x{d.get('height')} {_size(d.get('size'))}"
+        parts = [" ".join(r["name"] for r in d.get("renditions", []))]
+        if d.get("chunks"):
+            chunks, segments = d["chunks"], d.get("segments", 0)
+            parts.append(
+                f"{chunks} chunk{'s' * (chunks != 1)}, {segments} segment{'s' * (segments != 1)} of {d.get('segment_s', 0):g} s"
+            )
+        parts += [extra for extra in ("audio", "thumbnail") if d.get(extra)]
+        return ", ".join(parts)
+    if name == "chunk_progress":
+        return f"chunk {d.get('chunk')}: {d.get('segments')} segments encoded"
+    if name == "chunk_encoded":
+        segments = d.get("segments") or []
+        size = sum(sum((s.get("sizes") or {}).values()) for s in segments)
+        span = f"segments {segments[0]['index']}-{segments[-1]['index']}" if segments else "no segment (past the end)"
+        return f"chunk {d.get('chunk')}: {span}, every rendition, {_size(size)}"
+    if name == "audio_encoded":
+        return f"{len(d.get('segments') or [])} segments, {d.get('codec')}"
+    if name == "rendition_stitched":
+        return f"{d.get('rendition')} {d.get('width')}x{d.get('height')} {_size(d.get('size'))}, {d.get('duration', 0):.1f} s"
     if name == "thumbnail_extracted":
         return f"{d.get('width')}x{d.get('height')}"
-    if name in ("task_failed", "video_failed"):
-        e = d.get("error") or {}
-        prefix = f"{d['task']} " if d.get("task") else ""
-        return f"{prefix}{e.get('code')}: {e.get('message')}"
+    if name == "task_failed":
+        return f"{d.get('task')}: {_error_text(d.get('error'), d.get('task'))}"
+    if name == "video_failed":
+        return _error_text(d.get("error"))
     if name == "video":
         return _status_text(d)
     return ""

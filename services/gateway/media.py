@@ -47,6 +47,6 @@ def sse(event: str, data: bytes, event_id: str | None = None) -> bytes:
 
 
 def event_name(type_tag: str) -> str:
-    """`transcoder.rendition_progress.v1` -> `rendition_progress`."""
+    """`transcoder.chunk_progress.v1` -> `chunk_progress`: the event name on the SSE stream."""
     parts = type_tag.split(".")
     return parts[1] if len(parts) >= 3 else type_tag

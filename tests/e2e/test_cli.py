@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import traceback
@@ -71,10 +72,31 @@ def test_upload_wait_shows_progress_and_ends_ready(mesh, clip):
     assert "uploaded small.mp4 -> " in result.stdout
     video_id = result.stdout.split("-> ")[1].split()[0]
     assert f"ready {video_id}: 360p" in result.stdout
-    # progress bars (on stderr): the upload, then one per rendition and the thumbnail
-    assert "upload small.mp4" in result.stderr and "100%" in result.stderr
-    assert "360p" in result.stderr and "thumbnail" in result.stderr
+    # progress bars (on stderr): the upload, then one per rendition, the audio and the thumbnail
+    assert "upload small.mp4" in result.stderr
+    bars = {line.split()[1]: line for line in result.stderr.splitlines() if line.startswith(video_id[-8:])}
+    assert set(bars) == {"360p", "audio", "thumbnail"}, result.stderr
+    assert "100%" in bars["360p"] and "done" in bars["360p"] and "KiB" in bars["360p"]  # its MP4 is stitched
+    assert all("100%" in bar and "done" in bar for bar in bars.values())
     assert "Traceback" not in result.stderr
+
+
+def test_a_video_in_several_chunks_reports_each_chunk(mesh, tmp_path):
+    """13 s cut into 6 s chunks: two chunk tasks encode the rendition, one stitch joins them."""
+    path = make_clip(tmp_path / "long.mp4", width=320, height=240, seconds=13.0)
+    final = json.loads(ok(vidmesh(mesh, "upload", path, "--wait", "--json")).stdout.strip().splitlines()[-1])
+    assert final["status"] == "ready" and [r["name"] for r in final["renditions"]] == ["240p"]
+    events = [json.loads(line) for line in ok(vidmesh(mesh, "events", final["id"], "--json")).stdout.splitlines()]
+    planned = next(e["data"] for e in events if e["event"] == "video_planned")
+    assert (planned["chunks"], planned["segments"], planned["segment_s"], planned["audio"]) == (2, 3, 6.0, True)
+    encoded = sorted((e["data"]["chunk"], [s["index"] for s in e["data"]["segments"]]) for e in events if e["event"] == "chunk_encoded")
+    assert encoded == [(0, [0]), (1, [1, 2])]
+    assert [e["data"]["rendition"] for e in events if e["event"] == "rendition_stitched"] == ["240p"]
+
+    tail = ok(vidmesh(mesh, "events", final["id"])).stdout
+    assert "240p, 2 chunks, 3 segments of 6 s, audio, thumbnail" in tail
+    assert "chunk 0: segments 0-0" in tail and "chunk 1: segments 1-2" in tail
+    assert "240p 320x240" in tail and "13.0 s" in tail
 
 
 def test_download_decodes_and_resumes_by_range(mesh, ready_id, tmp_path):
@@ -119,16 +141,19 @@ def test_ls_status_and_events(mesh, ready_id):
     lines = ok(vidmesh(mesh, "events", ready_id, "--json")).stdout.strip().splitlines()
     names = [json.loads(line)["event"] for line in lines]
     assert names[0] == "video_uploaded" and names[-1] == "video_ready"
-    assert {"video_planned", "rendition_transcoded", "thumbnail_extracted"} <= set(names)
+    assert {"video_planned", "chunk_encoded", "audio_encoded", "rendition_stitched", "thumbnail_extracted"} <= set(names)
     tail = ok(vidmesh(mesh, "events", ready_id))
-    assert "rendition_transcoded" in tail.stdout and "360p 640x360" in tail.stdout
+    assert "rendition_stitched" in tail.stdout and "360p 640x360" in tail.stdout
+    assert "chunk 0: segments 0-0, every rendition" in tail.stdout
 
 
 def test_a_failed_video_exits_non_zero_with_its_reason(mesh, tmp_path):
     bad = make_truncated(tmp_path / "cut.mp4")
     result = vidmesh(mesh, "upload", bad, "--wait", process=True)
     assert result.returncode == 3, result
-    assert "failed" in result.stdout and "bad_media" in result.stdout
+    # the reason names the task that gave up: the chunk or the audio, both cut short
+    assert re.search(r"failed \S+: bad_media: (chunk:0|audio): \S", result.stdout), result.stdout
+    assert re.search(r"task (chunk:0|audio) failed: bad_media: ", result.stderr), result.stderr
     final = json.loads(vidmesh(mesh, "upload", bad, "--wait", "--json").stdout)
     assert final["status"] == "failed" and final["error"]["code"] == "bad_media"
 

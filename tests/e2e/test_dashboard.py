@@ -8,8 +8,11 @@ used. Without a browser the test is skipped with a loud reason.
 from __future__ import annotations
 
 import base64
+import json
 import os
+import re
 import shutil
+import time
 import uuid
 import warnings
 from pathlib import Path
@@ -116,11 +119,12 @@ def test_upload_watch_and_play_in_the_browser(mesh, browser, tmp_path):
     bad_row = page.locator("#videos li", has_text=bad)
     expect(good_row).to_have_attribute("data-status", "ready", timeout=60_000)
     expect(bad_row).to_have_attribute("data-status", "failed", timeout=60_000)
-    expect(bad_row).to_contain_text("bad_media")
+    # the reason names the task that gave up (the chunk or the audio: both are cut short)
+    expect(bad_row.locator(".error")).to_have_text(re.compile(r"^bad_media: (chunk:0|audio): \S"))
     expect(good_row.locator(".mini img")).to_be_visible()
 
     bad_row.click()
-    expect(page.locator("#d-error")).to_contain_text("bad_media")
+    expect(page.locator("#d-error")).to_have_text(re.compile(r"^Failed: bad_media: (chunk:0|audio): \S"))
 
     # open the ready video: thumbnail, source facts, and a player for each rendition
     good_row.click()
@@ -156,6 +160,117 @@ def test_upload_watch_and_play_in_the_browser(mesh, browser, tmp_path):
     context.close()
 
 
+FAKE = "01m8dashboardprogress00000"
+RENDITIONS = [{"name": "720p", "width": 1280, "height": 720}, {"name": "360p", "width": 640, "height": 360}]
+
+
+def _segments(*indices):
+    return [{"index": i, "start": 2.0 * i, "duration": 2.0, "sizes": {"720p": 3000, "360p": 1000}} for i in indices]
+
+
+# The event history of one video as the gateway replays it, step by step: 3 chunks of
+# 2 segments each (6 expected), every rendition encoded by each chunk task, then stitched.
+STEPS = [
+    [
+        ("video_planned", {"renditions": RENDITIONS, "chunks": 3, "segments": 6, "segment_s": 2.0, "audio": True}),
+        ("chunk_progress", {"chunk": 0, "segments": 1}),
+    ],
+    [
+        ("chunk_encoded", {"chunk": 0, "segments": _segments(0, 1)}),
+        ("chunk_progress", {"chunk": 1, "segments": 1}),
+        ("chunk_encoded", {"chunk": 2, "segments": _segments(4, 5)}),
+    ],
+    [
+        ("chunk_encoded", {"chunk": 1, "segments": _segments(2, 3)}),
+        ("audio_encoded", {"segments": _segments(0, 1, 2, 3, 4, 5), "codec": "mp4a.40.2", "priming": 1024}),
+        ("rendition_stitched", {"rendition": "720p", "object": "o", "width": 1280, "height": 720, "size": 9000,
+                                "duration": 12.0, "has_audio": True}),
+    ],
+    [("task_failed", {"task": "stitch", "error": {
+        "code": "retries_exhausted", "message": "stitch: no worker finished it in 5 attempts"}})],
+    [("video_failed", {"error": {"code": "retries_exhausted", "message": "stitch: no worker finished it in 5 attempts"}})],
+]
+
+
+def test_progress_bars_follow_the_chunk_events(mesh, browser):
+    """Per-rendition bars from a scripted event stream (the page cannot tell it from the
+    gateway's): they advance together by segments encoded, a rendition reads 100 % once its
+    MP4 is stitched, and a failed task shows its name and reason."""
+    from playwright.sync_api import expect
+
+    step = {"n": 0}
+    now = time.time()
+
+    def video() -> dict:
+        failed = step["n"] >= len(STEPS) - 1
+        stitched = step["n"] >= 2
+        return {
+            "id": FAKE, "status": "failed" if failed else "processing", "created_at": now, "updated_at": now,
+            "filename": "chunks.mp4", "source": {"size": 1000, "width": 1280, "height": 720, "duration": 12.0},
+            "renditions": [{"name": "720p", "width": 1280, "height": 720, "url": f"/v1/videos/{FAKE}/renditions/720p",
+                            "size": 9000, "has_audio": True}] if stitched else [],
+            "planned": ["720p", "360p"], "progress": {},
+            "error": STEPS[-1][0][1]["error"] if failed else None,
+        }
+
+    def events(route):
+        history = [event for events in STEPS[: step["n"] + 1] for event in events]
+        body = "retry: 200\n\n" + "".join(
+            f"event: {name}\nid: {n}\ndata: {json.dumps({'video_id': FAKE, 'tenant': 'alice', **data})}\n\n"
+            for n, (name, data) in enumerate(history, 1)
+        )
+        route.fulfill(status=200, headers={"Content-Type": "text/event-stream"}, body=body)
+
+    context = browser.new_context(viewport={"width": 1280, "height": 860})
+    page = context.new_page()
+    page_errors: list[str] = []
+    page.on("pageerror", lambda exc: page_errors.append(str(exc)))
+    page.route(re.compile(r"/v1/videos\?limit="), lambda r: r.fulfill(json={"items": [video()], "next_cursor": None}))
+    page.route(re.compile(f"/v1/videos/{FAKE}/events"), events)
+    page.route(re.compile(f"/v1/videos/{FAKE}$"), lambda r: r.fulfill(json=video()))
+
+    page.goto(mesh.url + "/")
+    page.fill("#key", mesh.KEYS["alice"])
+    page.click("#login button[type=submit]")
+    row = page.locator(f"#videos li[data-id='{FAKE}']")
+    row.click()
+    bar = lambda where, rendition: where.locator(f".pline[data-rendition='{rendition}']")  # noqa: E731
+    detail = page.locator("#d-progress")
+
+    # 1 of 6 segments: every rendition at 16 %
+    for rendition in ("720p", "360p"):
+        expect(bar(row, rendition).locator(".pct")).to_have_text("16%")
+        expect(bar(detail, rendition).locator("progress")).to_have_attribute("value", "16")
+    expect(detail.locator(".stage")).to_have_text("encoding, 0 of 3 chunks done")
+
+    step["n"] = 1  # chunks 0 and 2 encoded (4 segments), chunk 1 one segment in: 5 of 6
+    expect(bar(row, "720p").locator(".pct")).to_have_text("83%")
+    expect(bar(row, "360p").locator(".pct")).to_have_text("83%")
+    expect(detail.locator(".stage")).to_have_text("encoding, 2 of 3 chunks done")
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "dashboard-progress.png"), full_page=True)
+
+    step["n"] = 2  # every chunk encoded, the 720p stitched: only it reads 100 %
+    expect(bar(row, "720p").locator(".pct")).to_have_text("100%")
+    expect(bar(row, "360p").locator(".pct")).to_have_text("99%")
+    expect(detail.locator(".stage")).to_have_text("encoded, stitching")
+    expect(page.locator("#d-renditions button[data-rendition='720p']")).to_be_visible()
+
+    step["n"] = 3  # the stitch gave up: the rendition it held back shows it
+    expect(bar(row, "360p").locator(".pct")).to_have_text("failed")
+    expect(bar(row, "360p")).to_have_attribute("title", "failed: stitch retries_exhausted")
+    expect(bar(row, "720p").locator(".pct")).to_have_text("100%")
+    expect(detail.locator(".error")).to_have_text("stitch failed: retries_exhausted: no worker finished it in 5 attempts")
+
+    step["n"] = 4  # and the video failed, with the task's name in the reason
+    expect(row).to_have_attribute("data-status", "failed")
+    expect(row.locator(".error")).to_have_text("retries_exhausted: stitch: no worker finished it in 5 attempts")
+    expect(page.locator("#d-error")).to_have_text("Failed: retries_exhausted: stitch: no worker finished it in 5 attempts")
+
+    assert not page_errors, page_errors
+    context.close()
+
+
 def test_read_tokens_open_media_and_events_only(mesh, tmp_path):
     """What the page puts in URLs: a short-lived token that can read, and nothing else."""
     import httpx
@@ -166,7 +281,7 @@ def test_read_tokens_open_media_and_events_only(mesh, tmp_path):
         assert minted.status_code == 200 and minted.headers["cache-control"] == "no-store"
         token = minted.json()["token"]
         assert minted.json()["tenant"] == "alice" and mesh.KEYS["alice"] not in token
-        video = alice.post("/v1/videos", content=open(path, "rb").read(), headers={"Content-Type": "video/mp4"}).json()
+        video = alice.post("/v1/videos", content=Path(path).read_bytes(), headers={"Content-Type": "video/mp4"}).json()
         vid = video["id"]
         events = anon.get(f"/v1/videos/{vid}/events", params={"token": token})
         assert events.status_code == 200 and "event: video_ready" in events.text

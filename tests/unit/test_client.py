@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import json
 
 import httpx
 import pytest
@@ -13,15 +15,186 @@ from services import client as cl
 def test_parse_sse_frames_events_and_skips_keep_alives():
     lines = [
         ": keep-alive", "",
-        "event: rendition_progress", "id: 7", 'data: {"rendition": "360p",', 'data: "percent": 50}', "",
+        "event: chunk_progress", "id: 7", 'data: {"chunk": 2,', 'data: "segments": 3}', "",
         "event: video_ready", "data: {}", "",
         "data: not json", "",
     ]
     assert list(cl.parse_sse(iter(lines))) == [
-        ("rendition_progress", {"rendition": "360p", "percent": 50}, "7"),
+        ("chunk_progress", {"chunk": 2, "segments": 3}, "7"),
         ("video_ready", {}, None),
         ("message", {"raw": "not json"}, None),
     ]
+
+
+# --- per-rendition progress from the chunked pipeline's events -------------------------------
+
+V = "01m8testvideo0000000000abc"
+PLANNED = {
+    "renditions": [{"name": "720p", "width": 1280, "height": 720}, {"name": "360p", "width": 640, "height": 360}],
+    "thumbnail": True, "chunks": 3, "segments": 6, "segment_s": 2.0, "audio": True,
+}
+
+
+def seg(index: int, size: int = 1000) -> dict:
+    return {"index": index, "start": 2.0 * index, "duration": 2.0, "sizes": {"720p": 3 * size, "360p": size}}
+
+
+def chunk_encoded(chunk: int, *indices: int) -> dict:
+    return {"chunk": chunk, "segments": [seg(i) for i in indices], "inits": {}, "codecs": {"720p": "avc1.64001f"}}
+
+
+def stitched(rendition: str, size: int) -> dict:
+    w, h = (1280, 720) if rendition == "720p" else (640, 360)
+    return {"rendition": rendition, "object": "x", "width": w, "height": h, "size": size, "duration": 12.0, "has_audio": True}
+
+
+def test_renditions_advance_together_by_segments_encoded_and_finish_when_stitched():
+    p = cl.VideoProgress()
+    p.apply("video_planned", PLANNED)
+    assert p.tracks == ["720p", "360p", "audio", "thumbnail"]
+    assert [p.state(t) for t in p.tracks] == ["queued"] * 4 and p.percent("720p") == 0
+
+    p.apply("chunk_progress", {"chunk": 0, "segments": 1})
+    p.apply("chunk_progress", {"chunk": 2, "segments": 1})
+    assert p.percent("720p") == p.percent("360p") == pytest.approx(100 * 2 / 6)
+    assert p.state("360p") == "encoding 2/6 segments"
+
+    p.apply("chunk_encoded", chunk_encoded(0, 0, 1))
+    p.apply("chunk_progress", {"chunk": 0, "segments": 1})  # a replayed sample: the final count holds
+    p.apply("chunk_progress", {"chunk": 2, "segments": 0})  # an older sample: never backwards
+    assert p.percent("720p") == pytest.approx(100 * 3 / 6)
+
+    p.apply("chunk_encoded", chunk_encoded(2, 4))  # the plan expected one segment more than there is
+    p.apply("chunk_encoded", chunk_encoded(1, 2, 3))
+    # every chunk is in: all that is left is the stitch, never 100 % before it
+    assert (p.percent("720p"), p.state("720p")) == (99.0, "stitching")
+
+    p.apply("audio_encoded", {"segments": [seg(i) for i in range(5)], "codec": "mp4a.40.2", "priming": 1024})
+    p.apply("thumbnail_extracted", {"object": "t", "width": 640, "height": 360})
+    p.apply("rendition_stitched", stitched("720p", 3 * 1024 * 1024))
+    assert (p.percent("720p"), p.state("720p")) == (100.0, "done 3.0 MiB")
+    assert (p.percent("360p"), p.state("360p")) == (99.0, "stitching")
+    assert [p.state(t) for t in ("audio", "thumbnail")] == ["done", "done"]
+
+
+def test_one_chunk_without_progress_samples_goes_from_queued_to_done():
+    # a short or uncuttable video: one chunk, and it may finish before its first sample
+    p = cl.VideoProgress()
+    p.apply("video_planned", {**PLANNED, "chunks": 1, "segments": 1, "audio": False})
+    assert p.tracks == ["720p", "360p", "thumbnail"]
+    p.apply("chunk_encoded", chunk_encoded(0, 0))
+    assert p.state("360p") == "stitching"
+    p.apply("rendition_stitched", stitched("360p", 2048))
+    assert (p.percent("360p"), p.state("360p")) == (100.0, "done 2.0 KiB")
+
+
+def test_a_failed_task_marks_what_it_holds_back():
+    p = cl.VideoProgress()
+    p.apply("video_planned", PLANNED)
+    p.apply("chunk_encoded", chunk_encoded(0, 0, 1))
+    error = {"code": "bad_media", "message": "chunk:1: bad_media: the video stops at 2.50 s of 12.00 s"}
+    p.apply("task_failed", {"task": "chunk:1", "error": error})
+    assert p.state("720p") == p.state("360p") == "failed: chunk:1 bad_media"
+    assert p.state("audio") == "queued"
+    p.apply("task_failed", {"task": "audio", "error": {"code": "bad_media", "message": "audio: bad_media: x"}})
+    assert p.state("audio") == "failed: audio bad_media"
+    assert p.percent("720p") == pytest.approx(100 * 2 / 6)  # what was encoded stays shown
+
+
+def test_error_text_names_the_task_and_the_code_once():
+    error = {"code": "bad_media", "message": "chunk:1: bad_media: the video stops at 2.50 s"}
+    assert cl._error_text(error) == "bad_media: chunk:1: the video stops at 2.50 s"
+    assert cl._error_text(error, "chunk:1") == "bad_media: the video stops at 2.50 s"
+    mismatch = {"code": "encode_mismatch", "message": "chunk:2: its 720p init segment differs from another chunk's"}
+    assert cl._error_text(mismatch) == "encode_mismatch: chunk:2: its 720p init segment differs from another chunk's"
+
+
+class Gateway:
+    """The gateway's upload, video and events routes, with a scripted event history."""
+
+    def __init__(self, history: list[tuple[str, dict]], final: dict):
+        self.history, self.final = history, final
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        path = request.url.path
+        if request.method == "POST" and path == "/v1/videos":
+            request.read()
+            return httpx.Response(202, json={"id": V, "status": "processing", "source": {"size": 5}})
+        if path == f"/v1/videos/{V}/events":
+            body = "".join(
+                f"event: {name}\nid: {n}\ndata: {json.dumps({'video_id': V, **data})}\n\n"
+                for n, (name, data) in enumerate(self.history, 1)
+            )
+            return httpx.Response(200, text=body, headers={"Content-Type": "text/event-stream"})
+        if path == f"/v1/videos/{V}":
+            return httpx.Response(200, json=self.final)
+        return httpx.Response(404, json={"code": "not_found", "message": path})
+
+
+def run_upload_wait(monkeypatch, tmp_path, gateway: Gateway):
+    from typer.testing import CliRunner
+
+    from services.cli import cli
+
+    monkeypatch.setattr(cl, "Client", functools.partial(cl.Client, transport=httpx.MockTransport(gateway)))
+    clip = tmp_path / "clip.mp4"
+    clip.write_bytes(b"x" * 5000)
+    env = {"VIDMESH_URL": "http://gw", "VIDMESH_API_KEY": "k", "COLUMNS": "200"}
+    return CliRunner().invoke(cli, ["upload", str(clip), "--wait"], env=env)
+
+
+def test_upload_wait_shows_a_bar_per_rendition_and_why_a_task_failed(monkeypatch, tmp_path):
+    error = {"code": "bad_media", "message": "chunk:1: bad_media: the video stops at 2.50 s of 12.00 s"}
+    history = [
+        ("video_planned", PLANNED),
+        ("chunk_progress", {"chunk": 0, "segments": 1}),
+        ("chunk_encoded", chunk_encoded(0, 0, 1)),
+        ("audio_encoded", {"segments": [seg(i) for i in range(6)], "codec": "mp4a.40.2", "priming": 1024}),
+        ("task_failed", {"task": "chunk:1", "error": error}),
+        ("video_failed", {"error": error}),
+    ]
+    final = {"id": V, "status": "failed", "error": error, "renditions": []}
+    result = run_upload_wait(monkeypatch, tmp_path, Gateway(history, final))
+    assert result.exit_code == 3, result.output
+    assert f"failed {V}: bad_media: chunk:1: the video stops at 2.50 s of 12.00 s" in result.stdout
+    bars = {line.split()[1]: line for line in result.stderr.splitlines() if line.startswith(V[-8:])}
+    assert set(bars) == {"720p", "360p", "audio", "thumbnail"}, result.stderr
+    for rendition in ("720p", "360p"):  # 2 of 6 segments were encoded before chunk 1 failed
+        assert "33%" in bars[rendition] and "failed: chunk:1 bad_media" in bars[rendition]
+    assert "100%" in bars["audio"] and "done" in bars["audio"]
+    assert "not done" in bars["thumbnail"]  # the video failed before it was extracted
+    assert f"{V}: task chunk:1 failed: bad_media: the video stops at 2.50 s of 12.00 s" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_upload_wait_ends_with_every_rendition_done(monkeypatch, tmp_path):
+    history = [
+        ("video_planned", {**PLANNED, "chunks": 2, "segments": 3, "audio": False}),
+        ("chunk_progress", {"chunk": 1, "segments": 1}),
+        ("chunk_encoded", chunk_encoded(1, 1, 2)),
+        ("chunk_encoded", chunk_encoded(0, 0)),
+        ("rendition_stitched", stitched("720p", 5 * 1024 * 1024)),
+        ("thumbnail_extracted", {"object": "t", "width": 640, "height": 360}),
+        ("rendition_stitched", stitched("360p", 1024 * 1024)),
+        ("video_ready", {}),
+    ]
+    final = {"id": V, "status": "ready", "renditions": [{"name": "720p"}, {"name": "360p"}]}
+    result = run_upload_wait(monkeypatch, tmp_path, Gateway(history, final))
+    assert result.exit_code == 0, result.output
+    assert f"ready {V}: 720p 360p" in result.stdout
+    bars = {line.split()[1]: line for line in result.stderr.splitlines() if line.startswith(V[-8:])}
+    assert "100%" in bars["720p"] and "done 5.0 MiB" in bars["720p"]
+    assert "100%" in bars["360p"] and "done 1.0 MiB" in bars["360p"]
+    assert "audio" not in bars and "done" in bars["thumbnail"]
+
+
+def test_events_summarise_the_chunked_pipeline():
+    assert cl._event_summary("video_planned", PLANNED) == "720p 360p, 3 chunks, 6 segments of 2 s, audio, thumbnail"
+    assert cl._event_summary("chunk_progress", {"chunk": 2, "segments": 1}) == "chunk 2: 1 segments encoded"
+    assert cl._event_summary("chunk_encoded", chunk_encoded(1, 2, 3)) == "chunk 1: segments 2-3, every rendition, 7.8 KiB"
+    assert cl._event_summary("rendition_stitched", stitched("360p", 2048)) == "360p 640x360 2.0 KiB, 12.0 s"
+    failed = {"task": "stitch", "error": {"code": "retries_exhausted", "message": "stitch: no worker finished it in 5 attempts"}}
+    assert cl._event_summary("task_failed", failed) == "stitch: retries_exhausted: no worker finished it in 5 attempts"
 
 
 def test_errors_carry_the_servers_code_and_message():

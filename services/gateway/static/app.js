@@ -9,7 +9,7 @@ const MAX_STREAMS = 3; // a browser allows 6 HTTP/1.1 connections per host: leav
 const POLL_MS = 5000;
 const TERMINAL = { video_ready: "ready", video_failed: "failed", video_deleted: "deleted" };
 const EVENT_NAMES = [
-  "video_uploaded", "video_planned", "rendition_progress", "rendition_transcoded",
+  "video_planned", "chunk_progress", "chunk_encoded", "rendition_stitched",
   "thumbnail_extracted", "task_failed", "video_ready", "video_failed", "video_deleted", "video",
 ];
 
@@ -21,6 +21,7 @@ const state = {
   videos: new Map(), // id -> video (the API's JSON)
   order: [], // ids, newest first
   streams: new Map(), // id -> EventSource
+  live: new Map(), // id -> what its event stream told (see Encoding)
   waiting: [], // ids that want a stream
   retries: new Map(), // id -> refused stream attempts
   selected: null,
@@ -105,6 +106,7 @@ function logout() {
   state.streams.clear();
   state.waiting = [];
   state.videos.clear();
+  state.live.clear();
   state.order = [];
   state.key = state.token = state.selected = null;
   $("player").removeAttribute("src");
@@ -138,7 +140,10 @@ async function refreshList() {
   const extra = state.order.filter((id) => !ids.includes(id) && recent(state.videos.get(id)));
   state.order = [...extra, ...ids];
   for (const id of [...state.videos.keys()]) {
-    if (!state.order.includes(id) && id !== state.selected) state.videos.delete(id);
+    if (!state.order.includes(id) && id !== state.selected) {
+      state.videos.delete(id);
+      state.live.delete(id);
+    }
   }
   await ensureToken();
   renderList();
@@ -195,7 +200,7 @@ function row(v) {
   main.append(el("div", { class: "name" }, v.filename || v.id));
   main.append(el("div", { class: "sub muted" }, [when(v.created_at), sourceLine(v.source)].filter(Boolean).join(" · ")));
   if (v.status === "processing") main.append(progressBars(v, true));
-  if (v.status === "failed" && v.error) main.append(el("div", { class: "error small" }, `${v.error.code}: ${v.error.message}`));
+  if (v.status === "failed" && v.error) main.append(el("div", { class: "error small" }, errorText(v.error)));
   li.append(thumb, main, badge(v));
   return li;
 }
@@ -213,17 +218,71 @@ function progressBars(v, compact) {
     box.append(el("div", { class: "muted small" }, "probing and planning…"));
     return box;
   }
+  const live = state.live.get(v.id);
   for (const name of names) {
-    const done = v.renditions?.some((r) => r.name === name);
-    const pct = done ? 100 : Math.round(v.progress?.[name] ?? 0);
-    const line = el("div", { class: "pline" });
+    const done = v.renditions?.some((r) => r.name === name) || live?.stitched.has(name);
+    // rounded down: 100 % only once the rendition's MP4 is stitched
+    const pct = done ? 100 : Math.min(99, Math.floor(v.progress?.[name] ?? 0));
+    const failed = !done && live?.failures[name];
+    const line = el("div", { class: "pline" + (failed ? " failed" : "") });
     line.dataset.rendition = name;
+    line.title = failed ? `failed: ${failed}` : done ? "ready to download" : live?.stage() || "";
     const bar = el("progress", { max: "100" });
     bar.value = pct;
-    line.append(el("span", { class: "pname" }, name), bar, el("span", { class: "pct" }, `${pct}%`));
+    line.append(el("span", { class: "pname" }, name), bar, el("span", { class: "pct" }, failed ? "failed" : `${pct}%`));
     box.append(line);
   }
   return box;
+}
+
+// Progress of a video from its events. Chunk tasks encode every rendition of a part of the
+// timeline at once, so renditions advance together: each one's share is the segments encoded
+// (per chunk, the most chunk_progress reported, or chunk_encoded's final count) over the
+// segments video_planned expects. A rendition is done only when rendition_stitched says its
+// MP4 is stored; until then it stays below 100 % (the planned count is an estimate, and the
+// stitch is still to run). Events may repeat (a replayed history): applying is idempotent.
+class Encoding {
+  constructor() {
+    this.chunks = 0;
+    this.segments = 0;
+    this.chunkSegments = new Map(); // chunk -> segments encoded so far
+    this.encoded = new Set(); // chunks done
+    this.stitched = new Set();
+    this.failures = {}; // rendition -> "task code"
+  }
+
+  apply(name, data, renditions) {
+    if (name === "video_planned") {
+      this.chunks = data.chunks || 0;
+      this.segments = data.segments || 0;
+    } else if (name === "chunk_progress" && !this.encoded.has(data.chunk)) {
+      this.chunkSegments.set(data.chunk, Math.max(this.chunkSegments.get(data.chunk) || 0, data.segments || 0));
+    } else if (name === "chunk_encoded") {
+      this.encoded.add(data.chunk);
+      this.chunkSegments.set(data.chunk, (data.segments || []).length);
+    } else if (name === "rendition_stitched") {
+      this.stitched.add(data.rendition);
+    } else if (name === "task_failed" && (data.task.startsWith("chunk:") || data.task === "stitch")) {
+      // a chunk or the stitch holds back every rendition not stitched yet
+      for (const r of renditions) if (!this.stitched.has(r)) this.failures[r] = `${data.task} ${data.error.code}`;
+    }
+  }
+
+  get allEncoded() {
+    return this.chunks > 0 && this.encoded.size >= this.chunks;
+  }
+
+  percent() {
+    if (this.allEncoded) return 99;
+    let done = 0;
+    for (const n of this.chunkSegments.values()) done += n;
+    return Math.min(99, (100 * done) / Math.max(this.segments, done, 1));
+  }
+
+  stage() {
+    if (this.allEncoded) return "encoded, stitching";
+    return this.chunkSegments.size ? `encoding, ${this.encoded.size} of ${this.chunks} chunks done` : "queued";
+  }
 }
 
 // --- live progress over SSE -----------------------------------------------------------------
@@ -271,14 +330,19 @@ function onEvent(id, name, e) {
   let data = {};
   try { data = JSON.parse(e.data); } catch (_) { return; }
   v.progress = v.progress || {};
+  if (!state.live.has(id)) state.live.set(id, new Encoding());
+  const live = state.live.get(id);
+  if (name === "video_planned") v.planned = data.renditions.map((r) => r.name);
+  live.apply(name, data, v.planned || []);
   switch (name) {
     case "video_planned":
-      v.planned = data.renditions.map((r) => r.name);
+    case "chunk_progress":
+    case "chunk_encoded":
+      for (const r of v.planned || []) {
+        if (!live.stitched.has(r)) v.progress[r] = Math.max(v.progress[r] || 0, live.percent());
+      }
       break;
-    case "rendition_progress":
-      v.progress[data.rendition] = Math.max(v.progress[data.rendition] || 0, data.percent);
-      break;
-    case "rendition_transcoded":
+    case "rendition_stitched":
       v.progress[data.rendition] = 100;
       reload(id); // the catalog now has its URL
       break;
@@ -286,7 +350,7 @@ function onEvent(id, name, e) {
       reload(id);
       break;
     case "task_failed":
-      v.note = `${data.task}: ${data.error.code} (retrying)`;
+      v.note = `${data.task} failed: ${errorText(data.error, data.task)}`;
       break;
     case "video":
       state.videos.set(id, data);
@@ -421,11 +485,13 @@ function renderDetail() {
 
   const error = $("d-error");
   error.hidden = !v.error;
-  error.textContent = v.error ? `Failed: ${v.error.code}: ${v.error.message}` : "";
+  error.textContent = v.error ? `Failed: ${errorText(v.error)}` : "";
 
   const progress = $("d-progress");
   progress.replaceChildren(...(v.status === "processing" ? [progressBars(v, false)] : []));
-  if (v.note && v.status === "processing") progress.append(el("div", { class: "muted small" }, v.note));
+  const live = state.live.get(v.id);
+  if (live && v.status === "processing") progress.append(el("div", { class: "muted small stage" }, live.stage()));
+  if (v.note && v.status === "processing") progress.append(el("div", { class: "error small" }, v.note));
 
   const thumb = $("d-thumb");
   if (v.thumbnail) {
@@ -533,6 +599,7 @@ async function deleteSelected() {
     $("player").load();
     state.order = state.order.filter((x) => x !== id);
     state.videos.delete(id);
+    state.live.delete(id);
     $("detail").hidden = true;
     renderList();
   } catch (err) {
@@ -555,6 +622,19 @@ function bytes(n) {
   let i = 0;
   while (n >= 1024 && i < units.length - 1) { n /= 1024; i++; }
   return i ? `${n.toFixed(1)} ${units[i]}` : `${n} B`;
+}
+
+// `code: message`. A task's message starts with its task name and often repeats the code
+// after it ("chunk:3: bad_media: ..."): the code is shown once, the task name not at all
+// when the caller already shows it.
+function errorText(error, task) {
+  let message = String(error.message || "");
+  const cut = message.indexOf(": ");
+  if (cut >= 0 && message.startsWith(`${error.code}: `, cut + 2)) {
+    message = message.slice(0, cut + 2) + message.slice(cut + 4 + error.code.length);
+  }
+  if (task && message.startsWith(`${task}: `)) message = message.slice(task.length + 2);
+  return `${error.code}: ${message}`;
 }
 
 function when(ts) {
