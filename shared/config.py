@@ -41,7 +41,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     worker_concurrency: int = 1
     drain_timeout_s: float = 20.0
     transcoder_procs: int = 2  # `vidmesh up` only: competing transcoder processes
-    max_backlog: int = 200  # transcode tasks waiting before uploads get 429
+    max_backlog: int = 500  # transcode tasks (chunks of 6 s: ~50 min of video) waiting before uploads get 429
     log_events_level: str = "WARNING"  # log records at or above this go on the bus
     metrics_interval_s: float = 10.0  # how often each service publishes a metric sample
     monitor_interval_s: float = 5.0  # how often the monitor evaluates its rules
@@ -162,7 +162,7 @@ def load(env: dict | None = None) -> Settings:
         worker_concurrency=_int(env, "VIDMESH_WORKER_CONCURRENCY", 1),
         drain_timeout_s=_float(env, "VIDMESH_DRAIN_TIMEOUT_S", 20.0),
         transcoder_procs=_int(env, "VIDMESH_TRANSCODER_PROCS", 2),
-        max_backlog=_int(env, "VIDMESH_MAX_BACKLOG", 200),
+        max_backlog=_int(env, "VIDMESH_MAX_BACKLOG", 500),
         log_events_level=(env.get("VIDMESH_LOG_EVENTS_LEVEL") or "WARNING").upper(),
         metrics_interval_s=_float(env, "VIDMESH_METRICS_INTERVAL_S", 10.0),
         monitor_interval_s=_float(env, "VIDMESH_MONITOR_INTERVAL_S", 5.0),

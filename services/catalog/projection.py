@@ -82,6 +82,7 @@ class VideoRecord(msgspec.Struct, frozen=True, kw_only=True):
     error: ErrorInfo | None = None
     segment_s: float = 0.0
     segments_planned: int = 0
+    chunks_planned: int = 0
     chunk_progress: dict[str, int] = {}  # chunk index -> segments encoded so far
     chunks_done: list[int] = []
     segments: dict[str, StoredSegment] = {}  # segment index -> the segment of every rendition
@@ -114,6 +115,8 @@ class VideoRecord(msgspec.Struct, frozen=True, kw_only=True):
 
     def encoded_share(self) -> float:
         """Percent of the expected segments encoded (every rendition alike)."""
+        if self.chunks_planned and len(self.chunks_done) >= self.chunks_planned:
+            return 99.9  # every chunk is in (the plan's count is an estimate): stitching
         done = sum(self.chunk_progress.values())
         expected = max(self.segments_planned, done, 1)
         return min(99.9, 100.0 * done / expected)
@@ -146,7 +149,9 @@ def _fold(r: VideoRecord, e) -> VideoRecord:
         )
     if isinstance(e, VideoPlanned):
         return _with_progress(
-            replace(r, planned=list(e.renditions), segments_planned=e.segments, segment_s=e.segment_s)
+            replace(
+                r, planned=list(e.renditions), segments_planned=e.segments, chunks_planned=e.chunks, segment_s=e.segment_s
+            )
         )
     if isinstance(e, ChunkProgress):
         key = str(e.chunk)

@@ -19,8 +19,9 @@ service = Service("thumbnailer", "Extract the first frame as a JPEG thumbnail")
 
 async def report_failure(task: ExtractThumbnail, delivery: Delivery, exc: Exception) -> None:
     code = exc.code if isinstance(exc, Poison) else "retries_exhausted"
+    reason = exc.reason if isinstance(exc, Poison) else str(exc)
     failed = TaskFailed(
-        video_id=task.video_id, tenant=task.tenant, task="thumbnail", error=ErrorInfo(code=code, message=f"thumbnail: {exc}")
+        video_id=task.video_id, tenant=task.tenant, task=task.task, error=ErrorInfo(code=code, message=f"thumbnail: {reason}")
     )
     await delivery.bus.publish(failed, msg_id=f"{task.video_id}:thumbnail:failed")
 

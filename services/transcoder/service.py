@@ -54,7 +54,8 @@ Task = Union[EncodeChunk, EncodeAudio, StitchRenditions]
 
 async def report_failure(task: Task, delivery: Delivery, exc: Exception) -> None:
     code = exc.code if isinstance(exc, Poison) else "retries_exhausted"
-    error = ErrorInfo(code=code, message=f"{task.task}: {exc}")
+    reason = exc.reason if isinstance(exc, Poison) else str(exc)
+    error = ErrorInfo(code=code, message=f"{task.task}: {reason}")
     failed = TaskFailed(video_id=task.video_id, tenant=task.tenant, task=task.task, error=error)
     await delivery.bus.publish(failed, msg_id=f"{task.video_id}:{task.task}:failed")
 
