@@ -238,6 +238,14 @@ class TaskFailed(Contract, tag="worker.task_failed.v1"):
     error: ErrorInfo
 
 
+class VideoPlayable(Contract, tag="pipeline.video_playable.v1"):
+    """The first segment of every rendition and the audio are stored: HLS can play from the
+    start while the rest is encoded."""
+
+    video_id: str
+    tenant: str
+
+
 class VideoReady(Contract, tag="pipeline.video_ready.v1"):
     video_id: str
     tenant: str
@@ -263,6 +271,7 @@ Event = Union[
     RenditionStitched,
     ThumbnailExtracted,
     TaskFailed,
+    VideoPlayable,
     VideoReady,
     VideoFailed,
     VideoDeleted,
@@ -376,6 +385,12 @@ class Thumbnail(msgspec.Struct, frozen=True, kw_only=True):
     height: int
 
 
+class Playback(msgspec.Struct, frozen=True, kw_only=True):
+    """Where to play a video (relative to the gateway)."""
+
+    hls: str  # the HLS master playlist
+
+
 class Video(msgspec.Struct, frozen=True, kw_only=True):
     """The public view of a video: what GET /v1/videos/{id} answers."""
 
@@ -390,6 +405,33 @@ class Video(msgspec.Struct, frozen=True, kw_only=True):
     thumbnail: Thumbnail | None = None
     error: ErrorInfo | None = None
     filename: str | None = None
+    playable: bool = False  # HLS plays from the start (while processing: what is encoded so far)
+    playback: Playback | None = None
+
+
+class GetPlaylist(Contract, tag="catalog.get_playlist.v1"):
+    tenant: str
+    video_id: str
+
+
+class PlaylistRendition(msgspec.Struct, frozen=True, kw_only=True):
+    name: str
+    width: int
+    height: int
+    codec: str  # RFC 6381
+
+
+class Playlist(msgspec.Struct, frozen=True, kw_only=True):
+    """What HLS playlists of a video are made of: the renditions, and the segments stored so
+    far in timeline order with no gap (every rendition has each of them)."""
+
+    status: str
+    renditions: list[PlaylistRendition] = []
+    segments: list[SegmentInfo] = []  # sizes: rendition -> bytes
+    audio_segments: list[SegmentInfo] = []  # sizes: {"audio": bytes}
+    audio_codec: str | None = None  # None: a silent video
+    frame_rate: float | None = None
+    playable: bool = False
 
 
 class VideoPage(msgspec.Struct, frozen=True, kw_only=True):

@@ -47,6 +47,7 @@ from .contracts import (
     VideoDeleted,
     VideoFailed,
     VideoPlanned,
+    VideoPlayable,
     VideoReady,
     VideoUploaded,
 )
@@ -111,6 +112,7 @@ NEEDS: dict[str, Needs] = {
             t.RPC_CATALOG_LIST,
             t.RPC_CATALOG_DELETE,
             t.RPC_CATALOG_USAGE,
+            t.RPC_CATALOG_PLAYLIST,
             t.RPC_PIPELINE_PROBE,
             t.RPC_MONITOR_ALERTS,
             t.RPC_WEBHOOK_CREATE,
@@ -128,7 +130,7 @@ NEEDS: dict[str, Needs] = {
     "catalog": Needs(
         publishes=(_all(VideoDeleted),),
         consumes=(t.CATALOG_EVENTS,),
-        serves=(t.RPC_CATALOG_GET, t.RPC_CATALOG_LIST, t.RPC_CATALOG_DELETE, t.RPC_CATALOG_USAGE),
+        serves=(t.RPC_CATALOG_GET, t.RPC_CATALOG_LIST, t.RPC_CATALOG_DELETE, t.RPC_CATALOG_USAGE, t.RPC_CATALOG_PLAYLIST),
         writes_kv=(t.KV_VIDEOS,),
         media="write",  # deletes a deleted video's media
         reads_messages=(t.EVENTS,),  # read-your-writes: the upload event before the projection
@@ -136,6 +138,7 @@ NEEDS: dict[str, Needs] = {
     "pipeline": Needs(
         publishes=(
             _all(VideoPlanned),
+            _all(VideoPlayable),
             _all(VideoReady),
             _all(VideoFailed),
             *_TRANSCODE_TASKS,

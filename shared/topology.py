@@ -32,6 +32,7 @@ from .contracts import (
     VideoDeleted,
     VideoFailed,
     VideoPlanned,
+    VideoPlayable,
     VideoReady,
     VideoUploaded,
 )
@@ -52,6 +53,7 @@ SUBJECTS: dict[type, str] = {
     RenditionStitched: "transcoder.evt.rendition_stitched",
     ThumbnailExtracted: "thumbnailer.evt.thumbnail_extracted",
     TaskFailed: "worker.evt.task_failed",
+    VideoPlayable: "pipeline.evt.video_playable",
     VideoReady: "pipeline.evt.video_ready",
     VideoFailed: "pipeline.evt.video_failed",
     VideoDeleted: "catalog.evt.video_deleted",
@@ -110,6 +112,7 @@ RPC_CATALOG_GET = "catalog.rpc.get"
 RPC_CATALOG_LIST = "catalog.rpc.list"
 RPC_CATALOG_DELETE = "catalog.rpc.delete"
 RPC_CATALOG_USAGE = "catalog.rpc.usage"  # per-tenant usage for the gateway's quotas
+RPC_CATALOG_PLAYLIST = "catalog.rpc.playlist"  # the stored segments HLS playlists list
 RPC_PIPELINE_PROBE = "pipeline.rpc.probe"
 RPC_WEBHOOK_CREATE = "notifier.rpc.create_webhook"
 RPC_WEBHOOK_LIST = "notifier.rpc.list_webhooks"

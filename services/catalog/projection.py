@@ -15,8 +15,12 @@ from shared.contracts import (
     ChunkEncoded,
     ChunkProgress,
     ErrorInfo,
+    Playback,
+    Playlist,
+    PlaylistRendition,
     Rendition,
     RenditionSpec,
+    SegmentInfo,
     RenditionStitched,
     SourceInfo,
     TaskFailed,
@@ -26,6 +30,7 @@ from shared.contracts import (
     VideoDeleted,
     VideoFailed,
     VideoPlanned,
+    VideoPlayable,
     VideoReady,
     VideoUploaded,
 )
@@ -54,6 +59,7 @@ class StoredSegment(msgspec.Struct, frozen=True, kw_only=True):
     start: float
     duration: float
     sizes: dict[str, int] = {}
+    chunk: int = -1  # the chunk task that stored it (-1: the audio)
 
 
 class StoredThumbnail(msgspec.Struct, frozen=True, kw_only=True):
@@ -88,6 +94,7 @@ class VideoRecord(msgspec.Struct, frozen=True, kw_only=True):
     segments: dict[str, StoredSegment] = {}  # segment index -> the segment of every rendition
     audio_segments: dict[str, StoredSegment] = {}
     codecs: dict[str, str] = {}  # rendition (or "audio") -> RFC 6381 codec
+    playable: bool = False
 
     def stored_bytes(self) -> int:
         """What this video keeps in the object store (for storage quotas): the source, the
@@ -159,7 +166,10 @@ def _fold(r: VideoRecord, e) -> VideoRecord:
             return r
         return _with_progress(replace(r, chunk_progress={**r.chunk_progress, key: e.segments}))
     if isinstance(e, ChunkEncoded):
-        stored = {str(s.index): StoredSegment(start=s.start, duration=s.duration, sizes=s.sizes) for s in e.segments}
+        stored = {
+            str(s.index): StoredSegment(start=s.start, duration=s.duration, sizes=s.sizes, chunk=e.chunk)
+            for s in e.segments
+        }
         done = r.chunks_done if e.chunk in r.chunks_done else sorted([*r.chunks_done, e.chunk])
         return _with_progress(
             replace(
@@ -173,6 +183,8 @@ def _fold(r: VideoRecord, e) -> VideoRecord:
     if isinstance(e, AudioEncoded):
         stored = {str(s.index): StoredSegment(start=s.start, duration=s.duration, sizes=s.sizes) for s in e.segments}
         return replace(r, audio_segments=stored, codecs={**r.codecs, topology.AUDIO_TRACK: e.codec})
+    if isinstance(e, VideoPlayable):
+        return replace(r, playable=True)
     if isinstance(e, RenditionStitched):
         done = StoredRendition(
             width=e.width, height=e.height, object=e.object, size=e.size, duration=e.duration, has_audio=e.has_audio
@@ -239,4 +251,41 @@ def to_view(r: VideoRecord) -> Video:
         thumbnail=thumb,
         error=r.error,
         filename=r.filename,
+        playable=r.playable and not deleted,
+        playback=Playback(hls=f"{base}/hls/master.m3u8") if r.playable and not deleted else None,
+    )
+
+
+def playable_segments(r: VideoRecord) -> list[tuple[int, StoredSegment]]:
+    """The video segments a player may list: those of the chunks done in a row from chunk 0
+    (chunks finish in any order; a playlist grows only at its end)."""
+    prefix = -1
+    for chunk in sorted(r.chunks_done):
+        if chunk != prefix + 1:
+            break
+        prefix = chunk
+    segments = [(int(i), s) for i, s in r.segments.items() if 0 <= s.chunk <= prefix]
+    return sorted(segments, key=lambda item: item[0])
+
+
+def to_playlist(r: VideoRecord) -> Playlist:
+    """What the gateway needs to write the video's HLS playlists."""
+    if r.status == "deleted" or not r.playable:
+        return Playlist(status=r.status, playable=False)
+    renditions = [
+        PlaylistRendition(name=spec.name, width=spec.width, height=spec.height, codec=r.codecs.get(spec.name, "avc1"))
+        for spec in r.planned
+    ]
+    segments = [
+        SegmentInfo(index=i, start=s.start, duration=s.duration, sizes=s.sizes) for i, s in playable_segments(r)
+    ]
+    audio = sorted((int(i), s) for i, s in r.audio_segments.items())
+    return Playlist(
+        status=r.status,
+        renditions=renditions,
+        segments=segments,
+        audio_segments=[SegmentInfo(index=i, start=s.start, duration=s.duration, sizes=s.sizes) for i, s in audio],
+        audio_codec=r.codecs.get(topology.AUDIO_TRACK) if r.audio_segments else None,
+        frame_rate=r.source.fps if r.source else None,
+        playable=True,
     )

@@ -17,9 +17,11 @@ from shared.consumer import Delivery, Retry
 from shared.contracts import (
     DeleteVideo,
     Event,
+    GetPlaylist,
     GetUsage,
     GetVideo,
     ListVideos,
+    Playlist,
     Usage,
     Video,
     VideoDeleted,
@@ -31,7 +33,7 @@ from shared.contracts import (
 from shared.kvscan import entries
 from shared.service import Service
 
-from .projection import Incomplete, VideoRecord, apply, record_decoder, record_encoder, to_view
+from .projection import Incomplete, VideoRecord, apply, record_decoder, record_encoder, to_playlist, to_view
 
 service = Service("catalog", "The state of every video: get, list and delete")
 
@@ -108,6 +110,12 @@ async def delete_video(req: DeleteVideo, bus: Bus) -> Video:
     for name in record.objects():
         await bus.media.delete(name)
     return to_view(record)
+
+
+@service.endpoint(topology.RPC_CATALOG_PLAYLIST, GetPlaylist)
+async def get_playlist(req: GetPlaylist, bus: Bus) -> Playlist:
+    """The stored segments of a video, for its HLS playlists (not_found as for get)."""
+    return to_playlist(await _record(bus, req.tenant, req.video_id))
 
 
 @service.endpoint(topology.RPC_CATALOG_USAGE, GetUsage)

@@ -31,7 +31,7 @@ async def rendition(video_id: str, name: str, request: Request, tenant: str = De
     video = await fetch_video(bus, tenant, video_id)
     if not any(r.name == name for r in video.renditions):
         raise ApiError(404, "not_found", f"video {video_id} has no rendition {name!r} (yet)")
-    return await _serve(bus, request, topology.rendition_key(tenant, video_id, name), "video/mp4")
+    return await serve(bus, request, topology.rendition_key(tenant, video_id, name), "video/mp4")
 
 
 @router.get("/v1/videos/{video_id}/thumbnail", responses=schemas.THUMBNAIL, summary="The first frame as a JPEG")
@@ -40,15 +40,18 @@ async def thumbnail(video_id: str, request: Request, tenant: str = Depends(authe
     video = await fetch_video(bus, tenant, video_id)
     if video.thumbnail is None:
         raise ApiError(404, "not_found", f"video {video_id} has no thumbnail (yet)")
-    return await _serve(bus, request, topology.thumbnail_key(tenant, video_id), "image/jpeg")
+    return await serve(bus, request, topology.thumbnail_key(tenant, video_id), "image/jpeg")
 
 
-async def _serve(bus: Bus, request: Request, key: str, media_type: str) -> Response:
+async def serve(
+    bus: Bus, request: Request, key: str, media_type: str, *, cache: str = "private, max-age=3600", headers: dict | None = None
+) -> Response:
+    """An object from the store, with Range, ETag and If-None-Match (404 when it is gone)."""
     info = await bus.media.info(key)
     if info is None:
         raise ApiError(404, "not_found", "the media is gone")
     etag = '"' + (info.digest or info.nuid).replace("SHA-256=", "") + '"'
-    headers = {"Accept-Ranges": "bytes", "ETag": etag, "Cache-Control": "private, max-age=3600"}
+    headers = {**(headers or {}), "Accept-Ranges": "bytes", "ETag": etag, "Cache-Control": cache}
     if request.headers.get("if-none-match") == etag:
         return Response(status_code=304, headers=headers)
     try:

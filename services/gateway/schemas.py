@@ -85,6 +85,12 @@ RENDITION = responses(
 THUMBNAIL = responses(
     {200: _binary("image/jpeg", "The first frame"), 206: _binary("image/jpeg", "A byte range of it"), **MEDIA_OK}, 404, 416
 )
+PLAYLIST = responses(
+    {200: {"description": "An HLS playlist (RFC 8216)", "content": {"application/vnd.apple.mpegurl": {"schema": {"type": "string"}}}}},
+    404,
+)
+INIT_SEGMENT = responses({200: _binary("video/mp4", "A CMAF init segment"), **MEDIA_OK}, 404, 416)
+MEDIA_SEGMENT = responses({200: _binary("video/iso.segment", "A CMAF fragment"), **MEDIA_OK}, 404, 416)
 EVENTS = responses(
     {200: {"description": "Server-Sent Events", "content": {"text/event-stream": {"schema": {"type": "string"}}}}}, 404
 )

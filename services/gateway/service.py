@@ -54,6 +54,8 @@ from .app import (
 )
 from .limits import RequestLimits
 from .playback import router as playback_router
+from .streaming import cors as hls_cors
+from .streaming import router as streaming_router
 from .uploads import MultipartFile, accepted, new_video_id
 from .webhooks import router as webhooks_router
 
@@ -114,6 +116,11 @@ def _trace_header(app: FastAPI) -> None:
         if trace_id := telemetry.current_trace_id():
             response.headers["X-Trace-Id"] = trace_id
         return response
+
+
+@service.configure_app
+def _cors(app: FastAPI) -> None:
+    app.middleware("http")(hls_cors)  # cross-origin players of the HLS routes (streaming.py)
 
 
 @service.configure_app
@@ -326,6 +333,7 @@ async def delete_video(video_id: str, tenant: str = Depends(authenticate), bus: 
 
 
 api.include_router(playback_router)  # renditions, thumbnail, events: services/gateway/playback.py
+api.include_router(streaming_router)  # HLS playlists and CMAF fragments: services/gateway/streaming.py
 
 # --- the dashboard: one static page, no build step ------------------------------------------
 

@@ -135,6 +135,12 @@ def _with_output(job: Job, output: str | None) -> list[str]:
     return job.outputs if output is None or output in job.outputs else [*job.outputs, output]
 
 
+def playable(job: Job) -> bool:
+    """The first segment of every rendition (chunk 0) and the audio are stored."""
+    tasks = job.tasks
+    return tasks.get(chunk_task(0)) == DONE and tasks.get(AUDIO_TASK, DONE) == DONE and job.status != "deleted"
+
+
 def video_segments(job: Job) -> list[int]:
     """Every stored video segment of the job, in order."""
     return sorted({index for indices in job.chunk_segments.values() for index in indices})

@@ -33,6 +33,7 @@ from shared.contracts import (
     VideoDeleted,
     VideoFailed,
     VideoPlanned,
+    VideoPlayable,
     VideoReady,
     VideoUploaded,
     STITCH_TASK,
@@ -218,6 +219,10 @@ async def _announce(bus: Bus, job: jobs.Job, event) -> None:
         for name in jobs.media_of(job) + _written_by(event, job):
             await bus.media.delete(name)
         return
+    opens = isinstance(event, AudioEncoded) or (isinstance(event, ChunkEncoded) and event.chunk == 0)
+    if opens and jobs.playable(job):
+        # Chunk 0 and the audio make it playable, whichever comes second.
+        await bus.publish(VideoPlayable(video_id=job.video_id, tenant=job.tenant), msg_id=f"{job.video_id}:playable")
     if job.tasks.get(STITCH_TASK) == jobs.PENDING and isinstance(event, (ChunkEncoded, AudioEncoded)):
         # Only the last chunk or audio result moves the stitch to pending; a redelivery of it
         # publishes the same task again, which JetStream drops as a duplicate.
