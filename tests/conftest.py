@@ -265,9 +265,69 @@ def wait_terminal(client: httpx.Client, ids, timeout: float = 120.0, statuses=("
     return {v: last[v] for v in ids}
 
 
+async def video_events(js, tenant: str, video_id: str, kinds=("*",)) -> list[tuple[int, str, dict]]:
+    """Events of one video as (stream seq, kind, payload), in stream order; `kinds` names
+    the event kinds (the subject's third token: `chunk_encoded`, ...) or "*" for all."""
+    import json
+
+    out = []
+    for kind in kinds:
+        subject = f"*.evt.{kind}.{tenant}.{video_id}"
+        info = await js.stream_info("EVENTS", subjects_filter=subject)
+        total = sum((info.state.subjects or {}).values())
+        if not total:
+            continue
+        sub = await js.subscribe(subject, stream="EVENTS", ordered_consumer=True)
+        try:
+            got = 0
+            while got < total:
+                msg = await sub.next_msg(timeout=5)
+                out.append((msg.metadata.sequence.stream, msg.subject.split(".")[2], json.loads(msg.data)))
+                got += 1
+        finally:
+            await sub.unsubscribe()
+    return sorted(out, key=lambda e: e[0])
+
+
+def mesh_events(mesh: Mesh, tenant: str, video_id: str, kinds=("*",)) -> list[tuple[int, str, dict]]:
+    """video_events from a sync test, on the mesh's NATS."""
+    return js_run(nats_servers(mesh), lambda js: video_events(js, tenant, video_id, kinds))
+
+
+def wait_mid_chunk(mesh: Mesh, tenant: str, video_id: str, timeout: float = 60) -> tuple[int, int]:
+    """Until a chunk of the video has reported progress (some of its segments encoded) and
+    is not encoded yet: (chunk index, segments it reported). Chunks report progress only
+    when they have several segments (VIDMESH_CHUNK_S > VIDMESH_SEGMENT_S)."""
+    last = []
+
+    def working():
+        events = mesh_events(mesh, tenant, video_id, ("chunk_progress", "chunk_encoded"))
+        last[:] = events
+        encoded = {e["chunk"] for _, kind, e in events if kind == "chunk_encoded"}
+        busy = [(e["chunk"], e["segments"]) for _, kind, e in events if kind == "chunk_progress" and e["chunk"] not in encoded]
+        return busy[-1] if busy else None
+
+    try:
+        return wait_for(working, timeout, 0.1, f"a chunk of video {video_id} to be mid-encode")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}; events seen: {last}") from None
+
+
+# Events whose count the delivery invariants check (subject prefixes in EVENTS).
+COUNTED_EVENTS = (
+    "transcoder.evt.chunk_encoded",
+    "transcoder.evt.audio_encoded",
+    "transcoder.evt.rendition_stitched",
+    "thumbnailer.evt.thumbnail_extracted",
+    "pipeline.evt.video_ready",
+    "pipeline.evt.video_failed",
+)
+
+
 async def delivery_state(js, tenant: str, video_ids) -> dict:
-    """What the bus holds for these videos: rendition objects (and whether each is whole),
-    event counts per kind, the task queues, and chunks that belong to no live object."""
+    """What the bus holds for these videos: rendition objects and CMAF fragments (and
+    whether each is whole), the plan and the encode results, event counts per kind, the
+    task queues, and chunks that belong to no live object."""
     from nats.js.errors import NotFoundError
 
     store = await js.object_store("media")
@@ -284,20 +344,29 @@ async def delivery_state(js, tenant: str, video_ids) -> dict:
         "orphan_chunk_subjects": sorted(s for s in chunks if s.rsplit(".", 1)[-1] not in live_nuids),
         "queues": {},
     }
+
+    def held(prefix: str) -> dict:
+        return {
+            name[len(prefix):]: {"chunks": o.chunks, "chunks_stored": chunks.get(f"$O.media.C.{o.nuid}", 0), "size": o.size}
+            for name, o in live.items()
+            if name.startswith(prefix)
+        }
+
     for vid in video_ids:
-        prefix = f"{tenant}/{vid}/renditions/"
-        renditions = {}
-        for name, o in live.items():
-            if name.startswith(prefix):
-                held = chunks.get(f"$O.media.C.{o.nuid}", 0)
-                renditions[name[len(prefix):]] = {"chunks": o.chunks, "chunks_stored": held, "size": o.size}
         events = {}
-        for kind in ("transcoder.evt.rendition_transcoded", "thumbnailer.evt.thumbnail_extracted",
-                     "pipeline.evt.video_ready", "pipeline.evt.video_failed"):
+        for kind in COUNTED_EVENTS:
             ev = await js.stream_info("EVENTS", subjects_filter=f"{kind}.{tenant}.{vid}")
             events[kind.rsplit(".", 1)[-1]] = sum((ev.state.subjects or {}).values())
-        state["videos"][vid] = {"renditions": renditions, "events": events,
-                                "thumbnail": f"{tenant}/{vid}/thumbnail.jpg" in live}
+        results = await video_events(js, tenant, vid, ("video_planned", "chunk_encoded", "audio_encoded"))
+        state["videos"][vid] = {
+            "renditions": held(f"{tenant}/{vid}/renditions/"),
+            "fragments": held(f"{tenant}/{vid}/cmaf/"),
+            "events": events,
+            "plan": next((e for _, kind, e in results if kind == "video_planned"), None),
+            "chunks_encoded": [e for _, kind, e in results if kind == "chunk_encoded"],
+            "audio_encoded": [e for _, kind, e in results if kind == "audio_encoded"],
+            "thumbnail": f"{tenant}/{vid}/thumbnail.jpg" in live,
+        }
     for stream, durable in TASK_QUEUES.items():
         s = await js.stream_info(stream)
         c = await js.consumer_info(stream, durable)
@@ -310,6 +379,47 @@ async def delivery_state(js, tenant: str, video_ids) -> dict:
     return state
 
 
+def fragment_problems(where: str, held: dict, planned: list[str]) -> list[str]:
+    """The CMAF invariants of a ready video: one `chunk_encoded` per planned chunk whose
+    segments follow on from each other's; for every rendition (and the audio) an init
+    segment and exactly one whole fragment per segment, of the size its result reported,
+    and no fragment no result reported (a redone chunk overwrote its keys)."""
+    problems = []
+    plan, encoded, audio = held["plan"] or {}, held["chunks_encoded"], held["audio_encoded"]
+    indices = sorted(e["chunk"] for e in encoded)
+    if indices != list(range(plan.get("chunks", 0))):
+        problems.append(f"{where}: chunk_encoded for chunks {indices}, planned {plan.get('chunks')}")
+    segments = sorted((s for e in encoded for s in e["segments"]), key=lambda s: s["index"])
+    if [s["index"] for s in segments] != list(range(len(segments))) or not segments:
+        problems.append(f"{where}: segments {[s['index'] for s in segments]} are not 0..n-1, each once")
+    expected = {}
+    for name in planned:
+        expected[f"{name}/init.mp4"] = None
+        for s in segments:
+            expected[f"{name}/{s['index']:05d}.m4s"] = s["sizes"].get(name)
+    if len(audio) != (1 if plan.get("audio") else 0):
+        problems.append(f"{where}: {len(audio)} audio_encoded events (audio planned: {plan.get('audio')})")
+    for e in audio:
+        expected["audio/init.mp4"] = None
+        for s in e["segments"]:
+            expected[f"audio/{s['index']:05d}.m4s"] = s["sizes"].get("audio")
+    stored = held["fragments"]
+    if set(stored) != set(expected):
+        problems.append(
+            f"{where}: fragments missing {sorted(set(expected) - set(stored))[:10]}, "
+            f"unreported {sorted(set(stored) - set(expected))[:10]}"
+        )
+    for key, size in expected.items():
+        obj = stored.get(key)
+        if obj is None:
+            continue
+        if obj["chunks_stored"] != obj["chunks"]:
+            problems.append(f"{where}: fragment {key} has {obj['chunks_stored']} of {obj['chunks']} chunks")
+        if size is not None and obj["size"] != size:
+            problems.append(f"{where}: fragment {key} holds {obj['size']} bytes, its result reported {size}")
+    return problems
+
+
 def assert_delivered_once(
     mesh: Mesh, tenant: str, finals: dict[str, dict], *, queue_timeout: float = 30.0, reread: bool = False
 ) -> dict:
@@ -319,7 +429,10 @@ def assert_delivered_once(
     - the JSON lists each rendition name once; a ready video lists exactly its plan;
     - the object store holds exactly one whole object per listed rendition key, and no
       rendition object the JSON does not list (for a ready video); no orphaned chunks;
-    - one `rendition_transcoded` event per rendition, one terminal event per video;
+    - a ready video's CMAF fragments are exactly those its chunk and audio results report,
+      each whole and once (fragment_problems);
+    - one `chunk_encoded` per chunk, one `rendition_stitched` per rendition, one terminal
+      event per video;
     - the TASKS_* work queues end empty and the catalog and pipeline event consumers
       catch up (nothing pending, nothing unacknowledged).
     Returns the bus state it checked."""
@@ -361,8 +474,9 @@ def assert_delivered_once(
             extra = set(held["renditions"]) - {f"{n}.mp4" for n in names}
             if extra:
                 problems.append(f"{where}: rendition objects not listed in the JSON: {sorted(extra)}")
-            if ev["rendition_transcoded"] != len(names):
-                problems.append(f"{where}: {ev['rendition_transcoded']} rendition_transcoded events for {len(names)} renditions")
+            if ev["rendition_stitched"] != len(names):
+                problems.append(f"{where}: {ev['rendition_stitched']} rendition_stitched events for {len(names)} renditions")
+            problems += fragment_problems(where, held, names)
             if ev["video_ready"] != 1 or ev["video_failed"] != 0 or ev["thumbnail_extracted"] != 1:
                 problems.append(f"{where}: events {ev}")
             if not video.get("thumbnail") or not held["thumbnail"]:

@@ -1,14 +1,16 @@
 """The delivery machinery under faults, against real processes (issue 4).
 
-A worker SIGKILLed in the middle of a task, a worker SIGTERMed in the middle of a task
+A worker SIGKILLed in the middle of a chunk, a worker SIGTERMed in the middle of a chunk
 (bounded drain, exit 0), and the nats-server itself stopped or crashed and restarted under
 a running pipeline: every accepted video still ends `ready`, each rendition exists exactly
-once (listed once in the JSON, one whole object in the store, one `rendition_transcoded`
-event) and the task queues end empty.
+once (listed once in the JSON, one whole object in the store, one `rendition_stitched`
+event), each chunk was encoded once (one `chunk_encoded`; its fragments stored once each,
+whole, as reported) and the task queues end empty.
 
 The worker tests share one mesh with a short redelivery delay (`VIDMESH_TASK_ACK_WAIT_S=3`),
-a short drain (`VIDMESH_DRAIN_TIMEOUT_S=2`) and one transcoder process, so the process
-holding a task is unambiguous. The same mesh shows that a catalog
+a short drain (`VIDMESH_DRAIN_TIMEOUT_S=2`), one transcoder process, so the process
+holding a task is unambiguous, and 1 s segments in 4 s chunks, so a 10 s clip is three
+chunk tasks that report progress while they encode. The same mesh shows that a catalog
 replica dying with an event in hand never lets a video read `ready` without that rendition.
 A handler raising `Retry` is covered by tests/integration/test_bus.py; the last test here
 covers the other branch, an unexpected exception.
@@ -28,6 +30,7 @@ import httpx
 import pytest
 
 from tests.clips import make_clip
+from tests.conftest import mesh_events as video_events
 from tests.conftest import (
     Mesh,
     MeshOn,
@@ -39,6 +42,7 @@ from tests.conftest import (
     nats_servers,
     service_pids,
     wait_for,
+    wait_mid_chunk,
     wait_terminal,
 )
 
@@ -50,6 +54,8 @@ FAULT_ENV = {
     "VIDMESH_TASK_ACK_WAIT_S": str(ACK_WAIT_S),
     "VIDMESH_DRAIN_TIMEOUT_S": str(DRAIN_S),
     "VIDMESH_TRANSCODER_PROCS": "1",
+    "VIDMESH_SEGMENT_S": "1",
+    "VIDMESH_CHUNK_S": "4",
 }
 
 
@@ -60,22 +66,6 @@ def upload(client: httpx.Client, path) -> str:
     r = client.post("/v1/videos", content=Path(path).read_bytes(), headers={"Content-Type": "video/mp4"})
     assert r.status_code == 202, (r.status_code, r.text)
     return r.json()["id"]
-
-
-def wait_mid_encode(client: httpx.Client, video_id: str, timeout: float = 60) -> tuple[str, float]:
-    """Until the video's `progress` shows a rendition being encoded (0 < percent < 100)."""
-    last = {}
-
-    def working():
-        last.update(client.get(f"/v1/videos/{video_id}").json())
-        done = {r["name"] for r in last.get("renditions", [])}
-        busy = [(n, p) for n, p in (last.get("progress") or {}).items() if 0 < p < 100 and n not in done]
-        return busy[0] if busy else None
-
-    try:
-        return wait_for(working, timeout, 0.05, f"video {video_id} to be mid-encode")
-    except AssertionError as exc:
-        raise AssertionError(f"{exc}; last seen: {last}") from None
 
 
 def wait_transcode_in_hand(mesh, timeout: float = 60) -> None:
@@ -90,25 +80,6 @@ def wait_transcode_in_hand(mesh, timeout: float = 60) -> None:
 def events_last_seq(mesh) -> int:
     async def q(js):
         return (await js.stream_info("EVENTS")).state.last_seq
-
-    return js_run(nats_servers(mesh), q)
-
-
-def video_events(mesh, tenant: str, video_id: str) -> list[tuple[int, str, dict]]:
-    """Every event of one video as (stream seq, kind, payload), in stream order."""
-
-    async def q(js):
-        info = await js.stream_info("EVENTS", subjects_filter=f"*.evt.*.{tenant}.{video_id}")
-        total = sum((info.state.subjects or {}).values())
-        sub = await js.subscribe(f"*.evt.*.{tenant}.{video_id}", stream="EVENTS", ordered_consumer=True)
-        out = []
-        try:
-            while len(out) < total:
-                msg = await sub.next_msg(timeout=5)
-                out.append((msg.metadata.sequence.stream, msg.subject.split(".")[2], json.loads(msg.data)))
-        finally:
-            await sub.unsubscribe()
-        return out
 
     return js_run(nats_servers(mesh), q)
 
@@ -147,9 +118,10 @@ def fault_mesh():
 
 @pytest.fixture(scope="module")
 def clip_720(tmp_path_factory) -> str:
-    """1280x720, 10 s: its 720p rung takes at least 4.5 s on this machine (idle; much more
-    when loaded), over twice the drain timeout, so a worker is caught mid-task with more
-    work left than the drain allows. MPEG-4 Part 2 is quick to generate (1.6 s)."""
+    """1280x720, 10 s: three chunks (0-4, 4-8 and 8-10 s), each encoding three rungs of
+    several segments, long enough to catch a worker mid-chunk (and the first chunk takes
+    about the drain timeout or longer). MPEG-4 Part 2 is quick to generate (1.6 s) and has
+    a keyframe every 12 frames, so the pipeline can cut it."""
     return make_clip(
         tmp_path_factory.mktemp("faults") / "720.mp4", width=1280, height=720, seconds=10.0, codec="mpeg4"
     )
@@ -163,11 +135,11 @@ def clip_small(tmp_path_factory) -> str:
 # --- 1. SIGKILL of each worker kind mid-task -------------------------------------------
 
 
-def test_sigkill_transcoder_mid_encode_loses_nothing(fault_mesh, clip_720):
+def test_sigkill_transcoder_mid_chunk_loses_nothing(fault_mesh, clip_720):
     mesh = fault_mesh
     with mesh.client() as c:
         vid = upload(c, clip_720)
-        rendition, percent = wait_mid_encode(c, vid)
+        chunk, segments = wait_mid_chunk(mesh, "alice", vid)
         victim = pid_of(mesh, "transcoder")
         mark = len(mesh.lines)
         os.kill(victim, signal.SIGKILL)
@@ -180,13 +152,16 @@ def test_sigkill_transcoder_mid_encode_loses_nothing(fault_mesh, clip_720):
 
     assert final["status"] == "ready", final
     assert any(re.match(r"transcoder\s+\| exited with -9", line) for line in lines_since(mesh, mark))
-    # The rendition in hand at the kill was finished after it, by the restarted worker:
-    # the task came back (redelivered once its heartbeats stopped) instead of being lost.
-    done = [seq for seq, kind, e in video_events(mesh, "alice", vid)
-            if kind == "rendition_transcoded" and e["rendition"] == rendition]
-    assert len(done) == 1 and done[0] > killed_at, (rendition, percent, done, killed_at)
+    events = video_events(mesh, "alice", vid)
+    # The chunk in hand at the kill was encoded after it, by the restarted worker: the task
+    # came back (redelivered once its heartbeats stopped) instead of being lost.
+    done = [seq for seq, kind, e in events if kind == "chunk_encoded" and e["chunk"] == chunk]
+    assert len(done) == 1 and done[0] > killed_at, (chunk, segments, done, killed_at)
+    planned = next(e for _, kind, e in events if kind == "video_planned")
+    assert planned["chunks"] == 3 and planned["segments"] == 10, planned
+    # every chunk's fragments stored once, whole, as its one result reports
     assert_delivered_once(mesh, "alice", {vid: final})
-    print(f"killed transcoder at {rendition} {percent}%: ready {took:.1f}s later")
+    print(f"killed transcoder at chunk {chunk} ({segments} segments done): ready {took:.1f}s later")
 
 
 def test_sigkill_thumbnailer_with_a_task_waiting_for_it(fault_mesh, clip_small):
@@ -230,16 +205,16 @@ def test_sigkill_thumbnailer_with_a_task_waiting_for_it(fault_mesh, clip_small):
 # --- 2. SIGTERM: bounded drain, exit 0, nothing lost -----------------------------------
 
 
-def test_sigterm_transcoder_mid_task_drains_in_time_exits_0_and_loses_nothing(fault_mesh, clip_720):
-    """SIGTERM as soon as the transcoder holds its first task (the 720p rung: the pipeline
-    publishes the ladder largest first and the work queue is FIFO). The whole rung takes
-    longer than the drain timeout, so the worker must give the task back (nak) and exit 0
-    within the bound, and the restarted worker must make the rendition."""
+def test_sigterm_transcoder_mid_chunk_drains_in_time_exits_0_and_loses_nothing(fault_mesh, clip_720):
+    """SIGTERM as soon as the transcoder holds its first task (chunk 0: the pipeline
+    publishes it first and the work queue is FIFO). The chunk may take longer than the
+    drain timeout, so the worker must finish it or give it back (nak) and exit 0 within
+    the bound, and the chunk must be encoded exactly once."""
     mesh = fault_mesh
     with mesh.client() as c:
         vid = upload(c, clip_720)
         wait_transcode_in_hand(mesh)
-        rendition, percent = "720p", c.get(f"/v1/videos/{vid}").json()["progress"].get("720p", 0.0)
+        chunk = 0
         victim = pid_of(mesh, "transcoder")
         mark = len(mesh.lines)
         started = time.monotonic()
@@ -259,13 +234,12 @@ def test_sigterm_transcoder_mid_task_drains_in_time_exits_0_and_loses_nothing(fa
     assert "exited with 0;" in exited[0], exited
     assert final["status"] == "ready", final
     # The promise: it finishes or gives back (nak) the task in hand within the drain bound,
-    # exits 0, and the rendition is made exactly once: either by it before it exited (the
+    # exits 0, and the chunk is encoded exactly once: either by it before it exited (the
     # encode ended inside the drain window, which a fast machine allows) or, after the
     # exit, by the restarted worker.
     assert exit_s <= DRAIN_S + 10, exit_s
-    done = [seq for seq, kind, e in video_events(mesh, "alice", vid)
-            if kind == "rendition_transcoded" and e["rendition"] == rendition]
-    assert len(done) == 1, (rendition, percent, exit_s, done, stopped_at, exited_at)
+    done = [seq for seq, kind, e in video_events(mesh, "alice", vid, ("chunk_encoded",)) if e["chunk"] == chunk]
+    assert len(done) == 1, (chunk, exit_s, done, stopped_at, exited_at)
     if done[0] > exited_at:  # given back: it held the task for the whole drain window first
         assert exit_s >= DRAIN_S - 0.2, exit_s
     assert_delivered_once(mesh, "alice", {vid: final})
@@ -273,7 +247,66 @@ def test_sigterm_transcoder_mid_task_drains_in_time_exits_0_and_loses_nothing(fa
     dying = [l for l in lines_since(mesh, mark) if l.startswith("transcoder") and ("Traceback" in l or " ERROR " in l)]
     assert not dying, "\n".join(lines_since(mesh, mark)[-40:])
     how = "redone after the exit" if done[0] > exited_at else "finished within the drain"
-    print(f"SIGTERM at {rendition} {percent}%: exited 0 after {exit_s:.1f}s; {rendition} {how}")
+    print(f"SIGTERM at chunk {chunk}: exited 0 after {exit_s:.1f}s; chunk {chunk} {how}")
+
+
+# --- 2b. a duplicate delivery of a chunk and of the stitch -------------------------------
+
+
+@pytest.fixture(scope="module")
+def clip_two_chunks(tmp_path_factory) -> str:
+    """320x240, 6 s, cuttable: chunks 0-4 and 4-6 s on the fault mesh's 1 s grid."""
+    return make_clip(tmp_path_factory.mktemp("faults") / "two.mp4", width=320, height=240, seconds=6.0, codec="mpeg4")
+
+
+def test_a_duplicate_delivery_of_a_chunk_and_the_stitch_makes_no_duplicate_output(fault_mesh, clip_two_chunks):
+    """At-least-once delivery means a task can run twice (a redelivery whose first run did
+    finish, a task published again). Running a finished chunk and the stitch of a ready
+    video again rewrites the same keys (new objects replace the old ones, whose chunks are
+    purged), publishes no second result, and the video stays ready and whole."""
+    from services.pipeline import jobs
+    from shared import contracts, topology
+
+    mesh = fault_mesh
+    servers = nats_servers(mesh)
+    with mesh.client() as c:
+        vid = upload(c, clip_two_chunks)
+        final = wait_terminal(c, [vid], 90)[vid]
+    assert final["status"] == "ready", final
+    rewritten = [topology.segment_key("alice", vid, "240p", i) for i in (4, 5)]
+    rewritten += [topology.rendition_key("alice", vid, "240p")]
+
+    async def nuids(js):
+        store = await js.object_store("media")
+        return {name: (await store.get_info(name)).nuid for name in rewritten}
+
+    async def again(js):
+        kv = await js.key_value("jobs")
+        job = jobs.job_decoder.decode((await kv.get(topology.state_key("alice", vid))).value)
+        assert [job.tasks[t] for t in ("chunk:1", "stitch")] == ["done", "done"], job.tasks
+        for name in ("chunk:1", "stitch"):
+            task = jobs.task_message(job, name)
+            await js.publish(topology.subject_for(task), contracts.encode(task), headers={"Nats-Msg-Id": f"{vid}:{name}:again"})
+
+    async def queued(js):
+        info = await js.stream_info("TASKS_TRANSCODE", subjects_filter=f"*.cmd.*.alice.{vid}")
+        return sum((info.state.subjects or {}).values())
+
+    before = js_run(servers, nuids)
+    js_run(servers, again)
+    # both ran (they left the work queue, acknowledged) and replaced their objects
+    wait_for(lambda: js_run(servers, queued) == 0, 60, 0.2, "the duplicate tasks to be done")
+    after = wait_for(
+        lambda: (n := js_run(servers, nuids)) and all(n[k] != before[k] for k in rewritten) and n,
+        30, 0.2, "the duplicate tasks to rewrite their objects",
+    )
+    assert set(after) == set(rewritten)
+    with mesh.client() as c:
+        assert c.get(f"/v1/videos/{vid}").json()["status"] == "ready"
+        download = c.get(final["renditions"][0]["url"])
+    assert download.status_code == 200 and len(download.content) == final["renditions"][0]["size"]
+    # one result event per chunk and rendition, every fragment once and whole, no orphans
+    assert_delivered_once(mesh, "alice", {vid: final}, reread=True)
 
 
 # --- 3. nats-server restart under a running pipeline -----------------------------------
@@ -283,9 +316,10 @@ def test_sigterm_transcoder_mid_task_drains_in_time_exits_0_and_loses_nothing(fa
 def test_nats_server_restart_mid_pipeline(tmp_path, how):
     """A clean stop (SIGTERM) and a crash (SIGKILL: nothing flushed on the way out; the
     store is fsynced on every write) of the one nats-server, restarted on the same port
-    and store while three videos are being processed."""
+    and store while three videos (two chunks each, the audio and the stitch) are being
+    processed."""
     server = NatsServer(tmp_path / "nats").start()
-    clips = [make_clip(tmp_path / f"c{i}.mp4", width=854, height=480, seconds=2.0) for i in range(3)]
+    clips = [make_clip(tmp_path / f"c{i}.mp4", width=854, height=480, seconds=6.0, codec="mpeg4") for i in range(3)]
     mesh = MeshOn(tmp_path / "mesh", server.url, FAULT_ENV).start()
     try:
         assert not any(l.startswith("nats ") for l in mesh.lines), "vidmesh up must not start its own nats-server"
@@ -295,7 +329,9 @@ def test_nats_server_restart_mid_pipeline(tmp_path, how):
 
             def started():
                 videos = [c.get(f"/v1/videos/{v}").json() for v in ids]
-                return any(v.get("progress") or v.get("renditions") for v in videos) and videos
+                # a chunk encoded (progress moved) or a rendition stitched
+                return any(any(p > 0 for p in (v.get("progress") or {}).values()) or v.get("renditions")
+                           for v in videos) and videos
 
             at_stop = wait_for(started, 60, 0.05, "the pipeline to be working")
             # mid-pipeline: some work is left (on a busy machine the first video may be done)
@@ -388,7 +424,7 @@ def clip_ladder(tmp_path_factory) -> str:
 
 
 def test_ready_is_not_shown_before_a_rendition_held_by_a_dead_catalog_replica(fault_mesh, clip_ladder):
-    """A catalog replica takes the `rendition_transcoded` event of one rung and dies before
+    """A catalog replica takes the `rendition_stitched` event of one rung and dies before
     acking it (a crash or a lost NATS node with a batch in hand): the event comes back only
     after the consumer's ack_wait. Meanwhile the pipeline completes the video; the catalog
     must not show `ready` with that rendition missing (a client that follows SSE to
@@ -417,7 +453,7 @@ def test_ready_is_not_shown_before_a_rendition_held_by_a_dead_catalog_replica(fa
                 continue
             for m in msgs:
                 held.append(m.subject)
-                if m.subject.startswith("transcoder.evt.rendition_transcoded.") and m.subject.endswith(vid):
+                if m.subject.startswith("transcoder.evt.rendition_stitched.") and m.subject.endswith(vid):
                     return held, json.loads(m.data)["rendition"]
         raise AssertionError(f"no rendition event of {vid} within 60 s; held {held}")
 
