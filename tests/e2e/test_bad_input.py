@@ -9,6 +9,7 @@ end) and the poison task is kept in the dead-letter stream with its reason.
 from __future__ import annotations
 
 import asyncio
+import re
 
 import httpx
 import nats
@@ -16,7 +17,7 @@ import numpy as np
 import pytest
 
 from tests.clips import make_audio_only, make_clip, make_image, make_truncated
-from tests.conftest import alive, wait_for
+from tests.conftest import alive, video_events, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -77,7 +78,17 @@ def bad_files(tmp_path_factory) -> dict[str, tuple[bytes, str]]:
         "jpeg": (open(make_image(d / "still.jpg", width=64, height=48), "rb").read(), "video/mp4"),
         "audio_only": (open(make_audio_only(d / "tone.m4a", seconds=1.0), "rb").read(), "video/mp4"),
         "truncated": (open(make_truncated(d / "cut.mp4", seconds=4.0, keep=0.5), "rb").read(), "video/mp4"),
+        "truncated_in_chunks": (_truncated_in_chunks(d / "cut_in_chunks.mp4"), "video/mp4"),
     }
+
+
+def _truncated_in_chunks(path) -> bytes:
+    """20 s that the pipeline cuts into three 6 s chunks (MPEG-4 Part 2: a keyframe every 12
+    frames), index at the front, cut after half its bytes: chunk 0 decodes whole, the
+    chunks past the cut cannot. Silent, so only chunks can fail it."""
+    make_clip(path, width=320, height=240, seconds=20.0, codec="mpeg4", audio=False, faststart=True, container="mp4")
+    data = open(path, "rb").read()
+    return data[: len(data) // 2]
 
 
 # Expected outcome of each bad input: ("reject", status, code) at upload, or ("fail", code).
@@ -91,6 +102,7 @@ EXPECTED = {
     "audio_only": ("reject", 422, "no_video_stream"),
     # index at the front, media cut in half: probes fine, fails when transcoded
     "truncated": ("fail", "bad_media"),
+    "truncated_in_chunks": ("fail", "bad_media"),
 }
 
 
@@ -154,6 +166,31 @@ def test_truncated_mp4_becomes_a_failed_video_with_an_error(mesh, outcomes):
         # still answered consistently afterwards
         again = c.get(f"/v1/videos/{final['id']}").json()
         assert again["status"] == "failed" and again["error"] == final["error"]
+
+
+def test_a_chunk_past_the_cut_fails_the_video_with_its_reason(mesh, outcomes):
+    r = outcomes["answers"]["truncated_in_chunks"]
+    assert r.status_code == 202, r.text
+    final = outcomes["finals"]["truncated_in_chunks"]
+    assert final["status"] == "failed", final
+    # the reason names the chunk that failed and why
+    assert final["error"]["code"] == "bad_media", final["error"]
+    assert re.match(r"chunk:[12]: the video stops at [\d.]+ s of 20\.00 s", final["error"]["message"]), final["error"]
+    assert final["renditions"] == [], "nothing is stitched from a video with a chunk missing"
+    kinds = ("video_planned", "chunk_encoded", "rendition_stitched", "video_failed")
+
+    def results():
+        events = jetstream(mesh, lambda js: video_events(js, "alice", final["id"], kinds))
+        return events if any(kind == "chunk_encoded" for _, kind, _ in events) else None
+
+    # the chunk before the cut was fine (its result may come after the failure): the
+    # failure is the later chunks', not the whole video's
+    events = wait_for(results, 30, 0.3, "the result of the chunk before the cut")
+    planned = next(data for _, kind, data in events if kind == "video_planned")
+    assert planned["chunks"] == 3 and planned["audio"] is False, planned
+    assert [data["chunk"] for _, kind, data in events if kind == "chunk_encoded"] == [0]
+    assert [kind for _, kind, _ in events].count("video_failed") == 1
+    assert "rendition_stitched" not in [kind for _, kind, _ in events]
 
 
 def test_poison_task_is_kept_in_the_dead_letter_stream(mesh, outcomes):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -29,8 +30,10 @@ def tiny(tmp_path_factory) -> bytes:
 
 @pytest.fixture(scope="module")
 def long_clip(tmp_path_factory) -> bytes:
+    """1280x720, 20 s that can be cut (a keyframe every 12 frames): three 6 s chunks of
+    three rungs each, spread over both transcoders."""
     path = tmp_path_factory.mktemp("clips") / "long.mp4"
-    make_clip(str(path), width=1280, height=720, seconds=8.0)
+    make_clip(str(path), width=1280, height=720, seconds=20.0, codec="mpeg4")
     return path.read_bytes()
 
 
@@ -61,6 +64,16 @@ def media_names(mesh: Mesh, prefix: str) -> list[str]:
 def stream_messages(mesh: Mesh, stream: str) -> int:
     async def count(js):
         return (await js.stream_info(stream)).state.messages
+
+    return nats_query(mesh, count)
+
+
+def queued_for(mesh: Mesh, stream: str, tenant: str, video_id: str) -> int:
+    """Tasks of one video on a work queue (waiting, or in a worker's hands)."""
+
+    async def count(js):
+        info = await js.stream_info(stream, subjects_filter=f"*.cmd.*.{tenant}.{video_id}")
+        return sum((info.state.subjects or {}).values())
 
     return nats_query(mesh, count)
 
@@ -122,28 +135,31 @@ def test_a_failed_first_upload_does_not_hold_the_key(mesh, tiny):
         assert good.status_code == 202 and "idempotent-replayed" not in good.headers
 
 
-def test_delete_mid_encode_stops_the_tasks_and_removes_everything(mesh, long_clip):
+def test_delete_mid_encode_stops_the_chunks_and_removes_everything(mesh, long_clip):
     with mesh.client() as c:
         video_id = post(c, long_clip).json()["id"]
+        # a chunk is encoded (its fragments stored) and more are in the transcoders' hands
         wait_for(
             lambda: any(0 < p < 100 for p in c.get(f"/v1/videos/{video_id}").json()["progress"].values()),
-            60,
+            90,
             0.1,
-            "a transcode in progress",
+            "a chunk encoded",
         )
+        assert media_names(mesh, f"alice/{video_id}/cmaf/"), "fragments are stored"
         mark = len(mesh.lines)
         r = c.delete(f"/v1/videos/{video_id}")
         assert r.status_code == 200 and r.json()["status"] == "deleted"
-        # the workers notice within a second or two, not at the end of the encode
+        # the workers notice within a second or two, not at the end of the chunk
         wait_for(
-            lambda: any("abandoned" in line and video_id in line for line in mesh.lines[mark:]),
+            lambda: any(re.search(rf"abandoned chunk:\d+ of video {video_id}", line) for line in mesh.lines[mark:]),
             5,
             0.05,
-            "a transcoder to abandon the deleted video",
+            "a transcoder to abandon a chunk of the deleted video",
         )
         assert c.get(f"/v1/videos/{video_id}").json()["status"] == "deleted"
+        # the source, the fragments of every chunk and audio, and nothing left behind
         wait_for(lambda: media_names(mesh, f"alice/{video_id}/") == [], 20, 0.2, "the media to be gone")
-        wait_for(lambda: stream_messages(mesh, "TASKS_TRANSCODE") == 0, 30, 0.2, "the task queue to drain")
+        wait_for(lambda: queued_for(mesh, "TASKS_TRANSCODE", "alice", video_id) == 0, 30, 0.2, "its tasks to be gone")
 
 
 @pytest.fixture(scope="module")
@@ -158,30 +174,33 @@ def stalled_mesh():
 def test_tasks_of_a_deleted_video_are_dropped_not_run(stalled_mesh, tiny):
     with stalled_mesh.client("bob") as c:
         video_id = post(c, tiny).json()["id"]
-        queued = lambda: stream_messages(stalled_mesh, "TASKS_TRANSCODE")  # noqa: E731
-        wait_for(lambda: queued() >= 1, 20, what="its task queued")
+        queued = lambda: queued_for(stalled_mesh, "TASKS_TRANSCODE", "bob", video_id)  # noqa: E731
+        wait_for(lambda: queued() == 2, 20, what="its chunk and audio tasks queued")
         assert c.delete(f"/v1/videos/{video_id}").status_code == 200
-    before = queued()
     env = {**stalled_mesh.env, "NATS_URL": f"nats://127.0.0.1:{stalled_mesh.nats_port}", "VIDMESH_HTTP_PORT": str(free_port())}
     worker = subprocess.Popen(
         [sys.executable, "-m", "services", "run", "transcoder"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
     try:
-        # the late worker takes the deleted video's task off the queue without running it
-        wait_for(lambda: queued() < before, 30, 0.2, "the deleted video's task to be dropped")
+        # the late worker takes the deleted video's tasks off the queue without running them
+        wait_for(lambda: queued() == 0, 30, 0.2, "the deleted video's tasks to be dropped")
     finally:
         worker.terminate()
         out, _ = worker.communicate(timeout=30)
-    assert f"dropping 240p of deleted video {video_id}" in out
+    assert f"dropping chunk:0 of deleted video {video_id}" in out, out[-2000:]
+    assert f"dropping audio of deleted video {video_id}" in out, out[-2000:]
     assert media_names(stalled_mesh, f"bob/{video_id}/") == []
     assert worker.returncode == 0, out[-2000:]
 
 
 def test_uploads_get_429_when_the_backlog_is_too_deep(stalled_mesh, tiny, tmp_path):
     big = tmp_path / "480.mp4"
-    make_clip(str(big), width=854, height=480, seconds=0.5)  # 2 renditions: backlog 2 > limit 1
+    make_clip(str(big), width=854, height=480, seconds=0.5)  # a chunk and the audio: backlog 2 > limit 1
     with stalled_mesh.client() as c:
-        assert post(c, big.read_bytes()).status_code == 202
+        # nothing queued (the tasks of the previous test's video were dropped), and the
+        # gateway's view of the backlog, refreshed every few seconds, has caught up
+        wait_for(lambda: stream_messages(stalled_mesh, "TASKS_TRANSCODE") == 0, 20, what="an empty queue")
+        wait_for(lambda: post(c, big.read_bytes()).status_code == 202, 30, 0.5, "an upload accepted")
         wait_for(lambda: stream_messages(stalled_mesh, "TASKS_TRANSCODE") == 2, 20, what="tasks queued")
 
         def refused():

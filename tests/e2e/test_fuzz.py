@@ -99,10 +99,10 @@ def test_the_api_answers_what_its_schema_promises(fuzz_mesh):
 # One subject per durable consumer, in its filter (EVENTS subjects reach several consumers:
 # each of them must dead-letter the message on its own).
 TARGETS = {
-    ("EVENTS", "catalog"): "transcoder.evt.rendition_progress.fuzz.v1",
+    ("EVENTS", "catalog"): "transcoder.evt.chunk_progress.fuzz.v1",
     ("EVENTS", "pipeline"): "gateway.evt.video_uploaded.fuzz.v2",
     ("EVENTS", "notifier"): "pipeline.evt.video_ready.fuzz.v3",
-    (topology.TASKS_TRANSCODE, "transcoder"): "transcoder.cmd.transcode_rendition.fuzz.v4",
+    (topology.TASKS_TRANSCODE, "transcoder"): "transcoder.cmd.encode_chunk.fuzz.v4",
     (topology.TASKS_THUMBNAIL, "thumbnailer"): "thumbnailer.cmd.extract_thumbnail.fuzz.v5",
     (topology.TASKS_WEBHOOK, "notifier"): "notifier.cmd.deliver_webhook.fuzz.v6",
     (topology.ADVISORIES, "deadletter"): f"{topology.MAX_DELIVERIES_ADVISORY}.{topology.TASKS_TRANSCODE}.fuzz",
@@ -127,7 +127,7 @@ def test_every_consumer_dead_letters_poison_and_stays_up(fuzz_mesh):
                 await js.publish(subject, data, headers={"Nats-Msg-Id": f"fuzz:{subject}:{name}"})
         # a message over the server's max_payload never gets in at all
         with pytest.raises(Exception, match="(?i)payload"):
-            await js._nc.publish("transcoder.cmd.transcode_rendition.fuzz.v9", b"x" * (2 * 1024 * 1024))
+            await js._nc.publish("transcoder.cmd.encode_chunk.fuzz.v9", b"x" * (2 * 1024 * 1024))
 
     js_run(servers, publish)
 

@@ -62,7 +62,7 @@ def firing(client, rule: str, subject: str):
 
 def test_lag_alert_and_backpressure_follow_the_monitor(watched_mesh, tmp_path):
     clip = tmp_path / "480.mp4"
-    make_clip(str(clip), width=854, height=480, seconds=0.5)  # two transcode tasks
+    make_clip(str(clip), width=854, height=480, seconds=0.5)  # two transcode tasks: its chunk and its audio
     tiny = tmp_path / "tiny.mp4"
     make_clip(str(tiny), width=320, height=240, seconds=0.5)
     with watched_mesh.client() as c:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import json
+import threading
 import time
 from dataclasses import dataclass
 
@@ -112,6 +113,17 @@ CLIPS = {
         displayed=(332, 198),
         ladder=[("198p", 332, 198)],
         container="matroska",
+        video_codec="mpeg4",
+    ),
+    # long enough to be cut: three chunks (0-6, 6-12, 12-16 s), encoded apart and stitched
+    # into one rendition that must play whole, every frame once (MPEG-4 Part 2 has a
+    # keyframe every 12 frames, so it can be cut)
+    "cut_in_chunks_mpeg4": Clip(
+        make=dict(width=320, height=240, seconds=16.0, codec="mpeg4"),
+        ext="mp4",
+        displayed=(320, 240),
+        ladder=[("240p", 320, 240)],
+        container="mp4",
         video_codec="mpeg4",
     ),
     # smaller than the lowest rung: one rendition at its own size, never upscaled
@@ -378,6 +390,27 @@ def test_thumbnail_is_an_upright_jpeg(mesh, uploads, ready_videos, name):
     assert corner == clip.corner, means
 
 
+def test_a_long_clip_is_encoded_in_chunks_and_stitched_whole(mesh, uploads, ready_videos):
+    """The events of the cut clip show its three chunks, each encoded once, their segments
+    following on from each other on the 6 s grid; the rendition that plays whole (above) is
+    their stitch."""
+    final = _final(ready_videos, uploads, "cut_in_chunks_mpeg4")
+    with mesh.client() as c:
+        events, _, _ = read_sse(c, f"/v1/videos/{final['id']}/events", deadline_s=20)
+    planned = next(e["data"] for e in events if e["event"] == "video_planned")
+    assert (planned["chunks"], planned["segments"], planned["segment_s"], planned["audio"]) == (3, 3, 6.0, True)
+    encoded = sorted((e["data"] for e in events if e["event"] == "chunk_encoded"), key=lambda d: d["chunk"])
+    assert [d["chunk"] for d in encoded] == [0, 1, 2]
+    segments = [s for d in encoded for s in d["segments"]]
+    assert [s["index"] for s in segments] == [0, 1, 2]
+    assert [s["start"] for s in segments] == pytest.approx([0.0, 6.0, 12.0], abs=0.05)
+    assert sum(s["duration"] for s in segments) == pytest.approx(16.0, abs=DURATION_TOLERANCE_S)
+    assert all(set(s["sizes"]) == {"240p"} and s["sizes"]["240p"] > 0 for s in segments)
+    names = [e["event"] for e in events]
+    assert names.count("audio_encoded") == 1 and names.count("rendition_stitched") == 1
+    assert max(i for i, n in enumerate(names) if n in ("chunk_encoded", "audio_encoded")) < names.index("rendition_stitched")
+
+
 # --- Range, HEAD and ETag --------------------------------------------------------------------
 
 
@@ -476,27 +509,45 @@ def test_etag_and_conditional_requests(mesh, big_rendition):
 
 @pytest.fixture(scope="module")
 def live_events(mesh, tmp_path_factory):
-    """A fresh upload followed over SSE from right after its 202 to the end of the stream.
+    """A fresh upload followed over SSE from right after its 202 to the end of the stream,
+    while another client polls the video's `progress` (the catalog's view of the same).
 
-    6 s of 480p: long enough that the stream surely opens while the video is processing
-    (so the live path is what is tested, not the replay of a finished video).
+    14 s of 480p that can be cut: two chunks (0-6 s, and 6-14 s of two segments), so the
+    stream surely opens while the video is processing (the live path is what is tested,
+    not the replay of a finished video) and progress moves in steps.
     """
     path = tmp_path_factory.mktemp("sse") / "sse.mp4"
-    make_clip(str(path), width=854, height=480, seconds=6.0)
+    make_clip(str(path), width=854, height=480, seconds=14.0, codec="mpeg4")
+    polled: list[dict] = []
+    done = threading.Event()
     with mesh.client() as c, mesh.client() as other:
         r = upload(c, path.read_bytes())
         assert r.status_code == 202, r.text
         video_id = r.json()["id"]
 
+        def poll():
+            with mesh.client() as poller:
+                while not done.is_set():
+                    body = poller.get(f"/v1/videos/{video_id}").json()
+                    polled.append({k: body[k] for k in ("status", "progress", "renditions", "planned")})
+                    done.wait(0.05)
+
+        polling = threading.Thread(target=poll, daemon=True)
+        polling.start()
+
         def status_when_opened():
             return other.get(f"/v1/videos/{video_id}").json()["status"]
 
-        events, resp, status_at_open = read_sse(c, f"/v1/videos/{video_id}/events", on_open=status_when_opened)
-    return video_id, events, resp, status_at_open
+        try:
+            events, resp, status_at_open = read_sse(c, f"/v1/videos/{video_id}/events", on_open=status_when_opened)
+        finally:
+            done.set()
+            polling.join(30)
+    return video_id, events, resp, status_at_open, polled
 
 
 def test_sse_follows_a_fresh_upload_to_ready_then_closes(mesh, live_events):
-    video_id, events, resp, status_at_open = live_events
+    video_id, events, resp, status_at_open, _ = live_events
     assert resp.status_code == 200
     assert resp.headers["content-type"].startswith("text/event-stream")
     assert resp.headers["cache-control"] == "no-cache"
@@ -512,24 +563,57 @@ def test_sse_follows_a_fresh_upload_to_ready_then_closes(mesh, live_events):
     ids = [int(e["id"]) for e in events]
     assert ids == sorted(ids) and len(set(ids)) == len(ids), "ids increase"
 
-    planned = next(e for e in events if e["event"] == "video_planned")["data"]["renditions"]
-    assert [x["name"] for x in planned] == ["480p", "360p"]
-    for rendition in ("480p", "360p"):
-        progress = [e["data"]["percent"] for e in events if e["event"] == "rendition_progress" and e["data"]["rendition"] == rendition]
-        assert progress, f"no rendition_progress for {rendition}: {names}"
-        assert progress == sorted(progress), progress
-        assert progress[-1] == 100.0
-        assert all(0 <= p <= 100 for p in progress)
-        assert sum(1 for e in events if e["event"] == "rendition_transcoded" and e["data"]["rendition"] == rendition) == 1
-    first_progress = names.index("rendition_progress")
-    assert names.index("video_planned") < first_progress < names.index("video_ready")
+    planned = next(e for e in events if e["event"] == "video_planned")["data"]
+    assert [x["name"] for x in planned["renditions"]] == ["480p", "360p"]
+    assert (planned["chunks"], planned["segments"], planned["segment_s"], planned["audio"]) == (2, 3, 6.0, True)
+
+    # progress: each chunk reports segments while it encodes, then its result, once
+    encoded = {e["data"]["chunk"]: (i, e["data"]) for i, e in enumerate(events) if e["event"] == "chunk_encoded"}
+    assert sorted(encoded) == [0, 1] and names.count("chunk_encoded") == 2, names
+    assert [s["index"] for c in (0, 1) for s in encoded[c][1]["segments"]] == [0, 1, 2]
+    for _, result in encoded.values():
+        assert all(set(s["sizes"]) == {"480p", "360p"} for s in result["segments"]), result
+    for chunk, (at, result) in encoded.items():
+        reported = [(i, e["data"]["segments"]) for i, e in enumerate(events)
+                    if e["event"] == "chunk_progress" and e["data"]["chunk"] == chunk]
+        assert all(i < at for i, _ in reported), "progress of a chunk comes before its result"
+        counts = [n for _, n in reported]
+        assert counts == sorted(counts) and all(0 < n < len(result["segments"]) for n in counts), counts
+    audio = [e["data"] for e in events if e["event"] == "audio_encoded"]
+    assert len(audio) == 1 and [s["index"] for s in audio[0]["segments"]] == [0, 1, 2]
+
+    # the MP4s are stitched once every chunk and the audio are in, one per rendition
+    stitched = [i for i, n in enumerate(names) if n == "rendition_stitched"]
+    assert sorted(events[i]["data"]["rendition"] for i in stitched) == ["360p", "480p"]
+    last_encode = max(i for i, n in enumerate(names) if n in ("chunk_encoded", "audio_encoded"))
+    assert names.index("video_planned") < min(i for i, _ in encoded.values()) <= last_encode < min(stitched)
+    assert max(stitched) < names.index("video_ready")
 
     with mesh.client() as c:
-        assert c.get(f"/v1/videos/{video_id}").json()["status"] == "ready"
+        final = c.get(f"/v1/videos/{video_id}").json()
+    assert final["status"] == "ready" and final["progress"] == {}
+
+
+def test_the_catalog_progress_is_the_share_of_segments_encoded_per_rendition(live_events):
+    """Every rendition's percent while processing is the share of the video's 3 segments
+    encoded (capped below 100 until its MP4 is stitched), never going back; 100 once it
+    is stitched."""
+    _, _, _, _, polled = live_events
+    processing = [p for p in polled if p["status"] == "processing" and p["planned"]]
+    assert processing, polled[:5]
+    steps = {0.0, 33.3, 66.7, 99.9}
+    last: dict[str, float] = {}
+    for snapshot in processing:
+        progress, stitched = snapshot["progress"], {r["name"] for r in snapshot["renditions"]}
+        assert set(progress) == {"480p", "360p"}, snapshot
+        for name, percent in progress.items():
+            assert percent == 100.0 if name in stitched else percent in steps, snapshot
+            assert percent >= last.get(name, 0.0), (name, percent, last)
+            last[name] = percent
 
 
 def test_sse_of_a_ready_video_replays_history_and_closes(mesh, live_events):
-    video_id, live, _, _ = live_events
+    video_id, live, _, _, _ = live_events
     with mesh.client() as c:
         started = time.monotonic()
         events, resp, _ = read_sse(c, f"/v1/videos/{video_id}/events", deadline_s=20)

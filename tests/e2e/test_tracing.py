@@ -87,6 +87,8 @@ def traced_mesh():
         "OTEL_BSP_SCHEDULE_DELAY": "200",  # export quickly; the default waits 5 s
         "VIDMESH_TRANSCODER_PROCS": "2",
         "VIDMESH_WEBHOOK_ALLOW_PRIVATE": "1",  # the webhook receiver is on 127.0.0.1
+        "VIDMESH_SEGMENT_S": "1",  # 1 s chunks: a 2 s clip is two chunk tasks
+        "VIDMESH_CHUNK_S": "1",
     }
     with tempfile.TemporaryDirectory(prefix="vidmesh-traced-") as tmp:
         mesh = Mesh(Path(tmp), env).start()
@@ -129,7 +131,7 @@ class Receiver:
 def test_one_upload_is_one_trace_through_every_service(traced_mesh, tmp_path):
     mesh, collector = traced_mesh
     clip = tmp_path / "480.mp4"
-    make_clip(str(clip), width=854, height=480, seconds=1.0)
+    make_clip(str(clip), width=854, height=480, seconds=2.0, codec="mpeg4")  # cuttable: two chunks
     receiver = Receiver()
     with mesh.client() as c:
         hook = c.post("/v1/webhooks", json={"url": receiver.url, "events": ["video.ready"]})
@@ -186,11 +188,29 @@ def test_one_upload_is_one_trace_through_every_service(traced_mesh, tmp_path):
         if s["kind"] == "producer":
             assert s["attrs"]["messaging.message.id"], s
 
-    # each transcode task is processed in the trace, with its child spans under it
-    tasks = [s for s in spans if s["kind"] == "consumer" and s["service"] == "vidmesh-transcoder"]
-    assert len(tasks) == 2  # 480p and 360p
-    for task in tasks:
-        children = {s["name"] for s in spans if s["parent"] == task["span_id"]}
-        assert {"download source", "transcode", "upload rendition"} <= children
+    # each transcoder task (two chunks, the audio, then the stitch of both renditions) is
+    # processed in the trace, with its media work as child spans under it
+    tasks = defaultdict(list)
+    for s in spans:
+        if s["kind"] == "consumer" and s["service"] == "vidmesh-transcoder":
+            tasks[s["attrs"]["messaging.destination.name"].split(".")[2]].append(s)
+    assert {kind: len(found) for kind, found in tasks.items()} == {
+        "encode_chunk": 2, "encode_audio": 1, "stitch_renditions": 1
+    }, tasks
+    expected = {
+        "encode_chunk": {"encode chunk", "upload fragments"},
+        "encode_audio": {"encode audio", "upload fragments"},
+        "stitch_renditions": {"stitch", "upload rendition"},
+    }
+    for kind, found in tasks.items():
+        for task in found:
+            children = {s["name"] for s in spans if s["parent"] == task["span_id"]}
+            assert expected[kind] <= children, (kind, children)
+    chunks = sorted(s["attrs"]["vidmesh.chunk"] for s in spans if s["name"] == "encode chunk")
+    assert chunks == [0, 1], chunks
+    # fan-in: the stitch was sent by the pipeline while it processed the last chunk or audio result
+    send = by_id[tasks["stitch_renditions"][0]["parent"]]
+    assert send["service"] == "vidmesh-pipeline" and send["kind"] == "producer", send
+    assert by_id[send["parent"]]["kind"] == "consumer" and by_id[send["parent"]]["service"] == "vidmesh-pipeline"
     probe = [s for s in spans if s["name"] == "probe"]
     assert probe and by_id[probe[0]["parent"]]["kind"] == "server"
