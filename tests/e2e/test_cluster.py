@@ -2,9 +2,10 @@
 
 Three nats-server processes on 127.0.0.1 form one cluster (`sync_interval: always`);
 `vidmesh up` runs against all three seeds with `VIDMESH_REPLICAS=3`. Every stream and
-bucket is R3. With several uploads in flight, the node leading TASKS_TRANSCODE is
-SIGKILLed: every accepted video still ends `ready`, each rendition exactly once, the task
-queues empty, and no service process had to be restarted (they fail over by themselves).
+bucket is R3. With several uploads in flight (each cut into two 1 s chunks, plus its audio
+and its stitch), the node leading TASKS_TRANSCODE is SIGKILLed: every accepted video still
+ends `ready`, each chunk encoded and each rendition stitched exactly once, the task queues
+empty, and no service process had to be restarted (they fail over by themselves).
 
 Before that, on the same cluster: an object written to the R3 media
 store must read back at once, as the probe reads every upload right after the gateway
@@ -218,13 +219,19 @@ async def test_an_object_reads_back_right_after_it_is_written_on_every_node(clus
 
 def test_losing_the_task_stream_leader_mid_run_loses_nothing(cluster, tmp_path):
     clips = [
-        make_clip(tmp_path / f"c{i}.mp4", width=w, height=h, seconds=2.0)
+        make_clip(tmp_path / f"c{i}.mp4", width=w, height=h, seconds=2.0, codec="mpeg4")  # cuttable
         for i, (w, h) in enumerate([(854, 480), (640, 360), (854, 480), (640, 360), (854, 480)])
     ]
     mesh = MeshOn(
         tmp_path / "mesh",
         cluster.url,
-        {"VIDMESH_REPLICAS": "3", "VIDMESH_TASK_ACK_WAIT_S": "3", "VIDMESH_TRANSCODER_PROCS": "2"},
+        {
+            "VIDMESH_REPLICAS": "3",
+            "VIDMESH_TASK_ACK_WAIT_S": "3",
+            "VIDMESH_TRANSCODER_PROCS": "2",
+            "VIDMESH_SEGMENT_S": "1",
+            "VIDMESH_CHUNK_S": "1",
+        },
     )
     try:
         mesh.start()
@@ -248,9 +255,10 @@ def test_losing_the_task_stream_leader_mid_run_loses_nothing(cluster, tmp_path):
 
             def working():
                 videos = [c.get(f"/v1/videos/{v}").json() for v in ids]
-                return any(v.get("progress") or v.get("renditions") for v in videos) and not all(
-                    v["status"] == "ready" for v in videos
-                )
+                # a chunk encoded (progress moved) or a rendition stitched, and work left
+                started = any(any(p > 0 for p in (v.get("progress") or {}).values()) or v.get("renditions")
+                              for v in videos)
+                return started and not all(v["status"] == "ready" for v in videos)
 
             wait_for(working, 60, 0.1, "the pipeline to be working")
             leader = stream_facts(mesh)["TASKS_TRANSCODE"][1]
