@@ -24,13 +24,16 @@ def make_clip(
     width: int = 320,
     height: int = 240,
     seconds: float = 1.0,
-    fps: int = 30,
+    fps: int | Fraction = 30,
     audio: bool = True,
     rotation: int = 0,
     sar: tuple[int, int] | Fraction | None = None,
     codec: str = "libx264",
     container: str | None = None,
     faststart: bool = False,
+    gop: int | None = None,
+    bframes: int = 0,
+    full_range: bool = False,
 ) -> str:
     """Write a clip and return its path.
 
@@ -38,6 +41,12 @@ def make_clip(
     (what a phone held upright writes as "rotation -90"). It is stored as a display matrix,
     so probe() reports the same number back.
     sar: sample aspect ratio of the stored pixels, e.g. (4, 3) for anamorphic video.
+    gop: frames between keyframes (None: the encoder's default, a single keyframe in a
+    short clip; a source needs several for chunk tasks to seek in it).
+    bframes: B-frames between references (libx264), so presentation order differs from
+    decode order as in most camera and web video.
+    full_range: flag the video as full range (luma 0-255, as phones and screen recorders
+    write it) instead of the studio range 16-235; the pixel values stay the same.
     """
     path = str(path)
     # 4:2:0 needs even sizes for x264; odd sizes fall back to 4:4:4 there.
@@ -51,6 +60,15 @@ def make_clip(
             vs.options = {"preset": "ultrafast", "crf": "28"}
         elif codec.startswith("libvpx"):
             vs.options = {"deadline": "realtime", "cpu-used": "8"}
+        if codec == "libx264" and (gop is not None or bframes):
+            params = [f"bframes={bframes}"] if bframes else []
+            if gop is not None:
+                params += [f"keyint={gop}", f"min-keyint={gop}", "scenecut=0"]
+            vs.options = {**vs.options, "x264-params": ":".join(params)}
+        if gop is not None:
+            vs.codec_context.gop_size = gop
+        if full_range:
+            vs.codec_context.color_range = av.video.reformatter.ColorRange.JPEG
         if sar is not None:
             vs.codec_context.sample_aspect_ratio = Fraction(*sar) if isinstance(sar, tuple) else sar
         if rotation % 360:
@@ -64,6 +82,8 @@ def make_clip(
         sound = _audio_frames(seconds) if as_ is not None else iter(())
         pending = next(sound, None)
         for i, frame in enumerate(_video_frames(width, height, nframes)):
+            if full_range:
+                frame.color_range = av.video.reformatter.ColorRange.JPEG
             frame.pts = i
             frame.time_base = Fraction(1, fps)
             out.mux(vs.encode(frame))
@@ -151,4 +171,65 @@ def make_truncated(path, *, seconds: float = 4.0, keep: float = 0.5) -> str:
     size = os.path.getsize(path)
     with open(path, "r+b") as f:
         f.truncate(int(size * keep))
+    return path
+
+
+# Frame intervals (ms) of make_vfr_clip: 60, 30, 25, 20 and 15 frames/s mixed, the way a phone
+# camera drops its rate in low light or a screen recorder writes only changed frames.
+VFR_INTERVALS_MS = (17, 33, 40, 67, 17, 17, 33, 50, 40, 33, 67, 17, 33)
+
+
+def make_vfr_clip(
+    path,
+    *,
+    width: int = 320,
+    height: int = 240,
+    seconds: float = 3.0,
+    audio: bool = True,
+    container: str | None = None,
+    keyframe_s: float = 0.5,
+    intervals_ms: tuple[int, ...] = VFR_INTERVALS_MS,
+) -> str:
+    """Write a variable-frame-rate H.264 clip (millisecond timestamps with irregular steps,
+    `intervals_ms` over and over) and return its path.
+
+    A keyframe opens the first frame at or after every `keyframe_s`, so the file has a
+    seek index chunk tasks can use. Audio, when present, is the usual continuous tone.
+    A long interval makes a still stretch with no frames at all, as screen recorders write
+    when nothing on screen changes.
+    """
+    path = str(path)
+    tb = Fraction(1, 1000)
+    stamps, t, i = [], 0, 0
+    while t < seconds * 1000:
+        stamps.append(t)
+        t += intervals_ms[i % len(intervals_ms)]
+        i += 1
+    with av.open(path, "w", format=container) as out:
+        vs = out.add_stream("libx264", rate=30)
+        vs.width, vs.height, vs.pix_fmt = width, height, "yuv420p"
+        vs.time_base = tb
+        vs.codec_context.time_base = tb
+        # Keyframes only where a frame is marked as one (below).
+        vs.options = {"preset": "ultrafast", "crf": "28", "forced-idr": "1", "x264-params": "keyint=infinite:scenecut=0"}
+        as_ = out.add_stream("aac", rate=AUDIO_RATE, layout="stereo") if audio else None
+        sound = _audio_frames(seconds) if as_ is not None else iter(())
+        pending = next(sound, None)
+        next_key = 0.0
+        for frame, ms in zip(_video_frames(width, height, len(stamps)), stamps):
+            frame.pts, frame.time_base = ms, tb
+            if ms / 1000 >= next_key:
+                frame.pict_type = av.video.frame.PictureType.I
+                next_key = (ms / 1000 // keyframe_s + 1) * keyframe_s
+            out.mux(vs.encode(frame))
+            # interleave the audio up to a little past this frame, as a camera writes it
+            while pending is not None and pending.pts <= (ms + 70) * AUDIO_RATE / 1000:
+                out.mux(as_.encode(pending))
+                pending = next(sound, None)
+        out.mux(vs.encode(None))
+        if as_ is not None:
+            while pending is not None:
+                out.mux(as_.encode(pending))
+                pending = next(sound, None)
+            out.mux(as_.encode(None))
     return path

@@ -134,6 +134,7 @@ class _Chunk:
         self.segments: list[tuple[int, int]] = []  # (index, start pts) of each segment begun
         self.pending = None  # the frame waiting for its successor to know its duration
         self.frames = 0
+        self.durations: dict[int, int] = {}  # pts -> duration (ticks) of each frame encoded
         self.last_pts: int | None = None
         rate = self.vin.average_rate or self.vin.guessed_rate or 30
         self.rate = rate
@@ -153,12 +154,16 @@ class _Chunk:
                 if self.first_segment == 0:
                     raise MediaError("bad_media", "no video frame could be decoded")
                 # A chunk past the video's end is empty (the plan counts the longest stream),
-                # unless the file says the video goes on: then it was cut short.
-                check_complete(float(self.start), expected, "video")
+                # unless the file says the video goes on: then it was cut short. A chunk
+                # inside a still stretch of a VFR video (a screen recording writes no frame
+                # while nothing changes) is empty too: the frame before it lasts until the one
+                # after it.
+                if at_eof:
+                    check_complete(float(self.start), expected, "video")
                 return ChunkResult(segments=[], inits={}, codecs={}, frames=0, end=float(self.start))
             self._emit(self.pending, end_pts)
             for out, stream in self.outputs.values():
-                out.mux(stream.encode(None))
+                out.mux(self._timed(stream.encode(None)))
         finally:
             for out, _ in self.outputs.values():
                 out.close()
@@ -245,6 +250,7 @@ class _Chunk:
 
     def _emit(self, pending, next_pts: int) -> None:
         frame, pts, key = pending
+        self.durations[pts] = next_pts - pts
         upright = self._turn(frame)
         for r in self.rungs:
             out, stream = self.outputs[r.name]
@@ -261,8 +267,17 @@ class _Chunk:
             scaled.duration = next_pts - pts
             # An IDR at each segment start, none elsewhere (x264's own are off).
             scaled.pict_type = av.video.frame.PictureType.I if key else av.video.frame.PictureType.NONE
-            out.mux(stream.encode(scaled))
+            out.mux(self._timed(stream.encode(scaled)))
         self.frames += 1
+
+    def _timed(self, packets):
+        """Give packets their frame's duration: libx264 returns none, and the muxer then makes
+        the last sample of each fragment last 1/average rate, so on a VFR source fragments
+        would not meet (a gap or an overlap at each segment boundary, a hole as long as any
+        still stretch)."""
+        for packet in packets:
+            packet.duration = self.durations.get(packet.pts, packet.duration)
+        return packets
 
     def _turn(self, frame):
         if not self.rotation:
