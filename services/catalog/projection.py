@@ -251,9 +251,16 @@ def to_view(r: VideoRecord) -> Video:
         thumbnail=thumb,
         error=r.error,
         filename=r.filename,
-        playable=r.playable and not deleted,
-        playback=Playback(hls=f"{base}/hls/master.m3u8") if r.playable and not deleted else None,
+        playable=plays(r),
+        playback=Playback(hls=f"{base}/hls/master.m3u8") if plays(r) else None,
     )
+
+
+def plays(r: VideoRecord) -> bool:
+    """HLS plays the video: its first segments are stored and it is processing or ready. A
+    failed video does not (its playlists would stay EVENT playlists that never end), nor a
+    deleted one."""
+    return r.playable and r.status in ("processing", "ready")
 
 
 def playable_segments(r: VideoRecord) -> list[tuple[int, StoredSegment]]:
@@ -270,7 +277,7 @@ def playable_segments(r: VideoRecord) -> list[tuple[int, StoredSegment]]:
 
 def to_playlist(r: VideoRecord) -> Playlist:
     """What the gateway needs to write the video's HLS playlists."""
-    if r.status == "deleted" or not r.playable:
+    if not plays(r):
         return Playlist(status=r.status, playable=False)
     renditions = [
         PlaylistRendition(name=spec.name, width=spec.width, height=spec.height, codec=r.codecs.get(spec.name, "avc1"))

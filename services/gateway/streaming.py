@@ -103,6 +103,9 @@ async def _playlist(bus: Bus, tenant: str, video_id: str) -> Playlist:
     check_video_id(video_id)
     playlist = await bus.request(topology.RPC_CATALOG_PLAYLIST, GetPlaylist(tenant=tenant, video_id=video_id), Playlist)
     if not playlist.playable:
+        if playlist.status in ("failed", "deleted"):  # for good
+            why = "it failed" if playlist.status == "failed" else "it was deleted"
+            raise ApiError(404, "not_found", f"video {video_id} is not playable: {why}")
         raise ApiError(404, "not_found", f"video {video_id} is not playable (yet): its first segments are still encoding")
     return playlist
 

@@ -8,7 +8,7 @@ import random
 
 import pytest
 
-from services.catalog.projection import Incomplete, apply, to_view
+from services.catalog.projection import Incomplete, apply, to_playlist, to_view
 from shared import topology
 from shared.contracts import (
     AudioEncoded,
@@ -23,6 +23,7 @@ from shared.contracts import (
     VideoDeleted,
     VideoFailed,
     VideoPlanned,
+    VideoPlayable,
     VideoReady,
     VideoUploaded,
 )
@@ -189,6 +190,25 @@ def test_failed_keeps_its_reason_and_delete_wins_over_everything():
     view = to_view(deleted)
     assert view.status == "deleted" and view.renditions == [] and view.thumbnail is None and view.progress == {}
     assert deleted.stored_bytes() == 0
+
+
+def test_hls_plays_while_processing_and_ready_but_not_once_failed_or_deleted():
+    playable = fold([UPLOADED, PLANNED, CHUNK_0, AUDIO, VideoPlayable(video_id=V, tenant=T)])
+    view, playlist = to_view(playable), to_playlist(playable)
+    assert view.status == "processing" and view.playable and view.playback.hls == f"/v1/videos/{V}/hls/master.m3u8"
+    assert playlist.playable and [s.index for s in playlist.segments] == [0, 1]
+
+    # a failed video's playlists would never end: it is not playable (its JSON says so too)
+    failed = apply(playable, VideoFailed(video_id=V, tenant=T, error=ErrorInfo(code="bad_media", message="x")), 1)
+    assert not to_view(failed).playable and to_view(failed).playback is None
+    assert not to_playlist(failed).playable and to_playlist(failed).segments == []
+    # ... unless its failed task is replayed and it ends ready after all
+    for event in (CHUNK_1, STITCHED_360, STITCHED_720, THUMB, READY):
+        failed = apply(failed, event, 2) or failed
+    assert failed.status == "ready" and to_view(failed).playable and to_playlist(failed).playable
+
+    deleted = apply(playable, VideoDeleted(video_id=V, tenant=T), 3)
+    assert not to_view(deleted).playable and not to_playlist(deleted).playable
 
 
 def test_objects_of_a_video_include_every_cmaf_fragment():
