@@ -33,7 +33,15 @@ from tests.conftest import Mesh, js_run, nats_servers, service_pids, wait_for
 pytestmark = pytest.mark.e2e
 
 OPEN = ("/healthz", "/readyz", "/metrics", "/docs", "/openapi.json", "/", "/static/app.js", "/static/style.css")
-MEDIA_ROUTES = {"/v1/videos/{video_id}/renditions/{name}", "/v1/videos/{video_id}/thumbnail", "/v1/videos/{video_id}/events"}
+MEDIA_ROUTES = {
+    "/v1/videos/{video_id}/renditions/{name}",
+    "/v1/videos/{video_id}/thumbnail",
+    "/v1/videos/{video_id}/events",
+    "/v1/videos/{video_id}/hls/master.m3u8",
+    "/v1/videos/{video_id}/hls/{track}/playlist.m3u8",
+    "/v1/videos/{video_id}/hls/{track}/init.mp4",
+    "/v1/videos/{video_id}/hls/{track}/{segment}.m4s",
+}
 
 
 class SecureMesh(Mesh):
@@ -209,7 +217,8 @@ def alices(sec, clips):
         assert video["status"] == "ready" and video["renditions"] and video["thumbnail"], video
         hook = alice.post("/v1/webhooks", json={"url": "http://127.0.0.1:9/alice-hook", "events": ["video.failed"]})
         assert hook.status_code == 201, hook.text
-        return {"video_id": vid, "name": video["renditions"][0]["name"], "webhook_id": hook.json()["id"]}
+        name = video["renditions"][0]["name"]
+        return {"video_id": vid, "name": name, "track": name, "segment": "00000", "webhook_id": hook.json()["id"]}
 
 
 def test_another_tenants_things_are_404_on_every_route(sec, alices):
