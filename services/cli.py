@@ -10,7 +10,7 @@ from .client import register as register_client_commands
 from .up import SERVICES
 
 cli = typer.Typer(help="vidmesh: video processing over NATS JetStream", no_args_is_help=True, add_completion=False)
-register_client_commands(cli)  # upload, ls, status, download, rm, events: services/client.py
+register_client_commands(cli)  # upload, ls, status, download, url, rm, events: services/client.py
 
 
 @cli.command()

@@ -1,4 +1,4 @@
-"""The people's side of the API: `vidmesh upload/ls/status/download/rm/events`.
+"""The people's side of the API: `vidmesh upload/ls/status/download/url/rm/events`.
 
 An HTTP client of the gateway (it never touches NATS), registered on the `vidmesh` typer
 app by `register(cli)`. Server and key come from `--url`/`--api-key`, else
@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Optional
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
 import httpx
 import typer
@@ -161,6 +161,18 @@ class Client:
                 if attempt > reconnects:
                     raise ApiError("unreachable", f"the event stream of {video_id} broke: {exc}") from None
                 time.sleep(min(0.5 * 2**attempt, 5.0))
+
+    def playback_url(self, video_id: str) -> dict:
+        """{"url", "expires_at"}: the absolute HLS master playlist URL of a playable video with
+        a fresh read token (POST /v1/tokens), for a player that sends no header. A video
+        not playable yet raises the server's own answer (404 not_found: not playable yet)."""
+        video = self.video(video_id)
+        path = (video.get("playback") or {}).get("hls")
+        if not path:
+            path = f"/v1/videos/{_segment(video_id)}/hls/master.m3u8"
+            self._send("GET", path)  # refused unless it became playable since: the server says why
+        minted = self._send("POST", "/v1/tokens").json()
+        return {"url": f"{self.url}{path}?{urlencode({'token': minted['token']})}", "expires_at": minted["expires_at"]}
 
     def head_rendition(self, video_id: str, rendition: str) -> httpx.Response:
         return self._send("HEAD", f"/v1/videos/{_segment(video_id)}/renditions/{_segment(rendition)}")
@@ -508,6 +520,26 @@ def register(cli: typer.Typer) -> None:
             resumed = f", resumed at {result['resumed_from']} bytes" if result["resumed_from"] else ""
             out.print(f"saved {result['path']} ({_size(result['bytes'])}{resumed})")
 
+    @cli.command("url")
+    def url_cmd(
+        video_id: Annotated[str, typer.Argument(metavar="ID", help="Video id.")],
+        url: Url = DEFAULT_URL,
+        api_key: ApiKey = None,
+        as_json: AsJson = False,
+    ) -> None:
+        """The video's HLS master playlist URL with a fresh read token, for any player:
+        `ffplay "$(vidmesh url ID)"`. It works from the first segments on (while
+        processing); the token is read-only and expires after an hour (--json: expires_at)."""
+        with _client(url, api_key, as_json) as client:
+            try:
+                link = client.playback_url(video_id)
+            except ApiError as exc:
+                _fail(exc, as_json)
+        if as_json:
+            _emit(link)
+        else:
+            typer.echo(link["url"])  # one plain line, for $(...)
+
     @cli.command("rm")
     def rm_cmd(
         video_ids: Annotated[list[str], typer.Argument(metavar="ID...", help="Video ids.")],
@@ -854,6 +886,8 @@ def _print_video(v: dict, base: str) -> None:
     if v.get("thumbnail"):
         t = v["thumbnail"]
         table.add_row("thumbnail", f"{t['width']}x{t['height']}, {base}{t['url']}")
+    if (v.get("playback") or {}).get("hls"):
+        table.add_row("hls", f"{base}{v['playback']['hls']}  (with a token: vidmesh url {v['id']})")
     out.print(table)
 
 

@@ -10,18 +10,24 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
+import time
 import traceback
 from types import SimpleNamespace
+from urllib.parse import urljoin
 
 import av
+import httpx
+import m3u8
 import pytest
 from typer.testing import CliRunner
 
 from services.cli import cli
 from services.client import part_path
 from tests.clips import make_clip, make_truncated
+from tests.conftest import service_pids, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -145,6 +151,55 @@ def test_ls_status_and_events(mesh, ready_id):
     tail = ok(vidmesh(mesh, "events", ready_id))
     assert "rendition_stitched" in tail.stdout and "360p 640x360" in tail.stdout
     assert "chunk 0: segments 0-0, every rendition" in tail.stdout
+
+
+def test_url_gives_a_link_any_player_opens(mesh, ready_id):
+    """`vidmesh url` prints the absolute master playlist URL with a read token: it opens with
+    no header (FFmpeg plays it to the end) and `status` shows the playlist's URL."""
+    result = ok(vidmesh(mesh, "url", ready_id, process=True))
+    link = result.stdout.strip()
+    assert result.stdout == link + "\n" and "Traceback" not in result.stderr
+    assert link.startswith(f"{mesh.url}/v1/videos/{ready_id}/hls/master.m3u8?token=alice.")
+    master = httpx.get(link, timeout=30)
+    assert master.status_code == 200 and master.headers["content-type"] == "application/vnd.apple.mpegurl"
+    for variant in m3u8.loads(master.text).playlists:
+        assert httpx.get(urljoin(link, variant.uri), timeout=30).status_code == 200, variant.uri
+    with av.open(link, timeout=30) as container:
+        frames = sum(1 for _ in container.decode(video=0))
+    assert abs(frames - 60) <= 1  # 2 s at 30 fps
+
+    minted = json.loads(ok(vidmesh(mesh, "url", ready_id, "--json")).stdout)
+    assert set(minted) == {"url", "expires_at"} and minted["url"].startswith(link.split("?")[0] + "?token=")
+    assert time.time() + 3000 < minted["expires_at"] <= time.time() + 3700
+
+    status = ok(vidmesh(mesh, "status", ready_id)).stdout
+    assert f"{mesh.url}/v1/videos/{ready_id}/hls/master.m3u8" in status
+    assert json.loads(ok(vidmesh(mesh, "status", ready_id, "--json")).stdout)["playable"] is True
+
+
+def test_url_of_a_video_not_playable_yet_exits_1_with_the_servers_reason(mesh, clip):
+    """The transcoders are held (SIGSTOP) while the video is uploaded, so its first segments
+    cannot be encoded yet; then it is let go and becomes playable."""
+    transcoders = [pid for name, pid in service_pids(mesh).items() if name.startswith("transcoder")]
+    for pid in transcoders:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        video_id = json.loads(ok(vidmesh(mesh, "upload", clip, "--json")).stdout)["id"]
+        result = vidmesh(mesh, "url", video_id, process=True)
+        assert result.returncode == 1 and result.stdout == "", result
+        assert f"not_found: video {video_id} is not playable (yet)" in result.stderr
+        assert "Traceback" not in result.stderr
+        status = ok(vidmesh(mesh, "status", video_id)).stdout
+        assert "/hls/master.m3u8" not in status
+    finally:
+        for pid in transcoders:
+            os.kill(pid, signal.SIGCONT)
+    wait_for(lambda: vidmesh(mesh, "url", video_id).returncode == 0, 60, 0.2, f"video {video_id} to be playable")
+    with mesh.client() as c:
+        wait_for(lambda: c.get(f"/v1/videos/{video_id}").json()["status"] == "ready", 60, 0.2, "ready")
+    assert ok(vidmesh(mesh, "rm", video_id))
+    gone = vidmesh(mesh, "url", video_id)
+    assert gone.returncode == 1 and "not_found" in gone.stderr
 
 
 def test_a_failed_video_exits_non_zero_with_its_reason(mesh, tmp_path):

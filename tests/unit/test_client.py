@@ -284,3 +284,66 @@ def test_download_starts_over_when_the_content_changed(tmp_path):
     assert server.requests[-1].headers["range"] == "bytes=500-"  # asked to resume ...
     assert result["resumed_from"] == 0 and target.read_bytes() == b"new" * 1200  # ... got it whole
     assert not list(tmp_path.glob("*.part"))
+
+
+# --- vidmesh url: a link any player can open ------------------------------------------------
+
+
+def run_cli(monkeypatch, handler, *args: str):
+    from typer.testing import CliRunner
+
+    from services.cli import cli
+
+    monkeypatch.setattr(cl, "Client", functools.partial(cl.Client, transport=httpx.MockTransport(handler)))
+    env = {"VIDMESH_URL": "http://gw:8080/", "VIDMESH_API_KEY": "k", "COLUMNS": "200"}
+    return CliRunner().invoke(cli, list(args), env=env)
+
+
+def hls_gateway(playable: bool, seen: list):
+    master = f"/v1/videos/{V}/hls/master.m3u8"
+    video = {"id": V, "status": "processing", "created_at": 0, "updated_at": 0, "renditions": [],
+             "playable": playable, "playback": {"hls": master} if playable else None}
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append((request.method, request.url.path, request.headers.get("authorization")))
+        if request.url.path == f"/v1/videos/{V}":
+            return httpx.Response(200, json=video)
+        if request.method == "POST" and request.url.path == "/v1/tokens":
+            return httpx.Response(200, json={"token": "alice.99.s+g/=", "expires_at": 99, "tenant": "alice"})
+        if request.url.path == master and not playable:
+            return httpx.Response(404, json={"code": "not_found", "message": f"video {V} is not playable (yet)"})
+        return httpx.Response(500, json={"code": "internal", "message": "unexpected"})
+
+    return handler
+
+
+def test_url_prints_the_absolute_master_playlist_url_with_a_fresh_token(monkeypatch):
+    seen = []
+    result = run_cli(monkeypatch, hls_gateway(True, seen), "url", V)
+    assert result.exit_code == 0, result.output
+    # one plain line (for `ffplay "$(vidmesh url ID)"`), the token URL-encoded
+    assert result.stdout == f"http://gw:8080/v1/videos/{V}/hls/master.m3u8?token=alice.99.s%2Bg%2F%3D\n"
+    assert ("POST", "/v1/tokens", "Bearer k") in seen  # minted with the key, which stays out of the URL
+
+    result = run_cli(monkeypatch, hls_gateway(True, []), "url", V, "--json")
+    assert json.loads(result.stdout) == {
+        "url": f"http://gw:8080/v1/videos/{V}/hls/master.m3u8?token=alice.99.s%2Bg%2F%3D", "expires_at": 99
+    }
+
+
+def test_url_of_a_video_not_playable_yet_fails_with_the_servers_reason(monkeypatch):
+    seen = []
+    result = run_cli(monkeypatch, hls_gateway(False, seen), "url", V)
+    assert result.exit_code == 1 and result.stdout == ""
+    assert f"not_found: video {V} is not playable (yet)" in result.stderr
+    assert not any(path == "/v1/tokens" for _, path, _ in seen), "no token for a video that cannot play"
+    as_json = run_cli(monkeypatch, hls_gateway(False, []), "url", V, "--json")
+    assert as_json.exit_code == 1 and json.loads(as_json.stderr)["code"] == "not_found"
+
+
+def test_status_shows_the_hls_url_once_playable(monkeypatch):
+    shown = run_cli(monkeypatch, hls_gateway(True, []), "status", V)
+    assert shown.exit_code == 0, shown.output
+    assert f"http://gw:8080/v1/videos/{V}/hls/master.m3u8" in shown.stdout
+    hidden = run_cli(monkeypatch, hls_gateway(False, []), "status", V)
+    assert hidden.exit_code == 0 and "hls" not in hidden.stdout
