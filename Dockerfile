@@ -7,6 +7,7 @@
 #   docker build --build-arg PYTHON_IMAGE=python:3.11-slim-bookworm@sha256:<digest> .
 
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
+ARG NODE_IMAGE=node:20-bookworm-slim
 
 # ---- build: resolve and install into a self-contained virtualenv ------------------------
 FROM ${PYTHON_IMAGE} AS build
@@ -35,6 +36,12 @@ RUN pip install --no-deps . \
  && pip check \
  && pip uninstall --yes pip setuptools
 
+# ---- web: the dashboard's HLS player, hls.js, from the npm registry (web/package-lock.json) --
+FROM ${NODE_IMAGE} AS web
+WORKDIR /web
+COPY web/package.json web/package-lock.json ./
+RUN npm ci --ignore-scripts --no-audit --no-fund
+
 # ---- runtime: the virtualenv on a clean slim base, no build context, non-root --------------
 FROM ${PYTHON_IMAGE} AS runtime
 
@@ -49,13 +56,15 @@ RUN groupadd --system --gid 10001 vidmesh \
  && chown vidmesh:vidmesh /scratch
 
 COPY --from=build /opt/vidmesh /opt/vidmesh
+COPY --from=web /web/node_modules/hls.js/dist/hls.min.js /web/node_modules/hls.js/dist/hls.worker.js /opt/vidmesh/hls.js/
 
 ENV PATH=/opt/vidmesh/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     VIDMESH_HTTP_HOST=0.0.0.0 \
     VIDMESH_HTTP_PORT=8080 \
-    VIDMESH_TMP_DIR=/scratch
+    VIDMESH_TMP_DIR=/scratch \
+    VIDMESH_HLSJS_DIR=/opt/vidmesh/hls.js
 
 USER 10001:10001
 WORKDIR /scratch

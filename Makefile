@@ -3,6 +3,9 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# The dashboard's browser packages (hls.js), pinned by web/package-lock.json, in the
+# git-ignored web/node_modules, where the gateway serves hls.js from.
+WEB_STAMP := web/node_modules/.installed
 
 .PHONY: up test bench install clean browser
 
@@ -12,20 +15,29 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-install: $(STAMP)
+# `npm ci` again only when package.json or the lock changed; the stamp is written last, so
+# an interrupted or failed install runs again next time.
+$(WEB_STAMP): web/package.json web/package-lock.json
+	@command -v npm >/dev/null 2>&1 || { echo "npm (Node.js 18 or newer) is needed to install the dashboard's HLS player, hls.js: install Node.js (e.g. apt-get install npm)" >&2; exit 1; }
+	cd web && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error
+	touch $(WEB_STAMP)
 
-up: $(STAMP)
+install: $(STAMP) $(WEB_STAMP)
+
+up: install
 	$(BIN)/vidmesh up
 
-# Debian's chromium for the dashboard test; never fails the build (the test then skips loudly).
+# Debian's chromium for the browser tests (apt waits for a busy package manager's lock).
+# Without it they skip loudly; with CI=true a browser that cannot be installed fails the build.
 browser:
-	@command -v chromium >/dev/null 2>&1 || { \
-	  sudo=; [ "$$(id -u)" = 0 ] || sudo="sudo -n"; \
-	  command -v apt-get >/dev/null 2>&1 && $$sudo apt-get update -qq && \
-	  $$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
-	} || echo "WARNING: chromium is missing and could not be installed: the dashboard test will be skipped"
+	@[ -x "$${VIDMESH_CHROMIUM:-/nonexistent}" ] || command -v chromium >/dev/null 2>&1 || \
+	  sh tests/apt-install.sh chromium >/dev/null || \
+	  case "$$CI" in \
+	    true|TRUE|True|1|yes) echo "ERROR: chromium is missing and could not be installed; CI=true needs the browser tests to run" >&2; exit 1 ;; \
+	    *) echo "WARNING: chromium is missing and could not be installed: the dashboard tests will be skipped" ;; \
+	  esac
 
-test: $(STAMP) browser
+test: install browser
 	$(BIN)/python -m pytest -q -p no:cacheprovider tests
 
 bench: $(STAMP)

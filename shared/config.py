@@ -11,6 +11,10 @@ import msgspec
 TENANT_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 
+# hls.js as `make install` puts it (`npm ci` in web/); an image sets VIDMESH_HLSJS_DIR.
+HLSJS_DIR = Path(__file__).resolve().parents[1] / "web" / "node_modules" / "hls.js" / "dist"
+
+
 class ConfigError(ValueError):
     pass
 
@@ -51,6 +55,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     alert_window_s: float = 300.0
     alert_silent_s: float = 60.0  # service_silent fires when a service sends nothing this long
     retry_after_s: int = 5
+    hlsjs_dir: Path = HLSJS_DIR  # the dashboard's HLS player, hls.min.js and hls.worker.js
     # --- scheduled jobs and webhooks; parsed by scheduling_settings() -------------
     retention_days: float = 0.0  # 0: keep videos forever
     retention_days_by_tenant: dict[str, float] = {}  # tenant -> days (0: forever)
@@ -172,6 +177,7 @@ def load(env: dict | None = None) -> Settings:
         alert_window_s=_float(env, "VIDMESH_ALERT_WINDOW_S", 300.0),
         alert_silent_s=_float(env, "VIDMESH_ALERT_SILENT_S", 60.0),
         retry_after_s=_int(env, "VIDMESH_RETRY_AFTER_S", 5),
+        hlsjs_dir=Path(env.get("VIDMESH_HLSJS_DIR") or HLSJS_DIR),
     )
 
 

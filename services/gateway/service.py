@@ -350,6 +350,32 @@ async def dashboard():
     return FileResponse(STATIC / "index.html", headers=PAGE_HEADERS)
 
 
+# hls.js, the dashboard's HLS player: served from the npm package `make install` puts in
+# web/node_modules (pinned by web/package-lock.json; VIDMESH_HLSJS_DIR in an image), never
+# a copy in the repository. Only these files: the player, its worker, their source maps.
+HLSJS_FILES = ("hls.min.js", "hls.worker.js", "hls.min.js.map", "hls.worker.js.map")
+
+
+@api.get("/static/hls.js/{name}", include_in_schema=False)
+async def hlsjs(name: str):
+    if name not in HLSJS_FILES:
+        raise ApiError(404, "not_found", f"no file {name!r} here")
+    path = service.settings.hlsjs_dir / name
+    if not path.is_file():
+        raise ApiError(404, "not_found", f"hls.js is not installed at {service.settings.hlsjs_dir}: run `make install`")
+    return FileResponse(path, headers={"Cache-Control": "no-cache"})
+
+
+@service.on_startup
+async def _check_hlsjs(bus: Bus) -> None:
+    if not (service.settings.hlsjs_dir / "hls.min.js").is_file():
+        log.warning(
+            "hls.js is not installed at %s (`make install` runs npm ci in web/; or set VIDMESH_HLSJS_DIR): "
+            "the dashboard plays the MP4 renditions instead of HLS",
+            service.settings.hlsjs_dir,
+        )
+
+
 @service.configure_app
 def _static(app: FastAPI) -> None:
     app.mount("/static", StaticFiles(directory=STATIC), name="static")

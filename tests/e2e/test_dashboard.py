@@ -1,20 +1,16 @@
 """The dashboard at `/`, driven in a real headless Chromium through Playwright.
 
-Needs Debian's `chromium` (`make test` installs it with apt when it is missing) and the
-`playwright` Python package (the `dev` extra); Playwright's own browser download is never
-used. Without a browser the test is skipped with a loud reason.
+The `browser` fixture (tests/e2e/conftest.py) is Debian's `chromium`; without it these tests
+skip loudly, or fail with CI=true. HLS playback is in test_dashboard_hls.py.
 """
 
 from __future__ import annotations
 
 import base64
 import json
-import os
 import re
-import shutil
 import time
 import uuid
-import warnings
 from pathlib import Path
 
 import pytest
@@ -24,41 +20,6 @@ from tests.clips import make_clip, make_truncated
 pytestmark = pytest.mark.e2e
 
 ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
-CHROMIUM = os.environ.get("VIDMESH_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-quic",
-    "--disable-component-update",
-    "--disable-sync",
-]
-
-
-def _skip_loudly(reason: str):
-    message = f"DASHBOARD NOT TESTED: {reason}"
-    warnings.warn(message, UserWarning, stacklevel=2)
-    pytest.skip(message)
-
-
-@pytest.fixture(scope="module")
-def browser():
-    if not os.path.exists(CHROMIUM):
-        _skip_loudly(f"no Chromium at {CHROMIUM} (`apt-get install chromium`, or run `make test` as root)")
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        _skip_loudly("the playwright package is missing (pip install -e '.[dev]')")
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
-        try:
-            yield browser
-        finally:
-            browser.close()
-
-
 # Drop files on an element the way a user's drag-and-drop does: a DataTransfer with File objects.
 DROP = """([selector, files]) => {
     const dt = new DataTransfer();
@@ -86,10 +47,7 @@ def test_upload_watch_and_play_in_the_browser(mesh, browser, tmp_path):
     page_errors: list[str] = []
     page.on("pageerror", lambda exc: page_errors.append(str(exc)))
     media_statuses: list[int] = []
-    page.on(
-        "response",
-        lambda r: media_statuses.append(r.status) if "/renditions/" in r.url else None,
-    )
+    page.on("response", lambda r: media_statuses.append(r.status) if "/hls/" in r.url else None)
     api_auth: list[str | None] = []
     page.on("request", lambda r: api_auth.append(r.url) if mesh.KEYS["alice"] in r.url else None)
 
@@ -126,18 +84,24 @@ def test_upload_watch_and_play_in_the_browser(mesh, browser, tmp_path):
     bad_row.click()
     expect(page.locator("#d-error")).to_have_text(re.compile(r"^Failed: bad_media: (chunk:0|audio): \S"))
 
-    # open the ready video: thumbnail, source facts, and a player for each rendition
+    # open the ready video: thumbnail, source facts, its HLS in the player (quality menu:
+    # Auto and its one rung), and the MP4 download of each rendition
     good_row.click()
     detail = page.locator("#detail")
     expect(detail).to_have_attribute("data-status", "ready")
     expect(page.locator("#d-source")).to_contain_text("640×360")
     expect(page.locator("#d-source")).to_contain_text("h264")
     page.wait_for_function("() => document.getElementById('d-thumb').naturalWidth > 0")
-    page.click("#d-renditions button[data-rendition='360p']")
-    expect(page.locator("#player")).to_have_attribute("data-rendition", "360p")
-    expect(page.locator("#d-files a[download]")).to_have_text(["download"])
+    expect(page.locator("#player")).to_have_attribute("data-engine", "hls.js")
+    expect(page.locator("#quality option")).to_have_text([re.compile(r"^Auto"), "360p"])
+    download = page.locator("#d-files a[download]")
+    expect(download).to_have_text(["download"])
+    href = download.get_attribute("href")
+    assert re.match(r"^/v1/videos/\w+/renditions/360p\?token=", href), href
+    ranged = page.evaluate("(href) => fetch(href, {headers: {Range: 'bytes=0-99'}}).then((r) => r.status)", href)
+    assert ranged == 206  # the download link works with its token, and by Range
 
-    # play until time advances, then seek (the browser fetches the new position by Range)
+    # play until time advances, then seek
     page.evaluate("() => { const v = document.getElementById('player'); v.muted = true; return v.play(); }")
     page.wait_for_function("() => document.getElementById('player').currentTime > 0.5", timeout=20_000)
     page.evaluate(
@@ -150,7 +114,8 @@ def test_upload_watch_and_play_in_the_browser(mesh, browser, tmp_path):
     )
     assert abs(page.evaluate("() => document.getElementById('player').currentTime") - 1.5) < 0.1
     assert page.evaluate("() => document.getElementById('player').error") is None
-    assert 206 in media_statuses, media_statuses  # media came by Range
+    assert page.evaluate("() => window.vidmeshPlayer.fatalErrors") == []
+    assert media_statuses and set(media_statuses) == {200}, media_statuses  # playlists, inits, fragments
 
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "dashboard.png"), full_page=True)
@@ -254,7 +219,8 @@ def test_progress_bars_follow_the_chunk_events(mesh, browser):
     expect(bar(row, "720p").locator(".pct")).to_have_text("100%")
     expect(bar(row, "360p").locator(".pct")).to_have_text("99%")
     expect(detail.locator(".stage")).to_have_text("encoded, stitching")
-    expect(page.locator("#d-renditions button[data-rendition='720p']")).to_be_visible()
+    expect(page.locator("#d-files tbody td").first).to_have_text("720p")  # its MP4 can be downloaded
+    expect(page.locator("#player-note")).to_have_text("Plays as soon as the first segments are encoded.")
 
     step["n"] = 3  # the stitch gave up: the rendition it held back shows it
     expect(bar(row, "360p").locator(".pct")).to_have_text("failed")

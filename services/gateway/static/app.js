@@ -3,13 +3,16 @@
 // Auth: API calls send `Authorization: Bearer <key>`. <video>, <img> and EventSource cannot
 // send headers, so media and event URLs carry a short-lived, read-only `?token=` that the
 // page gets from POST /v1/tokens (the API key itself never goes into a URL).
+//
+// Playback: HLS through hls.js (served by the gateway from the npm package, see
+// web/package.json), with a quality menu; see "the player" below.
 "use strict";
 
 const MAX_STREAMS = 3; // a browser allows 6 HTTP/1.1 connections per host: leave room for media
 const POLL_MS = 5000;
 const TERMINAL = { video_ready: "ready", video_failed: "failed", video_deleted: "deleted" };
 const EVENT_NAMES = [
-  "video_planned", "chunk_progress", "chunk_encoded", "rendition_stitched",
+  "video_planned", "chunk_progress", "chunk_encoded", "video_playable", "rendition_stitched",
   "thumbnail_extracted", "task_failed", "video_ready", "video_failed", "video_deleted", "video",
 ];
 
@@ -25,7 +28,6 @@ const state = {
   waiting: [], // ids that want a stream
   retries: new Map(), // id -> refused stream attempts
   selected: null,
-  rendition: null,
   poller: null,
 };
 
@@ -109,8 +111,7 @@ function logout() {
   state.live.clear();
   state.order = [];
   state.key = state.token = state.selected = null;
-  $("player").removeAttribute("src");
-  $("player").load();
+  detach();
   $("videos").replaceChildren();
   $("uploads").replaceChildren();
   $("detail").hidden = true;
@@ -160,6 +161,8 @@ function merge(video) {
       if ((video.progress[name] ?? -1) < pct) video.progress[name] = pct;
     }
     if (!video.planned?.length && old.planned?.length) video.planned = old.planned;
+    if (old.playable && !video.playable) Object.assign(video, { playable: true, playback: old.playback });
+    if (old.note && !video.note) video.note = old.note; // a failed task, known from the stream only
   }
   state.videos.set(video.id, video);
   if (!state.order.includes(video.id)) state.order.unshift(video.id);
@@ -342,6 +345,9 @@ function onEvent(id, name, e) {
         if (!live.stitched.has(r)) v.progress[r] = Math.max(v.progress[r] || 0, live.percent());
       }
       break;
+    case "video_playable":
+      reload(id, (got) => got.playable); // the catalog has its HLS URL now (or in a moment)
+      break;
     case "rendition_stitched":
       v.progress[data.rendition] = 100;
       reload(id); // the catalog now has its URL
@@ -371,10 +377,12 @@ function onEvent(id, name, e) {
 }
 
 // Read a video back; the catalog projects events a moment after the stream shows them.
+// `expected`: the status to wait for, or a test of the video.
 async function reload(id, expected, tries = 25) {
   try {
     const v = await api("GET", `/v1/videos/${encodeURIComponent(id)}`);
-    if (expected && v.status !== expected && tries > 0) {
+    const arrived = typeof expected === "function" ? expected(v) : v.status === expected;
+    if (expected && !arrived && tries > 0) {
       setTimeout(() => reload(id, expected, tries - 1), 200);
       return;
     }
@@ -461,11 +469,9 @@ function setupDrop() {
 function select(id) {
   if (state.selected !== id) {
     state.selected = id;
-    state.rendition = null;
-    const player = $("player");
-    player.pause();
-    player.removeAttribute("src");
-    player.load();
+    detach();
+    // a video still processing starts playing as soon as it is playable
+    player.autoplay = state.videos.get(id)?.status === "processing" ? id : null;
   }
   for (const li of document.querySelectorAll("#videos li")) li.classList.toggle("selected", li.dataset.id === id);
   renderDetail();
@@ -504,21 +510,9 @@ function renderDetail() {
     delete thumb.dataset.for;
   }
 
-  const renditions = [...(v.renditions || [])].sort((a, b) => b.height - a.height);
-  const buttons = renditions.map((r) => {
-    const b = el("button", { type: "button", class: "rendition" + (state.rendition === r.name ? " active" : "") }, r.name);
-    b.dataset.rendition = r.name;
-    b.addEventListener("click", () => play(v, r.name));
-    return b;
-  });
-  $("d-renditions").replaceChildren(...buttons);
-  const player = $("player");
-  if (!state.rendition && renditions.length && v.status === "ready") {
-    play(v, renditions[0].name); // the largest, loaded (not started) when the video opens
-    return;
-  }
-  player.hidden = !state.rendition;
-  if (v.thumbnail) player.poster = thumb.src;
+  renderPlayer(v);
+  if (v.thumbnail) $("player").poster = thumb.src;
+  else $("player").removeAttribute("poster");
 
   const facts = $("d-source");
   const s = v.source || {};
@@ -536,6 +530,7 @@ function renderDetail() {
   ].filter(([, value]) => value);
   facts.replaceChildren(...rows.flatMap(([k, value]) => [el("dt", {}, k), el("dd", {}, value)]));
 
+  const renditions = [...(v.renditions || [])].sort((a, b) => b.height - a.height);
   const body = $("d-files").tBodies[0];
   body.replaceChildren(...renditions.map((r) => {
     const tr = el("tr");
@@ -551,26 +546,238 @@ function renderDetail() {
   $("d-files").hidden = renditions.length === 0;
 }
 
-function play(v, name) {
+// --- the player -----------------------------------------------------------------------------
+//
+// A video plays its HLS master playlist (`playback.hls` with the read token; the gateway's
+// playlists carry the token on every URI) through hls.js, from /static/hls.js/ (the npm
+// package pinned in web/package.json; the gateway serves it from node_modules). Where hls.js
+// cannot run (no MediaSource, as on older iPhones) the browser's own HLS plays it. A video
+// without HLS (processed before the mesh wrote CMAF fragments, or hls.js not installed) plays
+// its MP4 renditions. A video still processing is playable once the first segment of every
+// rendition and of the audio is stored (SSE `video_playable`): opened while processing, it
+// starts playing then, and hls.js follows its EVENT playlists as they grow until they end.
+
+const HLS_WORKER = "/static/hls.js/hls.worker.js";
+const MAX_RECOVERIES = 3;
+
+const player = {
+  id: null, // the video attached to the <video> element
+  engine: null, // "hls.js" | "native" | "mp4" | null
+  hls: null, // the hls.js instance
+  rendition: null, // "mp4": the rendition playing
+  autoplay: null, // the id of a video opened while processing: play it once playable
+  broken: null, // {id, reason}: HLS failed for good for this video
+  fatal: [], // fatal hls.js errors of the attached video: {type, details, code}
+  recoveries: 0,
+};
+
+// A read-only view for tests and the console (the page does not use it).
+window.vidmeshPlayer = Object.freeze({
+  get engine() { return player.engine; },
+  get videoId() { return player.id; },
+  get hls() { return player.hls; },
+  get fatalErrors() { return player.fatal.map((e) => ({ ...e })); },
+});
+
+function hlsjsSupported() {
+  return typeof window.Hls === "function" && window.Hls.isSupported();
+}
+
+// The page's current token on a URL of this gateway: hls.js requests the URIs of the
+// playlists, which carry the token they were fetched with, and the page renews its token
+// before it expires.
+function withToken(url) {
+  const u = new URL(url, location.href);
+  if (u.origin === location.origin && u.searchParams.has("token") && state.token) u.searchParams.set("token", state.token);
+  return u.href;
+}
+
+function renderPlayer(v) {
+  const video = $("player");
+  if (player.id && player.id !== v.id) detach();
+  if (v.status === "deleted" && player.engine) detach();
+  if (!player.engine && v.status !== "deleted") {
+    const hls = v.playable && v.playback?.hls && player.broken?.id !== v.id;
+    if (hls && (hlsjsSupported() || video.canPlayType("application/vnd.apple.mpegurl"))) {
+      attachHls(v, player.autoplay === v.id);
+    } else if (v.status === "ready" && v.renditions?.length) {
+      attachMp4(v, largest(v).name); // loaded, not started
+    }
+  }
+  video.hidden = !player.engine;
+  const note = $("player-note");
+  let text = "";
+  if (player.broken?.id === v.id) text = `HLS cannot play here: ${player.broken.reason}`;
+  else if (!player.engine && v.status === "processing") {
+    text = v.playable ? "HLS cannot play in this browser (hls.js did not load); the MP4 renditions play once ready."
+      : "Plays as soon as the first segments are encoded.";
+  }
+  note.textContent = text;
+  note.hidden = !text;
+  renderQuality(v);
+}
+
+function attachHls(v, autoplay) {
+  const video = $("player");
+  const url = mediaUrl(v.playback.hls);
+  Object.assign(player, { id: v.id, fatal: [], recoveries: 0 });
+  video.dataset.videoId = v.id;
+  if (!hlsjsSupported()) { // no MediaSource (older iPhones): the browser's own HLS
+    player.engine = video.dataset.engine = "native";
+    video.src = url;
+    if (autoplay) start(video);
+    return;
+  }
+  const Hls = window.Hls;
+  const hls = new Hls({
+    startPosition: 0, // a playlist still growing (EVENT) plays from its start, not its live edge
+    workerPath: HLS_WORKER, // the page's CSP allows workers from 'self', not from blob: URLs
+    xhrSetup: (xhr, u) => xhr.open("GET", withToken(u), true),
+  });
+  player.hls = hls;
+  player.engine = video.dataset.engine = "hls.js";
+  hls.on(Hls.Events.MANIFEST_PARSED, () => {
+    renderQuality(state.videos.get(v.id));
+    if (autoplay) start(video);
+  });
+  hls.on(Hls.Events.LEVEL_SWITCHED, (_, data) => {
+    const level = hls.levels[data.level];
+    if (level) video.dataset.level = levelName(level);
+    renderQuality(state.videos.get(v.id));
+  });
+  hls.on(Hls.Events.ERROR, (_, data) => onHlsError(hls, data));
+  hls.on(Hls.Events.FRAG_BUFFERED, () => { player.recoveries = 0; }); // recovered: count afresh
+  hls.loadSource(url);
+  hls.attachMedia(video);
+}
+
+function onHlsError(hls, data) {
+  if (!data.fatal || hls !== player.hls) return; // hls.js retries what is not fatal itself
+  const Hls = window.Hls;
+  player.fatal.push({ type: data.type, details: data.details, code: data.response?.code ?? null });
+  if (player.recoveries++ < MAX_RECOVERIES) {
+    if (data.type === Hls.ErrorTypes.NETWORK_ERROR) {
+      // the gateway was away, or the token expired (401): renew it and load on
+      ensureToken(data.response?.code === 401)
+        .then(() => { if (hls === player.hls) hls.startLoad(); })
+        .catch(showError);
+      return;
+    }
+    if (data.type === Hls.ErrorTypes.MEDIA_ERROR) {
+      hls.recoverMediaError();
+      return;
+    }
+  }
+  const id = player.id;
+  const fatal = player.fatal;
+  detach();
+  player.fatal = fatal;
+  player.broken = { id, reason: data.details };
+  const v = state.videos.get(id);
+  if (v && state.selected === id) renderDetail(); // the MP4 renditions, if there are any
+}
+
+function attachMp4(v, name) {
   const r = v.renditions.find((x) => x.name === name);
   if (!r) return;
-  const player = $("player");
-  const at = state.rendition ? player.currentTime : 0;
-  const playing = !player.paused;
-  state.rendition = name;
-  player.src = mediaUrl(r.url); // the browser seeks with Range requests on this URL
-  player.dataset.rendition = name;
-  if (at) player.addEventListener("loadedmetadata", () => { player.currentTime = at; }, { once: true });
-  if (playing) player.play().catch(() => {});
-  renderDetail();
+  const video = $("player");
+  const at = player.engine === "mp4" ? video.currentTime : 0;
+  const playing = !video.paused;
+  Object.assign(player, { id: v.id, engine: "mp4", rendition: name });
+  video.dataset.engine = "mp4";
+  video.dataset.videoId = v.id;
+  video.dataset.rendition = name;
+  video.src = mediaUrl(r.url); // the browser seeks with Range requests on this URL
+  if (at) video.addEventListener("loadedmetadata", () => { video.currentTime = at; }, { once: true });
+  if (playing) start(video);
+}
+
+function detach() {
+  const video = $("player");
+  if (player.hls) player.hls.destroy();
+  Object.assign(player, { id: null, engine: null, hls: null, rendition: null, fatal: [], recoveries: 0 });
+  video.pause();
+  video.removeAttribute("src");
+  video.load();
+  for (const key of ["engine", "level", "rendition", "videoId", "retried"]) delete video.dataset[key];
+}
+
+// Play; a browser that refuses to start with sound before the user interacted starts muted.
+function start(video) {
+  video.play().catch(() => {
+    video.muted = true;
+    return video.play();
+  }).catch(() => {});
+}
+
+function largest(v) {
+  return [...v.renditions].sort((a, b) => b.height - a.height)[0];
+}
+
+// A level's rendition name (`480p`) from its playlist URI `.../hls/<name>/playlist.m3u8`.
+function levelName(level) {
+  try {
+    const parts = new URL(level.uri || level.url?.[0], location.href).pathname.split("/");
+    return decodeURIComponent(parts[parts.length - 2]);
+  } catch (_) {
+    return `${Math.min(level.width, level.height)}p`;
+  }
+}
+
+// The quality menu: Auto and each level (hls.js, switching `hls.currentLevel`), or each MP4
+// rendition. Rebuilt only when its options change, so an open menu stays open.
+function renderQuality(v) {
+  const select = $("quality");
+  let options = [];
+  let current = "";
+  let status = "";
+  if (player.engine === "hls.js" && player.hls) {
+    const hls = player.hls;
+    const playing = hls.levels[hls.currentLevel];
+    options.push(["-1", playing && hls.autoLevelEnabled ? `Auto (${levelName(playing)})` : "Auto"]);
+    const levels = hls.levels.map((level, i) => [i, level]).sort((a, b) => b[1].height - a[1].height);
+    for (const [i, level] of levels) options.push([String(i), levelName(level)]);
+    current = hls.autoLevelEnabled ? "-1" : String(hls.manualLevel);
+    status = v?.status === "processing" ? "HLS · still encoding" : "HLS";
+  } else if (player.engine === "native") {
+    options = [["-1", "Auto"]];
+    current = "-1";
+    status = "HLS (the browser's own player)";
+  } else if (player.engine === "mp4" && v) {
+    options = [...(v.renditions || [])].sort((a, b) => b.height - a.height).map((r) => [r.name, r.name]);
+    current = player.rendition;
+    status = "MP4";
+  }
+  $("player-bar").hidden = !player.engine;
+  $("player-state").textContent = status;
+  const key = JSON.stringify(options);
+  if (select.dataset.options !== key) {
+    select.replaceChildren(...options.map(([value, label]) => el("option", { value }, label)));
+    select.dataset.options = key;
+  }
+  select.value = current;
+  select.disabled = options.length < 2;
+}
+
+function chooseQuality(value) {
+  if (player.engine === "hls.js" && player.hls) {
+    player.hls.currentLevel = Number(value); // -1: automatic; else switch now (flushes the buffer)
+    renderQuality(state.videos.get(player.id));
+  } else if (player.engine === "mp4") {
+    const v = state.videos.get(player.id);
+    if (v) attachMp4(v, value);
+    renderQuality(v);
+  }
 }
 
 function setupPlayer() {
-  const player = $("player");
-  player.addEventListener("error", async () => {
-    // most likely an expired token on a later Range request: renew it and carry on
-    if (!state.rendition || !state.selected) return;
-    const at = player.currentTime;
+  const video = $("player");
+  $("quality").addEventListener("change", (e) => chooseQuality(e.target.value));
+  video.addEventListener("error", async () => {
+    // MP4: most likely an expired token on a later Range request: renew it and carry on
+    // (hls.js reports its own errors, see onHlsError)
+    if (player.engine !== "mp4" || !state.selected) return;
+    const at = video.currentTime;
     try {
       await ensureToken(true);
     } catch (err) {
@@ -578,13 +785,13 @@ function setupPlayer() {
       return;
     }
     const v = state.videos.get(state.selected);
-    const r = v?.renditions.find((x) => x.name === state.rendition);
-    if (!r || player.dataset.retried === r.url) return;
-    player.dataset.retried = r.url;
-    player.src = mediaUrl(r.url);
-    player.addEventListener("loadedmetadata", () => { player.currentTime = at; }, { once: true });
+    const r = v?.renditions.find((x) => x.name === player.rendition);
+    if (!r || video.dataset.retried === r.url) return;
+    video.dataset.retried = r.url;
+    video.src = mediaUrl(r.url);
+    video.addEventListener("loadedmetadata", () => { video.currentTime = at; }, { once: true });
   });
-  player.addEventListener("playing", () => { delete player.dataset.retried; });
+  video.addEventListener("playing", () => { delete video.dataset.retried; });
 }
 
 async function deleteSelected() {
@@ -594,9 +801,7 @@ async function deleteSelected() {
     await api("DELETE", `/v1/videos/${encodeURIComponent(id)}`);
     unfollow(id);
     state.selected = null;
-    state.rendition = null;
-    $("player").removeAttribute("src");
-    $("player").load();
+    detach();
     state.order = state.order.filter((x) => x !== id);
     state.videos.delete(id);
     state.live.delete(id);
