@@ -371,7 +371,7 @@ async def _check_hlsjs(bus: Bus) -> None:
     if not (service.settings.hlsjs_dir / "hls.min.js").is_file():
         log.warning(
             "hls.js is not installed at %s (`make install` runs npm ci in web/; or set VIDMESH_HLSJS_DIR): "
-            "the dashboard plays the MP4 renditions instead of HLS",
+            "the dashboard plays HLS only where the browser has its own player, else the MP4 renditions",
             service.settings.hlsjs_dir,
         )
 

@@ -551,9 +551,9 @@ function renderDetail() {
 // A video plays its HLS master playlist (`playback.hls` with the read token; the gateway's
 // playlists carry the token on every URI) through hls.js, from /static/hls.js/ (the npm
 // package pinned in web/package.json; the gateway serves it from node_modules). Where hls.js
-// cannot run (no MediaSource, as on older iPhones) the browser's own HLS plays it. A video
-// without HLS (processed before the mesh wrote CMAF fragments, or hls.js not installed) plays
-// its MP4 renditions. A video still processing is playable once the first segment of every
+// cannot run (no MediaSource, as on older iPhones; or hls.js not installed) the browser's own
+// HLS plays it, if it has one. A video without HLS (processed before the mesh wrote CMAF
+// fragments), or in a browser with neither, plays its MP4 renditions once ready. A video still processing is playable once the first segment of every
 // rendition and of the audio is stored (SSE `video_playable`): opened while processing, it
 // starts playing then, and hls.js follows its EVENT playlists as they grow until they end.
 
