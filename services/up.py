@@ -25,6 +25,7 @@ from shared import config, permissions, topology
 
 SERVICES = ("catalog", "pipeline", "transcoder", "thumbnailer", "scheduler", "notifier", "monitor", "gateway")
 PR_SET_PDEATHSIG = 1
+NATS_START_TIMEOUT_S = 30.0  # JetStream recovering a large store takes a while
 
 
 def _die_with_parent() -> None:
@@ -107,6 +108,7 @@ class Supervisor:
         self.stopping = asyncio.Event()
         self.procs: dict[str, asyncio.subprocess.Process] = {}
         self.nats: asyncio.subprocess.Process | None = None
+        self.nats_watch: asyncio.Task | None = None
 
     def say(self, who: str, line: str) -> None:
         sys.stdout.write(f"{who:<13}| {line}\n")
@@ -181,37 +183,85 @@ class Supervisor:
         return False
 
     async def start_nats(self, monitor_port: int, passwords: dict[str, str] | None = None) -> None:
+        """Start the embedded server and wait until JetStream is up; from then on it is
+        supervised like the services (restarted on the same config and store)."""
         s = self.settings
         conf = s.data_dir / "nats.conf"
         # owner-only: it holds the NATS users' passwords
         permissions.write_owner_only(conf, nats_config(s.data_dir, s.nats_port, monitor_port, passwords))
+        self.nats_health = f"http://127.0.0.1:{monitor_port}/healthz?js-enabled-only=true"
+        self.nats_args = [nats_server_binary(), "-c", str(conf)]
+        await self.spawn_nats(f"on 127.0.0.1:{s.nats_port} (monitor {monitor_port})")
+        if not await self.nats_healthy(NATS_START_TIMEOUT_S):
+            code = self.nats.returncode
+            raise SystemExit(
+                f"nats-server exited with {code}; see its output above"
+                if code is not None
+                else f"nats-server did not become healthy within {NATS_START_TIMEOUT_S:g} s"
+            )
+        self.say("nats", "healthy")
+        self.nats_watch = asyncio.create_task(self.supervise_nats())
+
+    async def spawn_nats(self, where: str = "") -> None:
         self.nats = await asyncio.create_subprocess_exec(
-            nats_server_binary(),
-            "-c",
-            str(conf),
+            *self.nats_args,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,
             preexec_fn=_die_with_parent,
             start_new_session=True,  # Ctrl-C reaches only `up`, which stops things in order
         )
-        self.say("nats", f"started pid={self.nats.pid} on 127.0.0.1:{s.nats_port} (monitor {monitor_port})")
-        asyncio.create_task(self.pump("nats", self.nats))
-        url = f"http://127.0.0.1:{monitor_port}/healthz?js-enabled-only=true"
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
+        self.say("nats", f"started pid={self.nats.pid} {where}".rstrip())
+        self.nats_pump = asyncio.create_task(self.pump("nats", self.nats))
+
+    async def nats_healthy(self, timeout_s: float) -> bool:
+        """Until JetStream answers healthy; False when the server exits, time runs out or
+        `up` is stopping."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline and not self.stopping.is_set():
             if self.nats.returncode is not None:
-                raise SystemExit(f"nats-server exited with {self.nats.returncode}; see its output above")
+                return False
             try:
-                with await asyncio.to_thread(urllib.request.urlopen, url, timeout=1) as resp:
+                with await asyncio.to_thread(urllib.request.urlopen, self.nats_health, timeout=1) as resp:
                     if resp.status == 200:
-                        self.say("nats", "healthy")
-                        return
+                        return True
             except OSError:
                 pass
             await asyncio.sleep(0.1)
-        raise SystemExit("nats-server did not become healthy within 30 s")
+        return False
+
+    async def supervise_nats(self) -> None:
+        """Restart the embedded server when it exits unexpectedly (a crash, the OOM killer),
+        with the services' backoff. JetStream recovers its file store on start; with
+        `sync_interval: always` nothing it acknowledged is lost. The services reconnect by
+        themselves (they retry every 0.5 s) and their consumers resume."""
+        delay = 0.5
+        while not self.stopping.is_set():
+            started = time.monotonic()
+            waiter = asyncio.create_task(self.nats.wait())
+            stop = asyncio.create_task(self.stopping.wait())
+            await asyncio.wait({waiter, stop}, return_when=asyncio.FIRST_COMPLETED)
+            if self.stopping.is_set():
+                waiter.cancel()
+                return
+            stop.cancel()
+            await self.nats_pump
+            if time.monotonic() - started > 30:
+                delay = 0.5  # it ran a while: a fresh crash, not a crash loop
+            self.say("nats", f"exited with {self.nats.returncode}; restarting in {delay:.1f}s (same config and store)")
+            try:
+                await asyncio.wait_for(self.stopping.wait(), delay)
+                return
+            except asyncio.TimeoutError:
+                pass
+            delay = min(delay * 2, 10.0)
+            down_at = time.monotonic()
+            await self.spawn_nats("(restarted)")
+            if await self.nats_healthy(NATS_START_TIMEOUT_S):
+                self.say("nats", f"healthy again after {time.monotonic() - down_at:.1f}s; services reconnect by themselves")
 
     async def stop_nats(self) -> None:
+        if self.nats_watch is not None:
+            self.nats_watch.cancel()
         if self.nats and self.nats.returncode is None:
             self.nats.send_signal(signal.SIGTERM)
             try:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 
 import msgspec
 import nats
@@ -38,6 +39,9 @@ class RpcError(Exception):
         self.message = message
 
 
+RECONNECT_LOG_EVERY_S = 10.0
+
+
 class Bus:
     def __init__(self, nc: Client, settings: Settings, service: str):
         self.nc = nc
@@ -49,15 +53,27 @@ class Bus:
 
     @classmethod
     async def connect(cls, settings: Settings, service: str, url: str | None = None) -> "Bus":
+        quiet_until = 0.0  # while the server is away, each failed reconnect is not news
+
         async def disconnected():
             if not nc.is_closed:  # an intended close is not news
                 log.warning("nats disconnected")
 
         async def reconnected():
+            nonlocal quiet_until
+            quiet_until = 0.0
             log.warning("nats reconnected")
 
         async def error(exc):
-            log.warning("nats error: %s", exc)
+            nonlocal quiet_until
+            now = time.monotonic()
+            if isinstance(exc, OSError) and now < quiet_until:
+                return
+            if isinstance(exc, OSError):
+                quiet_until = now + RECONNECT_LOG_EVERY_S
+                log.warning("nats error: %s (retrying every 0.5 s)", exc)
+            else:
+                log.warning("nats error: %s", exc)
 
         servers = (url or settings.nats_url or f"nats://127.0.0.1:{settings.nats_port}").split(",")
         # Each service is its own NATS user (shared/permissions.py) with its own inbox
@@ -152,7 +168,11 @@ class Bus:
                 await self.nc.flush(timeout=2)
             except Exception:
                 pass
-        await self.nc.close()
+        try:
+            await self.nc.close()
+        except (ConnectionError, OSError) as exc:
+            # the server is away (stopping while it restarts): nothing is left to flush
+            log.info("nats connection closed while the server was away: %s", exc)
 
 
 async def kv_write(kv, key: str, value: bytes, revision: int | None, *, ttl_s: float | None = None) -> int:

@@ -62,6 +62,10 @@ def authenticate_read(request: Request) -> str:
 def connected_bus() -> Bus:
     if not service.ready or service.bus is None:
         raise ApiError(503, "not_ready", "the gateway is not connected to NATS yet", {"Retry-After": "1"})
+    if not service.bus.nc.is_connected:
+        # Fail fast while the server is away (restarting): a request would only time out.
+        retry = {"Retry-After": str(service.settings.retry_after_s)}
+        raise ApiError(503, "unavailable", "NATS is not connected (reconnecting); nothing was accepted, retry", retry)
     return service.bus
 
 
