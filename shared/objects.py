@@ -41,11 +41,16 @@ PUBLISH_WINDOW = 32  # chunks in flight while writing: ~8 MiB bounded
 # connection (the server restarted mid-write) would hang the writer, and a task handler
 # holding its message with heartbeats would hang with it. Bounded, it fails and is retried.
 # Generous, because in a cluster an ack is only late while the stream elects a new leader,
-# and a write given up too early may see its last chunks land after its purge.
+# and a write given up too early may see its last chunks land after its purge. When the
+# connection itself dropped during the write, an ack may never come: fail at once.
 ACK_TIMEOUT_S = 30.0
-PURGE_ATTEMPTS = 5  # a purge asked while the stream elects a leader fails: ask again
+ACK_POLL_S = 0.25
+# A purge asked while the stream elects a leader, or while the server restarts, fails: ask
+# again, 1 s then doubling (about 30 s in all).
+PURGE_ATTEMPTS = 5
 MAX_CHECKPOINTS = 1024  # seek index entries per object: ~8 KB of metadata at most
 CHECKPOINTS_KEY = "vidmesh-chunk-seqs"  # "<stride>:<seq>,<seq>,..."
+_ABANDONING: set[asyncio.Task] = set()  # purges of failed writes still running
 
 
 @dataclass
@@ -117,11 +122,13 @@ class MediaStore:
         seqs: list[int] = []  # stream sequence of each chunk, in order (the seek index)
         buf = bytearray()
         total = 0
+        nc = self.js._nc
+        epoch = nc.stats["reconnects"]  # a reconnect during the write: acks may be lost
 
         async def flush(data: bytes) -> None:
             pending.append(await self.js.publish_async(chunk_subject, data))
             if len(pending) >= PUBLISH_WINDOW:
-                seqs.append((await _acked(pending.pop(0))).seq)
+                seqs.append((await _acked(pending.pop(0), nc, epoch)).seq)
 
         try:
             async for piece in chunks:
@@ -136,12 +143,15 @@ class MediaStore:
             if buf:
                 await flush(bytes(buf))
             for fut in pending:
-                seqs.append((await _acked(fut)).seq)
+                seqs.append((await _acked(fut, nc, epoch)).seq)
             MEDIA_BYTES.labels("in").inc(total)
             return await self._commit(name, nuid, total, seqs, digest, headers)
         except BaseException:
-            # Let the chunks already sent land before purging, or they would outlive the purge.
-            await asyncio.shield(self._abandon(pending, chunk_subject))
+            # Let the chunks already sent land before purging, or they would outlive the purge;
+            # in the background, so the caller learns of the failure now (an upload's 503).
+            task = asyncio.get_running_loop().create_task(self._abandon(pending, chunk_subject, nc, epoch))
+            _ABANDONING.add(task)
+            task.add_done_callback(_ABANDONING.discard)
             raise
 
     async def put_file(self, name: str, path: str | os.PathLike, *, headers: dict | None = None) -> StoredObject:
@@ -169,9 +179,12 @@ class MediaStore:
             await self._purge(OBJ_CHUNKS_PRE_TEMPLATE.format(bucket=self.bucket, obj=previous.nuid))
         return info
 
-    async def _abandon(self, pending: list, chunk_subject: str) -> None:
-        if pending:
-            await asyncio.wait(pending, timeout=ACK_TIMEOUT_S)
+    async def _abandon(self, pending: list, chunk_subject: str, nc, epoch: int) -> None:
+        for fut in pending:
+            try:
+                await _acked(fut, nc, epoch)
+            except ConnectionError:
+                break  # the rest will not be acknowledged either
         await self._purge(chunk_subject)
 
     async def _purge(self, chunk_subject: str) -> None:
@@ -181,7 +194,7 @@ class MediaStore:
                 return
             except Exception:
                 if attempt + 1 < PURGE_ATTEMPTS:
-                    await asyncio.sleep(1.0)
+                    await asyncio.sleep(2.0**attempt)
         # best effort: an orphaned chunk subject wastes space, not correctness
 
     async def read(self, info: StoredObject, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
@@ -315,11 +328,19 @@ class ObjectReader(io.RawIOBase):
         return data
 
 
-async def _acked(future: asyncio.Future) -> api.PubAck:
-    try:
-        return await asyncio.wait_for(future, ACK_TIMEOUT_S)
-    except asyncio.TimeoutError:
-        raise ConnectionError(f"no acknowledgement of a chunk within {ACK_TIMEOUT_S:g} s (connection lost?)") from None
+async def _acked(future: asyncio.Future, nc, epoch: int) -> api.PubAck:
+    """The chunk's PubAck; ConnectionError when it does not come within ACK_TIMEOUT_S, or
+    the connection dropped since the write began (what was sent before may be lost)."""
+    deadline = asyncio.get_running_loop().time() + ACK_TIMEOUT_S
+    while True:
+        try:
+            return await asyncio.wait_for(asyncio.shield(future), ACK_POLL_S)
+        except asyncio.TimeoutError:
+            pass
+        if not nc.is_connected or nc.stats["reconnects"] != epoch:
+            raise ConnectionError("the connection to NATS dropped during the write")
+        if asyncio.get_running_loop().time() >= deadline:
+            raise ConnectionError(f"no acknowledgement of a chunk within {ACK_TIMEOUT_S:g} s (connection lost?)")
 
 
 async def _read_file(path) -> AsyncIterator[bytes]:
