@@ -32,6 +32,7 @@ RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml
 COPY pyproject.toml README.md* ./
 COPY services services
 COPY shared shared
+COPY media media
 RUN pip install --no-deps . \
  && pip check \
  && pip uninstall --yes pip setuptools

@@ -34,6 +34,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     max_height: int = 4096
     max_duration_s: float = 3 * 3600.0
     transcode_preset: str = "veryfast"
+    alpha_background: tuple[int, int, int] = (0, 0, 0)  # what transparent pixels become (r, g, b)
     segment_s: float = 6.0  # HLS segment duration; every rung has an IDR frame at each boundary
     chunk_s: float = 6.0  # timeline per chunk task; a multiple of segment_s
     tmp_dir: str | None = None
@@ -156,6 +157,7 @@ def load(env: dict | None = None) -> Settings:
         max_height=_int(env, "VIDMESH_MAX_HEIGHT", 4096),
         max_duration_s=_float(env, "VIDMESH_MAX_DURATION_S", 3 * 3600.0),
         transcode_preset=env.get("VIDMESH_TRANSCODE_PRESET") or "veryfast",
+        alpha_background=_rgb(env, "VIDMESH_ALPHA_BACKGROUND", (0, 0, 0)),
         segment_s=segment_s,
         chunk_s=chunk_s,
         tmp_dir=env.get("VIDMESH_TMP_DIR") or None,
@@ -179,6 +181,20 @@ def load(env: dict | None = None) -> Settings:
         retry_after_s=_int(env, "VIDMESH_RETRY_AFTER_S", 5),
         hlsjs_dir=Path(env.get("VIDMESH_HLSJS_DIR") or HLSJS_DIR),
     )
+
+
+_HEX_RGB = re.compile(r"^#?([0-9A-Fa-f]{2})([0-9A-Fa-f]{2})([0-9A-Fa-f]{2})$")
+
+
+def _rgb(env, name: str, default: tuple[int, int, int]) -> tuple[int, int, int]:
+    """`#rrggbb` -> (r, g, b)."""
+    text = (env.get(name) or "").strip()
+    if not text:
+        return default
+    m = _HEX_RGB.match(text)
+    if m is None:
+        raise ConfigError(f"{name} must be a colour #rrggbb, got {text!r}")
+    return tuple(int(part, 16) for part in m.groups())
 
 
 # =============================================================================================
@@ -296,7 +312,10 @@ def _items(text: str):
 # FFmpeg demuxer names an upload may be read with (a token of container.format.name, e.g.
 # "mov,mp4,m4a,3gp,3g2,mj2"). Playlists and other indirections (hls, concat, ...) are not
 # here on purpose: they make the demuxer open further files.
-DEFAULT_CONTAINERS = ("mov", "mp4", "matroska", "webm", "avi", "mpegts", "mpeg", "flv", "ogg", "asf", "mxf")
+# Animated images (GIF, APNG, animated WebP) become silent videos; still images are refused.
+DEFAULT_CONTAINERS = (
+    "mov", "mp4", "matroska", "webm", "avi", "mpegts", "mpeg", "flv", "ogg", "asf", "mxf", "gif", "apng", "webp",
+)
 
 
 def parse_ints_by_tenant(name: str, text: str) -> dict[str, int]:

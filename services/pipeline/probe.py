@@ -21,14 +21,23 @@ from fractions import Fraction
 import av
 import msgspec
 
+from media.decoding import StreamDecoder
+from media.geometry import displayed_size, rotation_of, sample_aspect_ratio
+from media.problems import MediaError
+from media.source import expected_end, first_frame, is_cover_art, open_media
 from shared.config import DEFAULT_CONTAINERS
 from shared.contracts import SourceInfo
 
 # Demuxers that open files which are not videos: ANSI/text art ("tty" takes any .txt)
 # and still images. Image pipes ("png_pipe", "jpeg_pipe", ...) are matched by suffix.
 _NOT_VIDEO_FORMATS = {"tty", "bin", "xbin", "adf", "idf", "image2"}
+# Image formats that may be animated: accepted when they hold more than one frame.
+_ANIMATED_IMAGE_FORMATS = {"gif", "apng", "webp"}
 # Bounded work: a real video yields its first frame within a few packets.
 _MAX_PACKETS = 600
+# A keyframe index that ends this long (or 3 keyframe intervals, if longer) before the
+# declared end describes less than the file claims: the file is not cut into chunks.
+_INDEX_SHORT_S = 10.0
 
 
 class ProbeError(Exception):
@@ -50,28 +59,26 @@ def probe(
     max_streams: int = 16,
     containers: tuple[str, ...] = DEFAULT_CONTAINERS,
 ) -> SourceInfo:
+    """What an upload is, as displayed, or ProbeError. Animated images (GIF, APNG, animated
+    WebP) are videos; still images are not (not_media)."""
     size = os.path.getsize(path)  # a missing file is the caller's bug: let OSError out
     if size == 0:
         raise ProbeError("not_media", "the file is empty")
     try:
-        # Only local files: playlists/SDP in an upload must not reach the network.
-        container = av.open(
-            path, container_options={"protocol_whitelist": "file"}, metadata_errors="replace"
-        )
-    except av.error.FFmpegError as e:
-        raise ProbeError("not_media", f"not a media file ({e.strerror or e})") from None
+        container, fmt = open_media(path)
+    except MediaError as e:
+        raise ProbeError("not_media", e.message) from None
     with container:
         try:
-            return _inspect(container, size, max_width, max_height, max_duration_s, max_streams, containers)
+            return _inspect(container, fmt, size, max_width, max_height, max_duration_s, max_streams, containers)
         except av.error.FFmpegError as e:
             raise ProbeError("unreadable", f"the video cannot be decoded ({e.strerror or e})") from None
 
 
-def _inspect(container, size, max_width, max_height, max_duration_s, max_streams, containers) -> SourceInfo:
-    fmt = container.format.name
+def _inspect(container, fmt, size, max_width, max_height, max_duration_s, max_streams, containers) -> SourceInfo:
     if fmt in _NOT_VIDEO_FORMATS or fmt.endswith("_pipe"):
         raise ProbeError("not_media", f"not a video (detected {fmt})")
-    video = next((s for s in container.streams.video if _is_moving_picture(s)), None)
+    video = next((s for s in container.streams.video if not is_cover_art(s)), None)
     if video is None and not container.streams.audio:  # e.g. a text file read as subtitles
         raise ProbeError("not_media", f"not a video (detected {fmt} without audio or video)")
     if video is None:
@@ -84,25 +91,28 @@ def _inspect(container, size, max_width, max_height, max_duration_s, max_streams
     if not ctx.width or not ctx.height:
         raise ProbeError("no_video_stream", "the video stream has no picture size")
 
-    duration = _duration(container, video)
+    audio = container.streams.audio[0] if container.streams.audio else None
+    video_duration = expected_end(container, video)
+    duration = _duration(container, video_duration, expected_end(container, audio) if audio is not None else None)
     if duration is not None and duration > max_duration_s:
         raise ProbeError("too_long", f"duration {duration:.0f} s is over the limit of {max_duration_s:.0f} s")
     # Check the declared size before decoding, so a huge frame is never allocated. The
     # rotation is only known from a frame, so here either orientation may pass.
-    declared = displayed_size(ctx.width, ctx.height, _sar(video), 0)
+    declared = displayed_size(ctx.width, ctx.height, sample_aspect_ratio(video), 0)
     if not _fits(declared, max_width, max_height):
         _check_size(declared[::-1], max_width, max_height)
 
-    frame, untimed = _first_frame(container, video)
+    frame, untimed = first_frame(container, video, max_packets=_MAX_PACKETS)
     if frame is None or not frame.width or not frame.height:
         raise ProbeError("unreadable", "no video frame could be decoded")
+    if fmt in _ANIMATED_IMAGE_FORMATS and not _has_another_frame(container, video):
+        raise ProbeError("not_media", f"a still image ({fmt} with one frame), not a video")
     rotation = rotation_of(frame)
-    width, height = displayed_size(frame.width, frame.height, _sar(video), rotation)
+    width, height = displayed_size(frame.width, frame.height, sample_aspect_ratio(video), rotation)
     _check_size((width, height), max_width, max_height)
 
-    audio = container.streams.audio[0] if container.streams.audio else None
     rate = video.average_rate or video.guessed_rate
-    video_duration = _video_end(container, video) or duration
+    video_duration = video_duration or duration
     cuttable = not untimed and _cuttable(container, video, video_duration)
     return SourceInfo(
         size=size,
@@ -111,34 +121,12 @@ def _inspect(container, size, max_width, max_height, max_duration_s, max_streams
         width=width,
         height=height,
         fps=float(rate) if rate else None,
-        video_codec=ctx.name,
+        video_codec="webp" if fmt == "webp" else ctx.name,  # decoded through a lossless FFV1 copy
         audio_codec=audio.codec_context.name if audio is not None else None,
         rotation=rotation,
         cuttable=cuttable,
         video_duration=video_duration,
     )
-
-
-def rotation_of(frame: av.VideoFrame) -> int:
-    """Degrees clockwise to turn a decoded frame upright (0/90/180/270).
-
-    PyAV reports the display matrix angle counter-clockwise; ffmpeg turns -90 into
-    transpose=clock, so the clockwise angle is its negation.
-    """
-    return (-round(frame.rotation / 90) * 90) % 360
-
-
-def displayed_size(width: int, height: int, sar: Fraction, rotation: int) -> tuple[int, int]:
-    """Frame size as a player shows it: pixels stretched by SAR, then turned; even."""
-    w, h = width * sar, height
-    if rotation in (90, 270):
-        w, h = h, w
-    return _even(w), _even(h)
-
-
-def _even(x) -> int:
-    # Round down: 4:2:0 video needs even sizes, and we never invent pixels.
-    return max(2, int(x) // 2 * 2)
 
 
 def _fits(size: tuple[int, int], max_width: int, max_height: int) -> bool:
@@ -152,46 +140,26 @@ def _check_size(size: tuple[int, int], max_width: int, max_height: int) -> None:
         )
 
 
-def _is_moving_picture(stream) -> bool:
-    # Cover art in music files shows up as a one-picture video stream.
-    return not stream.disposition & av.stream.Disposition.attached_pic
+def _duration(container, video_end: float | None, audio_end: float | None) -> float | None:
+    """The container's duration, unless the streams' own ends (measured from their first
+    timestamps, see media.source.expected_end) say the media is shorter."""
+    declared = container.duration / av.time_base if container.duration and container.duration > 0 else None
+    ends = [e for e in (video_end, audio_end) if e]
+    if not ends:
+        return declared
+    measured = max(ends)
+    return measured if declared is None else min(declared, measured)
 
 
-def _sar(stream) -> Fraction:
-    """Sample aspect ratio the way ffmpeg guesses it: the container's, else the codec's."""
-    for sar in (stream.sample_aspect_ratio, stream.codec_context.sample_aspect_ratio):
-        if sar and sar > 0:
-            return Fraction(sar)
-    return Fraction(1)
-
-
-def _duration(container, stream) -> float | None:
-    if container.duration and container.duration > 0:
-        return container.duration / av.time_base
-    if stream.duration and stream.time_base:
-        return float(stream.duration * stream.time_base)
-    return None
-
-
-def _first_frame(container, stream):
-    """(the first decoded frame or None, whether a packet before it had no timestamp)."""
-    untimed = False
-    for n, packet in enumerate(container.demux(stream)):
-        untimed |= packet.size > 0 and packet.pts is None
-        for frame in packet.decode():
-            return frame, untimed or frame.pts is None
+def _has_another_frame(container, stream) -> bool:
+    """Whether a frame follows the first one (an animation rather than a still image)."""
+    decoder = StreamDecoder(stream)
+    for n, packet in enumerate(decoder.packets(container)):
+        if decoder.decode(packet):
+            return True
         if n >= _MAX_PACKETS:
-            break
-    return None, untimed
-
-
-def _video_end(container, stream) -> float | None:
-    """Where the video stream ends on the timeline the tasks use (seconds from the
-    container's start), when the file says so."""
-    if not stream.duration or not stream.time_base:
-        return None
-    start = (stream.start_time or 0) * stream.time_base - Fraction(container.start_time or 0, av.time_base)
-    return float(start + stream.duration * stream.time_base)
+            return False
+    return bool(decoder.flush())
 
 
 # Demuxers with an index of the video's keyframes (MP4/MOV sample tables, Matroska cues,
@@ -202,7 +170,9 @@ _INDEXED_FORMATS = {"mov", "mp4", "matroska", "webm", "avi"}
 def _cuttable(container, stream, duration: float | None) -> bool:
     """Can the timeline be cut into chunks that tasks encode apart? It needs a keyframe
     index (a seek lands on a keyframe at or before its target) with timestamps that only go
-    forward. Checked from the index alone, so a probe of an upload's two ends suffices."""
+    forward, and that reaches the end the file declares (a recording cut short may declare
+    far more than its index holds: its chunks past the end would only find nothing).
+    Checked from the index alone, so a probe of an upload's two ends suffices."""
     if not duration or not set(container.format.name.split(",")) & _INDEXED_FORMATS:
         return False
     try:
@@ -211,7 +181,12 @@ def _cuttable(container, stream, duration: float | None) -> bool:
     except av.error.FFmpegError:
         return False
     keys = [e.timestamp for e in stream.index_entries if e.is_keyframe]
-    return len(keys) >= 2 and all(a < b for a, b in zip(keys, keys[1:]))
+    if len(keys) < 2 or not all(a < b for a, b in zip(keys, keys[1:])):
+        return False
+    gap = max(b - a for a, b in zip(keys, keys[1:])) * stream.time_base
+    start = Fraction(container.start_time or 0, av.time_base)
+    last = keys[-1] * stream.time_base - start
+    return duration - float(last) <= max(_INDEX_SHORT_S, 3 * float(gap))
 
 
 # --- isolation: the probe in a child process with bounded memory, CPU and time ---------------

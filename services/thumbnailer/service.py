@@ -43,7 +43,9 @@ async def extract_thumbnail(task: ExtractThumbnail, delivery: Delivery) -> None:
         dst = os.path.join(tmp, "thumbnail.jpg")
         try:
             with telemetry.tracer.start_as_current_span("extract first frame"):
-                width, height = await asyncio.to_thread(first_frame_jpeg, source, dst, max_width=task.max_width)
+                width, height = await asyncio.to_thread(
+                    first_frame_jpeg, source, dst, max_width=task.max_width, background=bus.settings.alpha_background
+                )
         except MediaError as exc:
             raise Poison(exc.code, exc.message) from None
         key = topology.thumbnail_key(task.tenant, task.video_id)

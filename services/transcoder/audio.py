@@ -10,6 +10,11 @@ Timeline: the encoder's first packet is its priming (1024 samples before the fir
 sample). Fragments carry the encoder's own timeline, priming included, from 0 (a `tfdt`
 cannot be negative), so a track is `priming` samples behind the video in a player that
 ignores it; the MP4 stitch shifts it back (the muxer then writes an edit list).
+
+Damage is not fatal: a packet the decoder refuses is skipped, counted and replaced by as
+much silence as it held, so the rest stays in sync; a track that ends before its declared
+duration, or that cannot be decoded at all, leaves a warning (the video is then silent
+from there), never a failed video.
 """
 
 from __future__ import annotations
@@ -23,12 +28,18 @@ from fractions import Fraction
 from typing import BinaryIO
 
 import av
+import numpy as np
+
+from media.decoding import StreamDecoder
+from media.problems import Cancelled, MediaError, MediaWarning
+from media.source import expected_end, open_source, origin
 
 from . import cmaf
 from .chunk import Segment
-from .media import AUDIO_RATE, Cancelled, MediaError, check_complete, declared_end, open_source, origin, segment_grid
+from .timeline import AUDIO_RATE, damaged_packets, segment_grid, shortfall
 
 TRACK = "audio"
+GAP_MIN = AUDIO_RATE // 1000  # a skipped packet leaves at least this much silence (1 ms)
 
 
 @dataclass(frozen=True)
@@ -39,6 +50,7 @@ class AudioResult:
     init_size: int = 0
     priming: int = 0  # samples of encoder delay at the start of the track (48 kHz)
     end: float = 0.0  # seconds: where the audio ends on the video's timeline
+    warnings: list[MediaWarning] = field(default_factory=list)
 
 
 def init_path(out_dir: str) -> str:
@@ -62,8 +74,9 @@ def encode_audio(
 
     `on_segment(segment)` is called in the calling thread as soon as each fragment file is
     written (for uploading while the rest encodes). Returns an empty AudioResult when the
-    source has no audio. Raises MediaError("bad_media") when the track cannot be decoded
-    completely, Cancelled when should_stop() says so.
+    source has no audio, and one with no segments and a warning when its audio cannot be
+    decoded at all. Raises MediaError("bad_media") when the source cannot be opened,
+    Cancelled when should_stop() says so.
     """
     inp = open_source(src)
     with inp:
@@ -82,6 +95,7 @@ class _Track:
     def __init__(self, inp, out_dir: str, grid: Fraction, bitrate_kbps: int):
         self.inp, self.out_dir, self.grid = inp, out_dir, grid
         self.stream = inp.streams.audio[0]
+        self.decoder = StreamDecoder(self.stream)
         self.origin = origin(inp)
         self.enc = av.CodecContext.create("aac", "w")
         self.enc.sample_rate, self.enc.layout, self.enc.format = AUDIO_RATE, "stereo", "fltp"
@@ -95,30 +109,40 @@ class _Track:
         self.packets: list = []  # of the segment being filled
         self.segments: list[Segment] = []
         self.init: bytes | None = None
+        self.gap = False  # a packet was skipped since the last frame
 
     def run(self) -> AudioResult:
         os.makedirs(os.path.join(self.out_dir, TRACK), exist_ok=True)
-        self.stream.codec_context.thread_type = "AUTO"
-        try:
-            for packet in self.inp.demux(self.stream):
-                if self.should_stop():
-                    raise Cancelled("audio cancelled")
-                for frame in packet.decode():
-                    for out in self.resampler.resample(frame):
-                        self._encode(out)
-        except av.error.FFmpegError as e:
-            raise MediaError("bad_media", f"the audio cannot be decoded: {e.strerror or e}") from None
+        for packet in self.decoder.packets(self.inp):
+            if self.should_stop():
+                raise Cancelled("audio cancelled")
+            skipped = self.decoder.skipped
+            frames = self.decoder.decode(packet)
+            if self.decoder.skipped > skipped:
+                self.gap = True  # what it held becomes silence, if the next frame says how long
+            for frame in frames:
+                for out in self.resampler.resample(frame):
+                    self._encode(out)
+        for frame in self.decoder.flush():
+            for out in self.resampler.resample(frame):
+                self._encode(out)
         for out in self.resampler.resample(None):
             self._encode(out)
         for packet in self.enc.encode(None):
             self._packet(packet)
         if self.packets:
             self._flush()
+        damaged = damaged_packets(self.decoder.skipped, "audio")
+        warnings = [damaged] if damaged else []
         if self.next_pts is None:
-            raise MediaError("bad_media", "no audio frame could be decoded")
+            warnings.append(MediaWarning("damaged_packets", "the audio track cannot be decoded: the video is silent"))
+            return AudioResult(warnings=warnings)
         end = self.next_pts / AUDIO_RATE
-        check_complete(end, declared_end(self.inp, self.stream), "audio")
-        return AudioResult(segments=self.segments, init_size=len(self.init or b""), priming=self.priming or 0, end=end)
+        short = shortfall(end, expected_end(self.inp, self.stream), "audio")
+        warnings += [short] if short else []
+        return AudioResult(
+            segments=self.segments, init_size=len(self.init or b""), priming=self.priming or 0, end=end, warnings=warnings
+        )
 
     def _encode(self, frame: av.AudioFrame) -> None:
         # The resampler keeps the source time base when it has nothing to convert, and
@@ -128,16 +152,31 @@ class _Track:
             pts = round((frame.pts * frame.time_base - self.origin) * AUDIO_RATE)
         if self.next_pts is None:
             pts = max(0, pts or 0)
+        elif self.gap and pts is not None and pts - self.next_pts >= GAP_MIN:
+            self._silence(pts - self.next_pts)  # a skipped packet's time, kept
+            pts = self.next_pts
         elif pts is None or abs(pts - self.next_pts) < AUDIO_RATE // 10:
             pts = self.next_pts  # contiguous: ignore jitter (Matroska rounds to 1 ms)
         else:
             pts = max(pts, self.next_pts)  # keep a real gap, never go backwards
+        self.gap = False
         if self.first_in is None:
             self.first_in = pts
         frame.pts, frame.time_base = pts, Fraction(1, AUDIO_RATE)
         self.next_pts = pts + frame.samples
         for packet in self.enc.encode(frame):
             self._packet(packet)
+
+    def _silence(self, samples: int) -> None:
+        """Encode `samples` of silence at next_pts (where undecodable packets were)."""
+        while samples > 0:
+            n = min(samples, 1024)
+            frame = av.AudioFrame.from_ndarray(np.zeros((2, n), np.float32), format="fltp", layout="stereo")
+            frame.sample_rate, frame.pts, frame.time_base = AUDIO_RATE, self.next_pts, Fraction(1, AUDIO_RATE)
+            self.next_pts += n
+            samples -= n
+            for packet in self.enc.encode(frame):
+                self._packet(packet)
 
     def _packet(self, packet: av.Packet) -> None:
         if self.priming is None:

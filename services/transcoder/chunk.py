@@ -1,7 +1,8 @@
 """Encode one chunk of a video's timeline into every rung of the ladder, as CMAF fragments.
 
 Pure PyAV: no bus, no HTTP. Each source frame of the chunk is decoded once and filtered
-once (rotation), then scaled and encoded for every rung. Every rung gets an IDR frame at
+once (media.frames: deinterlace, tone map / colour conversion, alpha flatten, rotation),
+then scaled and encoded for every rung, each tagged with its colour (media.colour). Every rung gets an IDR frame at
 every segment boundary, forced by timestamp (so VFR sources align too), and x264 places no
 other keyframe, so each rung's segments start at the same instants and a player can switch
 between rungs at any segment. FFmpeg's mp4 muxer writes the fragments (see cmaf.py).
@@ -10,6 +11,10 @@ The chunk is frames with start <= t < end, t on the source timeline shifted to s
 The task seeks to the keyframe at or before its start, decodes forward and drops the
 frames before it (if the demuxer lands late, it seeks again further back). Chunk 0 also
 takes any frame before 0; the last chunk has no end.
+
+Damage is not fatal: undecodable packets are skipped and counted, and a video that ends
+before the duration its file declares gives what is there; both come back as warnings.
+Only a video with no decodable frame at all fails (bad_media).
 
 Speed levers measured on this machine (design guide): decoder and encoder frame threads,
 one persistent bilinear VideoReformatter per rung, each frame decoded once.
@@ -27,10 +32,16 @@ from fractions import Fraction
 from typing import BinaryIO, Protocol
 
 import av
-from av.video.reformatter import ColorRange, Interpolation, VideoReformatter
+
+from media.alpha import BLACK
+from media.colour import tag
+from media.decoding import StreamDecoder
+from media.frames import FramePath, RungScaler
+from media.problems import Cancelled, MediaError, MediaWarning
+from media.source import expected_end, open_source, origin, video_stream
 
 from . import cmaf
-from .media import Cancelled, MediaError, check_complete, declared_end, open_source, origin, segment_grid, video_stream
+from .timeline import damaged_packets, segment_grid, shortfall
 
 PROGRESS_INTERVAL_S = 1.0  # at most one progress callback per interval
 SEEK_BACK_S = (0.0, 1.0, 4.0, 16.0)  # where to seek before the start when the demuxer lands late
@@ -66,6 +77,7 @@ class ChunkResult:
     codecs: dict[str, str]  # rung -> RFC 6381 codec string
     frames: int  # frames encoded (per rung)
     end: float  # seconds: where the chunk's last frame ends
+    warnings: list[MediaWarning] = field(default_factory=list)  # damage skipped, media ending early
 
 
 def init_path(out_dir: str, rung: str) -> str:
@@ -85,6 +97,7 @@ def encode_chunk(
     first_segment: int = 0,
     end_segment: int | None = None,
     rotation: int = 0,
+    background: tuple[int, int, int] = BLACK,
     preset: str = "veryfast",
     on_progress: Callable[[int], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
@@ -93,12 +106,13 @@ def encode_chunk(
     (exclusive; None: to the end of the video) of `src` into every rung.
 
     `segment_s` is the segment duration in seconds; chunk boundaries are multiples of it.
-    `rotation` (degrees clockwise, a multiple of 90) turns frames upright. Each rung's
-    width x height must be even. `on_progress(n)` is called (about once a second at most)
-    with the segments of this chunk finished so far. A chunk that reaches the end of the
-    video checks it against the duration the file declares (a truncated upload fails).
+    `rotation` (degrees clockwise, a multiple of 90) turns frames upright; transparency is
+    flattened on `background` (r, g, b). Each rung's width x height must be even.
+    `on_progress(n)` is called (about once a second at most) with the segments of this
+    chunk finished so far. A chunk that reaches the end of the video compares it with the
+    duration the file declares: short of it, the result has a "truncated" warning.
 
-    Raises MediaError("bad_media") when the source cannot be decoded completely,
+    Raises MediaError("bad_media") when chunk 0 finds no decodable video frame,
     MediaError("encode_failed") when writing fails, Cancelled when should_stop() says so.
     """
     for r in rungs:
@@ -111,7 +125,7 @@ def encode_chunk(
     inp = open_source(src)
     try:
         with inp:
-            job = _Chunk(inp, out_dir, rungs, segment_grid(segment_s), first_segment, end_segment, rotation % 360)
+            job = _Chunk(inp, out_dir, rungs, segment_grid(segment_s), first_segment, end_segment, rotation % 360, background)
             job.on_progress = on_progress or (lambda _n: None)
             job.should_stop = should_stop or (lambda: False)
             return job.run(preset)
@@ -120,16 +134,17 @@ def encode_chunk(
 
 
 class _Chunk:
-    def __init__(self, inp, out_dir, rungs, grid, first_segment, end_segment, rotation):
+    def __init__(self, inp, out_dir, rungs, grid, first_segment, end_segment, rotation, background):
         self.inp, self.out_dir, self.rungs, self.grid = inp, out_dir, list(rungs), grid
         self.vin = video_stream(inp)
+        self.decoder = StreamDecoder(self.vin)
+        self.path = FramePath(self.vin, rotation=rotation, background=background)
         self.tb = self.vin.time_base
         self.origin_ticks = math.floor(origin(inp) / self.tb)  # the timeline's zero, in ticks
         self.first_segment, self.end_segment, self.rotation = first_segment, end_segment, rotation
         self.start = grid * first_segment  # seconds (exact)
         self.end = None if end_segment is None else grid * end_segment
-        self.turn = None  # rotation filter graph, built on the first frame
-        self.scalers = {r.name: VideoReformatter() for r in self.rungs}
+        self.scalers = {r.name: RungScaler(r.width, r.height, self.path.colour) for r in self.rungs}
         self.outputs: dict = {}
         self.segments: list[tuple[int, int]] = []  # (index, start pts) of each segment begun
         self.pending = None  # the frame waiting for its successor to know its duration
@@ -143,24 +158,22 @@ class _Chunk:
     # --- the frame path --------------------------------------------------------------------
 
     def run(self, preset: str) -> ChunkResult:
-        self.vin.codec_context.thread_type = "AUTO"  # frame threads: decode alone 2.5 s -> 1.5 s at 1080p
         os.makedirs(self.out_dir, exist_ok=True)
-        expected = declared_end(self.inp, self.vin)
+        expected = expected_end(self.inp, self.vin)
         try:
             for r in self.rungs:
                 self.outputs[r.name] = self._open_output(r, preset)
             end_pts, at_eof = self._decode_and_encode()
             if self.pending is None:
                 if self.first_segment == 0:
-                    raise MediaError("bad_media", "no video frame could be decoded")
-                # A chunk past the video's end is empty (the plan counts the longest stream),
-                # unless the file says the video goes on: then it was cut short. A chunk
-                # inside a still stretch of a VFR video (a screen recording writes no frame
-                # while nothing changes) is empty too: the frame before it lasts until the one
-                # after it.
-                if at_eof:
-                    check_complete(float(self.start), expected, "video")
-                return ChunkResult(segments=[], inits={}, codecs={}, frames=0, end=float(self.start))
+                    why = f" ({self.decoder.skipped} undecodable packets)" if self.decoder.skipped else ""
+                    raise MediaError("bad_media", f"no video frame could be decoded{why}")
+                # A chunk past the video's end is empty: the plan counts the longest stream,
+                # or the duration a file cut short still declares (the chunk that holds the
+                # last frame reports how much is missing). A chunk inside a still stretch of
+                # a VFR video (a screen recording writes no frame while nothing changes) is
+                # empty too: the frame before it lasts until the one after it.
+                return ChunkResult(segments=[], inits={}, codecs={}, frames=0, end=float(self.start), warnings=self._warnings())
             self._emit(self.pending, end_pts)
             for out, stream in self.outputs.values():
                 out.mux(self._timed(stream.encode(None)))
@@ -168,9 +181,15 @@ class _Chunk:
             for out, _ in self.outputs.values():
                 out.close()
         end_s = float(end_pts * self.tb)
+        warnings = self._warnings()
         if at_eof:
-            check_complete(end_s, expected, "video")
-        return self._cut(end_s)
+            short = shortfall(end_s, expected, "video")
+            warnings += [short] if short else []
+        return self._cut(end_s, warnings)
+
+    def _warnings(self) -> list[MediaWarning]:
+        damaged = damaged_packets(self.decoder.skipped, "video")
+        return [damaged] if damaged else []
 
     def _decode_and_encode(self) -> tuple[int, bool]:
         """Decode the chunk, encode every kept frame but the last (pending); return where
@@ -179,7 +198,8 @@ class _Chunk:
         end_tick = None if self.end is None else math.ceil(self.end / self.tb)
         last_report = time.monotonic()
         reported = 0
-        for frame in self._frames():
+        keep_from = None if first_tick is None else first_tick + self.origin_ticks
+        for frame in self.path.frames(self._frames(), keep_from=keep_from):
             if self.should_stop():
                 raise Cancelled("chunk cancelled")
             pts = self._pts(frame)
@@ -201,15 +221,15 @@ class _Chunk:
     def _frames(self):
         """Decoded frames from the keyframe at or before the chunk's start."""
         if self.first_segment == 0:
-            yield from _decoded(self.inp, self.vin)
+            yield from self.decoder.frames(self.inp)
             return
         for back in SEEK_BACK_S:
             target = self.origin_ticks + math.floor((self.start - back) / self.tb)
             try:
-                self.inp.seek(max(target, self.origin_ticks), stream=self.vin, backward=True)
+                self.decoder.seek(self.inp, max(target, self.origin_ticks))
             except av.error.FFmpegError as e:
                 raise MediaError("bad_media", f"cannot seek to {float(self.start):.2f} s: {e.strerror or e}") from None
-            frames = _decoded(self.inp, self.vin)
+            frames = self.decoder.frames(self.inp)
             first = next(frames, None)
             if first is None:
                 return
@@ -251,18 +271,9 @@ class _Chunk:
     def _emit(self, pending, next_pts: int) -> None:
         frame, pts, key = pending
         self.durations[pts] = next_pts - pts
-        upright = self._turn(frame)
         for r in self.rungs:
             out, stream = self.outputs[r.name]
-            scaled = self.scalers[r.name].reformat(
-                upright,
-                width=r.width,
-                height=r.height,
-                format="yuv420p",
-                interpolation=Interpolation.BILINEAR,
-                src_color_range=frame.color_range,  # full-range sources keep their contrast
-                dst_color_range=ColorRange.MPEG,
-            )
+            scaled = self.scalers[r.name](frame)
             scaled.pts, scaled.time_base = pts, self.tb
             scaled.duration = next_pts - pts
             # An IDR at each segment start, none elsewhere (x264's own are off).
@@ -279,14 +290,6 @@ class _Chunk:
             packet.duration = self.durations.get(packet.pts, packet.duration)
         return packets
 
-    def _turn(self, frame):
-        if not self.rotation:
-            return frame
-        if self.turn is None:
-            self.turn = _turn_graph(frame, self.rotation)
-        self.turn.push(frame)
-        return self.turn.pull()
-
     def _open_output(self, r: Rung, preset: str):
         os.makedirs(os.path.join(self.out_dir, r.name), exist_ok=True)
         out = av.open(os.path.join(self.out_dir, f"{r.name}.mp4"), "w", format="mp4", options=cmaf.MUXER_OPTIONS)
@@ -295,13 +298,14 @@ class _Chunk:
         ctx.width, ctx.height, ctx.pix_fmt = r.width, r.height, "yuv420p"
         ctx.time_base = self.tb  # keep source timestamps exact (VFR stays VFR)
         ctx.sample_aspect_ratio = Fraction(1, 1)
+        tag(ctx, self.scalers[r.name].out)  # primaries, transfer, matrix, limited range: in the SPS (VUI) and colr
         ctx.thread_type = "AUTO"  # frame threads, as the ffmpeg CLI; the SLICE default is slower
         stream.options = x264_options(r, preset)
         return out, stream
 
     # --- cutting the muxer's output into segments ------------------------------------------
 
-    def _cut(self, end_s: float) -> ChunkResult:
+    def _cut(self, end_s: float, warnings: list[MediaWarning]) -> ChunkResult:
         inits, codecs = {}, {}
         sizes: dict[int, dict[str, int]] = {index: {} for index, _ in self.segments}
         for r in self.rungs:
@@ -329,7 +333,7 @@ class _Chunk:
         starts = [float(pts * self.tb) for _, pts in self.segments] + [end_s]
         for n, (index, _) in enumerate(self.segments):
             segments.append(Segment(index=index, start=starts[n], duration=starts[n + 1] - starts[n], sizes=sizes[index]))
-        return ChunkResult(segments=segments, inits=inits, codecs=codecs, frames=self.frames, end=end_s)
+        return ChunkResult(segments=segments, inits=inits, codecs=codecs, frames=self.frames, end=end_s, warnings=warnings)
 
 
 def x264_options(r: Rung, preset: str) -> dict[str, str]:
@@ -344,26 +348,3 @@ def x264_options(r: Rung, preset: str) -> dict[str, str]:
     if r.level:
         options["level"] = r.level
     return options
-
-
-def _decoded(inp, stream):
-    """Decoded frames of one stream in presentation order; input errors become bad_media."""
-    try:
-        for packet in inp.demux(stream):
-            yield from packet.decode()  # the final empty packet flushes the decoder
-    except av.error.FFmpegError as e:
-        raise MediaError("bad_media", f"the source cannot be decoded: {e.strerror or e}") from None
-
-
-def _turn_graph(frame, rotation: int) -> av.filter.Graph:
-    """A filter graph turning frames like `frame` `rotation` degrees clockwise."""
-    graph = av.filter.Graph()
-    node = graph.add_buffer(width=frame.width, height=frame.height, format=frame.format.name, time_base=frame.time_base)
-    steps = {90: [("transpose", "clock")], 270: [("transpose", "cclock")], 180: [("hflip", None), ("vflip", None)]}
-    for name, args in steps[rotation]:
-        nxt = graph.add(name, args)
-        node.link_to(nxt)
-        node = nxt
-    node.link_to(graph.add("buffersink"))
-    graph.configure()
-    return graph

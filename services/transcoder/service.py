@@ -22,6 +22,7 @@ from typing import Union
 
 from opentelemetry import context as otel_context
 
+from media.problems import Cancelled, MediaError
 from shared import telemetry, topology
 from shared.consumer import Delivery, Poison, Retry
 from shared.contracts import (
@@ -40,7 +41,6 @@ from shared.objects import ObjectReader
 from shared.service import Service
 
 from . import audio, chunk
-from .media import Cancelled, MediaError
 from .stitch import stitch
 
 log = logging.getLogger("vidmesh.transcoder")
@@ -101,6 +101,7 @@ async def encode_chunk(task: EncodeChunk, delivery: Delivery) -> None:
                     first_segment=span.first_segment,
                     end_segment=end_segment,
                     rotation=task.rotation,
+                    background=bus.settings.alpha_background,
                     preset=bus.settings.transcode_preset,
                     on_progress=on_progress,
                     should_stop=stop,

@@ -18,8 +18,9 @@ from fractions import Fraction
 
 import av
 
+from media.problems import MediaError
+
 from . import cmaf
-from .media import MediaError
 
 
 @dataclass(frozen=True)

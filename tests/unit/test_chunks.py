@@ -39,7 +39,7 @@ from services.transcoder import chunk as chunk_mod
 from services.transcoder import cmaf
 from services.transcoder.audio import encode_audio
 from services.transcoder.chunk import encode_chunk
-from services.transcoder.media import Cancelled, MediaError
+from media.problems import Cancelled, MediaError
 from services.transcoder.stitch import stitch
 from tests.clips import make_audio_only, make_clip, make_truncated, make_vfr_clip
 
@@ -680,51 +680,49 @@ def _decodable_until(path: str) -> Fraction:
 
 
 @pytest.mark.parametrize("keep", [0.3, 0.6])
-def test_truncated_source_fails_in_the_chunks_that_reach_the_missing_data(tmp_path, keep):
+def test_a_truncated_source_gives_what_is_there_and_says_how_much_is_missing(tmp_path, keep):
+    """A faststart MP4 cut short: every chunk before the cut is whole, the chunk that holds
+    the cut ends with the last frame there is and a `truncated` warning, chunks past it are
+    empty (without a second warning); the audio likewise; the stitch plays what is there."""
     src = _truncated(tmp_path / "cut.mp4", keep=keep)
     info = probe(src)
     # the trap: the index is intact, so the file looks like a healthy 4 s video
     assert info.duration == pytest.approx(4.0, abs=0.1) and info.cuttable
-    plan = plan_video(info, chunk_s=1.0, segment_s=SEGMENT_S)
-    assert len(plan.chunks) == 4
     cut = _decodable_until(src)
     assert 0.5 < cut < 3.5
-    outcomes = {}
-    for span in plan.chunks:
-        d = tmp_path / f"chunk{span.index}"
-        try:
-            result = encode_chunk(
-                src, str(d), rungs=plan.renditions, segment_s=SEGMENT_S, first_segment=span.first_segment,
-                end_segment=None if span.end is None else round(span.end), preset="ultrafast",
-            )
-            outcomes[span.index] = result
-        except MediaError as e:
-            outcomes[span.index] = e.code
-            assert not list(d.rglob("*.m4s")), "a failed chunk left fragments"
-    for span in plan.chunks:
-        if span.end is not None and span.end <= cut - 0.1:
-            assert not isinstance(outcomes[span.index], str), f"chunk {span.index} before the cut: {outcomes[span.index]}"
-            assert outcomes[span.index].frames == 30
-        elif span.end is None or span.end > cut:
-            # the chunk that hits the missing data, and those that start past it
-            assert outcomes[span.index] == "bad_media", f"chunk {span.index} (cut at {float(cut):.2f} s)"
-    with pytest.raises(MediaError) as e:
-        encode_audio(src, str(tmp_path / "audio"), segment_s=SEGMENT_S)
-    assert e.value.code == "bad_media"
+    run = run_pipeline(src, tmp_path / "out", chunk_s=1.0)
+    assert len(run.chunks) == 4
+    for c in run.chunks:
+        result = c.result
+        if c.span.end is not None and c.span.end <= cut - 0.1:
+            assert (result.frames, result.warnings) == (30, []), f"chunk {c.span.index} before the cut"
+        elif c.span.start >= cut:
+            assert (result.frames, result.segments, result.warnings) == (0, [], []), f"chunk {c.span.index} past the cut"
+        else:
+            (warning,) = result.warnings
+            assert warning.code == "truncated"
+            assert re.fullmatch(r"the video ends at [\d.]+ s of the 4\.0\d s its file declares \([\d.]+ s missing\)", warning.message)
+            assert result.end == pytest.approx(float(cut), abs=1 / 30)
+    assert sum(c.result.frames for c in run.chunks) == round(cut * 30)
+    assert [w.code for w in run.audio.warnings] == ["truncated"]
+    assert run.audio.warnings[0].message.startswith("the audio ends at ")
+    for rung, stitched in run.stitched.items():
+        assert stitched.frames == round(cut * 30), rung
+        assert stitched.duration == pytest.approx(float(cut), abs=0.05), rung
 
 
 @pytest.mark.parametrize("keep", [0.3, 0.5, 0.8])
-def test_a_truncated_source_of_one_chunk_fails_too(tmp_path, keep):
+def test_a_truncated_source_of_one_chunk_gives_what_is_there(tmp_path, keep):
     src = make_truncated(tmp_path / "cut.mp4", seconds=3.0, keep=keep)  # one keyframe: not cuttable
     info = probe(src)
     assert info.duration == pytest.approx(3.0, abs=0.1)
     plan = plan_video(info, chunk_s=1.0, segment_s=SEGMENT_S)
     assert len(plan.chunks) == 1
-    out = tmp_path / "out"
-    with pytest.raises(MediaError) as e:
-        encode_chunk(src, str(out), rungs=plan.renditions, segment_s=SEGMENT_S, preset="ultrafast")
-    assert e.value.code == "bad_media"
-    assert not list(out.rglob("*.m4s"))
+    cut = _decodable_until(src)
+    result = encode_chunk(src, str(tmp_path / "out"), rungs=plan.renditions, segment_s=SEGMENT_S, preset="ultrafast")
+    assert result.frames == round(cut * 30)
+    assert [w.code for w in result.warnings] == ["truncated"]
+    assert len(result.segments) == math.ceil(cut - 1e-6)
 
 
 def test_garbage_and_pictureless_input_is_bad_media(tmp_path):
