@@ -150,6 +150,15 @@ class ErrorInfo(msgspec.Struct, frozen=True, kw_only=True):
     message: str
 
 
+class WarningInfo(msgspec.Struct, frozen=True, kw_only=True):
+    """Something a viewer may notice that did not stop the video: `damaged_packets`
+    (undecodable packets were skipped), `truncated` (the media ends before the duration its
+    file declares). `message` starts with the task that saw it (`chunk:<i>`, `audio`)."""
+
+    code: str
+    message: str
+
+
 # --- events (facts, on the events stream) ----------------------------------------------------
 
 
@@ -195,6 +204,7 @@ class ChunkEncoded(Contract, tag="transcoder.chunk_encoded.v1"):
     segments: list[SegmentInfo]
     inits: dict[str, str] = {}  # rendition -> SHA-256 (hex) of its init segment
     codecs: dict[str, str] = {}  # rendition -> RFC 6381 codec, e.g. "avc1.64001f"
+    warnings: list[WarningInfo] = []
 
 
 class AudioEncoded(Contract, tag="transcoder.audio_encoded.v1"):
@@ -206,6 +216,7 @@ class AudioEncoded(Contract, tag="transcoder.audio_encoded.v1"):
     segments: list[SegmentInfo]
     codec: str = "mp4a.40.2"
     priming: int = 0  # samples (48 kHz) of encoder delay at the start of the track
+    warnings: list[WarningInfo] = []
 
 
 class RenditionStitched(Contract, tag="transcoder.rendition_stitched.v1"):
@@ -249,6 +260,7 @@ class VideoPlayable(Contract, tag="pipeline.video_playable.v1"):
 class VideoReady(Contract, tag="pipeline.video_ready.v1"):
     video_id: str
     tenant: str
+    warnings: list[WarningInfo] = []  # every task's, in task order
 
 
 class VideoFailed(Contract, tag="pipeline.video_failed.v1"):
@@ -407,6 +419,7 @@ class Video(msgspec.Struct, frozen=True, kw_only=True):
     filename: str | None = None
     playable: bool = False  # HLS plays from the start (while processing: what is encoded so far)
     playback: Playback | None = None
+    warnings: list[WarningInfo] = []  # the video is usable, but: damaged packets skipped, media ending early
 
 
 class GetPlaylist(Contract, tag="catalog.get_playlist.v1"):

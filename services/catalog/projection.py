@@ -33,6 +33,7 @@ from shared.contracts import (
     VideoPlayable,
     VideoReady,
     VideoUploaded,
+    WarningInfo,
 )
 
 TERMINAL = ("ready", "failed", "deleted")
@@ -95,6 +96,7 @@ class VideoRecord(msgspec.Struct, frozen=True, kw_only=True):
     audio_segments: dict[str, StoredSegment] = {}
     codecs: dict[str, str] = {}  # rendition (or "audio") -> RFC 6381 codec
     playable: bool = False
+    warnings: list[WarningInfo] = []  # as tasks report them; the ready event's list once ready
 
     def stored_bytes(self) -> int:
         """What this video keeps in the object store (for storage quotas): the source, the
@@ -178,11 +180,17 @@ def _fold(r: VideoRecord, e) -> VideoRecord:
                 chunks_done=done,
                 chunk_progress={**r.chunk_progress, str(e.chunk): len(e.segments)},
                 codecs={**r.codecs, **e.codecs},
+                warnings=_with_warnings(r.warnings, e.warnings),
             )
         )
     if isinstance(e, AudioEncoded):
         stored = {str(s.index): StoredSegment(start=s.start, duration=s.duration, sizes=s.sizes) for s in e.segments}
-        return replace(r, audio_segments=stored, codecs={**r.codecs, topology.AUDIO_TRACK: e.codec})
+        return replace(
+            r,
+            audio_segments=stored,
+            codecs={**r.codecs, topology.AUDIO_TRACK: e.codec},
+            warnings=_with_warnings(r.warnings, e.warnings),
+        )
     if isinstance(e, VideoPlayable):
         return replace(r, playable=True)
     if isinstance(e, RenditionStitched):
@@ -198,12 +206,18 @@ def _fold(r: VideoRecord, e) -> VideoRecord:
             raise Incomplete(f"ready before {', '.join(missing) or 'its plan or thumbnail'}")
         # failed -> ready happens when a dead-lettered task is replayed and succeeds; the
         # pipeline never announces ready and then failed, so no fact is undone here.
-        return r if r.status in ("ready", "deleted") else replace(r, status="ready", error=None)
+        if r.status in ("ready", "deleted"):
+            return r
+        return replace(r, status="ready", error=None, warnings=list(e.warnings) or r.warnings)
     if isinstance(e, VideoFailed):
         return r if r.status in TERMINAL else replace(r, status="failed", error=e.error)
     if isinstance(e, TaskFailed):
         return r  # the pipeline decides what a failed task means for the video
     return r
+
+
+def _with_warnings(known: list[WarningInfo], new: list[WarningInfo]) -> list[WarningInfo]:
+    return known + [w for w in new if w not in known]
 
 
 def _with_progress(r: VideoRecord) -> VideoRecord:
@@ -253,6 +267,7 @@ def to_view(r: VideoRecord) -> Video:
         filename=r.filename,
         playable=plays(r),
         playback=Playback(hls=f"{base}/hls/master.m3u8") if plays(r) else None,
+        warnings=[] if deleted else list(r.warnings),
     )
 
 

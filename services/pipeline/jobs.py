@@ -23,6 +23,7 @@ from shared.contracts import (
     RenditionSpec,
     RenditionStitched,
     VideoPlan,
+    WarningInfo,
     chunk_task,
 )
 
@@ -45,6 +46,7 @@ class Job(msgspec.Struct, frozen=True, kw_only=True):
     audio_priming: int = 0
     inits: dict[str, str] = {}  # rendition -> SHA-256 of its init segment (every chunk's must match)
     stitched: list[str] = []  # renditions whose MP4 is stored
+    warnings: dict[str, list[WarningInfo]] = {}  # task -> what it warned about
 
 
 job_encoder = msgspec.json.Encoder()
@@ -73,6 +75,7 @@ def chunk_done(job: Job, event: ChunkEncoded) -> Job:
             tasks={**job.tasks, task: DONE},
             chunk_segments={**job.chunk_segments, str(event.chunk): [s.index for s in event.segments]},
             inits={**job.inits, **event.inits},
+            warnings=_with_warnings(job, task, event.warnings),
         )
     )
 
@@ -86,6 +89,7 @@ def audio_done(job: Job, event: AudioEncoded) -> Job:
             tasks={**job.tasks, AUDIO_TASK: DONE},
             audio_segments=[s.index for s in event.segments],
             audio_priming=event.priming,
+            warnings=_with_warnings(job, AUDIO_TASK, event.warnings),
         )
     )
 
@@ -129,6 +133,23 @@ def _advance(job: Job) -> Job:
     if all(state == DONE for state in tasks.values()):
         return msgspec.structs.replace(job, tasks=tasks, status="ready", error=None)
     return msgspec.structs.replace(job, tasks=tasks)
+
+
+def _with_warnings(job: Job, task: str, warnings: list[WarningInfo]) -> dict[str, list[WarningInfo]]:
+    if not warnings:
+        return job.warnings
+    return {**job.warnings, task: list(warnings)}
+
+
+def video_warnings(job: Job) -> list[WarningInfo]:
+    """Every task's warnings, in the plan's task order (chunks in timeline order, then the audio)."""
+
+    def rank(task: str):
+        if task.startswith(CHUNK_TASK_PREFIX) and task[len(CHUNK_TASK_PREFIX) :].isdigit():
+            return (0, int(task[len(CHUNK_TASK_PREFIX) :]), task)
+        return (1, 0, task)
+
+    return [w for task in sorted(job.warnings, key=rank) for w in job.warnings[task]]
 
 
 def _with_output(job: Job, output: str | None) -> list[str]:

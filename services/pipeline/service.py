@@ -228,7 +228,8 @@ async def _announce(bus: Bus, job: jobs.Job, event) -> None:
         # publishes the same task again, which JetStream drops as a duplicate.
         await bus.publish(jobs.task_message(job, STITCH_TASK), msg_id=f"{job.video_id}:{STITCH_TASK}")
     if job.status == "ready":
-        await bus.publish(VideoReady(video_id=job.video_id, tenant=job.tenant), msg_id=f"{job.video_id}:ready")
+        ready = VideoReady(video_id=job.video_id, tenant=job.tenant, warnings=jobs.video_warnings(job))
+        await bus.publish(ready, msg_id=f"{job.video_id}:ready")
     elif job.status == "failed" and job.error is not None:
         failed = VideoFailed(video_id=job.video_id, tenant=job.tenant, error=job.error)
         await bus.publish(failed, msg_id=f"{job.video_id}:failed")

@@ -36,6 +36,7 @@ from shared.contracts import (
     SegmentInfo,
     StitchRenditions,
     TaskFailed,
+    WarningInfo,
 )
 from shared.objects import ObjectReader
 from shared.service import Service
@@ -125,6 +126,7 @@ async def encode_chunk(task: EncodeChunk, delivery: Delivery) -> None:
         segments=[_segment_info(s) for s in result.segments],
         inits=result.inits,
         codecs=result.codecs,
+        warnings=_warnings(task, result.warnings),
     )
     await bus.publish(done, msg_id=f"{task.video_id}:{task.task}:done")
 
@@ -158,6 +160,7 @@ async def encode_audio(task: EncodeAudio, delivery: Delivery) -> None:
         tenant=task.tenant,
         segments=[_segment_info(s) for s in result.segments],
         priming=result.priming,
+        warnings=_warnings(task, result.warnings),
     )
     await bus.publish(done, msg_id=f"{task.video_id}:{task.task}:done")
 
@@ -272,6 +275,11 @@ async def _fetch_track(bus, task: StitchRenditions, track: str, segments: list[i
             async for data in bus.media.read(info):
                 await loop.run_in_executor(None, fh.write, data)
     return True
+
+
+def _warnings(task, warnings) -> list[WarningInfo]:
+    """Media warnings on the wire, named after the task that saw them (as failures are)."""
+    return [WarningInfo(code=w.code, message=f"{task.task}: {w.message}") for w in warnings]
 
 
 def _segment_info(seg) -> SegmentInfo:

@@ -237,3 +237,22 @@ def test_re_drive_sees_the_pending_tasks_of_the_stored_job():
     view = redrive.job_decoder.decode(jobs.job_encoder.encode(jobs.chunk_done(new(), chunk(0))))
     # the finished chunk and the waiting stitch are never missing
     assert redrive.missing_tasks(view, {"chunk:1"}) == [AUDIO_TASK, "chunk:2", THUMBNAIL_TASK]
+
+
+def test_warnings_of_every_task_reach_the_ready_video_in_task_order():
+    from msgspec.structs import replace
+
+    from shared.contracts import WarningInfo
+
+    cut = WarningInfo(code="truncated", message="chunk:2: the video ends at 13.00 s of the 14.00 s its file declares (1.00 s missing)")
+    damaged = WarningInfo(code="damaged_packets", message="audio: 1 undecodable audio packet was skipped")
+    early = WarningInfo(code="damaged_packets", message="chunk:0: 2 undecodable video packets were skipped")
+    job = new()
+    job = jobs.audio_done(job, replace(AUDIO, warnings=[damaged]))
+    job = jobs.chunk_done(job, replace(chunk(2), warnings=[cut]))
+    job = jobs.chunk_done(job, chunk(1))
+    job = jobs.chunk_done(job, replace(chunk(0), warnings=[early]))
+    assert jobs.video_warnings(job) == [early, cut, damaged]
+    # a redelivered result does not count twice
+    assert jobs.video_warnings(jobs.chunk_done(job, replace(chunk(0), warnings=[early]))) == [early, cut, damaged]
+    assert jobs.video_warnings(new()) == []

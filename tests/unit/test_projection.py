@@ -224,3 +224,19 @@ def test_objects_of_a_video_include_every_cmaf_fragment():
     assert set(half.objects()) == {"acme/01abc/source"} | {
         key for track in ("720p", "360p") for key in (topology.init_key(T, V, track), *(topology.segment_key(T, V, track, i) for i in (0, 1)))
     }
+
+
+def test_warnings_show_as_tasks_report_them_and_as_the_ready_event_lists_them():
+    from msgspec.structs import replace
+
+    from shared.contracts import WarningInfo
+
+    cut = WarningInfo(code="truncated", message="chunk:1: the video ends at 20.00 s of the 720.00 s its file declares (700.00 s missing)")
+    damaged = WarningInfo(code="damaged_packets", message="audio: 1 undecodable audio packet was skipped")
+    history = [UPLOADED, PLANNED, CHUNK_0, replace(CHUNK_1, warnings=[cut]), replace(AUDIO, warnings=[damaged])]
+    processing = to_view(fold(history))
+    assert processing.status == "processing" and processing.warnings == [cut, damaged]
+    ready = to_view(fold(history + [STITCHED_360, STITCHED_720, THUMB, replace(READY, warnings=[cut, damaged])]))
+    assert ready.status == "ready" and ready.warnings == [cut, damaged]
+    assert to_view(fold(HISTORY)).warnings == []  # a clean video has none
+    assert to_view(fold(history + [VideoDeleted(video_id=V, tenant=T)])).warnings == []
