@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # git-ignored web/node_modules, where the gateway serves hls.js from.
 WEB_STAMP := web/node_modules/.installed
 
-.PHONY: up test bench install clean browser
+.PHONY: up test bench install clean browser media-reference
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -37,7 +37,18 @@ browser:
 	    *) echo "WARNING: chromium is missing and could not be installed: the dashboard tests will be skipped" ;; \
 	  esac
 
-test: install browser
+# Debian's ffmpeg (with zscale, tonemap, libx265): the reference the media tests compare the
+# product's frame path with (the product itself uses PyAV's bundled FFmpeg). Without it those
+# tests skip with REFERENCE FFMPEG MISSING; with CI=true a missing reference fails the build.
+media-reference:
+	@ffmpeg -hide_banner -filters 2>/dev/null | grep -q zscale || \
+	  sh tests/apt-install.sh ffmpeg >/dev/null || \
+	  case "$$CI" in \
+	    true|TRUE|True|1|yes) echo "ERROR: Debian's ffmpeg is missing and could not be installed; CI=true needs the media tests to run" >&2; exit 1 ;; \
+	    *) echo "WARNING: Debian's ffmpeg is missing and could not be installed: the media reference tests will be skipped" ;; \
+	  esac
+
+test: install browser media-reference
 	$(BIN)/python -m pytest -q -p no:cacheprovider tests
 
 bench: $(STAMP)

@@ -40,10 +40,22 @@ class Deinterlacer:
         deint = "interlaced" if flagged else "all"
         self.chain = FilterChain([("bwdif", f"mode=send_frame:parity={parity}:deint={deint}")])
 
+        self.time_base = None
+
     def push(self, frame: av.VideoFrame) -> list[av.VideoFrame]:
         """Progressive frames; the one before `frame` comes out once `frame` is in (bwdif
         looks at the next field)."""
-        return self.chain.push(frame)
+        self.time_base = frame.time_base
+        return self._retimed(self.chain.push(frame))
 
     def flush(self) -> list[av.VideoFrame]:
-        return self.chain.flush()
+        return self._retimed(self.chain.flush())
+
+    def _retimed(self, frames: list[av.VideoFrame]) -> list[av.VideoFrame]:
+        # bwdif counts in half the input's time base (room for send_field's extra frames):
+        # back to the source's own ticks
+        for f in frames:
+            if f.pts is not None and f.time_base and self.time_base and f.time_base != self.time_base:
+                f.pts = round(f.pts * f.time_base / self.time_base)
+                f.time_base = self.time_base
+        return frames

@@ -82,12 +82,14 @@ class FramePath:
     def _after_deinterlace(self, frame: av.VideoFrame) -> av.VideoFrame:
         if self._early(frame):
             return frame  # context only: the caller drops it
+        duration = frame.duration
         if self.tone_map is not None:
             frame = self.tone_map(frame)
         if self.flatten is not None:
             frame = self.flatten(frame)
         if self.turn is not None:
             frame = self.turn(frame)
+        frame.duration = duration  # an animation's last delay lives only here
         return frame
 
     def _restored(self, frames: list[av.VideoFrame]) -> list[av.VideoFrame]:

@@ -12,10 +12,10 @@ and tone differently), evaluated once per LUT entry in numpy:
      (what FFmpeg's tonemap=hable does without mastering metadata), hue kept
   -> BT.1886's inverse EOTF -> Y'CbCr BT.709, limited range.
 
-The LUT maps 10-bit Y'CbCr to Y'CbCr directly (out-of-gamut colours then keep their
-sign through the matrix, as zscale's floating-point path does), so per frame the work is
-a 4:4:4 upsample and FFmpeg's lut3d (tetrahedral interpolation), no R'G'B' pass. Its
-33^3 entries reach about 50 dB luma PSNR against zscale+tonemap on a test pattern
+The LUT maps 10-bit Y'CbCr to Y'CbCr directly, so per frame the work is a 4:4:4
+upsample and FFmpeg's lut3d (tetrahedral interpolation), no R'G'B' pass. Colours outside
+BT.709 are clipped in R'G'B' (as a display shows them). Against zscale+tonemap, displayed
+the same way, the renditions reach 40-48 dB luma PSNR on a test pattern
 (tests/unit/test_frame_filters.py).
 """
 
@@ -118,7 +118,9 @@ def lut(kind: str, size: int = LUT_SIZE) -> np.ndarray:
     if kind in ("pq", "hlg"):
         peak = np.maximum(linear.max(axis=-1, keepdims=True), 1e-6)
         linear = linear * (_hable(peak) / _hable(PEAK)) / peak
-    out = _signed_power(linear, 1 / 2.4)
+    # colours outside BT.709 are clipped here, in R'G'B', as a display would show them, so
+    # that the Y'CbCr holds only legal colours (4:2:0 would smear illegal ones)
+    out = np.power(np.clip(linear, 0.0, 1.0), 1 / 2.4)
     y, cb, cr = _to_ycbcr(out, kr=0.2126, kb=0.0722)  # BT.709
     entries = np.stack(
         [(cr * 224 * scale + 128 * scale) / code, (y * 219 * scale + 16 * scale) / code, (cb * 224 * scale + 128 * scale) / code],
@@ -145,11 +147,14 @@ def _signed_power(x, p):
 
 
 def _pq_eotf(e):
-    """SMPTE ST 2084: signal 0..1 -> cd/m2 (signals above 1 saturate at 10000)."""
+    """SMPTE ST 2084: signal -> cd/m2. Signals past the curve's pole (just above 1) are as
+    bright as it gets, as zimg extrapolates them (and what tone mapping then makes of them
+    is a fully saturated colour)."""
     m1, m2 = 2610 / 16384, 2523 / 4096 * 128
     c1, c2, c3 = 3424 / 4096, 2413 / 4096 * 32, 2392 / 4096 * 32
-    p = np.power(np.clip(e, 0.0, 1.0), 1 / m2)
-    return 10000.0 * np.power(np.maximum(p - c1, 0.0) / (c2 - c3 * p), 1 / m1)
+    p = np.power(np.maximum(e, 0.0), 1 / m2)
+    ratio = np.maximum(p - c1, 0.0) / np.maximum(c2 - c3 * p, 1e-6)
+    return np.minimum(10000.0 * np.power(ratio, 1 / m1), 1e12)
 
 
 def _hlg_inverse_oetf(e):
