@@ -310,25 +310,23 @@ class _Chunk:
         sizes: dict[int, dict[str, int]] = {index: {} for index, _ in self.segments}
         for r in self.rungs:
             path = os.path.join(self.out_dir, f"{r.name}.mp4")
-            with open(path, "rb") as fh:
-                data = fh.read()
+            with open(path, "rb") as fh:  # read piece by piece: memory stays flat in the chunk's length
+                try:
+                    init, fragments = cmaf.split_file(fh)
+                except cmaf.CmafError as exc:
+                    raise MediaError("encode_failed", f"{r.name}: the muxer wrote no CMAF: {exc}") from None
+                if len(fragments) != len(self.segments):
+                    raise MediaError(
+                        "encode_failed", f"{r.name}: {len(fragments)} fragments for {len(self.segments)} segments"
+                    )
+                with open(init_path(self.out_dir, r.name), "wb") as out:
+                    out.write(init)
+                inits[r.name] = hashlib.sha256(init).hexdigest()
+                codecs[r.name] = cmaf.avc_codec_string(init) or "avc1"
+                for (index, _), fragment in zip(self.segments, fragments):
+                    cmaf.copy_range(fh, fragment.offset, fragment.size, segment_path(self.out_dir, r.name, index))
+                    sizes[index][r.name] = fragment.size
             os.remove(path)
-            try:
-                init, fragments = cmaf.split(data)
-            except cmaf.CmafError as exc:
-                raise MediaError("encode_failed", f"{r.name}: the muxer wrote no CMAF: {exc}") from None
-            if len(fragments) != len(self.segments):
-                raise MediaError(
-                    "encode_failed", f"{r.name}: {len(fragments)} fragments for {len(self.segments)} segments"
-                )
-            with open(init_path(self.out_dir, r.name), "wb") as fh:
-                fh.write(init)
-            inits[r.name] = hashlib.sha256(init).hexdigest()
-            codecs[r.name] = cmaf.avc_codec_string(init) or "avc1"
-            for (index, _), fragment in zip(self.segments, fragments):
-                with open(segment_path(self.out_dir, r.name, index), "wb") as fh:
-                    fh.write(fragment.data)
-                sizes[index][r.name] = len(fragment.data)
         segments = []
         starts = [float(pts * self.tb) for _, pts in self.segments] + [end_s]
         for n, (index, _) in enumerate(self.segments):

@@ -18,9 +18,11 @@ The muxer options that make every chunk of a video agree (measured on FFmpeg 8.1
 
 from __future__ import annotations
 
+import os
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import BinaryIO
 
 MOVFLAGS = "cmaf+frag_keyframe+empty_moov+default_base_moof+negative_cts_offsets+frag_discont+skip_trailer"
 MUXER_OPTIONS = {"movflags": MOVFLAGS}
@@ -85,6 +87,75 @@ def split(data: bytes) -> tuple[bytes, list[Fragment]]:
     if pending is not None:
         raise CmafError("the last moof has no mdat")
     return data[:init_end], fragments
+
+
+@dataclass(frozen=True)
+class FragmentRange:
+    """Where one `moof` + `mdat` lies in a file (bytes), and its `tfdt`."""
+
+    offset: int
+    size: int
+    tfdt: int
+
+
+def file_boxes(fh: BinaryIO) -> Iterator[tuple[str, int, int]]:
+    """(type, offset, size) of the top-level boxes of a file, reading only their headers."""
+    end = os.fstat(fh.fileno()).st_size
+    pos = 0
+    while pos + 8 <= end:
+        fh.seek(pos)
+        header = fh.read(16)
+        size, kind = struct.unpack_from(">I4s", header)
+        if size == 1:
+            (size,) = struct.unpack_from(">Q", header, 8)
+        elif size == 0:
+            size = end - pos
+        if size < 8 or pos + size > end:
+            raise CmafError(f"box {kind!r} at {pos} has size {size} beyond {end}")
+        yield kind.decode("latin-1"), pos, size
+        pos += size
+    if pos != end:
+        raise CmafError(f"{end - pos} stray bytes at {pos}")
+
+
+def split_file(fh: BinaryIO) -> tuple[bytes, list[FragmentRange]]:
+    """`split` of a file without reading its media data: (init segment, where each fragment
+    lies). Memory stays bounded by the largest `moof`, whatever the file's length."""
+    init_end = None
+    fragments: list[FragmentRange] = []
+    pending: tuple[int, int, int] | None = None  # the moof waiting for its mdat: pos, size, tfdt
+    for kind, pos, size in list(file_boxes(fh)):
+        if kind == "moov":
+            init_end = pos + size
+        elif kind == "moof":
+            if pending is not None:
+                raise CmafError(f"moof at {pending[0]} without an mdat")
+            fh.seek(pos)
+            pending = (pos, size, tfdt(fh.read(size)))
+        elif kind == "mdat":
+            if pending is None:
+                raise CmafError(f"mdat at {pos} without a moof")
+            fragments.append(FragmentRange(offset=pending[0], size=pos + size - pending[0], tfdt=pending[2]))
+            pending = None
+    if init_end is None:
+        raise CmafError("no moov: not an MP4 init segment")
+    if pending is not None:
+        raise CmafError("the last moof has no mdat")
+    fh.seek(0)
+    return fh.read(init_end), fragments
+
+
+def copy_range(fh: BinaryIO, offset: int, size: int, path: str) -> None:
+    """Write bytes [offset, offset + size) of an open file to `path`, in bounded pieces."""
+    fh.seek(offset)
+    with open(path, "wb") as out:
+        left = size
+        while left:
+            piece = fh.read(min(left, 1 << 20))
+            if not piece:
+                raise CmafError(f"the file ends {left} bytes early")
+            out.write(piece)
+            left -= len(piece)
 
 
 def tfdt(data: bytes, moof_pos: int = 0, moof_size: int | None = None) -> int:

@@ -125,29 +125,11 @@ def _interleave(out, tracks: list[_Track]) -> int:
 def _first_tfdt(path: str) -> int:
     """The `tfdt` of the first fragment of a CMAF track file, read from its first boxes."""
     with open(path, "rb") as fh:
-        for kind, pos, size in _top_level(fh):
+        for kind, pos, size in cmaf.file_boxes(fh):
             if kind == "moof":
                 fh.seek(pos)
                 return cmaf.tfdt(fh.read(size))
     raise cmaf.CmafError(f"{path}: no fragment")
-
-
-def _top_level(fh):
-    """(type, offset, size) of the top-level boxes of a file, reading only their headers."""
-    end = os.fstat(fh.fileno()).st_size
-    pos = 0
-    while pos + 8 <= end:
-        fh.seek(pos)
-        header = fh.read(16)
-        size, kind = int.from_bytes(header[:4], "big"), header[4:8].decode("latin-1")
-        if size == 1:
-            size = int.from_bytes(header[8:16], "big")
-        elif size == 0:
-            size = end - pos
-        if size < 8:
-            raise cmaf.CmafError(f"box {kind!r} at {pos} has size {size}")
-        yield kind, pos, size
-        pos += size
 
 
 def _remove(path: str) -> None:
