@@ -38,11 +38,12 @@ from media.colour import tag
 from media.decoding import StreamDecoder
 from media.frames import FramePath, RungScaler
 from media.problems import Cancelled, MediaError, MediaWarning
-from media.source import expected_end, open_source, origin, video_stream
+from media.source import expected_end, open_media, origin, video_stream
 
 from . import cmaf
 from .timeline import damaged_packets, segment_grid, shortfall
 
+ANIMATED_IMAGES = ("gif", "apng", "webp")  # media.source.open_media's names
 PROGRESS_INTERVAL_S = 1.0  # at most one progress callback per interval
 SEEK_BACK_S = (0.0, 1.0, 4.0, 16.0)  # where to seek before the start when the demuxer lands late
 
@@ -122,12 +123,16 @@ def encode_chunk(
         raise ValueError(f"rotation must be a multiple of 90, got {rotation}")
     if end_segment is not None and end_segment <= first_segment:
         raise ValueError(f"empty chunk: segments {first_segment}..{end_segment}")
-    inp = open_source(src)
+    inp, fmt = open_media(src)
     try:
         with inp:
             job = _Chunk(inp, out_dir, rungs, segment_grid(segment_s), first_segment, end_segment, rotation % 360, background)
             job.on_progress = on_progress or (lambda _n: None)
             job.should_stop = should_stop or (lambda: False)
+            # An animation's frame delays are irregular by design (10 ms to seconds): x264
+            # derives a B-frame's decode time from earlier frames, so in MP4 a reordered
+            # frame would borrow its neighbour's duration. Animations are small: no B-frames.
+            job.bframes = fmt not in ANIMATED_IMAGES
             return job.run(preset)
     except av.error.FFmpegError as e:
         raise MediaError("encode_failed", f"writing the chunk failed: {e.strerror or e}") from None
@@ -144,6 +149,7 @@ class _Chunk:
         self.first_segment, self.end_segment, self.rotation = first_segment, end_segment, rotation
         self.start = grid * first_segment  # seconds (exact)
         self.end = None if end_segment is None else grid * end_segment
+        self.bframes = True
         self.scalers = {r.name: RungScaler(r.width, r.height, self.path.colour) for r in self.rungs}
         self.outputs: dict = {}
         self.segments: list[tuple[int, int]] = []  # (index, start pts) of each segment begun
@@ -300,7 +306,7 @@ class _Chunk:
         ctx.sample_aspect_ratio = Fraction(1, 1)
         tag(ctx, self.scalers[r.name].out)  # primaries, transfer, matrix, limited range: in the SPS (VUI) and colr
         ctx.thread_type = "AUTO"  # frame threads, as the ffmpeg CLI; the SLICE default is slower
-        stream.options = x264_options(r, preset)
+        stream.options = x264_options(r, preset, bframes=self.bframes)
         return out, stream
 
     # --- cutting the muxer's output into segments ------------------------------------------
@@ -334,10 +340,11 @@ class _Chunk:
         return ChunkResult(segments=segments, inits=inits, codecs=codecs, frames=self.frames, end=end_s, warnings=warnings)
 
 
-def x264_options(r: Rung, preset: str) -> dict[str, str]:
+def x264_options(r: Rung, preset: str, *, bframes: bool = True) -> dict[str, str]:
     """libx264 options of one rung: capped CRF, profile and level from the ladder; keyframes
-    only where a frame is marked as one (no scene cuts, no interval), always as IDR."""
-    params = ["scenecut=0", "keyint=infinite"]
+    only where a frame is marked as one (no scene cuts, no interval), always as IDR; the
+    preset's B-frames unless `bframes` is False."""
+    params = ["scenecut=0", "keyint=infinite"] + ([] if bframes else ["bframes=0"])
     if r.maxrate_kbps:
         params += [f"vbv-maxrate={r.maxrate_kbps}", f"vbv-bufsize={r.bufsize_kbit or 2 * r.maxrate_kbps}"]
     options = {"preset": preset, "crf": str(r.crf), "forced-idr": "1", "x264-params": ":".join(params)}

@@ -1,9 +1,10 @@
 """Bad uploads through `vidmesh up` (issue 3): each one ends cleanly, and the mesh survives.
 
-Every bad input ends either as a clean 4xx at upload (with a stable `code`) or as a
-`failed` video with an error code and message. Afterwards every service is still up, a
-good clip still becomes ready, the task queues drain (no message is redelivered without
-end) and the poison task is kept in the dead-letter stream with its reason.
+Every bad input ends either as a clean 4xx at upload (with a stable `code`), or, when some
+of it decodes (a file cut short), as a `ready` video of what is there with a `truncated`
+warning. Afterwards every service is still up, a good clip still becomes ready, the task
+queues drain (no message is redelivered without end) and a poison task is kept in the
+dead-letter stream with its reason.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import numpy as np
 import pytest
 
 from tests.clips import make_audio_only, make_clip, make_image, make_truncated
-from tests.conftest import alive, video_events, wait_for
+from tests.conftest import alive, mesh_events, video_events, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -91,7 +92,8 @@ def _truncated_in_chunks(path) -> bytes:
     return data[: len(data) // 2]
 
 
-# Expected outcome of each bad input: ("reject", status, code) at upload, or ("fail", code).
+# Expected outcome of each bad input: ("reject", status, code) at upload, or ("ready",
+# warning code).
 EXPECTED = {
     "random_64k": ("reject", 422, "not_media"),
     "random_1_byte": ("reject", 422, "not_media"),
@@ -100,9 +102,9 @@ EXPECTED = {
     "png": ("reject", 422, "not_media"),
     "jpeg": ("reject", 422, "not_media"),
     "audio_only": ("reject", 422, "no_video_stream"),
-    # index at the front, media cut in half: probes fine, fails when transcoded
-    "truncated": ("fail", "bad_media"),
-    "truncated_in_chunks": ("fail", "bad_media"),
+    # index at the front, media cut in half: probes fine; what is there becomes the video
+    "truncated": ("ready", "truncated"),
+    "truncated_in_chunks": ("ready", "truncated"),
 }
 
 
@@ -148,53 +150,64 @@ def test_rejected_uploads_leave_no_video_behind(mesh, outcomes):
     with mesh.client() as c:
         new = listed_ids(c) - outcomes["listing"]
     accepted = {r.json()["id"] for r in outcomes["answers"].values() if r.status_code == 202}
-    assert new == accepted, "only the accepted (truncated) upload is listed"
+    assert new == accepted, "only the accepted (truncated) uploads are listed"
 
 
-def test_truncated_mp4_becomes_a_failed_video_with_an_error(mesh, outcomes):
+def test_a_truncated_mp4_becomes_a_ready_video_of_what_is_there_with_a_warning(mesh, outcomes):
     r = outcomes["answers"]["truncated"]
     assert r.status_code == 202, r.text
     final = outcomes["finals"]["truncated"]
-    assert final["status"] == "failed", final
-    assert final["error"]["code"] == EXPECTED["truncated"][1], final["error"]
-    assert final["error"]["message"], final["error"]
-    assert final["renditions"] == [], "no silently short rendition"
+    assert final["status"] == "ready", final
+    assert final["error"] is None
+    (warning,) = [w for w in final["warnings"] if w["message"].startswith("chunk:")]
+    assert warning["code"] == "truncated", final["warnings"]
+    assert re.fullmatch(r"chunk:0: the video ends at [\d.]+ s of the 4\.0\d s its file declares \([\d.]+ s missing\)", warning["message"])
+    assert final["renditions"], "what is there is a video"
     with mesh.client() as c:
-        for name in final["planned"]:
-            gone = c.get(f"/v1/videos/{final['id']}/renditions/{name}")
-            assert gone.status_code == 404 and gone.json()["code"] == "not_found"
-        # still answered consistently afterwards
-        again = c.get(f"/v1/videos/{final['id']}").json()
-        assert again["status"] == "failed" and again["error"] == final["error"]
+        for rendition in final["renditions"]:
+            assert 0.5 < rendition["duration"] < 3.5, rendition
+            got = c.get(f"/v1/videos/{final['id']}/renditions/{rendition['name']}")
+            assert got.status_code == 200 and got.content[4:8] == b"ftyp"
 
 
-def test_a_chunk_past_the_cut_fails_the_video_with_its_reason(mesh, outcomes):
+def test_chunks_past_the_cut_are_empty_and_the_chunk_at_the_cut_says_how_much_is_missing(mesh, outcomes):
     r = outcomes["answers"]["truncated_in_chunks"]
     assert r.status_code == 202, r.text
     final = outcomes["finals"]["truncated_in_chunks"]
-    assert final["status"] == "failed", final
-    # the reason names the chunk that failed and why
-    assert final["error"]["code"] == "bad_media", final["error"]
-    assert re.match(r"chunk:[12]: the video stops at [\d.]+ s of 20\.00 s", final["error"]["message"]), final["error"]
-    assert final["renditions"] == [], "nothing is stitched from a video with a chunk missing"
-    kinds = ("video_planned", "chunk_encoded", "rendition_stitched", "video_failed")
-
-    def results():
-        events = jetstream(mesh, lambda js: video_events(js, "alice", final["id"], kinds))
-        return events if any(kind == "chunk_encoded" for _, kind, _ in events) else None
-
-    # the chunk before the cut was fine (its result may come after the failure): the
-    # failure is the later chunks', not the whole video's
-    events = wait_for(results, 30, 0.3, "the result of the chunk before the cut")
+    assert final["status"] == "ready", final
+    # the warning names the chunk that holds the cut and how much of the 20 s is missing
+    (warning,) = final["warnings"]
+    assert warning["code"] == "truncated"
+    m = re.fullmatch(r"chunk:1: the video ends at ([\d.]+) s of the 20\.00 s its file declares \(([\d.]+) s missing\)", warning["message"])
+    assert m, warning
+    kinds = ("video_planned", "chunk_encoded", "rendition_stitched", "video_ready")
+    events = mesh_events(mesh, "alice", final["id"], kinds)
     planned = next(data for _, kind, data in events if kind == "video_planned")
     assert planned["chunks"] == 3 and planned["audio"] is False, planned
-    assert [data["chunk"] for _, kind, data in events if kind == "chunk_encoded"] == [0]
-    assert [kind for _, kind, _ in events].count("video_failed") == 1
-    assert "rendition_stitched" not in [kind for _, kind, _ in events]
+    encoded = {data["chunk"]: data for _, kind, data in events if kind == "chunk_encoded"}
+    assert sorted(encoded) == [0, 1, 2]
+    assert encoded[2]["segments"] == [] and encoded[2]["warnings"] == [], "past the cut: nothing, and no second warning"
+    assert encoded[1]["warnings"] == [warning]
+    for rendition in final["renditions"]:
+        assert rendition["duration"] == pytest.approx(float(m[1]), abs=0.1), rendition
 
 
-def test_poison_task_is_kept_in_the_dead_letter_stream(mesh, outcomes):
-    video_id = outcomes["answers"]["truncated"].json()["id"]
+def test_a_poison_task_is_kept_in_the_dead_letter_stream(mesh, outcomes):
+    """A chunk task whose source is not in the object store is poison: terminated at once
+    (no retry), kept in DEADLETTER with its reason."""
+    from shared import topology
+    from shared.contracts import ChunkSpan, EncodeChunk, RenditionSpec, encode
+
+    video_id = "01poison0000000000000000000"
+    task = EncodeChunk(
+        video_id=video_id, tenant="alice", source=f"alice/{video_id}/source", chunk=ChunkSpan(index=0, start=0.0),
+        renditions=[RenditionSpec(name="240p", width=320, height=240)], segment_s=6.0,
+    )
+
+    async def publish(js):
+        await js.publish(topology.subject_for(task), encode(task), headers={"Nats-Msg-Id": f"{video_id}:poison"})
+
+    jetstream(mesh, publish)
 
     async def records(js):
         info = await js.stream_info("DEADLETTER")
@@ -209,10 +222,10 @@ def test_poison_task_is_kept_in_the_dead_letter_stream(mesh, outcomes):
                 found.append(headers)
         return found
 
-    found = wait_for(lambda: jetstream(mesh, records), 30, 0.3, "a dead-letter record of the truncated upload")
+    found = wait_for(lambda: jetstream(mesh, records), 30, 0.3, "a dead-letter record of the poison task")
     transcodes = [h for h in found if h.get("Vidmesh-Dead-Stream") == "TASKS_TRANSCODE"]
     assert transcodes, found
-    assert "bad_media" in transcodes[0]["Vidmesh-Dead-Reason"], transcodes[0]
+    assert "source_missing" in transcodes[0]["Vidmesh-Dead-Reason"], transcodes[0]
     assert transcodes[0]["Vidmesh-Dead-Consumer"] == "transcoder"
     assert transcodes[0]["Vidmesh-Dead-Deliveries"] == "1", "poison is terminated at once, not retried"
 
