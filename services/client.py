@@ -45,6 +45,8 @@ from rich.progress import (
 from rich.markup import escape
 from rich.table import Table
 
+from . import tusclient
+
 DEFAULT_URL = "http://127.0.0.1:8080"
 EXIT_ERROR = 1
 EXIT_VIDEO_FAILED = 3
@@ -376,6 +378,12 @@ def register(cli: typer.Typer) -> None:
     def upload_cmd(
         files: Annotated[list[Path], typer.Argument(metavar="FILE...", help="Video files to upload.", exists=True, dir_okay=False, readable=True)],
         wait: Annotated[bool, typer.Option("--wait", help="Follow processing live until ready or failed.")] = False,
+        chunk_size: Annotated[str, typer.Option(
+            "--chunk-size", help="Files larger than this are sent resumably (tus), one PATCH of this size at a time "
+            "(64M, 512K, 1G).")] = "64M",
+        resume: Annotated[bool, typer.Option(
+            "--resume", help="Continue an interrupted resumable upload of the same file (same path, size and "
+            "modification time) where the gateway stopped.")] = False,
         url: Url = DEFAULT_URL,
         api_key: ApiKey = None,
         as_json: AsJson = False,
@@ -384,12 +392,16 @@ def register(cli: typer.Typer) -> None:
 
         A refused file does not stop the others; the exit code then is 1.
         """
+        try:
+            chunk = tusclient.parse_size(chunk_size)
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc), param_hint="--chunk-size") from None
         refused = failed = False
         with _client(url, api_key, as_json) as client:
             uploaded: list[dict] = []
             for path in files:
                 try:
-                    video = _upload_one(client, path, as_json)
+                    video = _upload_one(client, path, as_json, chunk, resume)
                 except ApiError as exc:
                     _report(ApiError(exc.code, f"{path.name}: {exc.message}", exc.status), as_json)
                     refused = True
@@ -715,13 +727,17 @@ def _bar_progress(quiet: bool) -> Progress:
 UPLOAD_ATTEMPTS = 4
 
 
-def _upload_one(client: Client, path: Path, as_json: bool) -> dict:
-    """Upload one file; retry when the gateway sheds load (429) or the connection drops.
+def _upload_one(client: Client, path: Path, as_json: bool, chunk_size: int = 64 * 1024 * 1024,
+                resume: bool = False) -> dict:
+    """Upload one file: larger than `chunk_size`, resumably (tus, services/tusclient.py);
+    else in one POST, retried when the gateway sheds load (429) or the connection drops.
 
-    Every attempt carries the same Idempotency-Key, so a retry of an upload that did
-    arrive answers with that video instead of starting a second one.
+    Every attempt of a POST carries the same Idempotency-Key, so a retry of an upload that
+    did arrive answers with that video instead of starting a second one.
     """
     size = path.stat().st_size
+    if size > chunk_size:
+        return _upload_resumable(client, path, as_json, chunk_size, resume)
     key = f"cli-{uuid.uuid4()}"
     with _bar_progress(as_json) as progress:
         task = progress.add_task(f"upload {path.name}", total=size)
@@ -738,6 +754,33 @@ def _upload_one(client: Client, path: Path, as_json: bool) -> dict:
                 progress.update(task, completed=0)
                 time.sleep(delay)
         progress.update(task, completed=size)
+    if not as_json:
+        out.print(f"uploaded {path.name} -> {video['id']} ({_source_summary(video.get('source'))})")
+    return video
+
+
+def _upload_resumable(client: Client, path: Path, as_json: bool, chunk_size: int, resume: bool) -> dict:
+    size = path.stat().st_size
+    with _bar_progress(as_json) as progress:
+        task = progress.add_task(f"upload {path.name}", total=size)
+
+        def say(text: str) -> None:
+            progress.console.print(text, markup=False)
+
+        def send(method: str, target: str, **kw) -> httpx.Response:
+            timeout = httpx.Timeout(300, connect=10)  # the last PATCH waits for the probe
+            return client._send(method, target, timeout=timeout, **kw)
+
+        try:
+            video_id = tusclient.upload(
+                send, client.url, path, chunk_size=chunk_size, resume=resume,
+                on_progress=lambda done: progress.update(task, completed=done), say=say,
+            )
+        except KeyboardInterrupt:
+            say(f"{path.name}: interrupted; `vidmesh upload --resume {path}` continues where it stopped")
+            raise typer.Exit(130) from None
+        progress.update(task, completed=size)
+    video = client.video(video_id)
     if not as_json:
         out.print(f"uploaded {path.name} -> {video['id']} ({_source_summary(video.get('source'))})")
     return video

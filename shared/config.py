@@ -82,6 +82,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     probe_timeout_s: float = 30.0  # wall-clock bound of probing one upload
     probe_max_memory_mb: int = 1024  # address-space bound of the probe subprocess
     probe_window_mb: int = 8  # first and last MiB of an upload fetched for a first probe
+    # --- resumable uploads (tus) and direct uploads; parsed by upload_settings() ---
+    upload_expiry_s: float = 24 * 3600.0  # an incomplete resumable upload expires after this
+    direct_upload_expiry_s: float = 3600.0  # default lifetime of a one-time direct-upload URL
+    tusjs_dir: Path = Path(__file__).resolve().parents[1] / "web" / "node_modules" / "tus-js-client" / "dist"
 
 
 def _int(env: dict, name: str, default: int) -> int:
@@ -143,6 +147,7 @@ def load(env: dict | None = None) -> Settings:
     return Settings(
         **scheduling_settings(env),  # see the block at the end of this file
         **security_settings(env),  # see the block at the end of this file
+        **upload_settings(env),  # see the block at the end of this file
         nats_url=env.get("NATS_URL") or None,
         nats_user=env.get("NATS_USER") or None,
         nats_password=env.get("NATS_PASSWORD") or None,
@@ -207,6 +212,7 @@ DEFAULT_SCHEDULES = {
     "retention": "0 0 3 * * *",  # 03:00 UTC
     "redrive": "@every 1m",
     "usage_report": "0 5 0 * * *",  # 00:05 UTC: the day that just ended
+    "upload_expiry": "@every 5m",  # expired resumable uploads and direct-upload URLs
 }
 _PREDEFINED = ("@yearly", "@annually", "@monthly", "@weekly", "@daily", "@midnight", "@hourly")
 _DURATION = re.compile(r"^(\d+(\.\d+)?(ns|us|µs|ms|s|m|h))+$")
@@ -357,3 +363,19 @@ def security_settings(env: dict) -> dict:
         ),
         "containers": containers or DEFAULT_CONTAINERS,
     }
+
+
+# =============================================================================================
+# Resumable uploads (tus) and direct uploads
+# =============================================================================================
+
+
+def upload_settings(env: dict) -> dict:
+    expiry = _float(env, "VIDMESH_UPLOAD_EXPIRY_S", 24 * 3600.0)
+    direct = _float(env, "VIDMESH_DIRECT_UPLOAD_EXPIRY_S", 3600.0)
+    if expiry < 1 or direct < 1:
+        raise ConfigError("VIDMESH_UPLOAD_EXPIRY_S and VIDMESH_DIRECT_UPLOAD_EXPIRY_S must be >= 1 second")
+    found = {"upload_expiry_s": expiry, "direct_upload_expiry_s": min(direct, expiry)}
+    if env.get("VIDMESH_TUSJS_DIR"):  # tus-js-client, the dashboard's uploader (an image sets it)
+        found["tusjs_dir"] = Path(env["VIDMESH_TUSJS_DIR"])
+    return found

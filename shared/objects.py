@@ -157,19 +157,36 @@ class MediaStore:
     async def put_file(self, name: str, path: str | os.PathLike, *, headers: dict | None = None) -> StoredObject:
         return await self.put_stream(name, _read_file(path), headers=headers)
 
-    async def _commit(self, name, nuid, size, seqs, digest, headers) -> StoredObject:
+    def chunk_subject(self, nuid: str) -> str:
+        return OBJ_CHUNKS_PRE_TEMPLATE.format(bucket=self.bucket, obj=nuid)
+
+    async def commit_chunks(
+        self, name: str, nuid: str, size: int, chunks: int, digest, stride: int, seqs: list[int], *, headers=None
+    ) -> StoredObject:
+        """Make `name` the object whose CHUNK_SIZE chunks someone wrote under `nuid` (a
+        resumable upload, PATCH by PATCH): only the meta message is written, no byte is
+        copied. `digest`: a hashlib sha256 of the whole content; `seqs`: the stream sequence
+        of every `stride`-th chunk (the seek index)."""
+        metadata = {CHECKPOINTS_KEY: f"{stride}:" + ",".join(map(str, seqs))} if seqs else {}
+        return await self._commit(name, nuid, size, seqs, digest, headers, chunks=chunks, metadata=metadata)
+
+    async def purge_chunks(self, nuid: str) -> None:
+        """Drop chunks that belong to no object (an abandoned resumable upload)."""
+        await self._purge(self.chunk_subject(nuid))
+
+    async def _commit(self, name, nuid, size, seqs, digest, headers, chunks=None, metadata=None) -> StoredObject:
         previous = await self.info(name)
         info = StoredObject(
             name=name,
             bucket=self.bucket,
             nuid=nuid,
             size=size,
-            chunks=len(seqs),
+            chunks=len(seqs) if chunks is None else chunks,
             mtime=datetime.now(timezone.utc).isoformat(),
             digest="SHA-256=" + base64.urlsafe_b64encode(digest.digest()).decode(),
             headers=headers,
             options=api.ObjectMetaOptions(max_chunk_size=CHUNK_SIZE),
-            metadata=_checkpoints(seqs),
+            metadata=_checkpoints(seqs) if metadata is None else metadata,
         )
         await self.js.publish(
             self._meta_subject(name), json.dumps(info.as_dict()).encode(), headers={api.Header.ROLLUP: "sub"}

@@ -120,10 +120,13 @@ NEEDS: dict[str, Needs] = {
             t.RPC_WEBHOOK_GET,
             t.RPC_WEBHOOK_DELETE,
             t.RPC_WEBHOOK_DELIVERIES,
+            t.RPC_GATEWAY_RELEASE_UPLOAD + ".>",  # another replica's lock on a resumable upload
         ),
-        writes_kv=(t.KV_UPLOADS, t.KV_ADMISSIONS),
+        serves=(t.RPC_GATEWAY_RELEASE_UPLOAD + ".>",),
+        writes_kv=(t.KV_UPLOADS, t.KV_ADMISSIONS, t.KV_RESUMABLE),
         reads_kv=(t.KV_MONITOR,),
         media="write",  # uploads in, media out
+        deletes_messages=(MEDIA_STREAM,),  # a resumable upload's chunks its state never recorded
         follows=(t.EVENTS,),  # SSE: one video's events
         watches=(t.TRANSCODE_TASKS,),  # backpressure when the monitor is silent
     ),
@@ -194,10 +197,11 @@ NEEDS: dict[str, Needs] = {
         ),
         consumes=(t.SCHEDULER_TICKS,),
         calls=(t.RPC_CATALOG_GET, t.RPC_CATALOG_LIST, t.RPC_CATALOG_DELETE),
-        writes_kv=(t.KV_SCHEDULER,),
+        writes_kv=(t.KV_SCHEDULER, t.KV_RESUMABLE),  # upload_expiry removes expired uploads
         reads_kv=(t.KV_JOBS, t.KV_VIDEOS),
         reads_messages=(t.SCHEDULES, t.TASKS_TRANSCODE, t.TASKS_THUMBNAIL),
-        purges=(t.SCHEDULES,),  # removes a schedule set to `off`
+        # a schedule set to `off`; an expired upload's chunks, and its key once deleted
+        purges=(t.SCHEDULES, MEDIA_STREAM, _kv(t.KV_RESUMABLE)),
     ),
     "monitor": Needs(
         publishes=(t.ALERT_PREFIX + ".>",),

@@ -120,6 +120,10 @@ RPC_WEBHOOK_GET = "notifier.rpc.get_webhook"
 RPC_WEBHOOK_DELETE = "notifier.rpc.delete_webhook"
 RPC_WEBHOOK_DELIVERIES = "notifier.rpc.list_deliveries"
 RPC_MONITOR_ALERTS = "monitor.rpc.alerts"
+# + .<gateway instance>: the gateway holding a resumable upload's lock hands it over (a
+# client resuming through another replica, or after its connection dropped silently);
+# "no responders" means that gateway is gone and its lock can be taken at once.
+RPC_GATEWAY_RELEASE_UPLOAD = "gateway.rpc.release_upload"
 
 # --- streams -------------------------------------------------------------------------------
 
@@ -317,6 +321,10 @@ KV_WEBHOOKS = "webhooks"  # notifier: key <tenant>.<webhook_id> (holds the signi
 KV_DELIVERIES = "webhook_deliveries"  # notifier: key <tenant>.<webhook_id>.<delivery_id>
 KV_SCHEDULER = "scheduler"  # scheduler: run.<name> (last run), redrive.<tenant>.<video_id>
 OBJ_MEDIA = "media"  # uploads, renditions and thumbnails
+# gateway: resumable (tus) uploads `up.<tenant>.<upload_id>` (offset, chunk checkpoints,
+# lock) and one-time direct-upload URLs `du.<digest of the URL's secret>`; the scheduler's
+# `upload_expiry` job removes expired ones (no bucket TTL: it must find their chunks first)
+KV_RESUMABLE = "resumable_uploads"
 
 
 def buckets(settings) -> list[tuple[str, float | None]]:
@@ -331,6 +339,7 @@ def buckets(settings) -> list[tuple[str, float | None]]:
         (KV_WEBHOOKS, None),
         (KV_DELIVERIES, settings.events_max_age_s),
         (KV_SCHEDULER, None),
+        (KV_RESUMABLE, None),
     ]
 
 
@@ -411,6 +420,12 @@ async def ensure(js, settings) -> None:
             OBJ_MEDIA,
             config=api.ObjectStoreConfig(bucket=OBJ_MEDIA, replicas=settings.replicas, storage=api.StorageType.FILE),
         )
+    # Resumable uploads append each PATCH's chunks as atomic batches (all or none, fenced
+    # on the upload's last chunk), which the stream must allow.
+    media = await js.stream_info(f"OBJ_{OBJ_MEDIA}")
+    if not media.config.allow_atomic:
+        media.config.allow_atomic = True
+        await js.update_stream(config=media.config)
 
 
 async def _ensure_stream(js, cfg: api.StreamConfig) -> None:

@@ -4,12 +4,14 @@ Imported by service.py, playback.py and webhooks.py; it imports none of them."""
 
 from __future__ import annotations
 
+import time
+
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response
 
 from shared import topology
 from shared.bus import Bus
-from shared.contracts import GetVideo, Video, encode
+from shared.contracts import GetVideo, Probed, ProbeSource, Video, VideoUploaded, encode
 from shared.service import Service
 
 from . import tokens
@@ -81,3 +83,34 @@ async def fetch_video(bus: Bus, tenant: str, video_id: str) -> Video:
 def check_video_id(video_id: str) -> None:
     if not (0 < len(video_id) <= 64 and video_id.isascii() and video_id.isalnum()):  # KV keys: ASCII only
         raise ApiError(404, "not_found", f"no video {video_id}")
+
+
+PROBE_TIMEOUT_S = 120.0
+
+
+async def announce(bus: Bus, tenant: str, video_id: str, key: str, filename: str | None, ctype: str | None) -> Video:
+    """A stored upload becomes a video: probed (a refusal deletes it: 422 with the probe's
+    code), then announced with `video_uploaded` (its msg-id makes a repeat no second event).
+    POST /v1/videos and a completed resumable upload both end here."""
+    probed = await bus.request(
+        topology.RPC_PIPELINE_PROBE,
+        ProbeSource(tenant=tenant, video_id=video_id, object=key),
+        Probed,
+        timeout=PROBE_TIMEOUT_S,
+    )
+    if probed.error is not None:
+        await bus.media.delete(key)
+        raise ApiError(422, probed.error.code, probed.error.message)
+
+    now = time.time()
+    event = VideoUploaded(
+        video_id=video_id,
+        tenant=tenant,
+        object=key,
+        created_at=now,
+        source=probed.source,
+        filename=filename,
+        content_type=ctype,
+    )
+    await bus.publish(event, msg_id=f"{video_id}:uploaded")
+    return Video(id=video_id, status="processing", created_at=now, updated_at=now, source=probed.source, filename=filename)

@@ -15,11 +15,21 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from collections.abc import Callable
 
 MAX_PATH_BYTES = 2048
 BODY_TIMEOUT_S = 30.0
 UPLOAD = ("POST", "/v1/videos")
+# The bytes of a resumable upload (tus PATCH, creation with upload, a POST with
+# X-HTTP-Method-Override) stream to the store, bounded by the upload's Upload-Length.
+STREAMED = re.compile(r"^/v1/(uploads(/[^/]+)?|direct-uploads/[^/]+)/?$")
+
+
+def streams_body(method: str, path: str) -> bool:
+    if (method, path.rstrip("/")) == UPLOAD:
+        return True
+    return method in ("PATCH", "POST") and bool(STREAMED.match(path))
 
 
 def _error(status: int, code: str, message: str) -> tuple[dict, dict]:
@@ -53,7 +63,7 @@ class RequestLimits:
                 refusal = (414, "uri_too_long", f"the path is limited to {MAX_PATH_BYTES} bytes")
             elif len(scope.get("query_string", b"")) > s.max_query_bytes:
                 refusal = (414, "uri_too_long", f"the query string is limited to {s.max_query_bytes} bytes")
-        if refusal is None and s is not None and (scope["method"], scope["path"].rstrip("/")) != UPLOAD:
+        if refusal is None and s is not None and not streams_body(scope["method"], scope["path"]):
             receive, refusal = await self._bounded_body(scope, receive, s.max_json_bytes)
         if refusal is not None:
             start, body = _error(*refusal)

@@ -77,13 +77,34 @@ async def admitted(bus, tenant: str, video_id: str, incoming: int | None = None)
         await asyncio.shield(_change(bus, tenant, lambda ledger: ledger.pop(video_id, None)))
 
 
-async def _admit(bus, tenant, video_id, incoming, max_processing, max_bytes) -> int | None:
+# Resumable uploads reserve their Upload-Length in the ledger until they complete or expire
+# (`reserve`): they count against the storage budget, but an upload paused for hours is not
+# a video processing, so they do not count against the processing quota.
+RESUMABLE = "tus:"
+
+
+async def reserve(bus, tenant: str, upload_id: str, length: int, until: float) -> None:
+    """Admit a resumable upload of `length` bytes (QuotaExceeded if it may not start) and keep
+    its bytes reserved until `until` (its expiry) or `release`."""
+    max_processing, max_bytes = limits_for(bus.settings, tenant)
+    if max_processing or max_bytes:
+        await _admit(bus, tenant, RESUMABLE + upload_id, length, max_processing, max_bytes, until=until)
+
+
+async def release(bus, tenant: str, upload_id: str) -> None:
+    """A resumable upload became a video, was refused or terminated: free its reservation."""
+    max_processing, max_bytes = limits_for(bus.settings, tenant)
+    if max_processing or max_bytes:
+        await _change(bus, tenant, lambda ledger: ledger.pop(RESUMABLE + upload_id, None))
+
+
+async def _admit(bus, tenant, video_id, incoming, max_processing, max_bytes, until: float | None = None) -> int | None:
     kv = await bus.kv(topology.KV_ADMISSIONS)
     for _ in range(CAS_ATTEMPTS):
         entry, ledger = await _read(kv, tenant)
         # Fresh usage on every attempt: a conflict means another upload was admitted.
         usage: Usage = await bus.request(topology.RPC_CATALOG_USAGE, GetUsage(tenant=tenant), Usage, timeout=10)
-        streaming = len(ledger)
+        streaming = sum(1 for vid in ledger if not vid.startswith(RESUMABLE))
         if max_processing and usage.processing + streaming >= max_processing:
             raise QuotaExceeded(
                 429,
@@ -99,7 +120,7 @@ async def _admit(bus, tenant, video_id, incoming, max_processing, max_bytes) -> 
             if left <= 0 or (incoming is not None and incoming > left):
                 raise QuotaExceeded(403, "quota_storage", storage_message(stored, max_bytes))
             budget = left if incoming is None else incoming
-        ledger[video_id] = (time.time() + HOLD_S, budget or 0)
+        ledger[video_id] = (until or time.time() + HOLD_S, budget or 0)
         try:
             await kv_write(kv, tenant, msgspec.json.encode(ledger), entry.revision if entry else None)
             return budget

@@ -30,19 +30,18 @@ from shared.contracts import (
     LoadState,
     DeleteVideo,
     ListVideos,
-    Probed,
-    ProbeSource,
     Video,
     VideoPage,
-    VideoUploaded,
     decoder,
 )
 from shared.objects import TooLarge
 
 from . import idempotency, quotas, schemas, tokens
 from .app import (
+    PROBE_TIMEOUT_S,
     RPC_STATUS,
     ApiError,
+    announce,
     api,
     authenticate,
     check_video_id,
@@ -57,6 +56,7 @@ from .playback import router as playback_router
 from .streaming import cors as hls_cors
 from .streaming import router as streaming_router
 from .uploads import MultipartFile, accepted, new_video_id
+from .tus import router as tus_router
 from .webhooks import router as webhooks_router
 
 log = logging.getLogger("vidmesh.gateway")
@@ -64,9 +64,6 @@ log = logging.getLogger("vidmesh.gateway")
 # /openapi.json lists paths in the order routes are registered: webhooks first, then this
 # module's routes, then playback's (included below the video routes).
 api.include_router(webhooks_router)  # /v1/webhooks: services/gateway/webhooks.py
-
-PROBE_TIMEOUT_S = 120.0
-
 
 class Load:
     """The transcode backlog as last seen; refreshed in the background, read per upload."""
@@ -274,28 +271,7 @@ async def _accept(request: Request, bus: Bus, tenant: str, video_id: str, ctype:
         await bus.media.delete(key)
         raise ApiError(400, "empty_body", "the upload is empty")
 
-    probed = await bus.request(
-        topology.RPC_PIPELINE_PROBE,
-        ProbeSource(tenant=tenant, video_id=video_id, object=key),
-        Probed,
-        timeout=PROBE_TIMEOUT_S,
-    )
-    if probed.error is not None:
-        await bus.media.delete(key)
-        raise ApiError(422, probed.error.code, probed.error.message)
-
-    now = time.time()
-    event = VideoUploaded(
-        video_id=video_id,
-        tenant=tenant,
-        object=key,
-        created_at=now,
-        source=probed.source,
-        filename=filename,
-        content_type=ctype,
-    )
-    await bus.publish(event, msg_id=f"{video_id}:uploaded")
-    return Video(id=video_id, status="processing", created_at=now, updated_at=now, source=probed.source, filename=filename)
+    return await announce(bus, tenant, video_id, key, filename, ctype)
 
 
 @api.post("/v1/tokens", responses=schemas.TOKEN, summary="A short-lived read token for media and events URLs (?token=)")
@@ -334,6 +310,7 @@ async def delete_video(video_id: str, tenant: str = Depends(authenticate), bus: 
 
 api.include_router(playback_router)  # renditions, thumbnail, events: services/gateway/playback.py
 api.include_router(streaming_router)  # HLS playlists and CMAF fragments: services/gateway/streaming.py
+api.include_router(tus_router)  # resumable uploads and direct-upload URLs: services/gateway/tus.py
 
 # --- the dashboard: one static page, no build step ------------------------------------------
 
@@ -364,6 +341,31 @@ async def hlsjs(name: str):
     if not path.is_file():
         raise ApiError(404, "not_found", f"hls.js is not installed at {service.settings.hlsjs_dir}: run `make install`")
     return FileResponse(path, headers={"Cache-Control": "no-cache"})
+
+
+# tus-js-client, the dashboard's resumable uploader: served the same way from its npm package
+# (VIDMESH_TUSJS_DIR in an image).
+TUSJS_FILES = ("tus.min.js", "tus.min.js.map")
+
+
+@api.get("/static/tus-js-client/{name}", include_in_schema=False)
+async def tusjs(name: str):
+    if name not in TUSJS_FILES:
+        raise ApiError(404, "not_found", f"no file {name!r} here")
+    path = service.settings.tusjs_dir / name
+    if not path.is_file():
+        raise ApiError(404, "not_found", f"tus-js-client is not installed at {service.settings.tusjs_dir}: run `make install`")
+    return FileResponse(path, headers={"Cache-Control": "no-cache"})
+
+
+@service.on_startup
+async def _check_tusjs(bus: Bus) -> None:
+    if not (service.settings.tusjs_dir / "tus.min.js").is_file():
+        log.warning(
+            "tus-js-client is not installed at %s (`make install` runs npm ci in web/; or set VIDMESH_TUSJS_DIR): "
+            "the dashboard uploads each file in one POST, without resuming",
+            service.settings.tusjs_dir,
+        )
 
 
 @service.on_startup

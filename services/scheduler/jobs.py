@@ -301,3 +301,99 @@ async def videos_of(bus: Bus, tenant: str) -> AsyncIterator[Video]:
         if not page.next_cursor:
             return
         cursor = page.next_cursor
+
+
+# --- expired resumable uploads -----------------------------------------------------------------
+
+
+class UploadView(msgspec.Struct, frozen=True, kw_only=True):
+    """The part of a resumable upload's state (the gateway's `resumable_uploads` bucket) the
+    clean-up reads (other fields are ignored)."""
+
+    id: str
+    tenant: str
+    nuid: str
+    expires_at: float
+    status: str = "uploading"
+    finished_at: float | None = None
+    lease: dict | None = None  # {"until": ...} while a request holds the upload
+
+
+class DirectView(msgspec.Struct, frozen=True, kw_only=True):
+    expires_at: float
+
+
+upload_decoder = msgspec.json.Decoder(UploadView)
+direct_decoder = msgspec.json.Decoder(DirectView)
+UPLOAD_GRACE_S = 60.0  # past its expiry, before the clean-up touches an upload
+
+
+async def upload_expiry(bus: Bus, now: float) -> dict:
+    """Remove what expired among the resumable uploads:
+    - an incomplete upload past its `Upload-Expires` (VIDMESH_UPLOAD_EXPIRY_S after its
+      creation, or its direct-upload URL's expiry): its state, then its chunks (and the
+      source object's meta, if its final request died while committing it);
+    - a finished (done, refused) or terminated upload's record, VIDMESH_UPLOAD_EXPIRY_S after
+      it finished (HEAD answers with its video, or 410, until then);
+    - one-time direct-upload URLs past their expiry.
+    The state goes first (compare-and-set on its revision): a request that still writes the
+    upload then fails its own state write instead of reviving it."""
+    kv = await bus.kv(topology.KV_RESUMABLE)
+    summary = {"expired": 0, "forgotten": 0, "direct_expired": 0, "kept": 0}
+    async for entry in entries(bus.js, topology.KV_RESUMABLE, "up.>"):
+        try:
+            upload = upload_decoder.decode(entry.value)
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            continue
+        if upload.status in ("uploading", "complete"):
+            held = upload.lease is not None and float(upload.lease.get("until", 0)) > now
+            if upload.expires_at + UPLOAD_GRACE_S > now or held:
+                summary["kept"] += 1
+                continue
+            if upload.status == "complete" and await _video_exists(bus, upload):
+                # announced, though its state never said so: the bytes are that video's source
+                if await _delete_entry(kv, entry):
+                    summary["forgotten"] += 1
+                continue
+            if not await _delete_entry(kv, entry):
+                continue
+            await bus.media.purge_chunks(upload.nuid)
+            await bus.js.purge_stream(f"OBJ_{topology.OBJ_MEDIA}", subject=bus.media._meta_subject(
+                topology.source_key(upload.tenant, upload.id)))
+            summary["expired"] += 1
+            log.info("upload_expiry: removed %s/%s (expired)", upload.tenant, upload.id)
+        elif (upload.finished_at or 0) + bus.settings.upload_expiry_s <= now:
+            if await _delete_entry(kv, entry):
+                summary["forgotten"] += 1
+        else:
+            summary["kept"] += 1
+    async for entry in entries(bus.js, topology.KV_RESUMABLE, "du.>"):
+        try:
+            direct = direct_decoder.decode(entry.value)
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            continue
+        if direct.expires_at + UPLOAD_GRACE_S <= now and await _delete_entry(kv, entry):
+            summary["direct_expired"] += 1
+    return summary
+
+
+async def _delete_entry(kv, entry) -> bool:
+    try:
+        await kv.delete(entry.key, last=entry.revision)
+    except KeyWrongLastSequenceError:
+        return False  # written since it was read: looked at again on the next run
+    # the delete marker too: the bucket does not grow by one marker per upload ever made
+    await kv._js.purge_stream(f"KV_{topology.KV_RESUMABLE}", subject=f"$KV.{topology.KV_RESUMABLE}.{entry.key}")
+    return True
+
+
+async def _video_exists(bus: Bus, upload: UploadView) -> bool:
+    from shared.contracts import GetVideo
+
+    try:
+        await bus.request(topology.RPC_CATALOG_GET, GetVideo(tenant=upload.tenant, video_id=upload.id), Video)
+        return True
+    except RpcError as exc:
+        if exc.code == "not_found":
+            return False
+        raise Retry(f"catalog get of {upload.tenant}/{upload.id}: {exc}") from None

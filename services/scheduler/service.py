@@ -6,7 +6,7 @@ work-queue consumer on the ticks, so each tick is handled once however many repl
 and none of them is special (losing one loses nothing; in a cluster the stream's leader
 fires). At start-up each replica declares the schedules (idempotent, see schedules.py).
 
-Jobs (jobs.py): `retention`, `redrive`, `usage_report`. Schedules come from
+Jobs (jobs.py): `retention`, `redrive`, `usage_report`, `upload_expiry`. Schedules come from
 VIDMESH_SCHEDULE_<NAME> (`off` removes one); `vidmesh schedules` lists them and their last
 run, `vidmesh schedules run NAME` fires one by hand (admin.py).
 """
@@ -39,11 +39,13 @@ JOBS: dict[str, Job] = {
     "retention": jobs.retention,
     "redrive": jobs.redrive,
     "usage_report": jobs.usage_report,
+    "upload_expiry": jobs.upload_expiry,
 }
 DESCRIPTIONS = {
     "retention": "delete videos older than VIDMESH_RETENTION_DAYS (per-tenant overrides)",
     "redrive": "publish again the lost tasks of stuck videos; fail them after N attempts",
     "usage_report": "one usage report per tenant for the previous UTC day",
+    "upload_expiry": "remove expired resumable uploads (state and chunks) and direct-upload URLs",
 }
 
 

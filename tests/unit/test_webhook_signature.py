@@ -109,7 +109,7 @@ def test_schedule_settings_defaults_overrides_and_errors():
     assert s.schedules["redrive"] == "@every 30s" and s.schedules["usage_report"] == "off"
     assert s.retention_days_by_tenant == {"acme": 7.0, "bob": 0.0} and s.webhook_allow_private
     wanted, off = schedules.configured(s)
-    assert {w.name for w in wanted} == {"retention", "redrive"} and off == ["usage_report"]
+    assert {w.name for w in wanted} == {"retention", "redrive", "upload_expiry"} and off == ["usage_report"]
     assert next(w for w in wanted if w.name == "redrive").headers == {
         "Nats-Schedule": "@every 30s",
         "Nats-Schedule-Target": "scheduler.cmd.tick.redrive",

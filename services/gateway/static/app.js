@@ -399,6 +399,14 @@ function uploadFiles(files) {
   for (const file of files) uploadOne(file);
 }
 
+// Uploads go through tus (tus-js-client, served by the gateway from its npm package) to
+// /v1/uploads: a dropped connection is retried and resumes from the offset the gateway
+// stored, and a file dropped again after a reload resumes where it stopped (tus-js-client
+// remembers the upload's URL in localStorage by file name, type, size and date). Without
+// tus-js-client, one POST /v1/videos per file.
+const TUS_RETRY_MS = [0, 1000, 3000, 5000, 10000, 20000, 30000, 60000];
+window.vidmeshUploads = []; // the tus.Upload of each file, for scripts and tests
+
 function uploadOne(file) {
   const item = el("li", { class: "upload" });
   const bar = el("progress", { max: "100" });
@@ -407,7 +415,83 @@ function uploadOne(file) {
   const status = el("span", { class: "pct" }, "0%");
   item.append(label, bar, status);
   $("uploads").prepend(item);
+  const ui = {
+    progress(sent, total) {
+      const pct = total ? Math.round((100 * sent) / total) : 0;
+      bar.value = pct;
+      status.textContent = pct < 100 ? `${pct}%` : "probing…";
+    },
+    accepted(video) {
+      item.classList.remove("retrying");
+      item.classList.add("done");
+      bar.value = 100;
+      status.textContent = "uploaded";
+      merge(video);
+      renderList();
+      follow(video.id);
+      setTimeout(() => item.remove(), 4000);
+    },
+    failed(text) {
+      item.classList.add("failed");
+      status.textContent = text;
+    },
+  };
+  if (window.tus && window.tus.isSupported) uploadTus(file, item, ui);
+  else uploadPost(file, ui);
+}
 
+function uploadTus(file, item, ui) {
+  const upload = new window.tus.Upload(file, {
+    endpoint: "/v1/uploads",
+    headers: { Authorization: `Bearer ${state.key}` },
+    metadata: { filename: file.name, filetype: file.type || "application/octet-stream" },
+    retryDelays: TUS_RETRY_MS,
+    removeFingerprintOnSuccess: true,
+    onProgress: (sent, total) => ui.progress(sent, total),
+    onShouldRetry: (err, attempt, options) => {
+      const status = err.originalResponse ? err.originalResponse.getStatus() : 0;
+      // 423: another request still holds the upload; 408/5xx and no answer: the network or
+      // the gateway; 409: our offset is stale (the retry asks HEAD first)
+      const again = status === 0 || status === 408 || status === 409 || status === 423 || status >= 500;
+      if (again) item.classList.add("retrying");
+      return again;
+    },
+    onSuccess: async (payload) => {
+      const res = payload && payload.lastResponse;
+      const id = res && res.getHeader("Vidmesh-Video-Id");
+      if (!id) {
+        const code = res && res.getHeader("Vidmesh-Upload-Error");
+        ui.failed(code ? `${code}: the upload was refused` : "uploaded, but the gateway named no video");
+        return;
+      }
+      try {
+        ui.accepted(await api("GET", `/v1/videos/${id}`));
+      } catch (_) {
+        ui.accepted({ id, status: "processing", created_at: Date.now() / 1000, filename: file.name });
+      }
+    },
+    onError: (err) => {
+      const res = err.originalResponse;
+      let text = "unreachable: the upload did not reach the gateway";
+      if (res) {
+        try {
+          const body = JSON.parse(res.getBody() || "{}");
+          text = `${body.code || res.getStatus()}: ${body.message || "refused"}`;
+        } catch (_) {
+          text = `http_${res.getStatus()}`;
+        }
+      }
+      ui.failed(text);
+    },
+  });
+  window.vidmeshUploads.push(upload);
+  upload.findPreviousUploads().then((previous) => {
+    if (previous.length) upload.resumeFromPreviousUpload(previous[0]);
+    upload.start();
+  });
+}
+
+function uploadPost(file, ui) {
   const form = new FormData();
   form.append("file", file, file.name);
   const xhr = new XMLHttpRequest(); // fetch() cannot report upload progress
@@ -415,30 +499,14 @@ function uploadOne(file) {
   xhr.setRequestHeader("Authorization", `Bearer ${state.key}`);
   xhr.responseType = "json";
   xhr.upload.onprogress = (e) => {
-    if (!e.lengthComputable) return;
-    const pct = Math.round((100 * e.loaded) / e.total);
-    bar.value = pct;
-    status.textContent = pct < 100 ? `${pct}%` : "probing…";
+    if (e.lengthComputable) ui.progress(e.loaded, e.total);
   };
   xhr.onload = () => {
     const body = xhr.response || {};
-    if (xhr.status === 202) {
-      item.classList.add("done");
-      bar.value = 100;
-      status.textContent = "uploaded";
-      merge(body);
-      renderList();
-      follow(body.id);
-      setTimeout(() => item.remove(), 4000);
-    } else {
-      item.classList.add("failed");
-      status.textContent = `${body.code || xhr.status}: ${body.message || xhr.statusText}`;
-    }
+    if (xhr.status === 202) ui.accepted(body);
+    else ui.failed(`${body.code || xhr.status}: ${body.message || xhr.statusText}`);
   };
-  xhr.onerror = () => {
-    item.classList.add("failed");
-    status.textContent = "unreachable: the upload did not reach the gateway";
-  };
+  xhr.onerror = () => ui.failed("unreachable: the upload did not reach the gateway");
   xhr.send(form);
 }
 
