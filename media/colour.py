@@ -18,7 +18,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from av.video.reformatter import Colorspace
+import av
+from av.video.reformatter import ColorRange, Colorspace
 
 # primaries and matrix (H.273 tables 2 and 4 share these numbers)
 BT709, UNSPECIFIED, BT470BG, SMPTE170M, BT2020 = 1, 2, 5, 6, 9
@@ -110,8 +111,6 @@ def reformat_colorspaces(frames: Colour, out: Colour) -> tuple[Colorspace | None
 
 def tag(target, colour: Colour) -> None:
     """Set `colour` on an encoder context or a frame (limited range)."""
-    from av.video.reformatter import ColorRange
-
     target.color_primaries = colour.primaries
     target.color_trc = colour.transfer
     target.colorspace = colour.matrix
@@ -133,8 +132,6 @@ _COLORSPACE = {
 def _is_rgb(pix_fmt: str | None) -> bool:
     if not pix_fmt:
         return False
-    import av
-
     try:
         fmt = av.VideoFormat(pix_fmt)
     except (ValueError, TypeError):

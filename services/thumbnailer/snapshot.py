@@ -15,7 +15,7 @@ import av
 from av.video.reformatter import ColorRange, Colorspace, Interpolation, VideoReformatter
 
 from media.alpha import BLACK
-from media.colour import reformat_colorspaces, Colour, BT470BG, TRC_BT709
+from media.colour import BT470BG, TRC_BT709, Colour, reformat_colorspaces
 from media.frames import FramePath
 from media.geometry import even, rotation_of, sample_aspect_ratio
 from media.problems import MediaError

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from tests.clips import make_audio_only, make_clip, make_image, make_truncated
-from tests.conftest import alive, mesh_events, video_events, wait_for
+from tests.conftest import alive, mesh_events, wait_for
 
 pytestmark = pytest.mark.e2e
 

@@ -144,3 +144,17 @@ def test_a_fragmented_mp4_whose_timeline_starts_late_is_measured_from_its_first_
     assert all(c.result.warnings == [] for c in run.chunks)
     for stitched in run.stitched.values():
         assert stitched.frames == 180 and stitched.duration == pytest.approx(6.0, abs=0.05)
+
+
+def test_a_keyframe_index_far_short_of_the_declared_duration_is_not_cut_into_chunks(tmp_path):
+    """A whole 3 s Matroska file (Cues included) whose header declares 720 s: cut into
+    1 s chunks, 717 tasks would find nothing. One chunk decodes what is there and warns."""
+    src = make_clip(tmp_path / "rec.mkv", seconds=3.0, gop=15)
+    declare_duration(src, 720.0)
+    info = probe(src)
+    assert info.duration == pytest.approx(720.0) and not info.cuttable
+    run = run_pipeline(src, tmp_path / "out", chunk_s=1.0)
+    (chunk,) = run.chunks
+    assert chunk.result.frames == 90
+    assert [w.code for w in chunk.result.warnings] == ["truncated"]
+    assert chunk.result.warnings[0].message.startswith("the video ends at 3.00 s of the 720.00 s")
