@@ -33,6 +33,9 @@ from tests.conftest import Mesh, js_run, nats_servers, wait_for
 
 pytestmark = pytest.mark.e2e
 
+# tus PATCH bodies (and creation with upload) are raw bytes, like application/octet-stream.
+schemathesis.serializer.alias("application/offset+octet-stream", "application/octet-stream")
+
 class FuzzMesh(Mesh):
     KEYS = {"fuzz": "key-fuzz-0123456789"}
 

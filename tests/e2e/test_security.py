@@ -44,6 +44,12 @@ MEDIA_ROUTES = {
 }
 
 
+# A one-time direct-upload URL: its secret is the credential (no key needed or taken), and a
+# made-up one is 404 whatever key comes with it.
+CAPABILITY_ROUTES = {"/v1/direct-uploads/{token}"}
+TUS = {"Tus-Resumable": "1.0.0"}  # the resumable-upload routes want it on every request
+
+
 class SecureMesh(Mesh):
     KEYS = {
         "alice": "key-alice-0123456789",
@@ -118,6 +124,9 @@ def test_every_api_route_needs_a_key_and_only_the_open_ones_are_open(sec):
             url = fill(path, video_id="01m8zzzzzzzzzzzzzzzzzzzzzz", webhook_id="wh_00", name="240p")
             for auth in (None, "Bearer wrong-key", f"Basic {SecureMesh.KEYS['alice']}", "Bearer"):
                 r = anon.request(method, url, headers={"Authorization": auth} if auth else {})
+                if path in CAPABILITY_ROUTES:
+                    assert r.status_code == 404, (method, path, auth, r.status_code)
+                    continue
                 assert r.status_code == 401, (method, path, auth, r.status_code)
                 assert r.headers["www-authenticate"].startswith("Bearer"), (method, path)
                 if method != "HEAD":
@@ -136,7 +145,7 @@ def test_a_read_token_opens_nothing_but_media_and_events(sec):
     with sec.client("alice") as alice, httpx.Client(base_url=sec.url, timeout=30) as anon:
         token = alice.post("/v1/tokens").json()["token"]
         for method, path in routes(sec):
-            if path in MEDIA_ROUTES and method in ("GET", "HEAD"):
+            if path in MEDIA_ROUTES and method in ("GET", "HEAD") or path in CAPABILITY_ROUTES:
                 continue
             url = fill(path, video_id="01m8zzzzzzzzzzzzzzzzzzzzzz", webhook_id="wh_00", name="240p")
             r = anon.request(method, url, params={"token": token})
@@ -218,23 +227,27 @@ def alices(sec, clips):
         hook = alice.post("/v1/webhooks", json={"url": "http://127.0.0.1:9/alice-hook", "events": ["video.failed"]})
         assert hook.status_code == 201, hook.text
         name = video["renditions"][0]["name"]
-        return {"video_id": vid, "name": name, "track": name, "segment": "00000", "webhook_id": hook.json()["id"]}
+        resumable = alice.post("/v1/uploads", headers={**TUS, "Upload-Length": "1000"})
+        assert resumable.status_code == 201, resumable.text
+        return {"video_id": vid, "name": name, "track": name, "segment": "00000", "webhook_id": hook.json()["id"],
+                "upload_id": resumable.headers["location"].rsplit("/", 1)[1]}
 
 
 def test_another_tenants_things_are_404_on_every_route(sec, alices):
     with sec.client("alice") as alice, sec.client("bob") as bob:
         checked = 0
         for method, path in routes(sec):
-            if "{" not in path:
+            if "{" not in path or path in CAPABILITY_ROUTES:
                 continue
             url = fill(path, **alices)
+            headers = TUS if path.startswith("/v1/uploads/") else {}
             if method == "DELETE":
-                r = bob.request(method, url)
+                r = bob.request(method, url, headers=headers)
                 assert r.status_code == 404 and r.json()["code"] == "not_found", (method, path, r.status_code)
                 continue
-            mine = alice.request(method, url, timeout=30)
+            mine = alice.request(method, url, timeout=30, headers=headers)
             assert mine.status_code in (200, 206), (method, path, mine.status_code)  # it exists for alice ...
-            theirs = bob.request(method, url, timeout=30)
+            theirs = bob.request(method, url, timeout=30, headers=headers)
             assert theirs.status_code == 404, (method, path, theirs.status_code)  # ... and not for bob
             if method != "HEAD":
                 assert theirs.json()["code"] == "not_found"

@@ -171,3 +171,10 @@ def test_the_cli_resumes_an_interrupted_upload_of_the_same_file(fmesh, tmp_path)
     with fmesh.client() as c:
         assert wait_ready(c, video["id"])["status"] == "ready"
     assert_same_bytes(fmesh, video["id"], path)
+
+
+def test_no_service_was_refused_anything_by_nats(fmesh):
+    violations = [line for line in fmesh.lines if "Violation" in line or "permissions violation" in line]
+    assert not violations, "\n".join(violations[:20])
+    died = [line for line in fmesh.lines if "exited with" in line and not line.startswith("gateway")]
+    assert not died, died  # only the gateway this module killed

@@ -340,3 +340,11 @@ def test_an_expired_upload_is_410_then_removed_by_the_scheduled_job(umesh, doome
         assert run.returncode == 0, run.stdout + run.stderr
         assert head(c, url).status_code == 404
         assert chunk_count(umesh, nuid) == 0 and upload_state(umesh, "alice", upload_id) is None
+
+
+def test_no_service_was_refused_anything_by_nats(umesh):
+    """Last: every resumable-upload path above ran with each service as its own NATS user
+    (batches on the media stream, message deletes, the lock hand-over, the clean-up job)."""
+    violations = [line for line in umesh.lines if "Violation" in line or "permissions violation" in line]
+    assert not violations, "\n".join(violations[:20])
+    assert not [line for line in umesh.lines if "exited with" in line], "no service died"
