@@ -37,7 +37,8 @@ RUN pip install --no-deps . \
  && pip check \
  && pip uninstall --yes pip setuptools
 
-# ---- web: the dashboard's HLS player, hls.js, from the npm registry (web/package-lock.json) --
+# ---- web: the dashboard's HLS player (hls.js) and uploader (tus-js-client), from the npm
+# registry (web/package-lock.json) --
 FROM ${NODE_IMAGE} AS web
 WORKDIR /web
 COPY web/package.json web/package-lock.json ./
@@ -58,6 +59,7 @@ RUN groupadd --system --gid 10001 vidmesh \
 
 COPY --from=build /opt/vidmesh /opt/vidmesh
 COPY --from=web /web/node_modules/hls.js/dist/hls.min.js /web/node_modules/hls.js/dist/hls.worker.js /opt/vidmesh/hls.js/
+COPY --from=web /web/node_modules/tus-js-client/dist/tus.min.js /opt/vidmesh/tus-js-client/
 
 ENV PATH=/opt/vidmesh/bin:$PATH \
     PYTHONUNBUFFERED=1 \
@@ -65,7 +67,8 @@ ENV PATH=/opt/vidmesh/bin:$PATH \
     VIDMESH_HTTP_HOST=0.0.0.0 \
     VIDMESH_HTTP_PORT=8080 \
     VIDMESH_TMP_DIR=/scratch \
-    VIDMESH_HLSJS_DIR=/opt/vidmesh/hls.js
+    VIDMESH_HLSJS_DIR=/opt/vidmesh/hls.js \
+    VIDMESH_TUSJS_DIR=/opt/vidmesh/tus-js-client
 
 USER 10001:10001
 WORKDIR /scratch

@@ -3,8 +3,8 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-# The dashboard's browser packages (hls.js), pinned by web/package-lock.json, in the
-# git-ignored web/node_modules, where the gateway serves hls.js from.
+# The dashboard's browser packages (hls.js, tus-js-client), pinned by web/package-lock.json,
+# in the git-ignored web/node_modules, where the gateway serves them from.
 WEB_STAMP := web/node_modules/.installed
 
 .PHONY: up test bench install clean browser media-reference
@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml
 # `npm ci` again only when package.json or the lock changed; the stamp is written last, so
 # an interrupted or failed install runs again next time.
 $(WEB_STAMP): web/package.json web/package-lock.json
-	@command -v npm >/dev/null 2>&1 || { echo "npm (Node.js 18 or newer) is needed to install the dashboard's HLS player, hls.js: install Node.js (e.g. apt-get install npm)" >&2; exit 1; }
+	@command -v npm >/dev/null 2>&1 || { echo "npm (Node.js 18 or newer) is needed to install the dashboard's HLS player and uploader (hls.js, tus-js-client): install Node.js (e.g. apt-get install npm)" >&2; exit 1; }
 	cd web && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error
 	touch $(WEB_STAMP)
 

@@ -70,11 +70,29 @@ def tus_once(client: httpx.Client, path: Path, size: int, patch_bytes: int) -> t
     return time.perf_counter() - started, resp, patches
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (a load-independent cost of each path)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def nats_pid(mesh) -> int:
+    import re
+
+    for line in mesh.lines:
+        if m := re.match(r"^nats\s*\| started pid=(\d+)", line):
+            return int(m.group(1))
+    raise RuntimeError("no nats-server pid in the mesh output")
+
+
 def measure(mesh, pid: int, label: str, fn) -> dict:
     reset = reset_peak_rss(pid)
     idle = proc_status_kib(pid, "VmRSS")
+    server = nats_pid(mesh)
+    cpu0, ncpu0 = cpu_seconds(pid), cpu_seconds(server)
     with RssSampler(pid, 0.05) as sampler:
         out = fn()
+    cpu1, ncpu1 = cpu_seconds(pid), cpu_seconds(server)
     seconds, resp = out[0], out[1]
     row = {
         "path": label,
@@ -85,6 +103,8 @@ def measure(mesh, pid: int, label: str, fn) -> dict:
         "rss_peak_sampled_mib": mib(sampler.peak_kib),
         "vm_hwm_mib": mib(proc_status_kib(pid, "VmHWM")),
         "vm_hwm_reset_before": reset,
+        "gateway_cpu_s": round(cpu1 - cpu0, 2),
+        "nats_cpu_s": round(ncpu1 - ncpu0, 2),
     }
     if len(out) > 2:
         row["patches"] = out[2]
@@ -108,7 +128,8 @@ def run(size: int = 1 * GiB, patch_bytes: int = 8 * MiB) -> dict:
     for row in (post, tus):
         row["mb_per_s"] = round(size / row["seconds"] / 1e6, 1)
         console.log(f"{row['path']}: {row['status']} in {row['seconds']} s = {row['mb_per_s']} MB/s, "
-                    f"peak RSS {row['rss_peak_sampled_mib']} MiB (VmHWM {row['vm_hwm_mib']} MiB)")
+                    f"peak RSS {row['rss_peak_sampled_mib']} MiB (VmHWM {row['vm_hwm_mib']} MiB), "
+                    f"CPU: gateway {row['gateway_cpu_s']} s, nats-server {row['nats_cpu_s']} s")
     ratio = tus["mb_per_s"] / post["mb_per_s"]
     peak = max(max(r["vm_hwm_mib"] or 0, r["rss_peak_sampled_mib"] or 0) for r in (post, tus))
     summary = {

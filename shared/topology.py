@@ -420,12 +420,6 @@ async def ensure(js, settings) -> None:
             OBJ_MEDIA,
             config=api.ObjectStoreConfig(bucket=OBJ_MEDIA, replicas=settings.replicas, storage=api.StorageType.FILE),
         )
-    # Resumable uploads append each PATCH's chunks as atomic batches (all or none, fenced
-    # on the upload's last chunk), which the stream must allow.
-    media = await js.stream_info(f"OBJ_{OBJ_MEDIA}")
-    if not media.config.allow_atomic:
-        media.config.allow_atomic = True
-        await js.update_stream(config=media.config)
 
 
 async def _ensure_stream(js, cfg: api.StreamConfig) -> None:

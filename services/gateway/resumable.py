@@ -10,17 +10,20 @@ count, the sequence of the last chunk and of every stride-th chunk (the object's
 index), the tail (the bytes past the last whole chunk: under CHUNK_SIZE, kept in the state
 itself so that offset and tail change together) and the lock.
 
-Durability. A PATCH body is cut into windows of whole chunks. Each window is published as
-one JetStream atomic batch whose first message expects the subject's last sequence to be
-the upload's last chunk (`Nats-Expected-Last-Subject-Sequence`): a window lands whole,
-right after the chunks before it, or not at all (a batch whose writer died is dropped by
-the server). Then the state records it (compare-and-set). So a PATCH is durable when it is
-answered, and a gateway killed mid-PATCH loses only the window in hand and what it had not
-received yet; HEAD answers the recorded offset. A window that landed but was never
-recorded (killed in between) makes the next writer's fenced batch fail: the writer holds
-the lock, so those chunks are nobody's; it deletes them and writes again.
+Durability. A PATCH's first chunk is fenced: published with
+`Nats-Expected-Last-Subject-Sequence` set to the upload's last recorded chunk, it lands
+right after it or not at all. The following chunks go out as the object store's own writes
+do (32 acknowledgements in flight). At least every 16 MiB, at every pause of the body
+(2 s) and at its end, every chunk sent is acknowledged, the subject's message count is
+checked (exactly the recorded chunks and this PATCH's: nothing slipped in among them), and
+the state records them (compare-and-set). So a PATCH is durable when it is answered, a
+connection that drops keeps what arrived, and a gateway killed mid-PATCH loses only what
+it had not recorded yet (at most 16 MiB of it, and nothing of a body that had paused).
+HEAD answers the recorded offset. Chunks that landed but were never recorded (the gateway
+died in between) make the next writer's fenced first chunk fail: that writer holds the
+lock, so those chunks are nobody's; it deletes them and writes again.
 
-A PATCH with `Upload-Checksum` is all or nothing: its windows land as they come but are
+A PATCH with `Upload-Checksum` is all or nothing: its chunks land as they come but are
 recorded only once the checksum matches; on a mismatch (or a body that stops short) they
 are deleted and the state is as before.
 
@@ -28,8 +31,8 @@ The lock. One PATCH at a time per upload: the state names the holder (gateway in
 request) and an expiry renewed while bytes arrive. A request that finds it held asks the
 holder to let go (`gateway.rpc.release_upload.<instance>`): a live holder stops its PATCH,
 records what it received and lets go; "no responders" means the holder is gone (killed),
-and the lock is taken at once. The fenced batches make even a holder that lost its lock
-without knowing it harmless.
+and the lock is taken at once. The fence and the count check make even a holder that lost
+its lock without knowing it harmless: what it slips in is found, and not kept.
 """
 
 from __future__ import annotations
@@ -43,26 +46,28 @@ import logging
 import math
 import secrets
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
 import msgspec
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
-from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NotFoundError
+from nats.js.errors import APIError, KeyNotFoundError, KeyWrongLastSequenceError, NotFoundError
 
 from shared import topology
 from shared.bus import kv_write
-from shared.objects import CHUNK_SIZE, MAX_CHECKPOINTS, StoredObject
+from shared.objects import CHUNK_SIZE, MAX_CHECKPOINTS, PUBLISH_WINDOW, StoredObject
 
 log = logging.getLogger("vidmesh.gateway.resumable")
 
-WINDOW_CHUNKS = 32  # chunks per atomic batch: 8 MiB; a kill loses at most this much received
-FLUSH_S = 2.0  # a slow client's whole chunks are written at least this often
+WINDOW_CHUNKS = 4  # chunks the reader hands over at a time (1 MiB)
+RECORD_CHUNKS = 64  # the state records what is stored at least every 16 MiB (and at every pause)
+FLUSH_S = 2.0  # a pause this long in a body records what arrived so far
 LEASE_S = 30.0  # the lock's life without news from its holder
 IDLE_S = 20.0  # a PATCH body that sends nothing this long is ended (saved) and its lock let go
 COMMIT_TIMEOUT_S = 30.0
+FINISH_LEASE_S = 180.0  # the lock while a complete upload is probed and announced
 RELEASE_TIMEOUT_S = 10.0
 WRONG_LAST_SEQUENCE = 10071  # JetStream's err_code when the expectation on the subject failed
 HASHERS_KEPT = 4096  # digests of uploads in progress kept in memory (else re-read from the store)
@@ -160,7 +165,7 @@ def locked(message: str = "another request is writing this upload; retry shortly
 
 
 class StoreFailed(Exception):
-    """The object store did not take a window (the bus is away, or the batch was refused)."""
+    """The object store did not take a chunk (the bus is away, or the chunk was refused)."""
 
 
 @dataclass
@@ -193,7 +198,11 @@ class Uploads:
         self.instance = instance or secrets.token_hex(8)
         self.active: dict[str, Held] = {}
         self._hashers: OrderedDict[str, tuple[int, int, object]] = OrderedDict()
+        # the last state this process wrote of each upload: the next PATCH's compare-and-set
+        # starts from it (and reads the bucket only when someone else wrote since)
+        self._written: OrderedDict[str, tuple[UploadState, int]] = OrderedDict()
         self._sub = None
+        self._releasing: set[asyncio.Task] = set()
 
     @property
     def js(self):
@@ -205,8 +214,14 @@ class Uploads:
     async def start(self) -> None:
         """Answer release requests for the locks this process holds."""
         self._sub = await self.bus.nc.subscribe(
-            f"{topology.RPC_GATEWAY_RELEASE_UPLOAD}.{self.instance}", cb=self._on_release
+            f"{topology.RPC_GATEWAY_RELEASE_UPLOAD}.{self.instance}", cb=self._on_release_request
         )
+
+    async def _on_release_request(self, msg) -> None:
+        # nats-py runs one subscription's callbacks one at a time: each waits on its own task
+        task = asyncio.create_task(self._on_release(msg))
+        self._releasing.add(task)
+        task.add_done_callback(self._releasing.discard)
 
     async def _on_release(self, msg) -> None:
         key = msg.data.decode(errors="replace")
@@ -237,7 +252,12 @@ class Uploads:
 
     async def save(self, state: UploadState, revision: int | None) -> int:
         """Compare-and-set; KeyWrongLastSequenceError when someone else wrote meanwhile."""
-        return await kv_write(await self.kv(), state.key, _encode(state), revision)
+        revision = await kv_write(await self.kv(), state.key, _encode(state), revision)
+        self._written[state.key] = (state, revision)
+        self._written.move_to_end(state.key)
+        while len(self._written) > HASHERS_KEPT:
+            self._written.popitem(last=False)
+        return revision
 
     async def create(
         self, tenant: str, upload_id: str, length: int, *, metadata: dict[str, str], raw_metadata: str | None,
@@ -288,8 +308,10 @@ class Uploads:
                     del self.active[state.key]
 
     async def _acquire(self, tenant: str, upload_id: str, token: str) -> tuple[UploadState, int]:
-        for _ in range(10):
-            found = await self.load(tenant, upload_id)
+        for attempt in range(10):
+            found = self._written.get(upload_key(tenant, upload_id)) if attempt == 0 else None
+            if found is None or found[0].status == "terminated":
+                found = await self.load(tenant, upload_id)
             if found is None:
                 raise UploadProblem(404, "not_found", f"no upload {upload_id}")
             state, revision = found
@@ -317,8 +339,8 @@ class Uploads:
         try:
             await self.bus.nc.request(subject, key.encode(), timeout=RELEASE_TIMEOUT_S)
         except NoRespondersError:
-            # Its gateway is gone: take over. If it is only cut off from NATS, its next window
-            # fails its fence and its state write fails its revision.
+            # Its gateway is gone: take over. If it is only cut off from NATS, what it still sends
+            # is found by the fence or the count check, and its state write fails its revision.
             found = await self.load(*_split(key))
             if found is not None and found[0].lease == lease:
                 freed = msgspec.structs.replace(found[0], lease=None)
@@ -344,7 +366,7 @@ class Uploads:
 
     async def patch(self, held: Held, body: AsyncIterator[bytes], *, checksum: bytes | None = None) -> PatchResult:
         """Append a PATCH body at the upload's offset (the caller holds the lock and checked
-        the offset). Whole chunks go out in fenced windows as they arrive; what is left when
+        the offset). Whole chunks go out as they arrive (the first one fenced); what is left when
         the body ends is recorded as the tail (or, when it completes the upload, as the last
         chunk). `checksum`: the sha256 the body must have, else nothing of it is kept."""
         result = await _Patch(self, held, checksum).run(body)
@@ -376,34 +398,43 @@ class Uploads:
     def forget(self, key: str) -> None:
         self._hashers.pop(key, None)
 
-    async def _commit_window(self, subject: str, chunks: list[bytes], after: int) -> int:
-        """Publish `chunks` as one atomic batch right after sequence `after` on `subject`;
-        returns the last chunk's sequence (the batch's are consecutive)."""
-        nc = self.bus.nc
-        batch = nc._nuid.next().decode()
-        last = len(chunks) - 1
-        reply = None
-        for i, data in enumerate(chunks):
-            headers = {"Nats-Batch-Id": batch, "Nats-Batch-Sequence": str(i + 1)}
-            if i == 0:
-                headers["Nats-Expected-Last-Subject-Sequence"] = str(after)
-            if i == last:
-                headers["Nats-Batch-Commit"] = "1"
-                try:
-                    reply = await nc.request(subject, data, headers=headers, timeout=COMMIT_TIMEOUT_S)
-                except (NatsTimeout, asyncio.TimeoutError, NoRespondersError) as exc:
-                    raise StoreFailed(f"no acknowledgement of a window ({exc!r})") from None
-            else:
-                await nc.publish(subject, data, headers=headers)
-        ack = json.loads(reply.data or b"{}")
-        error = ack.get("error")
-        if error:
-            if error.get("err_code") == WRONG_LAST_SEQUENCE:
-                raise _Fenced(error.get("description", "wrong last sequence"))
-            raise StoreFailed(f"the object store refused a window: {error.get('description')}")
-        if ack.get("count", len(chunks)) != len(chunks):
-            raise StoreFailed(f"a window of {len(chunks)} chunks was stored as {ack.get('count')}")
-        return int(ack["seq"])
+    async def _commit_window(self, subject: str, chunks: list[bytes], after: int, expect_total: int) -> list[int]:
+        """Store `chunks` on `subject` right after sequence `after`; returns the last one's
+        sequence. The first chunk is fenced (`Nats-Expected-Last-Subject-Sequence`) and
+        acknowledged before the others go, pipelined as the object store's own writes; then
+        the subject must hold exactly `expect_total` messages, so nothing slipped in between
+        (a writer that lost the lock without knowing it). If something did, this window's
+        chunks are deleted and the PATCH fails. Returns the chunks' sequences."""
+        js = self.bus.js
+        try:
+            first = await js.publish(subject, chunks[0], headers={"Nats-Expected-Last-Subject-Sequence": str(after)},
+                                     timeout=COMMIT_TIMEOUT_S)
+        except APIError as exc:
+            if exc.err_code == WRONG_LAST_SEQUENCE:
+                raise _Fenced(exc.description or "wrong last sequence") from None
+            raise StoreFailed(f"the object store refused a chunk: {exc.description}") from None
+        except (NatsTimeout, asyncio.TimeoutError, NoRespondersError) as exc:
+            raise StoreFailed(f"no acknowledgement of a chunk ({exc!r})") from None
+        seqs = [first.seq]
+        pending = [await js.publish_async(subject, data) for data in chunks[1:]]
+        try:
+            for fut in pending:
+                seqs.append((await asyncio.wait_for(fut, COMMIT_TIMEOUT_S)).seq)
+        except (APIError, asyncio.TimeoutError) as exc:
+            await self._delete_seqs(seqs)
+            raise StoreFailed(f"a chunk was not stored ({exc!r})") from None
+        info = await js.stream_info(f"OBJ_{topology.OBJ_MEDIA}", subjects_filter=subject)
+        if (info.state.subjects or {}).get(subject, 0) != expect_total:
+            await self._delete_seqs(seqs)
+            raise _Fenced("a chunk of another writer slipped in between")
+        return seqs
+
+    async def _delete_seqs(self, seqs: list[int]) -> None:
+        for seq in seqs:
+            try:
+                await self._delete(seq)
+            except Exception:
+                return  # the next writer's fence finds the rest
 
     async def _delete_after(self, subject: str, seq: int) -> int:
         """Delete every message of `subject` after sequence `seq` (chunks no state recorded)."""
@@ -426,13 +457,17 @@ class Uploads:
 
     # --- completion, termination -----------------------------------------------------------------
 
-    async def finish(
-        self, state: UploadState, revision: int, announce: Callable[[UploadState], Awaitable[object]]
-    ) -> tuple[UploadState, int, object]:
-        """Make the complete upload a video (the caller holds the lock): commit the object
-        (its meta message only), then `announce` (probe, publish), then record the outcome.
-        `announce` raises UploadProblem (a refusal: recorded, the object deleted) or
-        anything else (left `complete`, so a retry finishes it)."""
+    async def finish(self, held: Held, announce: Callable[[UploadState], Awaitable[object]]) -> object:
+        """Make the complete upload a video (`held`: its lock): commit the object (its meta
+        message only), then `announce` (probe, publish), then record the outcome in
+        `held.state`. `announce` raises UploadProblem 422 (a refusal: recorded, the object
+        deleted) or anything else (left `complete`, so a retry finishes it)."""
+        state = held.state
+        if state.lease is not None:  # the probe may take longer than a lease: hold it that long
+            busy = msgspec.structs.replace(
+                state, lease=msgspec.structs.replace(state.lease, until=time.time() + FINISH_LEASE_S))
+            held.revision = await self.save(busy, held.revision)
+            held.state = state = busy
         store = self.bus.media
         info = await store.info(state.source)
         if info is None or info.nuid != state.nuid:
@@ -450,10 +485,14 @@ class Uploads:
                 state, status="refused", error=UploadError(code=exc.code, message=exc.message), lease=None,
                 finished_at=time.time(), tail=b"",
             )
-            return refused, await self.save(refused, revision), exc
+            held.revision = await self.save(refused, held.revision)
+            held.state = refused
+            return exc
         done = msgspec.structs.replace(state, status="done", lease=None, finished_at=time.time(), tail=b"")
         self.forget(state.key)
-        return done, await self.save(done, revision), result
+        held.revision = await self.save(done, held.revision)
+        held.state = done
+        return result
 
     async def terminate(self, state: UploadState, revision: int) -> tuple[UploadState, int]:
         """Termination: the state stays as a tombstone (410) until the scheduled clean-up;
@@ -523,8 +562,8 @@ class _Digest:
 
 
 class _Patch:
-    """One PATCH: a reader task cuts the body into windows of whole chunks while this side
-    stores the previous window, so receiving and storing overlap; at most two windows and a
+    """One PATCH: a reader task cuts the body into whole chunks (a few at a time) while this
+    side stores the previous ones, so receiving and storing overlap; a few MiB and a
     chunk are in memory."""
 
     def __init__(self, uploads: Uploads, held: Held, checksum):
@@ -534,10 +573,12 @@ class _Patch:
         state = held.state
         self.subject = uploads.bus.media.chunk_subject(state.nuid)
         self.last_seq = state.last_seq  # the subject's last chunk (recorded or not)
-        self.unrecorded: list[tuple[int, int]] = []  # (first seq, last seq) of windows not in the state
-        self.chunks = state.chunks
-        self.seqs = list(state.seqs)
-        self.fenced_once = False
+        self.unrecorded: list[int] = []  # sequences of the chunks stored but not in the state yet
+        self.inflight: deque = deque()  # acknowledgements still to come, in order
+        self.chunks = state.chunks  # chunks sent, recorded or not
+        self.seqs = list(state.seqs)  # the seek index up to the last checkpoint
+        self.index_at: list[int] = []  # chunks sent since, whose sequence joins the seek index
+        self.fenced = False
 
     async def run(self, body: AsyncIterator[bytes]) -> PatchResult:
         state = self.state
@@ -557,10 +598,16 @@ class _Patch:
                         await self._record(hasher, renew_only=True)
                         last_renew = time.monotonic()
                     continue
-                if kind == "window":
-                    await self._store(payload, hasher)
-                    if self.checksum is None:
+                if kind in ("window", "pause"):
+                    if payload:
+                        await self._store(payload, hasher)
+                    stored = len(self.unrecorded) + len(self.inflight)
+                    if self.checksum is None and stored and (stored >= RECORD_CHUNKS or kind == "pause"):
+                        await self._checkpoint()
                         await self._record(hasher)
+                        last_renew = time.monotonic()
+                    elif reader.last_byte > last_renew and time.monotonic() - last_renew > LEASE_S / 3:
+                        await self._record(hasher, renew_only=True)  # a trickle: keep the lock
                         last_renew = time.monotonic()
                     continue
                 break  # "end": payload is the rest (under a chunk), the body is over
@@ -569,6 +616,7 @@ class _Patch:
             rest: bytes = payload
             received = reader.received
             ok = None
+            await self._checkpoint()
             if self.checksum is not None:
                 ok = reader.ended == "eof" and whole.digest() == self.checksum
                 if not ok:  # keep nothing of it
@@ -579,8 +627,10 @@ class _Patch:
             if complete:
                 if rest:
                     await self._store([rest], hasher)
+                    await self._checkpoint()
                 rest = b""
-            await self._record(hasher, tail=rest, complete=complete)
+            # the last write of the PATCH lets go of the lock too, unless the video is still to be made
+            await self._record(hasher, tail=rest, complete=complete, unlock=not complete)
             return PatchResult(self.state, self.revision, received, reader.ended, ok)
         except BaseException:
             self.u.forget(state.key)  # the digest in memory may hold unrecorded chunks
@@ -590,28 +640,64 @@ class _Patch:
             task.cancel()
 
     async def _store(self, chunks: list[bytes], hasher) -> None:
+        """Send chunks as the object store's own writes do, 32 acknowledgements in flight. The
+        PATCH's first chunk is fenced: it must land right after the upload's last recorded
+        chunk, so nothing another writer left there gets in between; `_checkpoint` then checks
+        that nothing slipped in among ours."""
+        js = self.u.bus.js
+        for data in chunks:
+            if not self.fenced:
+                await self._fenced_first(data)
+            else:
+                self.inflight.append(await js.publish_async(self.subject, data))
+                if len(self.inflight) >= PUBLISH_WINDOW:
+                    self.unrecorded.append(await self._ack(self.inflight.popleft()))
+            index = self.chunks
+            self.chunks += 1
+            if index % self.state.stride == 0:
+                self.index_at.append(index)
+            hasher.update(data)
+
+    async def _fenced_first(self, data: bytes) -> None:
         try:
-            last = await self.u._commit_window(self.subject, chunks, self.last_seq)
+            seqs = await self.u._commit_window(self.subject, [data], self.last_seq, self.chunks + 1)
         except _Fenced:
-            if self.unrecorded or self.fenced_once or self.last_seq != self.state.last_seq:
+            if self.last_seq != self.state.last_seq:
                 raise locked("another request wrote this upload meanwhile; resume from HEAD's offset") from None
-            # Chunks past the recorded ones: a window whose writer died before recording it.
+            # Chunks past the recorded ones: their writer died before recording them.
             # We hold the lock: they are nobody's.
-            self.fenced_once = True
             dropped = await self.u._delete_after(self.subject, self.last_seq)
             log.info("upload %s: dropped %d chunks no state recorded", self.state.key, dropped)
-            last = await self.u._commit_window(self.subject, chunks, self.last_seq)
-        first = last - len(chunks) + 1
-        self.unrecorded.append((first, last))
-        for i, data in enumerate(chunks):
-            index = self.chunks + i
-            if index % self.state.stride == 0:
-                self.seqs.append(first + i)
-            hasher.update(data)
-        self.chunks += len(chunks)
-        self.last_seq = last
+            seqs = await self.u._commit_window(self.subject, [data], self.last_seq, self.chunks + 1)
+        self.unrecorded += seqs
+        self.fenced = True
 
-    async def _record(self, hasher, *, tail: bytes = b"", complete: bool = False, renew_only: bool = False) -> None:
+    async def _ack(self, future) -> int:
+        try:
+            return (await asyncio.wait_for(future, COMMIT_TIMEOUT_S)).seq
+        except (APIError, asyncio.TimeoutError) as exc:
+            raise StoreFailed(f"a chunk was not stored ({exc!r})") from None
+
+    async def _checkpoint(self) -> None:
+        """Every chunk sent is acknowledged, and the subject holds exactly the recorded chunks
+        and ours: a writer that lost the lock without knowing it slipped nothing in."""
+        while self.inflight:
+            self.unrecorded.append(await self._ack(self.inflight.popleft()))
+        if not self.unrecorded:
+            return
+        subject = self.subject
+        info = await self.u.js.stream_info(f"OBJ_{topology.OBJ_MEDIA}", subjects_filter=subject)
+        if (info.state.subjects or {}).get(subject, 0) != self.chunks:
+            await self._drop_unrecorded()
+            raise locked("another writer's chunks slipped in among this PATCH's; resume from HEAD's offset")
+        recorded = self.chunks - len(self.unrecorded)
+        for index in self.index_at:
+            self.seqs.append(self.unrecorded[index - recorded])
+        self.index_at = []
+        self.last_seq = self.unrecorded[-1]
+
+    async def _record(self, hasher, *, tail: bytes = b"", complete: bool = False, renew_only: bool = False,
+                      unlock: bool = False) -> None:
         """Write the state: what is stored so far (all of it with a checksum: only at the end)."""
         s = self.state
         if renew_only:
@@ -627,7 +713,7 @@ class _Patch:
                 tail=tail,
                 status="complete" if complete else s.status,
                 digest=base64.urlsafe_b64encode(hasher.digest()).decode() if complete else None,
-                lease=self.u._lease(self.token),
+                lease=None if unlock else self.u._lease(self.token),
             )
         if s.lease is None or s.lease.token != self.token:
             raise locked("this request no longer holds the upload's lock")
@@ -642,16 +728,16 @@ class _Patch:
             self.u._keep_hasher(new, hasher)
 
     async def _drop_unrecorded(self) -> None:
-        for first, last in self.unrecorded:
-            for seq in range(first, last + 1):
-                try:
-                    await self.u._delete(seq)
-                except Exception:
-                    return  # the next writer's fence finds the rest
-        self.unrecorded.clear()
+        while self.inflight:
+            try:
+                self.unrecorded.append(await self._ack(self.inflight.popleft()))
+            except Exception:
+                pass
+        await self.u._delete_seqs(self.unrecorded)
+        self.unrecorded = []
 
     async def _abandon(self) -> None:
-        """A failed PATCH: drop the windows it stored but did not record (the lock is let go
+        """A failed PATCH: drop the chunks it stored but did not record (the lock is let go
         by the caller's `hold`)."""
         try:
             await self._drop_unrecorded()
@@ -675,23 +761,21 @@ class _Reader:
         since = time.monotonic()
         it = self.body.__aiter__()
         pending = None  # the body read in progress: kept across pauses, never cancelled mid-way
+        stop = asyncio.ensure_future(self.release.wait())
         idle = 0.0
         try:
             while True:
                 if pending is None:
                     pending = asyncio.ensure_future(it.__anext__())
-                stop = asyncio.ensure_future(self.release.wait())
                 done, _ = await asyncio.wait({pending, stop}, timeout=FLUSH_S, return_when=asyncio.FIRST_COMPLETED)
-                stop.cancel()
                 if pending not in done:
                     if self.release.is_set():
                         self.ended = "released"
                         break
                     # A pause: what arrived in whole chunks is stored now, not when more comes.
                     idle += FLUSH_S
-                    if window:
-                        await out.put(("window", window))
-                        window, since = [], time.monotonic()
+                    await out.put(("pause", window))
+                    window, since = [], time.monotonic()
                     if idle >= IDLE_S:
                         self.ended = "idle"
                         break
@@ -729,5 +813,6 @@ class _Reader:
         except Exception as exc:
             await out.put(("error", exc))
         finally:
+            stop.cancel()
             if pending is not None and not pending.done():
                 pending.cancel()

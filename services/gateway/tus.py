@@ -404,8 +404,6 @@ async def _patch(request: Request, bus: Bus, tenant: str, upload_id: str, direct
         raise ApiError(415, "unsupported_media_type", f"PATCH bodies are {OFFSET_TYPE}, not {ctype or 'nothing'}")
     offset = _int_header(request, "upload-offset")
     checksum = parse_checksum(request.headers.get("upload-checksum"))
-    state, _ = await _state(tenant, upload_id, direct)
-    _check_offset(state, offset, _content_length(request))
     try:
         async with uploads().hold(tenant, upload_id) as held:
             _gone(held.state, direct)
@@ -483,7 +481,7 @@ async def _finish(bus: Bus, held: Held) -> None:
         except ApiError as exc:
             raise UploadProblem(exc.status, exc.code, exc.message) from None
 
-    held.state, held.revision, _ = await uploads().finish(held.state, held.revision, make_video)
+    await uploads().finish(held, make_video)
     await quotas.release(bus, held.state.tenant, held.state.id)
     if held.state.status == "refused":
         raise ApiError(422, held.state.error.code, held.state.error.message, upload_headers(held.state))

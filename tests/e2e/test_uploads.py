@@ -221,7 +221,7 @@ def test_checksum_mismatch_is_460_and_keeps_nothing(umesh):
         assert r.status_code == 460 and r.json()["code"] == "checksum_mismatch"
         assert r.headers["upload-offset"] == "10" and head(c, url).headers["upload-offset"] == "10"
         state = upload_state(umesh, "alice", upload_id)
-        assert state["chunks"] == 0 and chunk_count(umesh, state["nuid"]) == 0  # its windows were deleted
+        assert state["chunks"] == 0 and chunk_count(umesh, state["nuid"]) == 0  # its chunks were deleted
         r = patch(c, url, 10, data[10:], **{"Upload-Checksum": "md5 " + base64.b64encode(b"0" * 16).decode()})
         assert r.status_code == 400 and r.json()["code"] == "unsupported_checksum"
         r = patch(c, url, 10, data[10:], **{"Upload-Checksum": "sha256 !!"})

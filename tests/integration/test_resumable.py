@@ -1,7 +1,7 @@
 """Resumable uploads' bytes and state against a real nats-server (services/gateway/resumable.py):
-PATCHes append fenced atomic windows under the upload's own chunk subject, the state records
-them, completion commits one object without copying (readable by nats-py's own object store
-client, digest checked, Range reads through the seek index), a window a dead writer stored
+PATCHes append chunks under the upload's own chunk subject (the first fenced, then a count
+check), the state records them, completion commits one object without copying (readable by nats-py's own object store
+client, digest checked, Range reads through the seek index), chunks a dead writer stored
 but never recorded is dropped by the next writer, a checksum PATCH keeps nothing on a
 mismatch, a digest is rebuilt from the store by another gateway, the lock is handed over
 (or taken from a gateway that is gone), and the scheduled clean-up removes expired uploads."""
@@ -64,17 +64,17 @@ async def write(u: Uploads, data: bytes, upload_id: str = "up1", **kw):
 
 
 async def test_patches_become_one_object_without_a_copy(bus, monkeypatch):
-    monkeypatch.setattr(resumable, "WINDOW_CHUNKS", 4)  # several windows per PATCH
+    monkeypatch.setattr(resumable, "WINDOW_CHUNKS", 2)  # several hand-overs per PATCH
+    monkeypatch.setattr(resumable, "RECORD_CHUNKS", 4)  # and several records
     u = Uploads(bus)
     await u.start()
     data = os.urandom(9 * CHUNK_SIZE + 12345)
     state, _ = await new_upload(u, len(data))
-    # uneven PATCHes: under a chunk (the tail lives in the state), across windows, the rest
+    # uneven PATCHes: under a chunk (the tail lives in the state), across records, the rest
     cuts = [0, 1000, 1000 + 5 * CHUNK_SIZE + 7, len(data)]
     for a, b in zip(cuts, cuts[1:]):
         result = await write(u, data[a:b])
         assert result.ended == "eof" and result.state.offset == b
-        assert result.state.lease is not None  # released when the block ends
         stored, _ = await u.load(TENANT, "up1")
         assert stored.offset == b and stored.lease is None
         assert len(stored.tail) == b - stored.chunks * CHUNK_SIZE or stored.status == "complete"
@@ -86,7 +86,7 @@ async def test_patches_become_one_object_without_a_copy(bus, monkeypatch):
         return "video"
 
     async with u.hold(TENANT, "up1") as held:
-        held.state, held.revision, outcome = await u.finish(held.state, held.revision, announce)
+        outcome = await u.finish(held, announce)
     assert outcome == "video" and held.state.status == "done"
     # the standard object: nats-py's own client reads it and checks its SHA-256 digest
     obs = await bus.js.object_store("media")
@@ -99,23 +99,23 @@ async def test_patches_become_one_object_without_a_copy(bus, monkeypatch):
     assert tail == data[-300_000:]
 
 
-async def test_a_window_stored_but_never_recorded_is_dropped_by_the_next_writer(bus):
+async def test_chunks_stored_but_never_recorded_are_dropped_by_the_next_writer(bus):
     u = Uploads(bus)
     await u.start()
     data = os.urandom(6 * CHUNK_SIZE)
     state, _ = await new_upload(u, len(data))
     await write(u, data[: 2 * CHUNK_SIZE])
     stored, _ = await u.load(TENANT, "up1")
-    # a gateway stored a window right after the recorded chunks, then died before recording it
+    # a gateway stored two chunks right after the recorded ones, then died before recording them
     subject = bus.media.chunk_subject(stored.nuid)
-    await u._commit_window(subject, [b"x" * CHUNK_SIZE, b"y" * CHUNK_SIZE], stored.last_seq)
+    await u._commit_window(subject, [b"x" * CHUNK_SIZE, b"y" * CHUNK_SIZE], stored.last_seq, 4)
     assert await subject_count(bus, stored.nuid) == 4
     # HEAD still says 2 chunks; the client resumes from there
     result = await write(u, data[2 * CHUNK_SIZE :])
     assert result.state.status == "complete" and result.state.offset == len(data)
     assert await subject_count(bus, stored.nuid) == 6
     async with u.hold(TENANT, "up1") as held:
-        held.state, held.revision, _ = await u.finish(held.state, held.revision, _accept)
+        await u.finish(held, _accept)
     obs = await bus.js.object_store("media")
     assert (await obs.get(state.source)).data == data
 
@@ -133,14 +133,23 @@ async def test_a_writer_that_lost_its_lock_cannot_slip_chunks_in(bus):
     stored, _ = await u.load(TENANT, "up1")
     subject = bus.media.chunk_subject(stored.nuid)
     # someone else (a writer whose lock was taken) appended since: the fence refuses a
-    # window expected right after the chunk it knew of
-    await u._commit_window(subject, [b"z" * CHUNK_SIZE], stored.last_seq)
+    # chunk expected right after the one it knew of
+    await u._commit_window(subject, [b"z" * CHUNK_SIZE], stored.last_seq, 2)
     with pytest.raises(resumable._Fenced):
-        await u._commit_window(subject, [b"w" * CHUNK_SIZE], stored.last_seq)
+        await u._commit_window(subject, [b"w" * CHUNK_SIZE], stored.last_seq, 2)
+    assert await subject_count(bus, stored.nuid) == 2  # nothing of the refused window stayed
+    # and chunks that slip in between a window's own are found by its count, and dropped
+    last = (await bus.js.get_last_msg("OBJ_media", subject)).seq
+    sneaky = asyncio.create_task(bus.js.publish(subject, b"s" * CHUNK_SIZE))
+    with pytest.raises(resumable._Fenced):
+        await u._commit_window(subject, [b"a" * CHUNK_SIZE] * 8, last, 2 + 8)
+    await sneaky
+    assert await subject_count(bus, stored.nuid) == 3  # ours deleted; the intruder's for the next fence
 
 
 async def test_a_checksum_patch_keeps_nothing_on_a_mismatch(bus, monkeypatch):
     monkeypatch.setattr(resumable, "WINDOW_CHUNKS", 2)
+    monkeypatch.setattr(resumable, "RECORD_CHUNKS", 2)
     u = Uploads(bus)
     await u.start()
     data = os.urandom(8 * CHUNK_SIZE)
@@ -151,13 +160,13 @@ async def test_a_checksum_patch_keeps_nothing_on_a_mismatch(bus, monkeypatch):
     assert result.checksum_ok is False
     stored, _ = await u.load(TENANT, "up1")
     assert stored.offset == 1000 and stored.chunks == 0 and stored.tail == data[:1000]
-    assert await subject_count(bus, stored.nuid) == 0  # its windows were deleted
+    assert await subject_count(bus, stored.nuid) == 0  # its chunks were deleted
     result = await write(u, body, checksum=hashlib.sha256(body).digest())
     assert result.checksum_ok is True and result.state.offset == 1000 + len(body)
     result = await write(u, data[1000 + len(body) :])
     assert result.state.status == "complete"
     async with u.hold(TENANT, "up1") as held:
-        await u.finish(held.state, held.revision, _accept)
+        await u.finish(held, _accept)
     obs = await bus.js.object_store("media")
     assert (await obs.get(topology.source_key(TENANT, "up1"))).data == data
 
@@ -172,7 +181,7 @@ async def test_another_gateway_rebuilds_the_digest_from_the_store(bus):
     result = await write(second, data[2 * CHUNK_SIZE + 10 :])  # no digest in its memory
     assert result.state.status == "complete"
     async with second.hold(TENANT, "up1") as held:
-        await second.finish(held.state, held.revision, _accept)
+        await second.finish(held, _accept)
     obs = await bus.js.object_store("media")
     assert (await obs.get(topology.source_key(TENANT, "up1"))).data == data  # digest checked
 
