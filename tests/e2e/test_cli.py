@@ -10,11 +10,13 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
 import time
 import traceback
+import uuid
 from types import SimpleNamespace
 from urllib.parse import urljoin
 
@@ -26,8 +28,9 @@ from typer.testing import CliRunner
 
 from services.cli import cli
 from services.client import part_path
-from tests.clips import make_clip, make_truncated
+from tests.clips import make_clip
 from tests.conftest import service_pids, wait_for
+from tests.e2e.lost_media import lose_source, workers_held
 
 pytestmark = pytest.mark.e2e
 
@@ -202,15 +205,31 @@ def test_url_of_a_video_not_playable_yet_exits_1_with_the_servers_reason(mesh, c
     assert gone.returncode == 1 and "not_found" in gone.stderr
 
 
-def test_a_failed_video_exits_non_zero_with_its_reason(mesh, tmp_path):
-    bad = make_truncated(tmp_path / "cut.mp4")
-    result = vidmesh(mesh, "upload", bad, "--wait", process=True)
-    assert result.returncode == 3, result
-    # the reason names the task that gave up: the chunk or the audio, both cut short
-    assert re.search(r"failed \S+: bad_media: (chunk:0|audio): \S", result.stdout), result.stdout
-    assert re.search(r"task (chunk:0|audio) failed: bad_media: ", result.stderr), result.stderr
-    final = json.loads(vidmesh(mesh, "upload", bad, "--wait", "--json").stdout)
-    assert final["status"] == "failed" and final["error"]["code"] == "bad_media"
+def test_a_failed_video_exits_non_zero_with_its_reason(mesh, clip, tmp_path):
+    """The upload is lost from the object store before any task reads it (the workers are
+    held meanwhile): the first task to run fails the video, and `upload --wait` says which
+    and why. (A truncated upload is no longer a failure: it is ready with a warning.)"""
+    lost = tmp_path / f"lost-{uuid.uuid4().hex[:8]}.mp4"
+    shutil.copy(clip, lost)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VIDMESH_")}
+    env.update({"VIDMESH_URL": mesh.url, "VIDMESH_API_KEY": mesh.KEYS["alice"], "VIDMESH_DATA_DIR": "/nonexistent", "COLUMNS": "200"})
+    with workers_held(mesh):
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "services", "upload", str(lost), "--wait"], env=env, stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, text=True,
+        )
+        with mesh.client() as c:
+            video_id = wait_for(
+                lambda: next((v["id"] for v in c.get("/v1/videos", params={"limit": 50}).json()["items"] if v["filename"] == lost.name), None),
+                60, 0.1, "the upload to be accepted",
+            )
+        lose_source(mesh, "alice", video_id)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 3, (out, err)
+    assert re.search(r"failed \S+: source_missing: (chunk:0|audio|thumbnail): \S", out), out
+    assert re.search(r"task (chunk:0|audio|thumbnail) failed: source_missing: ", err), err
+    final = json.loads(ok(vidmesh(mesh, "status", video_id, "--json")).stdout)
+    assert final["status"] == "failed" and final["error"]["code"] == "source_missing"
 
 
 def test_a_refused_file_does_not_stop_the_others(mesh, clip, tmp_path):

@@ -15,7 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.clips import make_clip, make_truncated
+from tests.clips import make_clip
+from tests.conftest import wait_for
+from tests.e2e.lost_media import lose_source, workers_held
 
 pytestmark = pytest.mark.e2e
 
@@ -38,9 +40,9 @@ def test_upload_watch_and_play_in_the_browser(mesh, browser, tmp_path):
     from playwright.sync_api import expect
 
     tag = uuid.uuid4().hex[:8]
-    good, bad = f"dashboard-{tag}.mp4", f"truncated-{tag}.mp4"
+    good, bad = f"dashboard-{tag}.mp4", f"lost-{tag}.mp4"
     make_clip(tmp_path / good, width=640, height=360, seconds=2.0)
-    make_truncated(tmp_path / bad)
+    make_clip(tmp_path / bad, width=320, height=240, seconds=1.0)  # its upload is lost from the store below
 
     context = browser.new_context(viewport={"width": 1280, "height": 860})
     page = context.new_page()
@@ -69,20 +71,29 @@ def test_upload_watch_and_play_in_the_browser(mesh, browser, tmp_path):
         {"name": name, "type": "video/mp4", "data": base64.b64encode((tmp_path / name).read_bytes()).decode()}
         for name in (good, bad)
     ]
-    page.evaluate(DROP, ["#drop", files])
-    expect(page.locator("#uploads li progress")).to_have_count(2)
+    # the workers are held while both upload, and the second's upload is lost from the
+    # object store meanwhile, so its first task fails it (damaged media no longer does)
+    with workers_held(mesh):
+        page.evaluate(DROP, ["#drop", files])
+        expect(page.locator("#uploads li progress")).to_have_count(2)
+        with mesh.client() as c:
+            lost = wait_for(
+                lambda: next((v["id"] for v in c.get("/v1/videos", params={"limit": 50}).json()["items"] if v["filename"] == bad), None),
+                60, 0.1, "the second upload to be accepted",
+            )
+        lose_source(mesh, "alice", lost)
 
-    # live status from SSE: the good one becomes ready, the truncated one fails with its reason
+    # live status from SSE: the good one becomes ready, the lost one fails with its reason
     good_row = page.locator("#videos li", has_text=good)
     bad_row = page.locator("#videos li", has_text=bad)
     expect(good_row).to_have_attribute("data-status", "ready", timeout=60_000)
     expect(bad_row).to_have_attribute("data-status", "failed", timeout=60_000)
-    # the reason names the task that gave up (the chunk or the audio: both are cut short)
-    expect(bad_row.locator(".error")).to_have_text(re.compile(r"^bad_media: (chunk:0|audio): \S"))
+    # the reason names the task that gave up
+    expect(bad_row.locator(".error")).to_have_text(re.compile(r"^source_missing: (chunk:0|audio|thumbnail): \S"))
     expect(good_row.locator(".mini img")).to_be_visible()
 
     bad_row.click()
-    expect(page.locator("#d-error")).to_have_text(re.compile(r"^Failed: bad_media: (chunk:0|audio): \S"))
+    expect(page.locator("#d-error")).to_have_text(re.compile(r"^Failed: source_missing: (chunk:0|audio|thumbnail): \S"))
 
     # open the ready video: thumbnail, source facts, its HLS in the player (quality menu:
     # Auto and its one rung), and the MP4 download of each rendition

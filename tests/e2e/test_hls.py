@@ -46,8 +46,10 @@ import pytest
 
 from services.client import parse_sse
 from services.gateway import tokens
+from shared import topology
 from tests.clips import make_clip
 from tests.conftest import Mesh, alive, mesh_events, service_pids, wait_for
+from tests.e2e.lost_media import delete_media
 
 pytestmark = pytest.mark.e2e
 
@@ -751,24 +753,23 @@ def test_a_deleted_videos_playlists_and_fragments_are_gone(hls_mesh, ready_ids, 
 
 
 def test_a_video_that_fails_after_it_was_playable_is_not_left_playing_forever(hls_mesh, tmp_path):
-    """A silent clip cut short after 3 of its 6 seconds (index at the front): chunk 0 encodes,
-    so the video is playable; a later chunk reaches the cut and fails it (`bad_media`).
-    A failed video must not keep advertising an EVENT playlist that will never end: it is
-    no longer playable, as a failed video has no complete rendition either."""
-    path = make_clip(tmp_path / "cut.mp4", width=320, height=240, seconds=6.0, gop=FPS, audio=False,
-                     faststart=True, container="mp4")
-    size = os.path.getsize(path)
-    with open(path, "r+b") as f:
-        f.truncate(size // 2)
+    """A silent 12 s clip: chunk 0 encodes, so the video is playable; then one of chunk 0's
+    stored fragments is lost from the object store, and the stitch fails the video
+    (`fragment_missing`). A failed video must not keep advertising an EVENT playlist that
+    will never end: it is no longer playable, as a failed video has no complete rendition
+    either. (A truncated upload no longer fails: it is ready with a warning.)"""
+    path = make_clip(tmp_path / "lost.mp4", width=320, height=240, seconds=12.0, gop=FPS, audio=False)
     with hls_mesh.client() as c:
         r = c.post("/v1/videos", content=Path(path).read_bytes(), headers={"Content-Type": "video/mp4"})
         assert r.status_code == 202, r.text
         video_id = r.json()["id"]
+        wait_for(lambda: c.get(f"/v1/videos/{video_id}").json()["playable"], 120, 0.05, "playable")
+        delete_media(hls_mesh, topology.segment_key("alice", video_id, "240p", 0))
         wait_for(lambda: c.get(f"/v1/videos/{video_id}").json()["status"] in ("ready", "failed"), 120, 0.1, "failed")
         events = [kind for _, kind, _ in mesh_events(hls_mesh, "alice", video_id)]
         assert "video_playable" in events and "video_failed" in events, events
         video = c.get(f"/v1/videos/{video_id}").json()
-        assert video["status"] == "failed" and video["error"]["code"] == "bad_media", video
+        assert video["status"] == "failed" and video["error"]["code"] == "fragment_missing", video
         assert video["playable"] is False and video["playback"] is None, video
         for path in ("master.m3u8", "240p/playlist.m3u8"):
             r = c.get(hls(video_id, path))
