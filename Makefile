@@ -51,8 +51,9 @@ media-reference:
 test: install browser media-reference
 	$(BIN)/python -m pytest -q -p no:cacheprovider tests
 
+# BENCH="pipeline scale" runs only those (default: all; see bench/README.md)
 bench: $(STAMP)
-	$(BIN)/python -m bench
+	$(BIN)/python -m bench $(BENCH)
 
 clean:
 	rm -rf $(VENV) .vidmesh

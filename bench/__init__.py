@@ -1,1 +1,1 @@
-"""vidmesh benchmarks: `python -m bench [upload|status|pipeline|transcoder_rss]` (see README.md)."""
+"""vidmesh benchmarks: `python -m bench [upload|probe|status|pipeline|scale|chunk_size|transcoder_rss|load]` (see README.md)."""

@@ -12,7 +12,7 @@ import traceback
 
 from .common import console, write_result
 
-BENCHMARKS = ("upload", "probe", "status", "pipeline", "transcoder_rss", "load")
+BENCHMARKS = ("upload", "probe", "status", "pipeline", "scale", "chunk_size", "transcoder_rss", "load")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -64,6 +64,16 @@ def service_line(mesh, service: str) -> re.Match:
     return found
 
 
+def mesh_processes(mesh) -> dict[str, int]:
+    """name -> pid of every process `vidmesh up` started (nats included; last start wins)."""
+    found = {}
+    for line in list(mesh.lines):
+        m = re.match(r"^(\S+)\s*\| started pid=(\d+)", line)
+        if m:
+            found[m.group(1)] = int(m.group(2))
+    return found
+
+
 def service_pid(mesh, service: str) -> int:
     return int(service_line(mesh, service).group(1))
 
@@ -125,6 +135,135 @@ class RssSampler:
     @property
     def first_kib(self) -> int:
         return self.samples[0][1] if self.samples else 0
+
+
+# --- CPU time and placement -----------------------------------------------------------------
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """utime + stime of a process (all its threads) plus those of its reaped children (the
+    pipeline's probe runs in a child process), in seconds; None when it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return sum(int(f) for f in fields[11:15]) / CLK_TCK  # utime, stime, cutime, cstime
+
+
+def machine_busy_seconds() -> float:
+    """CPU seconds the whole machine has spent busy (all CPUs, /proc/stat: everything but
+    idle and iowait) since boot."""
+    with open("/proc/stat") as fh:
+        fields = [int(x) for x in fh.readline().split()[1:]]
+    user, nice, system, idle, iowait, irq, softirq, steal = (fields + [0] * 8)[:8]
+    return (user + nice + system + irq + softirq + steal) / CLK_TCK
+
+
+def own_cpu_seconds() -> float:
+    import resource
+
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+class OtherWork:
+    """How much CPU the rest of the machine (not the measured processes, not this bench)
+    used during a measurement: the machine's busy time minus what we account for. As a share
+    of the machine over the wall time it says how loaded a run was, better than the load
+    average (which counts runnable threads, ours included)."""
+
+    def __enter__(self) -> "OtherWork":
+        self.t0, self.busy0, self.own0 = time.perf_counter(), machine_busy_seconds(), own_cpu_seconds()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.wall = time.perf_counter() - self.t0
+        self.busy = machine_busy_seconds() - self.busy0
+        self.own = own_cpu_seconds() - self.own0
+
+    def result(self, measured_cpu: float) -> dict:
+        other = max(0.0, self.busy - self.own - measured_cpu)
+        return {"other_cpu_seconds": round(other, 2),
+                "other_share": round(other / (self.wall * (os.cpu_count() or 1)), 3) if self.wall else None}
+
+
+def wait_for_quiet(label: str = "") -> dict:
+    """With BENCH_QUIET_S=N set, wait up to N seconds until the rest of the machine is quiet
+    (its CPU use over 3 s below BENCH_QUIET_SHARE of the machine, default 0.15) before a
+    timed run, so runs compared with each other meet similar conditions. Returns what it
+    waited and the share it saw last; without BENCH_QUIET_S it returns at once."""
+    limit = float(os.environ.get("BENCH_QUIET_S") or 0)
+    if limit <= 0:
+        return {}
+    threshold = float(os.environ.get("BENCH_QUIET_SHARE") or 0.15)
+    started = time.perf_counter()
+    while True:
+        with OtherWork() as probe:
+            time.sleep(3)
+        share = probe.result(0.0)["other_share"] or 0.0
+        waited = time.perf_counter() - started
+        if share < threshold or waited >= limit:
+            if share >= threshold:
+                console.log(f"[yellow]{label}: the machine is still busy ({share:.0%} of it) after {waited:.0f} s; going on[/]")
+            return {"quiet_wait_s": round(waited, 1), "busy_share_before": round(share, 3)}
+        console.log(f"{label}: other work uses {share:.0%} of the machine; waiting for it to settle")
+
+
+def pin(pid: int, cpus: set[int]) -> int:
+    """Set the CPU affinity of every thread of a process (sched_setaffinity on a pid only
+    moves its main thread; threads started later inherit from the thread that starts them).
+    Returns the threads moved."""
+    moved = 0
+    try:
+        tids = [int(t) for t in os.listdir(f"/proc/{pid}/task")]
+    except OSError:
+        return 0
+    for tid in tids:
+        try:
+            os.sched_setaffinity(tid, cpus)
+            moved += 1
+        except OSError:
+            pass  # a thread that just ended
+    return moved
+
+
+def affinity_of(pid: int) -> list[int]:
+    try:
+        return sorted(os.sched_getaffinity(pid))
+    except OSError:
+        return []
+
+
+# --- clips -----------------------------------------------------------------------------------
+
+_CLIPS: dict[tuple, str] = {}
+_CLIP_DIR: tempfile.TemporaryDirectory | None = None
+
+
+def clip(seconds: float, width: int = 1920, height: int = 1080, fps: int = 30) -> str:
+    """The path of a generated H.264+AAC clip (tests.clips.make_clip, its default GOP: x264's
+    keyint 250, a keyframe every 8.3 s at 30 fps), made once per `python -m bench` process
+    and shared by the benchmarks that use the same one."""
+    global _CLIP_DIR
+    from tests.clips import make_clip
+
+    key = (seconds, width, height, fps)
+    if key not in _CLIPS:
+        if _CLIP_DIR is None:
+            _CLIP_DIR = tempfile.TemporaryDirectory(prefix="vidmesh-bench-clips-")
+        path = os.path.join(_CLIP_DIR.name, f"{width}x{height}-{fps}-{seconds:g}s.mp4")
+        with console.status(f"generating a {seconds:g} s {width}x{height} {fps} fps H.264+AAC clip"):
+            t0 = time.perf_counter()
+            make_clip(path, width=width, height=height, seconds=seconds, fps=fps, audio=True)
+        console.log(f"clip {seconds:g} s {width}x{height}: {os.path.getsize(path) / 1e6:.1f} MB in {time.perf_counter() - t0:.1f}s")
+        _CLIPS[key] = path
+    return _CLIPS[key]
+
+
+def loadavg() -> list[float]:
+    return [round(x, 2) for x in os.getloadavg()]
 
 
 # --- statistics and results ------------------------------------------------------------------
