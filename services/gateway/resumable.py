@@ -57,7 +57,7 @@ from nats.js.errors import APIError, KeyNotFoundError, KeyWrongLastSequenceError
 
 from shared import topology
 from shared.bus import kv_write
-from shared.objects import CHUNK_SIZE, MAX_CHECKPOINTS, PUBLISH_WINDOW, StoredObject
+from shared.objects import CHUNK_SIZE, MAX_CHECKPOINTS, MEDIA_BYTES, PUBLISH_WINDOW, StoredObject
 
 log = logging.getLogger("vidmesh.gateway.resumable")
 
@@ -490,6 +490,7 @@ class Uploads:
             return exc
         done = msgspec.structs.replace(state, status="done", lease=None, finished_at=time.time(), tail=b"")
         self.forget(state.key)
+        log.info("upload %s: complete, %d bytes in %d chunks, announced", state.key, state.length, state.chunks)
         held.revision = await self.save(done, held.revision)
         held.state = done
         return result
@@ -657,6 +658,7 @@ class _Patch:
             if index % self.state.stride == 0:
                 self.index_at.append(index)
             hasher.update(data)
+            MEDIA_BYTES.labels("in").inc(len(data))
 
     async def _fenced_first(self, data: bytes) -> None:
         try:
