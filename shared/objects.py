@@ -147,11 +147,16 @@ class MediaStore:
             MEDIA_BYTES.labels("in").inc(total)
             return await self._commit(name, nuid, total, seqs, digest, headers)
         except BaseException:
-            # Let the chunks already sent land before purging, or they would outlive the purge;
-            # in the background, so the caller learns of the failure now (an upload's 503).
-            task = asyncio.get_running_loop().create_task(self._abandon(pending, chunk_subject, nc, epoch))
-            _ABANDONING.add(task)
-            task.add_done_callback(_ABANDONING.discard)
+            # Let the chunks already sent land before purging, or they would outlive the purge.
+            abandon = self._abandon(pending, chunk_subject, nc, epoch)
+            if nc.is_connected and nc.stats["reconnects"] == epoch:
+                await asyncio.shield(abandon)
+            else:
+                # The server is away: purge once it is back, in the background, so the caller
+                # learns of the failure now (an upload's 503, a task's retry).
+                task = asyncio.get_running_loop().create_task(abandon)
+                _ABANDONING.add(task)
+                task.add_done_callback(_ABANDONING.discard)
             raise
 
     async def put_file(self, name: str, path: str | os.PathLike, *, headers: dict | None = None) -> StoredObject:
