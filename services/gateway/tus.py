@@ -431,7 +431,7 @@ async def _write(request: Request, bus: Bus, held: Held, checksum: bytes | None)
     is complete. The answer of the PATCH (or of a creation with upload)."""
     state = held.state
     if state.status in ("done", "refused"):
-        return _outcome(state)
+        return _outcome(state, completed_by_patch=True)  # the final PATCH again: its answer again
     if state.status == "uploading":
         try:
             result = await uploads().patch(held, request.stream(), checksum=checksum)

@@ -183,6 +183,7 @@ def test_patches_become_a_video_and_a_repeat_makes_no_second_one(umesh, clip):
         # the final PATCH again (its answer was lost): the same video, nothing redone
         r = patch(c, url, len(clip), b"")
         assert r.status_code == 204 and r.headers["vidmesh-video-id"] == upload_id
+        assert r.headers["location"] == f"/v1/videos/{upload_id}"
         r = patch(c, url, cut, clip[cut:])
         assert r.status_code == 409 and r.headers["vidmesh-video-id"] == upload_id
         h = head(c, url)
