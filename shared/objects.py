@@ -20,6 +20,7 @@ import functools
 import hashlib
 import io
 import json
+import logging
 import math
 import os
 from collections import OrderedDict
@@ -33,6 +34,8 @@ from prometheus_client import Counter
 from nats.js.errors import NotFoundError
 from nats.js.object_store import OBJ_CHUNKS_PRE_TEMPLATE, OBJ_META_PRE_TEMPLATE, OBJ_STREAM_TEMPLATE
 
+log = logging.getLogger("vidmesh.objects")
+
 MEDIA_BYTES = Counter("vidmesh_media_bytes_total", "Bytes written to and read from the object store", ["direction"])
 
 CHUNK_SIZE = 256 * 1024
@@ -45,6 +48,7 @@ PUBLISH_WINDOW = 32  # chunks in flight while writing: ~8 MiB bounded
 # connection itself dropped during the write, an ack may never come: fail at once.
 ACK_TIMEOUT_S = 30.0
 ACK_POLL_S = 0.25
+RECONNECT_WAIT_S = 60.0  # how long an abandoned write waits for the server to come back
 # A purge asked while the stream elects a leader, or while the server restarts, fails: ask
 # again, 1 s then doubling (about 30 s in all).
 PURGE_ATTEMPTS = 5
@@ -207,17 +211,32 @@ class MediaStore:
                 await _acked(fut, nc, epoch)
             except ConnectionError:
                 break  # the rest will not be acknowledged either
-        await self._purge(chunk_subject)
+        if nc.is_connected and nc.stats["reconnects"] == epoch:
+            await self._purge(chunk_subject)
+            return
+        # The connection dropped: the client re-sends what it had buffered once it is back,
+        # so chunks may land after a purge asked at once. Purge when everything sent before
+        # has reached the server (a PING round trip), and once more a moment later.
+        for _ in range(2):
+            await _reconnected(nc, RECONNECT_WAIT_S)
+            try:
+                await nc.flush(timeout=5)
+            except Exception:
+                pass
+            await self._purge(chunk_subject)
+            await asyncio.sleep(2.0)
 
     async def _purge(self, chunk_subject: str) -> None:
         for attempt in range(PURGE_ATTEMPTS):
             try:
                 await self.js.purge_stream(self.stream, subject=chunk_subject)
                 return
-            except Exception:
+            except Exception as exc:
                 if attempt + 1 < PURGE_ATTEMPTS:
                     await asyncio.sleep(2.0**attempt)
-        # best effort: an orphaned chunk subject wastes space, not correctness
+                else:
+                    # best effort: an orphaned chunk subject wastes space, not correctness
+                    log.warning("left %s in %s after %d purges failed: %r", chunk_subject, self.stream, PURGE_ATTEMPTS, exc)
 
     async def read(self, info: StoredObject, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
         """Yield bytes [start, end] (inclusive end, as in HTTP Range) one chunk at a time."""
@@ -348,6 +367,13 @@ class ObjectReader(io.RawIOBase):
         async for i, seq, data in self.store.chunks(self.info, start, seq, last=index):
             self._seqs[i] = seq
         return data
+
+
+async def _reconnected(nc, timeout: float) -> None:
+    """Until the client is connected again (or `timeout` seconds pass)."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not nc.is_connected and asyncio.get_running_loop().time() < deadline:
+        await asyncio.sleep(0.1)
 
 
 async def _acked(future: asyncio.Future, nc, epoch: int) -> api.PubAck:
