@@ -881,6 +881,8 @@ def _status_text(v: dict) -> str:
         return f"processing {_percent(done)}"
     if status == "failed" and v.get("error"):
         return f"failed ({v['error']['code']})"
+    if status == "ready" and v.get("warnings"):
+        return f"ready ({len(v['warnings'])} warning{'s' if len(v['warnings']) > 1 else ''})"
     return status
 
 
@@ -916,6 +918,8 @@ def _print_video(v: dict, base: str) -> None:
             table.add_row("", ", ".join(str(e) for e in extra))
     if v.get("error"):
         table.add_row("error", escape(_error_text(v["error"])))
+    for w in v.get("warnings") or []:
+        table.add_row("warning", escape(f"{w.get('code')}: {w.get('message')}"))
     if v.get("planned") and v["status"] == "processing":
         done = {r["name"] for r in v.get("renditions", [])}
         table.add_row(

@@ -248,6 +248,34 @@ def test_progress_bars_follow_the_chunk_events(mesh, browser):
     context.close()
 
 
+def test_warnings_of_a_video_made_from_a_damaged_source_are_shown(mesh, browser):
+    """A ready video whose source was damaged lists each warning in the list and the detail."""
+    from playwright.sync_api import expect
+
+    vid = "warned" + uuid.uuid4().hex[:10]
+    now = time.time()
+    warnings = [{"code": "truncated", "message": "chunk:1: the video stops at 4.00 s of 8.00 s"},
+                {"code": "damaged_packets", "message": "audio: 1 undecodable packet skipped"}]
+    video = {"id": vid, "status": "ready", "created_at": now, "updated_at": now, "filename": "cut.mkv",
+             "renditions": [], "planned": ["360p"], "progress": {}, "warnings": warnings}
+    context = browser.new_context(viewport={"width": 1280, "height": 860})
+    page = context.new_page()
+    page_errors: list[str] = []
+    page.on("pageerror", lambda exc: page_errors.append(str(exc)))
+    page.route(re.compile(r"/v1/videos\?limit="), lambda r: r.fulfill(json={"items": [video], "next_cursor": None}))
+    page.route(re.compile(f"/v1/videos/{vid}$"), lambda r: r.fulfill(json=video))
+    page.route(re.compile(f"/v1/videos/{vid}/events"), lambda r: r.fulfill(status=404, json={"code": "not_found", "message": "x"}))
+    page.goto(mesh.url + "/")
+    page.fill("#key", mesh.KEYS["alice"])
+    page.click("#login button[type=submit]")
+    row = page.locator(f"#videos li[data-id='{vid}']")
+    expect(row.locator(".warning")).to_have_text([f"{w['code']}: {w['message']}" for w in warnings])
+    row.click()
+    expect(page.locator("#d-warnings li")).to_have_text([f"{w['code']}: {w['message']}" for w in warnings])
+    assert not page_errors, page_errors
+    context.close()
+
+
 def test_read_tokens_open_media_and_events_only(mesh, tmp_path):
     """What the page puts in URLs: a short-lived token that can read, and nothing else."""
     import httpx

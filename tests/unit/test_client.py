@@ -347,3 +347,16 @@ def test_status_shows_the_hls_url_once_playable(monkeypatch):
     assert f"http://gw:8080/v1/videos/{V}/hls/master.m3u8" in shown.stdout
     hidden = run_cli(monkeypatch, hls_gateway(False, []), "status", V)
     assert hidden.exit_code == 0 and "hls" not in hidden.stdout
+
+
+def test_status_lists_the_warnings_of_a_video_made_from_a_damaged_source(monkeypatch):
+    warnings = [{"code": "truncated", "message": "chunk:1: the video stops at 4.00 s of 8.00 s"},
+                {"code": "damaged_packets", "message": "audio: 1 undecodable packet skipped"}]
+    video = {"id": V, "status": "ready", "created_at": 0, "updated_at": 0, "renditions": [], "warnings": warnings}
+    shown = run_cli(monkeypatch, lambda request: httpx.Response(200, json=video), "status", V)
+    assert shown.exit_code == 0, shown.output
+    assert "ready (2 warnings)" in shown.stdout
+    assert "truncated: chunk:1: the video stops at 4.00 s of 8.00 s" in shown.stdout
+    assert "damaged_packets: audio: 1 undecodable packet skipped" in shown.stdout
+    clean = run_cli(monkeypatch, lambda request: httpx.Response(200, json={**video, "warnings": []}), "status", V)
+    assert "warning" not in clean.stdout

@@ -204,6 +204,7 @@ function row(v) {
   main.append(el("div", { class: "sub muted" }, [when(v.created_at), sourceLine(v.source)].filter(Boolean).join(" · ")));
   if (v.status === "processing") main.append(progressBars(v, true));
   if (v.status === "failed" && v.error) main.append(el("div", { class: "error small" }, errorText(v.error)));
+  for (const w of v.warnings || []) main.append(el("div", { class: "warning small" }, `${w.code}: ${w.message}`));
   li.append(thumb, main, badge(v));
   return li;
 }
@@ -560,6 +561,9 @@ function renderDetail() {
   const error = $("d-error");
   error.hidden = !v.error;
   error.textContent = v.error ? `Failed: ${errorText(v.error)}` : "";
+  const warnings = $("d-warnings");
+  warnings.replaceChildren(...(v.warnings || []).map((w) => el("li", {}, `${w.code}: ${w.message}`)));
+  warnings.hidden = !(v.warnings || []).length;
 
   const progress = $("d-progress");
   progress.replaceChildren(...(v.status === "processing" ? [progressBars(v, false)] : []));
