@@ -34,6 +34,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     max_height: int = 4096
     max_duration_s: float = 3 * 3600.0
     transcode_preset: str = "veryfast"
+    x264_threads: int = 0  # frame threads per rung; 0: the CPUs this process may use (cgroup quota, affinity)
     alpha_background: tuple[int, int, int] = (0, 0, 0)  # what transparent pixels become (r, g, b)
     segment_s: float = 6.0  # HLS segment duration; every rung has an IDR frame at each boundary
     chunk_s: float = 6.0  # timeline per chunk task; a multiple of segment_s
@@ -162,6 +163,7 @@ def load(env: dict | None = None) -> Settings:
         max_height=_int(env, "VIDMESH_MAX_HEIGHT", 4096),
         max_duration_s=_float(env, "VIDMESH_MAX_DURATION_S", 3 * 3600.0),
         transcode_preset=env.get("VIDMESH_TRANSCODE_PRESET") or "veryfast",
+        x264_threads=_int(env, "VIDMESH_X264_THREADS", 0),
         alpha_background=_rgb(env, "VIDMESH_ALPHA_BACKGROUND", (0, 0, 0)),
         segment_s=segment_s,
         chunk_s=chunk_s,

@@ -100,6 +100,7 @@ def encode_chunk(
     rotation: int = 0,
     background: tuple[int, int, int] = BLACK,
     preset: str = "veryfast",
+    threads: int = 0,
     on_progress: Callable[[int], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
 ) -> ChunkResult:
@@ -133,6 +134,7 @@ def encode_chunk(
             # derives a B-frame's decode time from earlier frames, so in MP4 a reordered
             # frame would borrow its neighbour's duration. Animations are small: no B-frames.
             job.bframes = fmt not in ANIMATED_IMAGES
+            job.threads = threads
             return job.run(preset)
     except av.error.FFmpegError as e:
         raise MediaError("encode_failed", f"writing the chunk failed: {e.strerror or e}") from None
@@ -150,6 +152,7 @@ class _Chunk:
         self.start = grid * first_segment  # seconds (exact)
         self.end = None if end_segment is None else grid * end_segment
         self.bframes = True
+        self.threads = 0
         self.scalers = {r.name: RungScaler(r.width, r.height, self.path.colour) for r in self.rungs}
         self.outputs: dict = {}
         self.segments: list[tuple[int, int]] = []  # (index, start pts) of each segment begun
@@ -306,7 +309,7 @@ class _Chunk:
         ctx.sample_aspect_ratio = Fraction(1, 1)
         tag(ctx, self.scalers[r.name].out)  # primaries, transfer, matrix, limited range: in the SPS (VUI) and colr
         ctx.thread_type = "AUTO"  # frame threads, as the ffmpeg CLI; the SLICE default is slower
-        stream.options = x264_options(r, preset, bframes=self.bframes)
+        stream.options = x264_options(r, preset, bframes=self.bframes, threads=self.threads)
         return out, stream
 
     # --- cutting the muxer's output into segments ------------------------------------------
@@ -340,14 +343,17 @@ class _Chunk:
         return ChunkResult(segments=segments, inits=inits, codecs=codecs, frames=self.frames, end=end_s, warnings=warnings)
 
 
-def x264_options(r: Rung, preset: str, *, bframes: bool = True) -> dict[str, str]:
+def x264_options(r: Rung, preset: str, *, bframes: bool = True, threads: int = 0) -> dict[str, str]:
     """libx264 options of one rung: capped CRF, profile and level from the ladder; keyframes
     only where a frame is marked as one (no scene cuts, no interval), always as IDR; the
-    preset's B-frames unless `bframes` is False."""
+    preset's B-frames unless `bframes` is False; `threads` frame threads (0: x264's own
+    choice, 1.5 per CPU it sees, which on a big node means memory for dozens of frames)."""
     params = ["scenecut=0", "keyint=infinite"] + ([] if bframes else ["bframes=0"])
     if r.maxrate_kbps:
         params += [f"vbv-maxrate={r.maxrate_kbps}", f"vbv-bufsize={r.bufsize_kbit or 2 * r.maxrate_kbps}"]
     options = {"preset": preset, "crf": str(r.crf), "forced-idr": "1", "x264-params": ":".join(params)}
+    if threads > 0:
+        options["threads"] = str(threads)
     if r.profile:
         options["profile"] = r.profile
     if r.level:

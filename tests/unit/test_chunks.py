@@ -792,3 +792,22 @@ def test_should_stop_cancels_quickly(tmp_path):
     assert time.monotonic() - started < 1.0
     assert len(calls) == 6
     assert not list((tmp_path / "out").rglob("*.m4s"))
+
+
+def test_x264_threads_follow_the_cpus_the_transcoder_may_use():
+    """x264 left to itself starts 1.5 frame threads per CPU it sees, whatever the container's
+    CPU limit: the transcoder sets them from what it may use."""
+    import subprocess
+    import sys
+
+    from services.transcoder.chunk import x264_options
+
+    rung = plan_ladder(1280, 720)[0]
+    assert x264_options(rung, "veryfast", threads=2)["threads"] == "2"
+    assert "threads" not in x264_options(rung, "veryfast")  # 0: x264's own choice
+    pinned = subprocess.run(
+        [sys.executable, "-c", "import os; os.sched_setaffinity(0, {min(os.sched_getaffinity(0))});"
+         "from services.transcoder.service import cpu_budget; print(cpu_budget())"],
+        capture_output=True, text=True, check=True,
+    )
+    assert pinned.stdout.strip() == "1"
