@@ -289,7 +289,12 @@ class Supervisor:
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.STDOUT,
                 preexec_fn=_die_with_parent,
-            start_new_session=True,  # Ctrl-C reaches only `up`, which stops things in order
+                # A process group of its own: Ctrl-C reaches only `up`, which stops things in
+                # order. The same session, though: Linux weighs CPU shares between sessions
+                # (autogroups) before threads' nice values, and the transcoder lowers the
+                # priority of the chunks after a video's first one against first chunks of
+                # other transcoders.
+                process_group=0,
             )
             self.procs[name] = proc
             self.say(name, f"started pid={proc.pid} http=:{env['VIDMESH_HTTP_PORT']}")

@@ -13,12 +13,14 @@ video is dropped, and one in progress stops within a second.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import math
 import os
 import tempfile
 import threading
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Union
 
 from opentelemetry import context as otel_context
@@ -235,6 +237,32 @@ async def _source(bus, task):
     return ObjectReader(bus.media, info, asyncio.get_running_loop())
 
 
+# What makes a video playable (its first chunk, the audio) and what finishes it (the stitch)
+# run at normal priority; the other chunks on threads niced by BACKGROUND_NICE. Where
+# several tasks share a machine's cores the first segments of every video come first (HLS
+# starts while the rest encodes), and no core idles: nice only weighs the kernel's shares.
+BACKGROUND_NICE = 10
+_executors: dict[bool, ThreadPoolExecutor] = {}
+
+
+def _executor(urgent: bool) -> ThreadPoolExecutor:
+    if urgent not in _executors:
+        init = (None, ()) if urgent else (_nice, (BACKGROUND_NICE,))
+        _executors[urgent] = ThreadPoolExecutor(
+            max_workers=4, thread_name_prefix="media" if urgent else "media-bg", initializer=init[0], initargs=init[1]
+        )
+    return _executors[urgent]
+
+
+def _nice(increment: int) -> None:
+    """Lower this thread's priority; the codec threads it starts inherit it (Linux)."""
+    me = threading.get_native_id()
+    try:
+        os.setpriority(os.PRIO_PROCESS, me, min(19, os.getpriority(os.PRIO_PROCESS, me) + increment))
+    except OSError:
+        pass
+
+
 async def _run_media(bus, task, work: Callable[[Callable[[], bool]], object]):
     """Run `work(should_stop)` in a thread while watching for the video's deletion.
 
@@ -249,8 +277,11 @@ async def _run_media(bus, task, work: Callable[[Callable[[], bool]], object]):
                 stop.set()
 
     watcher = asyncio.create_task(watch_cancellation())
+    executor = _executor(urgent=not (isinstance(task, EncodeChunk) and task.chunk.index > 0))
     try:
-        return await asyncio.to_thread(work, stop.is_set)
+        # in the task's context (trace), on a thread of the task's priority
+        run = contextvars.copy_context().run
+        return await asyncio.get_running_loop().run_in_executor(executor, run, work, stop.is_set)
     except asyncio.CancelledError:
         stop.set()  # shutdown: let the media thread notice and end
         raise

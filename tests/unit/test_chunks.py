@@ -811,3 +811,25 @@ def test_x264_threads_follow_the_cpus_the_transcoder_may_use():
         capture_output=True, text=True, check=True,
     )
     assert pinned.stdout.strip() == "1"
+
+
+def test_chunks_after_the_first_run_on_lower_priority_threads_with_their_codec_threads():
+    """A video's first chunk and its audio (what makes it playable) win the cores from the
+    other chunks where transcoders share a machine; the codec threads a task starts inherit
+    its thread's priority."""
+    import os
+    import threading
+
+    from services.transcoder.service import BACKGROUND_NICE, _executor
+
+    def nice_of_this_and_a_child_thread() -> tuple[int, int]:
+        seen = []
+        child = threading.Thread(target=lambda: seen.append(os.getpriority(os.PRIO_PROCESS, threading.get_native_id())))
+        child.start()
+        child.join()
+        return os.getpriority(os.PRIO_PROCESS, threading.get_native_id()), seen[0]
+
+    base = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    assert _executor(urgent=True).submit(nice_of_this_and_a_child_thread).result() == (base, base)
+    low = min(19, base + BACKGROUND_NICE)
+    assert _executor(urgent=False).submit(nice_of_this_and_a_child_thread).result() == (low, low)

@@ -1,0 +1,65 @@
+"""playable: how soon a long upload plays (HLS) against how soon it is ready.
+
+A 60 s 1080p30 H.264+AAC clip (a keyframe every second, as phones record) through a fresh
+`vidmesh up` with its defaults (two transcoder processes on this machine's cores, 6 s
+segments and chunks). Timed on the bus from the POST: `playable` (chunk 0, every rendition's
+first segment, and the audio stored: a player can start) and `ready`. Target: playable
+at most 20 % of the time to ready. ROUNDS runs, medians reported.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import tempfile
+from pathlib import Path
+
+from rich.table import Table
+
+from .common import console, median, running_mesh
+from .pipeline import mesh_once, warm_up
+
+NAME = "playable"
+SECONDS, WIDTH, HEIGHT, FPS = 60.0, 1920, 1080, 30
+ROUNDS = 2
+TARGET = 0.20
+
+
+def run() -> dict:
+    from tests.clips import make_clip
+
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="vidmesh-bench-playable-") as tmp:
+        path = Path(tmp) / "source.mp4"
+        with console.status(f"generating a {SECONDS:g} s {WIDTH}x{HEIGHT} clip (1 s GOP)"):
+            make_clip(path, width=WIDTH, height=HEIGHT, seconds=SECONDS, fps=FPS, audio=True, gop=FPS)
+        data = path.read_bytes()
+        with running_mesh(label="mesh") as mesh:
+            with console.status("warm-up: one small clip through the mesh (not timed)"):
+                warm_up(mesh, tmp)
+            for n in range(ROUNDS):
+                with console.status(f"round {n + 1}: the {SECONDS:g} s clip to ready"):
+                    row = asyncio.run(mesh_once(mesh, data))
+                times = {name: t for t, name in row["timeline"]}
+                row["playable_s"], row["ready_s"] = times.get("playable"), times.get("ready")
+                rows.append(row)
+                console.log(f"round {n + 1}: playable after {row['playable_s']} s, ready after {row['ready_s']} s, "
+                            f"load {row['loadavg'][0]}, other work {row['other_share']:.0%}")
+    playable = median([r["playable_s"] for r in rows])
+    ready = median([r["ready_s"] for r in rows])
+    return {
+        "clip": {"seconds": SECONDS, "width": WIDTH, "height": HEIGHT, "fps": FPS, "gop_s": 1.0},
+        "rows": rows,
+        "playable_median_s": round(playable, 2),
+        "ready_median_s": round(ready, 2),
+        "share": round(playable / ready, 3),
+        "met": playable / ready <= TARGET,
+    }
+
+
+def table(result: dict) -> Table:
+    t = Table(title=f"playable: a {SECONDS:g} s 1080p clip, upload accepted -> playable (HLS) and -> ready")
+    for col in ("runs", "playable (median)", "ready (median)", "playable / ready", f"target <= {TARGET:.0%}"):
+        t.add_column(col, justify="right")
+    t.add_row(str(len(result["rows"])), f"{result['playable_median_s']:.1f} s", f"{result['ready_median_s']:.1f} s",
+              f"{result['share']:.1%}", "met" if result["met"] else "[bold red]missed[/]")
+    return t
