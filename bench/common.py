@@ -243,21 +243,24 @@ _CLIP_DIR: tempfile.TemporaryDirectory | None = None
 
 
 def clip(seconds: float, width: int = 1920, height: int = 1080, fps: int = 30) -> str:
-    """The path of a generated H.264+AAC clip (tests.clips.make_clip, its default GOP: x264's
-    keyint 250, a keyframe every 8.3 s at 30 fps), made once per `python -m bench` process
-    and shared by the benchmarks that use the same one."""
+    """The path of a generated H.264+AAC clip (tests.clips.make_clip) with a keyframe every
+    second, as phones and cameras record (x264's own default, one every 8.3 s, would make
+    every chunk decode up to 8 s of picture it then drops: not what uploads look like). Set
+    BENCH_SOURCE_GOP_FRAMES (e.g. 250) to measure another GOP. Made once per `python -m
+    bench` process and shared by the benchmarks that use the same one."""
     global _CLIP_DIR
     from tests.clips import make_clip
 
-    key = (seconds, width, height, fps)
+    gop = int(os.environ.get("BENCH_SOURCE_GOP_FRAMES") or fps)
+    key = (seconds, width, height, fps, gop)
     if key not in _CLIPS:
         if _CLIP_DIR is None:
             _CLIP_DIR = tempfile.TemporaryDirectory(prefix="vidmesh-bench-clips-")
-        path = os.path.join(_CLIP_DIR.name, f"{width}x{height}-{fps}-{seconds:g}s.mp4")
-        with console.status(f"generating a {seconds:g} s {width}x{height} {fps} fps H.264+AAC clip"):
+        path = os.path.join(_CLIP_DIR.name, f"{width}x{height}-{fps}-{seconds:g}s-gop{gop}.mp4")
+        with console.status(f"generating a {seconds:g} s {width}x{height} {fps} fps H.264+AAC clip (GOP {gop})"):
             t0 = time.perf_counter()
-            make_clip(path, width=width, height=height, seconds=seconds, fps=fps, audio=True)
-        console.log(f"clip {seconds:g} s {width}x{height}: {os.path.getsize(path) / 1e6:.1f} MB in {time.perf_counter() - t0:.1f}s")
+            make_clip(path, width=width, height=height, seconds=seconds, fps=fps, audio=True, gop=gop)
+        console.log(f"clip {seconds:g} s {width}x{height} GOP {gop}: {os.path.getsize(path) / 1e6:.1f} MB in {time.perf_counter() - t0:.1f}s")
         _CLIPS[key] = path
     return _CLIPS[key]
 

@@ -368,7 +368,7 @@ def run() -> dict:
         summary["met"] = summary["met_wall"] and summary["met_cpu"]
     return {
         "clip": {"width": WIDTH, "height": HEIGHT, "seconds": SECONDS, "fps": FPS, "bytes": len(clip_bytes),
-                 "source_gop": "x264 default (keyint 250: keyframes at 0 and 8.33 s)"},
+                 "source_gop_frames": int(os.environ.get("BENCH_SOURCE_GOP_FRAMES") or FPS)},
         "ladder": [f"{s.name} {s.width}x{s.height}" for s in ladder],
         "ffmpeg": ffmpeg_version(ffmpeg) if ffmpeg else None,
         "cli_command": shlex.join(cmd_for("source.mp4", "out", "ffmpeg")) if ffmpeg else None,
