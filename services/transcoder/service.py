@@ -266,7 +266,8 @@ def _nice(increment: int) -> None:
 async def _run_media(bus, task, work: Callable[[Callable[[], bool]], object]):
     """Run `work(should_stop)` in a thread while watching for the video's deletion.
 
-    Returns its result, or None when the video was deleted meanwhile. Bad media is poison;
+    Returns its result, or None when the video was deleted meanwhile (whether the media
+    thread saw the flag or failed on media the delete had removed). Bad media is poison;
     other media errors (the output side: disk, muxer) are retried."""
     stop = threading.Event()  # read by the media thread on every frame
 
@@ -288,10 +289,17 @@ async def _run_media(bus, task, work: Callable[[Callable[[], bool]], object]):
     except Cancelled:
         log.info("abandoned %s of video %s: it was deleted", task.task, task.video_id)
         return None
-    except MediaError as exc:
-        if exc.code == "bad_media":
-            raise Poison(exc.code, exc.message) from None
-        raise Retry(f"{exc.code}: {exc.message}") from None
+    except Exception as exc:
+        # a delete removes the media at once: a read that fails under the media thread
+        # before the watcher has noticed is the same abandonment, not a fault to retry
+        if await bus.video_deleted(task.tenant, task.video_id):
+            log.info("abandoned %s of video %s: it was deleted", task.task, task.video_id)
+            return None
+        if isinstance(exc, MediaError):
+            if exc.code == "bad_media":
+                raise Poison(exc.code, exc.message) from None
+            raise Retry(f"{exc.code}: {exc.message}") from None
+        raise
     finally:
         stop.set()
         watcher.cancel()
