@@ -3,6 +3,8 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# The bench extra (Celery, the load benchmark's peer) on top of the dev install, only for make bench
+BENCH_STAMP := $(VENV)/.installed-bench
 # The dashboard's browser packages (hls.js, tus-js-client), pinned by web/package-lock.json,
 # in the git-ignored web/node_modules, where the gateway serves them from.
 WEB_STAMP := web/node_modules/.installed
@@ -51,9 +53,17 @@ media-reference:
 test: install browser media-reference
 	$(BIN)/python -m pytest -q -p no:cacheprovider tests
 
-# BENCH="pipeline scale" runs only those (default: all; see bench/README.md)
-bench: $(STAMP)
-	$(BIN)/python -m bench $(BENCH)
+$(BENCH_STAMP): pyproject.toml $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
+	touch $(BENCH_STAMP)
+
+# BENCH="pipeline scale" runs only those (default: all; see bench/README.md); BENCH_ARGS is
+# passed on (e.g. BENCH=load BENCH_ARGS='--peer celery --n 120'). Debian's redis-server is
+# the Celery peer's broker: installed when missing, a warning where it cannot be.
+bench: $(BENCH_STAMP)
+	@command -v redis-server >/dev/null 2>&1 || sh tests/apt-install.sh redis-server >/dev/null || \
+	  echo "WARNING: redis-server is missing and could not be installed: bench load --peer celery will fail"
+	$(BIN)/python -m bench $(BENCH) $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .vidmesh
