@@ -21,9 +21,13 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"benchmarks to run, of {', '.join(BENCHMARKS)} (default: all)")
     parser.add_argument("--n", type=int, metavar="N",
                         help="load: how many clips to upload per run (default 40, or env BENCH_LOAD_N)")
+    parser.add_argument("--peer", choices=("celery",),
+                        help="load: also run the same load through a peer design (celery: Celery 5 + Redis)")
     args = parser.parse_args(argv)
     if args.n is not None:
         os.environ["BENCH_LOAD_N"] = str(args.n)
+    if args.peer is not None:
+        os.environ["BENCH_LOAD_PEER"] = args.peer
     names = args.names or list(BENCHMARKS)
     unknown = [n for n in names if n not in BENCHMARKS]
     if unknown:

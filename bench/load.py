@@ -8,6 +8,11 @@ Clients behave as real ones do: every upload has its own Idempotency-Key, and a 
 (or 503, 409 upload_in_progress, a dropped connection) is retried with the same key after
 `Retry-After`. One poller thread GETs every video not yet terminal every 0.2 s; a video's
 time to ready runs from its first POST byte to the first GET that shows `ready`.
+
+With `--peer celery` (env BENCH_LOAD_PEER=celery) the same N clips and clients then go
+through the book's design of the pipeline, Celery 5 + Redis on a shared disk
+(bench/peer_celery.py), right after the mesh's steady run: a row per probe placement and
+the ratio of videos/minute, vidmesh over celery.
 """
 
 from __future__ import annotations
@@ -41,10 +46,18 @@ MESH_ENV = {
     "VIDMESH_MAX_BACKLOG": "200",  # the default; 429s are honoured and counted anyway
 }
 CHAOS_MAX_DELIVER = 10  # used only if the default (5) loses videos to retries_exhausted
+PEERS = ("celery",)  # other systems `--peer` runs the same load against
 
 
 def n_videos() -> int:
     return max(1, int(os.environ.get("BENCH_LOAD_N", DEFAULT_N)))
+
+
+def peer() -> str | None:
+    name = os.environ.get("BENCH_LOAD_PEER") or None
+    if name is not None and name not in PEERS:
+        raise ValueError(f"BENCH_LOAD_PEER={name}: choose from {', '.join(PEERS)}")
+    return name
 
 
 # --- clients -----------------------------------------------------------------------------------
@@ -256,6 +269,11 @@ def run() -> dict:
         clip = Path(src).read_bytes()
     console.log(f"clip: {WIDTH}x{HEIGHT} {SECONDS:g} s {FPS} fps H.264+AAC, {len(clip) / 1e3:.0f} kB; N={n}, {CLIENTS} clients")
     steady = one_run(clip, n, "steady", chaos=False)
+    peers = []
+    if peer() == "celery":  # right after the mesh's run, at a load as close to it as can be
+        from . import peer_celery
+
+        peers = peer_celery.run(clip, n, clients=CLIENTS, poll_s=POLL_S, timeout_s=RUN_TIMEOUT_S)
     chaos_runs = [one_run(clip, n, "chaos", chaos=True)]
     if chaos_runs[0]["failure_codes"].get("retries_exhausted"):
         console.print(
@@ -279,7 +297,7 @@ def run() -> dict:
         "chaos_reruns": len(chaos_runs) - 1,
         "met": chaos["ready"] == chaos["accepted"] and chaos["accepted"] > 0 and not chaos["timed_out"],
     }
-    return {
+    result = {
         "clip": {"width": WIDTH, "height": HEIGHT, "seconds": SECONDS, "fps": FPS, "bytes": len(clip)},
         "clients": CLIENTS,
         "kill_every_s": KILL_EVERY_S,
@@ -287,17 +305,46 @@ def run() -> dict:
         "chaos_runs": chaos_runs,
         "summary": summary,
     }
+    if peers:
+        result["peers"] = peers
+        summary.update(peer_summary(steady, peers))
+    return result
+
+
+def peer_summary(steady: dict, peers: list[dict]) -> dict:
+    """The peer's figures beside the mesh's steady run: ratios are vidmesh / celery
+    (above 1: vidmesh made more videos per minute)."""
+
+    def ratio(a, b):
+        return round(a / b, 2) if a and b else None
+
+    out = {}
+    for row in peers:
+        prefix = peer_key(row)
+        out[f"{prefix}_videos_per_min"] = row["videos_per_min"]
+        out[f"{prefix}_ttr_p50_s"] = row["ttr_p50_s"]
+        out[f"{prefix}_ttr_p99_s"] = row["ttr_p99_s"]
+        out["ratio_vs_" + prefix] = ratio(steady["videos_per_min"], row["videos_per_min"])
+    return out
+
+
+def peer_key(row: dict) -> str:
+    """The summary's name of a peer row: `celery` probes as the mesh does (a child process)."""
+    return row["peer"] if row["probe"] == "child" else f"{row['peer']}_probe_in_{row['probe']}"
 
 
 def table(result: dict) -> Table:
     s = result["summary"]
     t = Table(title=f"load: {s['n']} clips of 2 s 640x360 from {result['clients']} clients "
-                    f"(360p + thumbnail each), 2 transcoder processes")
+                    f"(360p + thumbnail each), 2 transcoder processes"
+                    + ("; celery: 1 worker of 2 prefork processes" if result.get("peers") else ""))
     for col in ("run", "ready / accepted", "failed", "videos/min", "time to ready p50 / p99", "tasks/s", "429s",
                 "kills", "redeliveries", "wall"):
         t.add_column(col, justify="right")
     for row in [result["steady"], *result["chaos_runs"]]:
         label = row["label"] + (f" (max_deliver {row['max_deliver']})" if row["chaos"] else "")
+        if result.get("peers") and not row["chaos"]:
+            label = "vidmesh steady"
         redelivered = sum(q.get("extra_deliveries", 0) for q in row["queues"].values() if isinstance(q, dict))
         t.add_row(
             label,
@@ -311,6 +358,26 @@ def table(result: dict) -> Table:
             str(redelivered),
             f"{row['wall_s']:.0f} s" + (" [bold red]TIMED OUT[/]" if row["timed_out"] else ""),
         )
+        if row is result["steady"]:
+            for p in result.get("peers", []):
+                add_peer_row(t, p)
     t.caption = (f"chaos: SIGKILL one live transcoder every {result['kill_every_s']:g} s until every video is terminal; "
                  f"all accepted videos ready: {verdict(s['met'])}")
+    for p in result.get("peers", []):
+        ratio = s.get("ratio_vs_" + peer_key(p))
+        t.caption += f"\nvideos/min, vidmesh / {p['label']}: {ratio}x" if ratio else ""
     return t
+
+
+def add_peer_row(t: Table, row: dict) -> None:
+    """A peer's steady run (bench/peer_celery.py): its time to done is to the chord's `done`."""
+    t.add_row(
+        row["label"],
+        f"{row['ready']} / {row['accepted']} ({row['ready_share']:.0%})",
+        str(row["failed"]),
+        f"{row['videos_per_min']:.1f}",
+        f"{row['ttr_p50_s']} / {row['ttr_p99_s']} s",
+        f"{row['tasks_per_s']:.2f}",
+        "-", "-", "-",
+        f"{row['wall_s']:.0f} s" + (" [bold red]TIMED OUT[/]" if row["timed_out"] else ""),
+    )
