@@ -78,5 +78,8 @@ EXPOSE 8080
 HEALTHCHECK --interval=15s --timeout=5s --start-period=30s --retries=3 \
   CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/healthz' % os.environ.get('VIDMESH_HTTP_PORT', '8080'), timeout=4)"]
 
-ENTRYPOINT ["vidmesh"]
+# `python -m services` is the vidmesh command; run as a module (not the console script) so
+# the probe's fork server children do not re-import the CLI (multiprocessing re-runs a
+# main *script* in every child, but never a package's __main__).
+ENTRYPOINT ["python", "-m", "services"]
 CMD ["--help"]

@@ -13,7 +13,9 @@ demuxer or decoder loop or balloon costs one killed child, never the pipeline se
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import json
+import multiprocessing
 import os
 import sys
 from fractions import Fraction
@@ -189,47 +191,86 @@ def _cuttable(container, stream, duration: float | None) -> bool:
     return duration - float(last) <= max(_INDEX_SHORT_S, 3 * float(gap))
 
 
-# --- isolation: the probe in a child process with bounded memory, CPU and time ---------------
+# --- isolation: each probe in its own child process with bounded memory, CPU and time -------
+#
+# The children are forked from a fork server that has already imported PyAV (multiprocessing's
+# "forkserver" start method): each probe still gets a fresh process of its own, with its own
+# limits and nothing shared with the pipeline, but costs a fork (a few ms) instead of a Python
+# start and the import of PyAV (about 0.25 s of CPU, measured by bench/overhead.py). The fork
+# server is single-threaded, so forking it is safe where forking this threaded service is not.
+# A child re-runs its parent's main *script* before probing (multiprocessing's rule; a
+# package's __main__ is exempt), which is why services run as `python -m services`.
 
 _result_decoder = msgspec.json.Decoder(dict)
+_context = None
+
+
+def _fork_context():
+    global _context
+    if _context is None:
+        _context = multiprocessing.get_context("forkserver")
+        _context.set_forkserver_preload(["services.pipeline.probe"])
+    return _context
 
 
 async def probe_isolated(
     path: str, *, timeout_s: float = 30.0, max_memory_mb: int = 1024, **limits
 ) -> SourceInfo:
-    """`probe` in a child process: RLIMIT_AS `max_memory_mb`, RLIMIT_CPU and a wall-clock
-    `timeout_s` (the child is killed). The child sets its own limits (no preexec_fn: this
-    process has threads), so it costs a Python start (about 0.2 s) per upload."""
+    """`probe` in a child process of its own: address space at most `max_memory_mb` MiB
+    (RLIMIT_AS), CPU time at most `timeout_s` + 1 s (RLIMIT_CPU), and killed after `timeout_s`
+    seconds of wall-clock time. Raises ProbeError (a child that dies or is killed is
+    `unreadable`)."""
     args = {"path": path, "limits": limits, "max_memory_mb": max_memory_mb, "cpu_s": int(timeout_s) + 1}
-    env = {**os.environ, "MALLOC_ARENA_MAX": "2"}  # glibc arenas reserve address space per thread
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "services.pipeline.probe", json.dumps(args),
-        stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env,
-    )
+    context = _fork_context()
+    receiver, sender = context.Pipe(duplex=False)
+    child = context.Process(target=_child_main, args=(args, sender), name="vidmesh-probe", daemon=True)
+    loop = asyncio.get_running_loop()
     try:
-        out, err = await asyncio.wait_for(proc.communicate(), timeout_s)
-    except asyncio.TimeoutError:
-        proc.kill()
-        await proc.wait()
-        raise ProbeError("unreadable", f"probing took longer than {timeout_s:g} s") from None
-    except asyncio.CancelledError:
-        if proc.returncode is None:
-            proc.kill()
-        raise
+        # the first start launches the fork server (one Python start per service lifetime)
+        await asyncio.to_thread(child.start)
+        sender.close()
+        readable = loop.create_future()
+        loop.add_reader(receiver.fileno(), lambda: readable.done() or readable.set_result(None))
+        try:
+            await asyncio.wait_for(readable, timeout_s)
+        except asyncio.TimeoutError:
+            raise ProbeError("unreadable", f"probing took longer than {timeout_s:g} s") from None
+        finally:
+            loop.remove_reader(receiver.fileno())
+        try:
+            out = receiver.recv_bytes()  # one small message, written whole by the child
+        except (EOFError, OSError):
+            out = b""  # the child died before answering
+    finally:
+        receiver.close()
+        if child.pid is not None:
+            if child.exitcode is None:
+                child.kill()  # timed out or cancelled; a no-op race if it just ended
+            await asyncio.to_thread(child.join)
     try:
         result = _result_decoder.decode(out)
     except msgspec.DecodeError:
-        why = f"exit {proc.returncode}" if proc.returncode >= 0 else f"signal {-proc.returncode}"
+        code = child.exitcode
+        why = f"exit {code}" if code is not None and code >= 0 else f"signal {-(code or 0)}"
         raise ProbeError("unreadable", f"the probe failed ({why}): the file needs more than the probe may use") from None
     if "error" in result:
         raise ProbeError(result["error"]["code"], result["error"]["message"])
     return msgspec.convert(result["source"], SourceInfo)
 
 
-def _child(raw: str) -> int:
+def _child_main(args: dict, conn) -> None:
+    """In the forked child: set the limits, probe, send the result as JSON."""
+    conn.send_bytes(_limited_probe(args))
+    conn.close()
+
+
+def _limited_probe(args: dict) -> bytes:
     import resource
 
-    args = json.loads(raw)
+    try:  # glibc: few malloc arenas, as each one reserves address space counted by RLIMIT_AS
+        ctypes.CDLL(None).mallopt(-8, 2)  # M_ARENA_MAX
+    except (OSError, AttributeError):
+        pass
     limit = args["max_memory_mb"] * 1024 * 1024
     resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
     resource.setrlimit(resource.RLIMIT_CPU, (args["cpu_s"], args["cpu_s"] + 1))
@@ -243,10 +284,10 @@ def _child(raw: str) -> int:
         result = {"error": {"code": exc.code, "message": exc.message}}
     except MemoryError:
         result = {"error": {"code": "unreadable", "message": f"decoding needs more than {args['max_memory_mb']} MiB"}}
-    sys.stdout.write(json.dumps(result))
-    sys.stdout.flush()
-    return 0
+    return json.dumps(result).encode()
 
 
 if __name__ == "__main__":
-    sys.exit(_child(sys.argv[1]))
+    # `python -m services.pipeline.probe '<json args>'`: the same limited probe in a fresh
+    # Python, its JSON result on stdout (what a design without a fork server runs per upload)
+    sys.stdout.write(_limited_probe(json.loads(sys.argv[1])).decode())

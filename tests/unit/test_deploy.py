@@ -234,7 +234,7 @@ def test_dockerfile_final_stage_user_healthcheck_and_command():
     assert cmd[:2] == ["python", "-c"]
     compile(cmd[2], "<healthcheck>", "exec")
     entry = [json.loads(a) for i, a in final if i == "ENTRYPOINT"]
-    assert entry and entry[-1][0] == "vidmesh", "ENTRYPOINT is the vidmesh console script (exec form)"
+    assert entry and entry[-1] == ["python", "-m", "services"], "ENTRYPOINT runs the vidmesh command as a module (exec form)"
     assert any(i == "CMD" for i, _ in final)
 
 
