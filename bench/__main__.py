@@ -12,7 +12,7 @@ import traceback
 
 from .common import console, write_result
 
-BENCHMARKS = ("upload", "probe", "status", "pipeline", "scale", "chunk_size", "transcoder_rss", "load", "playable", "broker_restart", "frame_filters", "tus_upload")
+BENCHMARKS = ("upload", "probe", "status", "pipeline", "scale", "chunk_size", "transcoder_rss", "load", "playable", "broker_restart", "frame_filters", "tus_upload", "overhead")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,197 @@
+"""overhead: where the CPU goes when short clips flow through the mesh.
+
+The load benchmark's clip (2 s 640x360 H.264+AAC) uploaded N times from 8 clients on a
+fresh mesh (2 transcoder processes, as `bench load`). While it runs:
+- every process of the mesh (each service, its children such as the probe's fork server
+  and its probes, and nats-server) has its CPU seconds read from /proc before and after,
+  so the table says how many CPU milliseconds each process spends per video;
+- py-spy samples each Python service (`--nonblocking`: the process is never paused, only
+  on-CPU samples count), and every sample is put in one category by the first frame that
+  matches, innermost first (media work, NATS client, object store, HTTP, JSON and msgspec,
+  telemetry, logging, the asyncio loop...), so a process's CPU splits into those shares.
+
+`BENCH_OVERHEAD_N` (default 40) sets N. py-spy comes with the bench extra; without it only
+the per-process table is made.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+
+from rich.table import Table
+
+from .common import CLK_TCK, console, mesh_processes, running_mesh
+
+RESULTS = Path(__file__).parent / "results"
+
+NAME = "overhead"
+DEFAULT_N = 40
+SAMPLE_HZ = 100
+
+# (category, pattern on "function (file)") tried innermost frame first: the first match names
+# the sample. Media libraries first, so a frame path that calls msgspec stays media work.
+CATEGORIES = [
+    ("media (PyAV, x264, frame path)", r"\(av/|/media/|services/transcoder/(chunk|audio|stitch|cmaf|timeline)\.py|thumbnailer/snapshot\.py|services/pipeline/probe\.py"),
+    ("probe child start (fork server)", r"multiprocessing/"),
+    # the send/recv system calls themselves: on loopback the kernel delivers to the
+    # receiving socket in the sender's time, so a message costs mostly here
+    ("socket I/O (kernel)", r"selector_events\.py|asyncio/transports\.py|asyncio/streams\.py"),
+    ("object store", r"shared/objects\.py"),
+    ("telemetry (OpenTelemetry)", r"opentelemetry/"),
+    ("logging", r"\(logging/|shared/ops\.py"),
+    ("JSON / msgspec", r"msgspec|\(json/"),
+    ("NATS client", r"nats/"),
+    ("HTTP (uvicorn, FastAPI, httpx)", r"uvicorn/|starlette/|fastapi/|h11/|httptools|httpx/|httpcore/|anyio/|pydantic"),
+    ("catalog projection", r"services/catalog/"),
+    ("service code", r"services/|shared/"),
+    ("asyncio loop", r"asyncio/|selectors\.py"),
+]
+
+
+# Innermost frames that wait rather than compute (py-spy cannot always tell with --nonblocking).
+IDLE = re.compile(r"^(\S+\.)?(select|poll|wait|_wait_for_tstate_lock|acquire|sleep|recv_into|accept|_worker) \(\S*?(selectors|threading|queue|socket|concurrent/futures/thread|multiprocessing/connection)\.py")
+
+
+def n_videos() -> int:
+    return max(1, int(os.environ.get("BENCH_OVERHEAD_N", DEFAULT_N)))
+
+
+def tree_cpu() -> dict[int, tuple[int, float]]:
+    """pid -> (parent pid, utime + stime + cutime + cstime in seconds) of every process."""
+    out = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        out[int(entry.name)] = (int(fields[1]), sum(int(f) for f in fields[11:15]) / CLK_TCK)
+    return out
+
+
+def cpu_by_root(roots: dict[str, int]) -> dict[str, float]:
+    """CPU seconds of each named process and its live descendants (reaped ones are in cutime)."""
+    table = tree_cpu()
+    children: dict[int, list[int]] = {}
+    for pid, (ppid, _) in table.items():
+        children.setdefault(ppid, []).append(pid)
+    out = {}
+    for name, root in roots.items():
+        total, todo = 0.0, [root]
+        while todo:
+            pid = todo.pop()
+            if pid in table:
+                total += table[pid][1]
+                todo.extend(children.get(pid, []))
+        out[name] = total
+    return out
+
+
+def categorize(raw: str) -> Counter:
+    """py-spy's raw (collapsed) output -> samples per category."""
+    rules = [(name, re.compile(p)) for name, p in CATEGORIES]
+    counts: Counter = Counter()
+    for line in raw.splitlines():
+        stack, _, n = line.rpartition(" ")
+        if not n.isdigit():
+            continue
+        frames = stack.split(";")[::-1]  # innermost first
+        if frames and IDLE.search(frames[0]):
+            continue  # blocked in epoll/poll/a lock: sampled as running, but not on a CPU
+        name = "other (interpreter, C extensions)"
+        for frame in frames:
+            hit = next((c for c, rx in rules if rx.search(frame)), None)
+            if hit:
+                name = hit
+                break
+        counts[name] += int(n)
+    return counts
+
+
+def run() -> dict:
+    from tests.clips import make_clip
+
+    from .load import CLIENTS, FPS, HEIGHT, MESH_ENV, SECONDS, WIDTH, run_load
+    from .pipeline import warm_up
+
+    n = n_videos()
+    py_spy = shutil.which("py-spy") or (str(Path(sys.executable).parent / "py-spy") if (Path(sys.executable).parent / "py-spy").exists() else None)
+    with tempfile.TemporaryDirectory(prefix="vidmesh-bench-overhead-") as tmp:
+        clip = Path(make_clip(os.path.join(tmp, "clip.mp4"), width=WIDTH, height=HEIGHT, seconds=SECONDS, fps=FPS, audio=True)).read_bytes()
+        with running_mesh(MESH_ENV, label="mesh for overhead") as mesh:
+            warm_up(mesh, tmp)
+            procs = {name: pid for name, pid in mesh_processes(mesh).items() if name != "vidmesh"}
+            spies = {}
+            if py_spy:
+                for name, pid in procs.items():
+                    if name == "nats":
+                        continue
+                    out = os.path.join(tmp, f"{name}.txt")
+                    spies[name] = (subprocess.Popen(
+                        [py_spy, "record", "-p", str(pid), "-r", str(SAMPLE_HZ), "-f", "raw", "-o", out, "--nonblocking",
+                         "--subprocesses", "-d", "600"],
+                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL), out)
+                time.sleep(1.0)  # attached
+            before = cpu_by_root(procs)
+            row = run_load(mesh, clip, n, "overhead", chaos=False)
+            after = cpu_by_root(procs)
+            samples = {}
+            RESULTS.mkdir(exist_ok=True)
+            for name, (spy, out) in spies.items():
+                spy.send_signal(signal.SIGINT)
+                try:
+                    spy.wait(30)
+                except subprocess.TimeoutExpired:
+                    spy.kill()
+                if os.path.exists(out):
+                    samples[name] = categorize(Path(out).read_text())
+                    # the stacks themselves, for reading (flamegraph.pl or speedscope take them)
+                    shutil.copy(out, RESULTS / f"overhead-{name}.txt")
+    ready = max(1, row["ready"])
+    per_video_ms = {name: round((after[name] - before[name]) / ready * 1000, 1) for name in procs}
+    split = {}
+    for name, counts in samples.items():
+        total = sum(counts.values())
+        if total:
+            split[name] = {cat: round(per_video_ms[name] * c / total, 1) for cat, c in counts.most_common()}
+    by_category: Counter = Counter()
+    for name, cats in split.items():
+        for cat, ms in cats.items():
+            by_category[cat] += ms
+    return {
+        "n": n,
+        "clients": CLIENTS,
+        "ready": row["ready"],
+        "videos_per_min": row["videos_per_min"],
+        "ttr_p50_s": row["ttr_p50_s"],
+        "ttr_p99_s": row["ttr_p99_s"],
+        "cpu_ms_per_video": per_video_ms,
+        "cpu_ms_per_video_total": round(sum(per_video_ms.values()), 1),
+        "split_ms_per_video": split,
+        "by_category_ms_per_video": {k: round(v, 1) for k, v in by_category.most_common()},
+        "sampled": bool(py_spy),
+    }
+
+
+def table(result: dict) -> Table:
+    t = Table(title=f"overhead: CPU ms per video, {result['n']} clips of 2 s 640x360 from {result['clients']} clients "
+                    f"({result['videos_per_min']} videos/min, ttr p50/p99 {result['ttr_p50_s']}/{result['ttr_p99_s']} s)")
+    t.add_column("process")
+    t.add_column("CPU ms / video", justify="right")
+    t.add_column("where (py-spy, ms / video)")
+    for name, ms in sorted(result["cpu_ms_per_video"].items(), key=lambda kv: -kv[1]):
+        cats = result["split_ms_per_video"].get(name, {})
+        t.add_row(name, f"{ms:.0f}", ", ".join(f"{c} {v:.0f}" for c, v in list(cats.items())[:5]))
+    t.add_row("all", f"{result['cpu_ms_per_video_total']:.0f}",
+              ", ".join(f"{c} {v:.0f}" for c, v in list(result["by_category_ms_per_video"].items())[:6]))
+    return t
