@@ -16,9 +16,9 @@ Clients behave as bench/load.py's do: 8 threads, each submitting one copy of the
 time the way that design's web front-end does (the bytes written into the video's folder
 on the shared disk, then `upload.delay()`); one poller reads every video not yet terminal
 every 0.2 s; a video's time to done runs from the first byte written to the first poll
-that sees `ready` (the chord's `done` has run). A warm-up clip goes through first (not
-timed), after the worker answers a ping. Rows: the probe in a child process (vidmesh's
-`probe_isolated`, as the mesh probes), then the probe inside the worker.
+that sees `ready` (the chord's `done` has run). Warm-up clips go through first (not
+timed; one per pool process), after the worker answers a ping. Rows: the probe in a child
+process (vidmesh's `probe_isolated`, as the mesh probes), then the probe inside the worker.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ from pathlib import Path
 from .common import ROOT, console, percentile
 
 CONCURRENCY = 2  # pool processes: the mesh's two transcoder slots
-QUEUES = "celery,resize,thumbnail"  # upload and done go to Celery's default queue
+QUEUES = "celery,resize,thumbnail,done"  # upload goes to Celery's default queue
 PROBES = {"child": "celery (probe in a child)", "worker": "celery (probe in the worker)"}
 START_TIMEOUT_S = 60  # redis-server answering, the worker answering a ping
 WARM_UP_TIMEOUT_S = 120
@@ -275,13 +275,15 @@ def one_row(app, store, url: str, tmp: str, warm: bytes, clip: bytes, n: int, pr
     media = tempfile.mkdtemp(prefix="media-", dir=tmp)  # the shared folder
     try:
         with celery_worker(app, url, tmp, label):
-            with console.status(f"{label}: warm-up clip (not timed)"):
+            # one warm-up clip per pool process, at once: each starts its own probe fork
+            # server on its first upload, as the mesh's pipeline did in its warm-up
+            with console.status(f"{label}: {CONCURRENCY} warm-up clips (not timed)"):
                 t = time.perf_counter()
-                vid = submit(app, media, warm, probe_in)["id"]
-                ended = wait_done(store, vid, WARM_UP_TIMEOUT_S)
-            if ended != "ready":
-                raise RuntimeError(f"{label}: the warm-up clip ended {ended}: {poll(store, [vid])[vid]}")
-            console.log(f"{label}: warm-up clip ready in {time.perf_counter() - t:.1f}s")
+                ids = [submit(app, media, warm, probe_in)["id"] for _ in range(CONCURRENCY)]
+                ended = {vid: wait_done(store, vid, WARM_UP_TIMEOUT_S) for vid in ids}
+            if set(ended.values()) != {"ready"}:
+                raise RuntimeError(f"{label}: the warm-up clips ended {list(ended.values())}: {poll(store, ids)}")
+            console.log(f"{label}: warm-up clips ready in {time.perf_counter() - t:.1f}s")
             load = [round(x, 2) for x in os.getloadavg()]
             row = run_load(app, store, media, clip, n, probe_in, clients, poll_s, timeout_s)
     finally:

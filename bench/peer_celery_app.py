@@ -10,17 +10,17 @@ A web front-end writes the upload into the shared folder and calls `upload.delay
   `encode_chunk` for that rung over the whole timeline as one chunk, then `stitch` with
   the audio into the rendition's MP4; and one `thumbnail` (queue `thumbnail`):
   `first_frame_jpeg`;
-- the chord's callback `done` marks the video ready in Redis, where the front-end (here
-  the benchmark's poller) reads a video's status.
+- the chord's callback `done` (queue `done`) marks the video ready in Redis, where the
+  front-end (here the benchmark's poller) reads a video's status.
 
 The media calls and their arguments are the mesh's (services/transcoder/service.py,
 services/thumbnailer/service.py, services/pipeline/service.py), with files on the shared
 folder where the mesh reads and writes its object store; the per-task settings come from
 the plan's own task messages, so both systems make the same outputs with the same work.
 
-The probe runs where the worker's task says: "child" is vidmesh's `probe_isolated` (a child
-Python with the pipeline's memory, CPU and time limits, as the mesh probes every upload),
-"worker" is `probe` inside the worker process (the book's design, unguarded).
+The probe runs where the task says: "child" is vidmesh's `probe_isolated`, the mesh's own
+call (a child forked from a fork server that has imported PyAV, with the pipeline's memory,
+CPU and time limits); "worker" is `probe` inside the pool process, unguarded.
 
 Configuration: the environment variable BENCH_CELERY_REDIS_URL (the benchmark sets it for
 the worker; the benchmark process calls `configure`).
@@ -30,11 +30,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import multiprocessing
 import os
 import shutil
 
 import msgspec
 from celery import Celery, Task, chord
+from celery.signals import worker_process_init
 
 from services.pipeline.plan import plan_video
 from services.pipeline.probe import ProbeError, probe, probe_isolated
@@ -57,7 +59,10 @@ app.conf.update(
     task_reject_on_worker_lost=True,
     # each pool process reserves one task at a time: no task waits behind a busy one
     worker_prefetch_multiplier=1,
-    task_routes={"peer.resize": {"queue": "resize"}, "peer.thumbnail": {"queue": "thumbnail"}},
+    # `done` has a queue of its own: on the default queue, behind every upload still
+    # waiting there, each video's few-millisecond callback would wait for the whole backlog
+    task_routes={"peer.resize": {"queue": "resize"}, "peer.thumbnail": {"queue": "thumbnail"},
+                 "peer.done": {"queue": "done"}},
     broker_connection_retry_on_startup=True,
     worker_hijack_root_logger=False,
 )
@@ -70,6 +75,18 @@ def configure(redis_url: str) -> None:
 
 if os.environ.get(REDIS_URL_ENV):
     configure(os.environ[REDIS_URL_ENV])
+
+
+@worker_process_init.connect
+def _own_multiprocessing_identity(**_) -> None:
+    """billiard registers each pool process as the standard library's current process too:
+    daemonic, which multiprocessing refuses children, and with billiard's authentication key,
+    which multiprocessing's fork server cannot pass on. `probe_isolated` starts its probe
+    through them, so the pool process is made a parent as the mesh's pipeline service is:
+    not daemonic (its probe child never outlives the call: joined, or killed on a timeout),
+    with the same key as the standard library's type."""
+    me = multiprocessing.current_process()
+    me._config.update(daemon=False, authkey=multiprocessing.process.AuthenticationString(me.authkey))
 
 
 def _set_status(video_id: str, status: str, **fields) -> None:
