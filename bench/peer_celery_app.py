@@ -4,8 +4,10 @@ Celery 5 tasks over Redis (broker and result backend) with a shared media folder
 A web front-end writes the upload into the shared folder and calls `upload.delay()`. Then:
 
 - `upload` (queue `celery`): probes the file, plans the ladder with vidmesh's own
-  `plan_video`, encodes the audio once (AAC, CMAF fragments on the segment grid) because
-  every rendition muxes the same track, and fans out a chord;
+  `plan_video`, encodes the audio once (AAC, CMAF fragments on the segment grid), since
+  every rendition muxes the same track and this is the design's one task per video before
+  the renditions (the mesh encodes it in a task beside the video's first chunk), and fans
+  out a chord;
 - the chord's header: one `resize` per rendition (queue `resize`): vidmesh's
   `encode_chunk` for that rung over the whole timeline as one chunk, then `stitch` with
   the audio into the rendition's MP4; and one `thumbnail` (queue `thumbnail`):
@@ -79,12 +81,13 @@ if os.environ.get(REDIS_URL_ENV):
 
 @worker_process_init.connect
 def _own_multiprocessing_identity(**_) -> None:
-    """billiard registers each pool process as the standard library's current process too:
-    daemonic, which multiprocessing refuses children, and with billiard's authentication key,
-    which multiprocessing's fork server cannot pass on. `probe_isolated` starts its probe
-    through them, so the pool process is made a parent as the mesh's pipeline service is:
-    not daemonic (its probe child never outlives the call: joined, or killed on a timeout),
-    with the same key as the standard library's type."""
+    """billiard makes each pool process the standard library's current process too, marked
+    daemonic (multiprocessing refuses a daemonic process children) and holding billiard's
+    own type of authentication key (which multiprocessing's fork server cannot send on).
+    `probe_isolated` starts its probe through multiprocessing, so each pool process becomes
+    an ordinary parent, as the mesh's pipeline service is: not daemonic (the probe child
+    never outlives the call: it is joined, or killed on a timeout), the same key bytes in
+    the standard library's type."""
     me = multiprocessing.current_process()
     me._config.update(daemon=False, authkey=multiprocessing.process.AuthenticationString(me.authkey))
 
