@@ -11,8 +11,9 @@ time to ready runs from its first POST byte to the first GET that shows `ready`.
 
 With `--peer celery` (env BENCH_LOAD_PEER=celery) the same N clips and clients then go
 through the book's design of the pipeline, Celery 5 + Redis on a shared disk
-(bench/peer_celery.py), right after the mesh's steady run: a row per probe placement and
-the ratio of videos/minute, vidmesh over celery.
+(bench/peer_celery.py), in 3 rounds that alternate with the mesh's steady runs (each row is
+its median round): a row per probe placement and the ratio of videos/minute, vidmesh over
+celery.
 """
 
 from __future__ import annotations
@@ -51,6 +52,19 @@ PEERS = ("celery",)  # other systems `--peer` runs the same load against
 
 def n_videos() -> int:
     return max(1, int(os.environ.get("BENCH_LOAD_N", DEFAULT_N)))
+
+
+def rounds() -> int:
+    """Steady runs per system: 3 with a peer (BENCH_LOAD_ROUNDS), else 1."""
+    return max(1, int(os.environ.get("BENCH_LOAD_ROUNDS") or (3 if peer() else 1)))
+
+
+def median_round(runs: list[dict]) -> dict:
+    """The run of median videos/min, with every round's figures beside it."""
+    ranked = sorted(runs, key=lambda r: r["videos_per_min"])
+    row = dict(ranked[(len(ranked) - 1) // 2])
+    row["rounds"] = [{k: r[k] for k in ("videos_per_min", "ttr_p50_s", "ttr_p99_s", "wall_s")} for r in runs]
+    return row
 
 
 def peer() -> str | None:
@@ -268,12 +282,17 @@ def run() -> dict:
         src = make_clip(os.path.join(tmp, "load.mp4"), width=WIDTH, height=HEIGHT, seconds=SECONDS, fps=FPS, audio=True)
         clip = Path(src).read_bytes()
     console.log(f"clip: {WIDTH}x{HEIGHT} {SECONDS:g} s {FPS} fps H.264+AAC, {len(clip) / 1e3:.0f} kB; N={n}, {CLIENTS} clients")
-    steady = one_run(clip, n, "steady", chaos=False)
-    peers = []
-    if peer() == "celery":  # right after the mesh's run, at a load as close to it as can be
-        from . import peer_celery
+    # Rounds alternate the systems (mesh, peer, mesh, peer, ...) so neither always runs first
+    # on a machine that has just been idle or busy; each row is its median round.
+    steady_rounds, peer_rounds = [], []
+    for _ in range(rounds()):
+        steady_rounds.append(one_run(clip, n, "steady", chaos=False))
+        if peer() == "celery":
+            from . import peer_celery
 
-        peers = peer_celery.run(clip, n, clients=CLIENTS, poll_s=POLL_S, timeout_s=RUN_TIMEOUT_S)
+            peer_rounds.append(peer_celery.run(clip, n, clients=CLIENTS, poll_s=POLL_S, timeout_s=RUN_TIMEOUT_S))
+    steady = median_round(steady_rounds)
+    peers = [median_round([r[i] for r in peer_rounds]) for i in range(len(peer_rounds[0]))] if peer_rounds else []
     chaos_runs = [one_run(clip, n, "chaos", chaos=True)]
     if chaos_runs[0]["failure_codes"].get("retries_exhausted"):
         console.print(
@@ -329,8 +348,9 @@ def peer_summary(steady: dict, peers: list[dict]) -> dict:
 
 
 def peer_key(row: dict) -> str:
-    """The summary's name of a peer row: `celery` probes as the mesh does (a child process)."""
-    return row["peer"] if row["probe"] == "child" else f"{row['peer']}_probe_in_{row['probe']}"
+    """The summary's name of a peer row: `celery` is the baseline (the probe in a fresh
+    process per upload); the others say where their probe runs."""
+    return row["peer"] if row["probe"] == "process" else f"{row['peer']}_probe_in_{row['probe']}"
 
 
 def table(result: dict) -> Table:

@@ -17,8 +17,9 @@ time the way that design's web front-end does (the bytes written into the video'
 on the shared disk, then `upload.delay()`); one poller reads every video not yet terminal
 every 0.2 s; a video's time to done runs from the first byte written to the first poll
 that sees `ready` (the chord's `done` has run). Warm-up clips go through first (not
-timed; one per pool process), after the worker answers a ping. Rows: the probe in a child
-process (vidmesh's `probe_isolated`, as the mesh probes), then the probe inside the worker.
+timed; one per pool process), after the worker answers a ping. Rows: the probe in a fresh
+Python per upload (the baseline), in a child forked from a fork server (vidmesh's
+`probe_isolated`, as the mesh now probes), then inside the worker.
 """
 
 from __future__ import annotations
@@ -40,7 +41,11 @@ from .common import ROOT, console, percentile
 
 CONCURRENCY = 2  # pool processes: the mesh's two transcoder slots
 QUEUES = "celery,resize,thumbnail,done"  # upload goes to Celery's default queue
-PROBES = {"child": "celery (probe in a child)", "worker": "celery (probe in the worker)"}
+PROBES = {
+    "process": "celery (probe in a fresh process)",  # the baseline: a Python started per upload
+    "child": "celery (probe forked from a fork server)",  # what the mesh does now
+    "worker": "celery (probe in the worker)",  # unguarded
+}
 START_TIMEOUT_S = 60  # redis-server answering, the worker answering a ping
 WARM_UP_TIMEOUT_S = 120
 STOP_TIMEOUT_S = 15  # a warm shutdown, then SIGKILL to the worker's process group

@@ -20,9 +20,11 @@ services/thumbnailer/service.py, services/pipeline/service.py), with files on th
 folder where the mesh reads and writes its object store; the per-task settings come from
 the plan's own task messages, so both systems make the same outputs with the same work.
 
-The probe runs where the task says: "child" is vidmesh's `probe_isolated`, the mesh's own
-call (a child forked from a fork server that has imported PyAV, with the pipeline's memory,
-CPU and time limits); "worker" is `probe` inside the pool process, unguarded.
+The probe runs where the task says: "process" is a fresh `python -m services.pipeline.probe`
+per upload with the pipeline's memory, CPU and time limits (the design as the book draws
+it, and the baseline the mesh is held to); "child" is vidmesh's `probe_isolated`, the
+mesh's own call (a child forked from a fork server that has imported PyAV, same limits);
+"worker" is `probe` inside the pool process, unguarded.
 
 Configuration: the environment variable BENCH_CELERY_REDIS_URL (the benchmark sets it for
 the worker; the benchmark process calls `configure`).
@@ -35,6 +37,8 @@ import json
 import multiprocessing
 import os
 import shutil
+import subprocess
+import sys
 
 import msgspec
 from celery import Celery, Task, chord
@@ -47,7 +51,7 @@ from services.transcoder import audio, chunk
 from services.transcoder.service import cpu_budget
 from services.transcoder.stitch import stitch
 from shared import config
-from shared.contracts import AUDIO_TASK, THUMBNAIL_TASK, RenditionSpec
+from shared.contracts import AUDIO_TASK, THUMBNAIL_TASK, RenditionSpec, SourceInfo
 
 REDIS_URL_ENV = "BENCH_CELERY_REDIS_URL"
 STATUS_KEY = "peer:video:{}"  # a Redis hash per video: status, error, outputs (JSON)
@@ -178,8 +182,30 @@ def _probe(path: str, where: str):
               "containers": SETTINGS.containers}
     if where == "worker":
         return probe(path, **limits)
+    if where == "process":
+        return _probe_in_fresh_python(path, limits)
     return asyncio.run(probe_isolated(path, timeout_s=SETTINGS.probe_timeout_s,
                                       max_memory_mb=SETTINGS.probe_max_memory_mb, **limits))
+
+
+def _probe_in_fresh_python(path: str, limits: dict):
+    """The probe as a design without a fork server isolates it: `python -m
+    services.pipeline.probe` per upload (a Python start and PyAV's import each time), with
+    the same memory, CPU and wall-clock limits."""
+    args = {"path": path, "limits": {**limits, "containers": list(limits["containers"])},
+            "max_memory_mb": SETTINGS.probe_max_memory_mb, "cpu_s": int(SETTINGS.probe_timeout_s) + 1}
+    try:
+        out = subprocess.run([sys.executable, "-m", "services.pipeline.probe", json.dumps(args)], capture_output=True,
+                             timeout=SETTINGS.probe_timeout_s, env={**os.environ, "MALLOC_ARENA_MAX": "2"}).stdout
+    except subprocess.TimeoutExpired:
+        raise ProbeError("unreadable", f"probing took longer than {SETTINGS.probe_timeout_s:g} s") from None
+    try:
+        result = json.loads(out)
+    except ValueError:
+        raise ProbeError("unreadable", "the probe failed: the file needs more than the probe may use") from None
+    if "error" in result:
+        raise ProbeError(result["error"]["code"], result["error"]["message"])
+    return msgspec.convert(result["source"], SourceInfo)
 
 
 def _concat(parts: list[str], dst: str) -> str:

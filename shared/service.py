@@ -71,6 +71,31 @@ class _Consumer:
     on_exhausted: Callable | None
 
 
+class HttpMetrics:
+    """vidmesh_http_request_seconds per method, route template and status, as pure ASGI
+    middleware (Starlette's function middleware runs each request through a task group)."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        started = time.perf_counter()
+        status = [500]  # if the app raises before it answers
+
+        async def sending(message):
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, sending)
+        finally:
+            route = getattr(scope.get("route"), "path", "unmatched")
+            HTTP_SECONDS.labels(scope["method"], route, str(status[0])).observe(time.perf_counter() - started)
+
+
 class Service:
     def __init__(self, name: str, description: str, version: str = "0.1.0"):
         self.name = name
@@ -156,15 +181,7 @@ class Service:
         for hook in self._app_hooks:
             hook(app)
 
-        @app.middleware("http")
-        async def http_metrics(request, call_next):
-            started = time.perf_counter()
-            response = await call_next(request)
-            route = request.scope.get("route")
-            HTTP_SECONDS.labels(request.method, getattr(route, "path", "unmatched"), str(response.status_code)).observe(
-                time.perf_counter() - started
-            )
-            return response
+        app.add_middleware(HttpMetrics)
         try:
             from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 

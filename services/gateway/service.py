@@ -53,6 +53,8 @@ from .app import (
 )
 from .limits import RequestLimits
 from .playback import router as playback_router
+from .headers import ResponseHeaders
+from .streaming import PREFLIGHT as HLS_PREFLIGHT
 from .streaming import cors as hls_cors
 from .streaming import router as streaming_router
 from .uploads import MultipartFile, accepted, new_video_id
@@ -104,20 +106,17 @@ async def _watch_load(bus: Bus) -> None:
     service.background(poll())
 
 
-@service.configure_app
-def _trace_header(app: FastAPI) -> None:
-    @app.middleware("http")
-    async def trace_id(request: Request, call_next):
-        # the trace of this request, to find it in Jaeger (the OTel middleware wraps this one)
-        response = await call_next(request)
-        if trace_id := telemetry.current_trace_id():
-            response.headers["X-Trace-Id"] = trace_id
-        return response
+def _trace_header(scope) -> dict | None:
+    # the trace of this request, to find it in Jaeger (the OTel middleware wraps this one)
+    trace_id = telemetry.current_trace_id()
+    return {"X-Trace-Id": trace_id} if trace_id else None
 
 
 @service.configure_app
-def _cors(app: FastAPI) -> None:
-    app.middleware("http")(hls_cors)  # cross-origin players of the HLS routes (streaming.py)
+def _response_headers(app: FastAPI) -> None:
+    app.add_middleware(ResponseHeaders, rule=_trace_header)
+    # cross-origin players of the HLS routes (streaming.py)
+    app.add_middleware(ResponseHeaders, rule=hls_cors, preflight=HLS_PREFLIGHT)
 
 
 @service.configure_app

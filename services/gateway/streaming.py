@@ -41,16 +41,10 @@ READY_PLAYLIST_CACHE = "private, max-age=300"
 TRACK = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
 
 
-async def cors(request: Request, call_next):
-    """CORS on the HLS routes only (the rest of the API is same-origin); preflights answered
-    here, before authentication, as browsers send them without credentials."""
-    if not HLS_PATH.match(request.url.path):
-        return await call_next(request)
-    if request.method == "OPTIONS":
-        return Response(status_code=204, headers=PREFLIGHT)
-    response = await call_next(request)
-    response.headers.update(CORS)
-    return response
+def cors(scope) -> dict | None:
+    """CORS on the HLS routes only (the rest of the API is same-origin); their preflights
+    are answered with PREFLIGHT (headers.ResponseHeaders)."""
+    return CORS if HLS_PATH.match(scope["path"]) else None
 
 
 @router.get("/v1/videos/{video_id}/hls/master.m3u8", responses=schemas.PLAYLIST, summary="HLS master playlist")

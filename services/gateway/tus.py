@@ -35,6 +35,7 @@ from . import quotas, schemas
 from .schemas import DirectUploadCreated, DirectUploadRequest
 from .app import ApiError, announce, authenticate, connected_bus, fetch_video, json_response, service
 from .resumable import DirectUpload, Held, UploadProblem, Uploads, UploadState, StoreFailed
+from .headers import ResponseHeaders
 from .uploads import new_video_id
 
 log = logging.getLogger("vidmesh.gateway.tus")
@@ -81,23 +82,18 @@ async def _start_uploads(bus: Bus) -> None:
     await _uploads.start()
 
 
-async def tus_headers(request: Request, call_next):
+def tus_headers(scope) -> dict | None:
     """Every answer of the tus routes says the protocol version (errors too); a direct-upload
     URL's answers are open to any origin."""
-    path = request.url.path
-    direct = bool(DIRECT_PATH.match(path))
-    if not (direct or UPLOAD_PATH.match(path)):
-        return await call_next(request)
-    response = await call_next(request)
-    response.headers["Tus-Resumable"] = TUS_VERSION
-    if direct:
-        response.headers.update(CORS)
-    return response
+    path = scope["path"]
+    if DIRECT_PATH.match(path):
+        return {"Tus-Resumable": TUS_VERSION, **CORS}
+    return {"Tus-Resumable": TUS_VERSION} if UPLOAD_PATH.match(path) else None
 
 
 @service.configure_app
 def _tus_middleware(app) -> None:
-    app.middleware("http")(tus_headers)
+    app.add_middleware(ResponseHeaders, rule=tus_headers)
 
 
 # --- parsing ---------------------------------------------------------------------------------
