@@ -1,5 +1,5 @@
-"""load: sustained load. N small clips (2 s, 640x360 -> one 360p transcode task and one
-thumbnail task each) uploaded from 8 concurrent clients; videos/minute end to end, p50/p99
+"""load: sustained load. N small clips (2 s, 640x360 -> one chunk task making the 360p
+rung, one audio task, one stitch task and one thumbnail task each) uploaded from 8 concurrent clients; videos/minute end to end, p50/p99
 time to `ready`, tasks/s through the queues, 429s. Then the same N on a fresh mesh while
 one transcoder process is SIGKILLed every 3 s: the share of videos that still reach
 `ready` (target: all of them).
@@ -39,7 +39,6 @@ CLIENTS = 8
 POLL_S = 0.2
 KILL_EVERY_S = 3.0
 RUN_TIMEOUT_S = 240  # per run: the bench always stops by itself (two runs, well under 10 min)
-TASKS_PER_VIDEO = 2  # 360p source: the 360p rendition + the thumbnail
 TENANT = "alice"
 MESH_ENV = {
     "VIDMESH_TRANSCODER_PROCS": "2",

@@ -31,6 +31,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -97,6 +98,20 @@ def redis_server(tmp: str):
         log.close()
 
 
+def _ping(app, node: str, deadline: float) -> bool:
+    """Whether the worker answers a ping. kombu re-tries a control message's broker
+    connection forever (seen once: a broadcast stuck for 15 minutes while Redis answered
+    others), so the ping runs on a daemon thread that is given up at `deadline`."""
+    answer: list = []
+    thread = threading.Thread(target=lambda: answer.append(app.control.ping(destination=[node], timeout=0.5)),
+                              daemon=True)
+    thread.start()
+    thread.join(max(0.0, deadline - time.monotonic()) + 1.0)
+    if thread.is_alive():
+        raise RuntimeError(f"no answer to a ping of {node}: the benchmark's broker connection is stuck")
+    return bool(answer and answer[0])
+
+
 @contextmanager
 def celery_worker(app, url: str, tmp: str, label: str):
     """One `celery worker` (prefork, CONCURRENCY pool processes, every queue), ready when it
@@ -116,7 +131,7 @@ def celery_worker(app, url: str, tmp: str, label: str):
     try:
         started = time.monotonic()
         with console.status(f"starting {label}: celery worker {node}"):
-            while not app.control.ping(destination=[node], timeout=0.5):
+            while not _ping(app, node, started + START_TIMEOUT_S):
                 if proc.poll() is not None or time.monotonic() > started + START_TIMEOUT_S:
                     raise RuntimeError(f"the celery worker did not start: {Path(log.name).read_text()[-3000:]}")
         console.log(f"{label}: worker {node} ready in {time.monotonic() - started:.1f}s")
