@@ -18,6 +18,7 @@ celery.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import tempfile
@@ -284,12 +285,16 @@ def run() -> dict:
     # Rounds alternate the systems (mesh, peer, mesh, peer, ...) so neither always runs first
     # on a machine that has just been idle or busy; each row is its median round.
     steady_rounds, peer_rounds = [], []
-    for _ in range(rounds()):
-        steady_rounds.append(one_run(clip, n, "steady", chaos=False))
+    with contextlib.ExitStack() as stack:
+        run_peer = None
         if peer() == "celery":
             from . import peer_celery
 
-            peer_rounds.append(peer_celery.run(clip, n, clients=CLIENTS, poll_s=POLL_S, timeout_s=RUN_TIMEOUT_S))
+            run_peer = stack.enter_context(peer_celery.session())
+        for _ in range(rounds()):
+            steady_rounds.append(one_run(clip, n, "steady", chaos=False))
+            if run_peer:
+                peer_rounds.append(run_peer(clip, n, clients=CLIENTS, poll_s=POLL_S, timeout_s=RUN_TIMEOUT_S))
     steady = median_round(steady_rounds)
     peers = [median_round([r[i] for r in peer_rounds]) for i in range(len(peer_rounds[0]))] if peer_rounds else []
     chaos_runs = [one_run(clip, n, "chaos", chaos=True)]

@@ -264,27 +264,34 @@ def run_load(app, store, media: str, clip: bytes, n: int, probe_in: str, clients
     }
 
 
-def run(clip: bytes, n: int, *, clients: int, poll_s: float, timeout_s: float) -> list[dict]:
-    """One row per probe placement (PROBES), each on a fresh worker and a flushed Redis."""
+@contextmanager
+def session():
+    """One Redis for every round of a benchmark run (Celery's app keeps its first broker URL
+    in cached producer pools, so it is configured once); yields `run(clip, n, ...)`, which
+    makes one row per probe placement (PROBES), each on a fresh worker and a flushed Redis."""
     import redis
 
     from tests.clips import make_clip
 
     from .peer_celery_app import app, configure
 
-    rows = []
     with tempfile.TemporaryDirectory(prefix="vidmesh-bench-celery-") as tmp, redis_server(tmp) as url:
         configure(url)
         store = redis.Redis.from_url(url)
         warm = Path(make_clip(os.path.join(tmp, "warm.mp4"), width=320, height=240, seconds=1.0)).read_bytes()
-        try:
+
+        def run(clip: bytes, n: int, *, clients: int, poll_s: float, timeout_s: float) -> list[dict]:
+            rows = []
             for probe_in in PROBES:
                 store.flushall()
                 rows.append(one_row(app, store, url, tmp, warm, clip, n, probe_in, clients, poll_s, timeout_s))
+            return rows
+
+        try:
+            yield run
         finally:
             store.close()
             app.close()  # the app's broker connections and result backend, before redis stops
-    return rows
 
 
 def one_row(app, store, url: str, tmp: str, warm: bytes, clip: bytes, n: int, probe_in: str, clients: int,
