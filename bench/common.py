@@ -272,6 +272,18 @@ def loadavg() -> list[float]:
 # --- statistics and results ------------------------------------------------------------------
 
 
+def rate_figures(ready: int, wall: float, tasks: int, ttr: list[float]) -> dict:
+    """Videos/min and tasks/s over `wall` seconds, and the time-to-ready percentiles (s)."""
+    return {
+        "videos_per_min": round(ready / wall * 60, 1),
+        "tasks_completed": tasks,
+        "tasks_per_s": round(tasks / wall, 2),
+        "ttr_p50_s": round(percentile(ttr, 50), 2) if ttr else None,
+        "ttr_p99_s": round(percentile(ttr, 99), 2) if ttr else None,
+        "ttr_max_s": round(max(ttr), 2) if ttr else None,
+    }
+
+
 def percentile(values: list[float], p: float) -> float:
     """Nearest-rank percentile (p in 0..100) of a non-empty list."""
     ordered = sorted(values)

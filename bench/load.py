@@ -31,7 +31,7 @@ from pathlib import Path
 import httpx
 from rich.table import Table
 
-from .common import console, percentile, running_mesh, verdict
+from .common import console, percentile, rate_figures, running_mesh, verdict
 
 NAME = "load"
 WIDTH, HEIGHT, SECONDS, FPS = 640, 360, 2.0, 30
@@ -215,12 +215,7 @@ def run_load(mesh, clip: bytes, n: int, label: str, chaos: bool) -> dict:
         "timed_out": timed_out,
         "ready_share": round(len(ready) / len(accepted), 4) if accepted else 0.0,
         "wall_s": round(wall, 2),  # first POST -> last ready seen
-        "videos_per_min": round(len(ready) / wall * 60, 1),
-        "tasks_completed": tasks,
-        "tasks_per_s": round(tasks / wall, 2),
-        "ttr_p50_s": round(percentile(ttr, 50), 2) if ttr else None,
-        "ttr_p99_s": round(percentile(ttr, 99), 2) if ttr else None,
-        "ttr_max_s": round(max(ttr), 2) if ttr else None,
+        **rate_figures(len(ready), wall, tasks, ttr),
         "upload_p50_s": round(percentile(upload_s, 50), 3) if upload_s else None,
         "upload_p99_s": round(percentile(upload_s, 99), 3) if upload_s else None,
         "responses_not_202": counters.by_status,

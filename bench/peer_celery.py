@@ -38,7 +38,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 
-from .common import ROOT, console, percentile
+from .common import ROOT, console, percentile, rate_figures
 
 CONCURRENCY = 2  # pool processes: the mesh's two transcoder slots
 QUEUES = "celery,resize,thumbnail,done"  # upload goes to Celery's default queue
@@ -253,12 +253,7 @@ def run_load(app, store, media: str, clip: bytes, n: int, probe_in: str, clients
         "timed_out": timed_out,
         "ready_share": round(len(ready) / len(accepted), 4) if accepted else 0.0,
         "wall_s": round(wall, 2),  # first byte written -> last ready seen
-        "videos_per_min": round(len(ready) / wall * 60, 1),
-        "tasks_completed": tasks,
-        "tasks_per_s": round(tasks / wall, 2),
-        "ttr_p50_s": round(percentile(ttr, 50), 2) if ttr else None,
-        "ttr_p99_s": round(percentile(ttr, 99), 2) if ttr else None,
-        "ttr_max_s": round(max(ttr), 2) if ttr else None,
+        **rate_figures(len(ready), wall, tasks, ttr),
         "submit_p50_s": round(percentile(submit_s, 50), 4) if submit_s else None,
         "submit_p99_s": round(percentile(submit_s, 99), 4) if submit_s else None,
     }
