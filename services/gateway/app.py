@@ -38,7 +38,7 @@ RPC_STATUS = {"not_found": 404, "unavailable": 503, "timeout": 504, "bad_request
 
 # The dependencies are coroutines although they do no I/O: FastAPI runs a plain `def`
 # dependency on its thread pool, a hand-off per request that cost the gateway about a
-# tenth of its CPU under load (bench/overhead.py).
+# tenth of its CPU under load (bench/README.md, "overhead").
 
 
 async def authenticate(request: Request) -> str:

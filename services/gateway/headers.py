@@ -1,8 +1,9 @@
 """Response headers set by route family, as pure ASGI middleware.
 
 Starlette's `@app.middleware("http")` runs every request through a task group and memory
-streams; three such layers cost the gateway a tenth of its CPU under load
-(bench/overhead.py). These wrap `send` instead and touch only the response start.
+streams; four such layers and a thread-pool hop per request cost the gateway about a
+quarter of its CPU under load (bench/README.md, "overhead"). These wrap `send` instead and
+touch only the response start.
 """
 
 from __future__ import annotations

@@ -51,9 +51,9 @@ from .app import (
     json_response,
     service,
 )
+from .headers import ResponseHeaders
 from .limits import RequestLimits
 from .playback import router as playback_router
-from .headers import ResponseHeaders
 from .streaming import PREFLIGHT as HLS_PREFLIGHT
 from .streaming import cors as hls_cors
 from .streaming import router as streaming_router
