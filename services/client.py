@@ -951,14 +951,16 @@ def _event_summary(name: str, d: dict) -> str:
         parts += [extra for extra in ("audio", "thumbnail") if d.get(extra)]
         return ", ".join(parts)
     if name == "chunk_progress":
-        return f"chunk {d.get('chunk')}: {d.get('segments')} segments encoded"
+        n = d.get("segments")
+        return f"chunk {d.get('chunk')}: {n} segment{'s' * (n != 1)} encoded"
     if name == "chunk_encoded":
         segments = d.get("segments") or []
         size = sum(sum((s.get("sizes") or {}).values()) for s in segments)
         span = f"segments {segments[0]['index']}-{segments[-1]['index']}" if segments else "no segment (past the end)"
         return f"chunk {d.get('chunk')}: {span}, every rendition, {_size(size)}"
     if name == "audio_encoded":
-        return f"{len(d.get('segments') or [])} segments, {d.get('codec')}"
+        n = len(d.get("segments") or [])
+        return f"{n} segment{'s' * (n != 1)}, {d.get('codec')}"
     if name == "rendition_stitched":
         return f"{d.get('rendition')} {d.get('width')}x{d.get('height')} {_size(d.get('size'))}, {d.get('duration', 0):.1f} s"
     if name == "thumbnail_extracted":

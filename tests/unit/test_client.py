@@ -190,7 +190,7 @@ def test_upload_wait_ends_with_every_rendition_done(monkeypatch, tmp_path):
 
 def test_events_summarise_the_chunked_pipeline():
     assert cl._event_summary("video_planned", PLANNED) == "720p 360p, 3 chunks, 6 segments of 2 s, audio, thumbnail"
-    assert cl._event_summary("chunk_progress", {"chunk": 2, "segments": 1}) == "chunk 2: 1 segments encoded"
+    assert cl._event_summary("chunk_progress", {"chunk": 2, "segments": 1}) == "chunk 2: 1 segment encoded"
     assert cl._event_summary("chunk_encoded", chunk_encoded(1, 2, 3)) == "chunk 1: segments 2-3, every rendition, 7.8 KiB"
     assert cl._event_summary("rendition_stitched", stitched("360p", 2048)) == "360p 640x360 2.0 KiB, 12.0 s"
     failed = {"task": "stitch", "error": {"code": "retries_exhausted", "message": "stitch: no worker finished it in 5 attempts"}}
