@@ -112,6 +112,8 @@ def upload(
     size = path.stat().st_size
     saved = Saved(server, path)
     url = saved.load() if resume else None
+    if resume and url is None and say:
+        say(f"{path.name}: no interrupted upload of this file (same path, size and time) to resume; starting one")
     offset = 0
     if url is not None:
         try:

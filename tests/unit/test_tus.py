@@ -110,3 +110,22 @@ def test_an_upload_is_resumed_only_for_the_same_file_server_size_and_mtime(tmp_p
     assert tusclient.resume_key("http://gw:8080", f) != key
     saved.drop()
     assert saved.load() is None
+
+
+def test_resume_with_nothing_to_resume_says_so_and_starts_an_upload(tmp_path, monkeypatch):
+    monkeypatch.setenv("VIDMESH_DATA_DIR", str(tmp_path / "data"))
+    f = tmp_path / "a.mp4"
+    f.write_bytes(b"x" * 10)
+    said, sent = [], []
+
+    class Stop(Exception):
+        pass
+
+    def send(method, path, **kwargs):
+        sent.append((method, path))
+        raise Stop  # the creation request is all this test is about
+
+    with pytest.raises(Stop):
+        tusclient.upload(send, "http://gw:8080", f, chunk_size=4, resume=True, say=said.append)
+    assert sent == [("POST", "/v1/uploads")], "nothing stored to HEAD: a new upload is created"
+    assert said and "no interrupted upload" in said[0] and "a.mp4" in said[0]
