@@ -9,7 +9,7 @@ import time
 import pytest
 from nats.js import api
 
-from shared import config, contracts, telemetry, topology
+from shared import config, contracts, topology
 from shared.bus import Bus, RpcError
 from shared.consumer import ConsumerLoop, Poison, Retry
 from shared.contracts import GetVideo, Video, VideoReady
@@ -18,16 +18,13 @@ from prometheus_client import REGISTRY
 from shared import objects
 from shared.objects import CHUNK_SIZE, TooLarge
 from shared.service import Service
+from tests.integration.conftest import connected_bus
 
 
 @pytest.fixture
 async def bus(nats_server):
-    settings = config.load({"NATS_URL": nats_server.url, "VIDMESH_TASK_ACK_WAIT_S": "2"})
-    telemetry.setup("test")
-    b = await Bus.connect(settings, "test")
-    await topology.ensure(b.js, settings)
-    yield b
-    await b.close()
+    async with connected_bus(nats_server.url, VIDMESH_TASK_ACK_WAIT_S="2") as b:
+        yield b
 
 
 async def test_topology_is_idempotent_and_complete(bus):

@@ -12,8 +12,6 @@ import pytest
 
 from services.catalog import service as catalog
 from services.gateway.uploads import new_video_id
-from shared import config, telemetry, topology
-from shared.bus import Bus
 from shared.consumer import Retry
 from shared.contracts import (
     RenditionSpec,
@@ -27,16 +25,6 @@ from shared.contracts import (
 
 TENANT = "order"
 RUNGS = [RenditionSpec(name="360p", width=640, height=360), RenditionSpec(name="240p", width=426, height=240)]
-
-
-@pytest.fixture
-async def bus(nats_server):
-    settings = config.load({"NATS_URL": nats_server.url})
-    telemetry.setup("test")
-    b = await Bus.connect(settings, "test")
-    await topology.ensure(b.js, settings)
-    yield b
-    await b.close()
 
 
 async def _planned_video(bus) -> str:

@@ -9,24 +9,11 @@ import io
 import os
 import random
 
-import pytest
 from prometheus_client import REGISTRY
 
 from services.thumbnailer.snapshot import first_frame_jpeg
-from shared import config, telemetry, topology
-from shared.bus import Bus
 from shared.objects import CHUNK_SIZE, ObjectReader
 from tests.clips import make_clip
-
-
-@pytest.fixture
-async def bus(nats_server):
-    settings = config.load({"NATS_URL": nats_server.url})
-    telemetry.setup("test")
-    b = await Bus.connect(settings, "test")
-    await topology.ensure(b.js, settings)
-    yield b
-    await b.close()
 
 
 def _bytes_read() -> float:

@@ -12,24 +12,17 @@ from prometheus_client import REGISTRY
 
 from services.pipeline import service as pipeline
 from services.pipeline.probe import probe
-from shared import config, telemetry, topology
-from shared.bus import Bus
 from shared.contracts import ProbeSource
 from tests.clips import make_clip
+from tests.integration.conftest import connected_bus
 
 MiB = 1024 * 1024
 
 
 @pytest.fixture
 async def bus(nats_server, tmp_path):
-    settings = config.load(
-        {"NATS_URL": nats_server.url, "VIDMESH_PROBE_WINDOW_MB": "1", "VIDMESH_TMP_DIR": str(tmp_path)}
-    )
-    telemetry.setup("test")
-    b = await Bus.connect(settings, "test")
-    await topology.ensure(b.js, settings)
-    yield b
-    await b.close()
+    async with connected_bus(nats_server.url, VIDMESH_PROBE_WINDOW_MB="1", VIDMESH_TMP_DIR=str(tmp_path)) as b:
+        yield b
 
 
 @pytest.fixture(scope="module")

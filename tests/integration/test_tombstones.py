@@ -15,21 +15,17 @@ from services.catalog.projection import record_decoder
 from services.gateway.uploads import new_video_id
 from services.pipeline import jobs
 from services.pipeline import service as pipeline
-from shared import config, telemetry, topology
-from shared.bus import Bus
+from shared import config, topology
 from shared.contracts import ChunkEncoded, RenditionStitched, SegmentInfo, SourceInfo, VideoDeleted, VideoUploaded
+from tests.integration.conftest import connected_bus
 
 TTL_S = 2
 
 
 @pytest.fixture
 async def bus(nats_server):
-    settings = config.load({"NATS_URL": nats_server.url, "VIDMESH_TOMBSTONE_TTL_S": str(TTL_S)})
-    telemetry.setup("test")
-    b = await Bus.connect(settings, "test")
-    await topology.ensure(b.js, settings)
-    yield b
-    await b.close()
+    async with connected_bus(nats_server.url, VIDMESH_TOMBSTONE_TTL_S=str(TTL_S)) as b:
+        yield b
 
 
 def _uploaded(tenant: str, video_id: str) -> VideoUploaded:
