@@ -423,7 +423,7 @@ class Uploads:
         except (APIError, asyncio.TimeoutError) as exc:
             await self._delete_seqs(seqs)
             raise StoreFailed(f"a chunk was not stored ({exc!r})") from None
-        info = await js.stream_info(f"OBJ_{topology.OBJ_MEDIA}", subjects_filter=subject)
+        info = await js.stream_info(self.bus.media.stream, subjects_filter=subject)
         if (info.state.subjects or {}).get(subject, 0) != expect_total:
             await self._delete_seqs(seqs)
             raise _Fenced("a chunk of another writer slipped in between")
@@ -438,7 +438,7 @@ class Uploads:
 
     async def _delete_after(self, subject: str, seq: int) -> int:
         """Delete every message of `subject` after sequence `seq` (chunks no state recorded)."""
-        stream, deleted = f"OBJ_{topology.OBJ_MEDIA}", 0
+        stream, deleted = self.bus.media.stream, 0
         while True:
             try:
                 msg = await self.js.get_msg(stream, seq=seq + 1, subject=subject, next=True)
@@ -449,7 +449,7 @@ class Uploads:
             seq = msg.seq
 
     async def _delete(self, seq: int) -> None:
-        stream = f"OBJ_{topology.OBJ_MEDIA}"
+        stream = self.bus.media.stream
         # no_erase: the bytes are dropped, not overwritten first (they were never anyone's)
         await self.js._api_request(
             f"$JS.API.STREAM.MSG.DELETE.{stream}", json.dumps({"seq": seq, "no_erase": True}).encode(), timeout=10
@@ -688,7 +688,7 @@ class _Patch:
         if not self.unrecorded:
             return
         subject = self.subject
-        info = await self.u.js.stream_info(f"OBJ_{topology.OBJ_MEDIA}", subjects_filter=subject)
+        info = await self.u.js.stream_info(self.u.bus.media.stream, subjects_filter=subject)
         if (info.state.subjects or {}).get(subject, 0) != self.chunks:
             await self._drop_unrecorded()
             raise locked("another writer's chunks slipped in among this PATCH's; resume from HEAD's offset")
