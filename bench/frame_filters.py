@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import importlib
 import os
-import resource
 import shutil
 import subprocess
 import sys
@@ -28,7 +27,7 @@ from pathlib import Path
 
 from rich.table import Table
 
-from .common import ROOT, clip, console, median, verdict, write_result
+from .common import ROOT, clip, console, median, own_cpu_seconds, verdict, write_result
 
 BEFORE = "3507cac"  # the last commit before the frame path (media/) landed
 ROUNDS = 5
@@ -49,17 +48,12 @@ def _before_package(tmp: str):
     return importlib.import_module("before_transcoder.chunk")
 
 
-def _cpu() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
-
-
 def _encode(module, src: str, rungs, out: str) -> tuple[float, float]:
     """(wall, CPU) seconds of one encode_chunk."""
     shutil.rmtree(out, ignore_errors=True)
-    t0, c0 = time.perf_counter(), _cpu()
+    t0, c0 = time.perf_counter(), own_cpu_seconds()
     module.encode_chunk(src, out, rungs=rungs, segment_s=6.0, preset="veryfast")
-    return time.perf_counter() - t0, _cpu() - c0
+    return time.perf_counter() - t0, own_cpu_seconds() - c0
 
 
 def sdr_overhead(tmp: str) -> dict:
