@@ -29,9 +29,7 @@ from pathlib import Path
 
 from rich.table import Table
 
-from .common import CLK_TCK, machine_busy_seconds, mesh_processes, own_cpu_seconds, running_mesh
-
-RESULTS = Path(__file__).parent / "results"
+from .common import CLK_TCK, RESULTS, machine_busy_seconds, mesh_processes, own_cpu_seconds, running_mesh
 
 NAME = "overhead"
 DEFAULT_N = 40
