@@ -358,7 +358,7 @@ async def upload_expiry(bus: Bus, now: float) -> dict:
             if not await _delete_entry(kv, entry):
                 continue
             await bus.media.purge_chunks(upload.nuid)
-            await bus.js.purge_stream(f"OBJ_{topology.OBJ_MEDIA}", subject=bus.media._meta_subject(
+            await bus.js.purge_stream(bus.media.stream, subject=bus.media._meta_subject(
                 topology.source_key(upload.tenant, upload.id)))
             summary["expired"] += 1
             log.info("upload_expiry: removed %s/%s (expired)", upload.tenant, upload.id)
