@@ -269,13 +269,19 @@ def one_run(clip: bytes, n: int, label: str, chaos: bool, extra_env: dict | None
     return row
 
 
-def run() -> dict:
+def load_clip() -> bytes:
+    """The bytes of the load clip: WIDTH x HEIGHT, SECONDS at FPS, H.264+AAC with the
+    encoder's own GOP (one keyframe in so short a clip: one chunk)."""
     from tests.clips import make_clip
 
-    n = n_videos()
     with tempfile.TemporaryDirectory(prefix="vidmesh-bench-clip-") as tmp:
         src = make_clip(os.path.join(tmp, "load.mp4"), width=WIDTH, height=HEIGHT, seconds=SECONDS, fps=FPS, audio=True)
-        clip = Path(src).read_bytes()
+        return Path(src).read_bytes()
+
+
+def run() -> dict:
+    n = n_videos()
+    clip = load_clip()
     console.log(f"clip: {WIDTH}x{HEIGHT} {SECONDS:g} s {FPS} fps H.264+AAC, {len(clip) / 1e3:.0f} kB; N={n}, {CLIENTS} clients")
     # Rounds alternate the systems (mesh, peer, mesh, peer, ...) so neither always runs first
     # on a machine that has just been idle or busy; each row is its median round.

@@ -117,15 +117,13 @@ def categorize(raw: str) -> Counter:
 
 
 def run() -> dict:
-    from tests.clips import make_clip
-
-    from .load import CLIENTS, FPS, HEIGHT, MESH_ENV, SECONDS, WIDTH, run_load
+    from .load import CLIENTS, MESH_ENV, load_clip, run_load
     from .pipeline import warm_up
 
     n = n_videos()
     py_spy = shutil.which("py-spy") or (str(Path(sys.executable).parent / "py-spy") if (Path(sys.executable).parent / "py-spy").exists() else None)
     with tempfile.TemporaryDirectory(prefix="vidmesh-bench-overhead-") as tmp:
-        clip = Path(make_clip(os.path.join(tmp, "clip.mp4"), width=WIDTH, height=HEIGHT, seconds=SECONDS, fps=FPS, audio=True)).read_bytes()
+        clip = load_clip()
         with running_mesh(MESH_ENV, label="mesh for overhead") as mesh:
             warm_up(mesh, tmp)
             procs = {name: pid for name, pid in mesh_processes(mesh).items() if name != "vidmesh"}
