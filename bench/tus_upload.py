@@ -20,6 +20,8 @@ from pathlib import Path
 
 import httpx
 
+from services.tusclient import _pieces
+
 from .common import GiB, MiB, RssSampler, console, mib, proc_status_kib, reset_peak_rss, running_mesh, service_pid
 
 NAME = "tus_upload"
@@ -29,22 +31,10 @@ TIMEOUT_S = 600
 TUS = {"Tus-Resumable": "1.0.0"}
 
 
-def _file_pieces(path: Path, start: int, length: int, piece: int = 1 * MiB):
-    with path.open("rb") as f:
-        f.seek(start)
-        left = length
-        while left:
-            data = f.read(min(piece, left))
-            if not data:
-                return
-            left -= len(data)
-            yield data
-
-
 def post_once(client: httpx.Client, path: Path, size: int) -> tuple[float, httpx.Response]:
     started = time.perf_counter()
     resp = client.post(
-        "/v1/videos", content=_file_pieces(path, 0, size),
+        "/v1/videos", content=_pieces(path, 0, size, piece=1 * MiB),
         headers={"Content-Type": "video/mp4", "Content-Length": str(size), "X-Filename": path.name},
     )
     return time.perf_counter() - started, resp

@@ -88,12 +88,13 @@ def _checksum(path: Path, offset: int, length: int) -> str:
     return "sha256 " + base64.b64encode(digest.digest()).decode()
 
 
-def _pieces(path: Path, offset: int, length: int, on_piece: Callable[[int], None] | None = None):
+def _pieces(path: Path, offset: int, length: int, on_piece: Callable[[int], None] | None = None, piece: int = PIECE):
+    """`length` bytes of the file from `offset`, `piece` bytes at a time (a streamed body)."""
     with path.open("rb") as f:
         f.seek(offset)
         left = length
         while left:
-            data = f.read(min(PIECE, left))
+            data = f.read(min(piece, left))
             if not data:
                 return
             left -= len(data)
