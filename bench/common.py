@@ -242,16 +242,17 @@ _CLIPS: dict[tuple, str] = {}
 _CLIP_DIR: tempfile.TemporaryDirectory | None = None
 
 
-def clip(seconds: float, width: int = 1920, height: int = 1080, fps: int = 30) -> str:
+def clip(seconds: float, width: int = 1920, height: int = 1080, fps: int = 30, gop: int | None = None) -> str:
     """The path of a generated H.264+AAC clip (tests.clips.make_clip) with a keyframe every
     second, as phones and cameras record (x264's own default, one every 8.3 s, would make
     every chunk decode up to 8 s of picture it then drops: not what uploads look like). Set
-    BENCH_SOURCE_GOP_FRAMES (e.g. 250) to measure another GOP. Made once per `python -m
-    bench` process and shared by the benchmarks that use the same one."""
+    BENCH_SOURCE_GOP_FRAMES (e.g. 250) to measure another GOP; `gop` (frames) fixes it for
+    a benchmark whatever that says. Made once per `python -m bench` process and shared by
+    the benchmarks that use the same one."""
     global _CLIP_DIR
     from tests.clips import make_clip
 
-    gop = int(os.environ.get("BENCH_SOURCE_GOP_FRAMES") or fps)
+    gop = gop or int(os.environ.get("BENCH_SOURCE_GOP_FRAMES") or fps)
     key = (seconds, width, height, fps, gop)
     if key not in _CLIPS:
         if _CLIP_DIR is None:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from rich.table import Table
 
-from .common import console, median, running_mesh
+from .common import clip, console, median, running_mesh
 from .pipeline import mesh_once, warm_up
 
 NAME = "playable"
@@ -25,14 +25,9 @@ TARGET = 0.20
 
 
 def run() -> dict:
-    from tests.clips import make_clip
-
     rows = []
+    data = Path(clip(SECONDS, WIDTH, HEIGHT, FPS, gop=FPS)).read_bytes()  # 1 s GOP: the 60 s clip scale, chunk_size and transcoder_rss use
     with tempfile.TemporaryDirectory(prefix="vidmesh-bench-playable-") as tmp:
-        path = Path(tmp) / "source.mp4"
-        with console.status(f"generating a {SECONDS:g} s {WIDTH}x{HEIGHT} clip (1 s GOP)"):
-            make_clip(path, width=WIDTH, height=HEIGHT, seconds=SECONDS, fps=FPS, audio=True, gop=FPS)
-        data = path.read_bytes()
         with running_mesh(label="mesh") as mesh:
             with console.status("warm-up: one small clip through the mesh (not timed)"):
                 warm_up(mesh, tmp)
