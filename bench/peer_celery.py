@@ -38,7 +38,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 
-from .common import ROOT, console, percentile, rate_figures
+from .common import ROOT, console, loadavg, percentile, rate_figures
 
 CONCURRENCY = 2  # pool processes: the mesh's two transcoder slots
 QUEUES = "celery,resize,thumbnail,done"  # upload goes to Celery's default queue
@@ -306,11 +306,11 @@ def one_row(app, store, url: str, tmp: str, warm: bytes, clip: bytes, n: int, pr
             if set(ended.values()) != {"ready"}:
                 raise RuntimeError(f"{label}: the warm-up clips ended {list(ended.values())}: {poll(store, ids)}")
             console.log(f"{label}: warm-up clips ready in {time.perf_counter() - t:.1f}s")
-            load = [round(x, 2) for x in os.getloadavg()]
+            load = loadavg()
             row = run_load(app, store, media, clip, n, probe_in, clients, poll_s, timeout_s)
     finally:
         shutil.rmtree(media, ignore_errors=True)
-    row.update(loadavg_at_start=load, loadavg_at_end=[round(x, 2) for x in os.getloadavg()],
+    row.update(loadavg_at_start=load, loadavg_at_end=loadavg(),
                worker={"pool": "prefork", "concurrency": CONCURRENCY, "queues": QUEUES},
                celery=celery.__version__, redis_server=store.info("server")["redis_version"])
     console.log(
