@@ -191,4 +191,4 @@ def upload(
             except Exception as again:
                 if getattr(again, "code", None) not in RETRYABLE:
                     raise
-                offset = offset  # the next attempt asks again
+                # keep the offset: a wrong one gets 409 offset_mismatch, retried with a HEAD like any failure
