@@ -1,1 +1,1 @@
-"""vidmesh benchmarks: `python -m bench [upload|probe|status|pipeline|scale|chunk_size|transcoder_rss|load]` (see README.md)."""
+"""vidmesh benchmarks: `python -m bench [NAME ...]`, names in bench/__main__.py's BENCHMARKS and `python -m bench --help` (see README.md)."""
