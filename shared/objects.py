@@ -88,10 +88,14 @@ def _chunk_size(info: api.ObjectInfo) -> int:
 
 
 def _checkpoints(seqs: list[int]) -> dict:
-    if not seqs:
-        return {}
+    """The seek index of an object whose every chunk sequence is `seqs`."""
     stride = max(1, math.ceil(len(seqs) / MAX_CHECKPOINTS))
-    return {CHECKPOINTS_KEY: f"{stride}:" + ",".join(str(q) for q in seqs[::stride])}
+    return _index_metadata(stride, seqs[::stride])
+
+
+def _index_metadata(stride: int, seqs: list[int]) -> dict:
+    """The `metadata` entry of a seek index: the sequence of every `stride`-th chunk."""
+    return {CHECKPOINTS_KEY: f"{stride}:" + ",".join(map(str, seqs))} if seqs else {}
 
 
 class TooLarge(Exception):
@@ -120,7 +124,7 @@ class MediaStore:
     ) -> StoredObject:
         """Store an object from an async byte iterator with bounded memory."""
         nuid = self.js._nc._nuid.next().decode()
-        chunk_subject = OBJ_CHUNKS_PRE_TEMPLATE.format(bucket=self.bucket, obj=nuid)
+        chunk_subject = self.chunk_subject(nuid)
         digest = hashlib.sha256()
         pending: list[asyncio.Future] = []
         seqs: list[int] = []  # stream sequence of each chunk, in order (the seek index)
@@ -176,8 +180,7 @@ class MediaStore:
         resumable upload, PATCH by PATCH): only the meta message is written, no byte is
         copied. `digest`: a hashlib sha256 of the whole content; `seqs`: the stream sequence
         of every `stride`-th chunk (the seek index)."""
-        metadata = {CHECKPOINTS_KEY: f"{stride}:" + ",".join(map(str, seqs))} if seqs else {}
-        return await self._commit(name, nuid, size, seqs, digest, headers, chunks=chunks, metadata=metadata)
+        return await self._commit(name, nuid, size, seqs, digest, headers, chunks=chunks, metadata=_index_metadata(stride, seqs))
 
     async def purge_chunks(self, nuid: str) -> None:
         """Drop chunks that belong to no object (an abandoned resumable upload)."""
@@ -202,7 +205,7 @@ class MediaStore:
         )
         if previous is not None and previous.nuid != nuid:
             # A redelivered task overwrote the object: drop the old chunks.
-            await self._purge(OBJ_CHUNKS_PRE_TEMPLATE.format(bucket=self.bucket, obj=previous.nuid))
+            await self._purge(self.chunk_subject(previous.nuid))
         return info
 
     async def _abandon(self, pending: list, chunk_subject: str, nc, epoch: int) -> None:
@@ -253,7 +256,7 @@ class MediaStore:
     ) -> AsyncIterator[tuple[int, int, bytes]]:
         """(chunk index, stream sequence, bytes) of the chunks from `index` to `last`; chunk
         `index` is stored at sequence `seq` or later (a checkpoint, or a chunk read before)."""
-        subject = OBJ_CHUNKS_PRE_TEMPLATE.format(bucket=self.bucket, obj=info.nuid)
+        subject = self.chunk_subject(info.nuid)
         stop = info.chunks if last is None else min(info.chunks, last + 1)
         for index in range(index, stop):
             msg = await self.js._nc.request(
@@ -301,7 +304,7 @@ class MediaStore:
         await self.js.publish(
             self._meta_subject(name), json.dumps(gone.as_dict()).encode(), headers={api.Header.ROLLUP: "sub"}
         )
-        await self._purge(OBJ_CHUNKS_PRE_TEMPLATE.format(bucket=self.bucket, obj=info.nuid))
+        await self._purge(self.chunk_subject(info.nuid))
         return True
 
 
