@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from fastapi import Depends, FastAPI, Query, Request
@@ -326,55 +327,51 @@ async def dashboard():
     return FileResponse(STATIC / "index.html", headers=PAGE_HEADERS)
 
 
-# hls.js, the dashboard's HLS player: served from the npm package `make install` puts in
-# web/node_modules (pinned by web/package-lock.json; VIDMESH_HLSJS_DIR in an image), never
-# a copy in the repository. Only these files: the player, its worker, their source maps.
-HLSJS_FILES = ("hls.min.js", "hls.worker.js", "hls.min.js.map", "hls.worker.js.map")
+# The dashboard's browser packages, served from the npm packages `make install` puts in
+# web/node_modules (pinned by web/package-lock.json; in an image the directory settings
+# say where), never a copy in the repository. Only these files of each.
+@dataclass(frozen=True)
+class BrowserPackage:
+    setting: str  # the Settings field of its directory
+    env: str  # the variable that sets it
+    files: tuple[str, ...]
+    without: str  # what the dashboard does when it is missing
 
 
-@api.get("/static/hls.js/{name}", include_in_schema=False)
-async def hlsjs(name: str):
-    if name not in HLSJS_FILES:
+BROWSER_PACKAGES = {
+    # the HLS player, its worker, their source maps
+    "hls.js": BrowserPackage(
+        "hlsjs_dir", "VIDMESH_HLSJS_DIR", ("hls.min.js", "hls.worker.js", "hls.min.js.map", "hls.worker.js.map"),
+        "the dashboard plays HLS only where the browser has its own player, else the MP4 renditions",
+    ),
+    # the resumable uploader
+    "tus-js-client": BrowserPackage(
+        "tusjs_dir", "VIDMESH_TUSJS_DIR", ("tus.min.js", "tus.min.js.map"),
+        "the dashboard uploads each file in one POST, without resuming",
+    ),
+}
+
+
+@api.get("/static/{package}/{name}", include_in_schema=False)
+async def browser_package(package: str, name: str):
+    found = BROWSER_PACKAGES.get(package)
+    if found is None or name not in found.files:
         raise ApiError(404, "not_found", f"no file {name!r} here")
-    path = service.settings.hlsjs_dir / name
-    if not path.is_file():
-        raise ApiError(404, "not_found", f"hls.js is not installed at {service.settings.hlsjs_dir}: run `make install`")
-    return FileResponse(path, headers={"Cache-Control": "no-cache"})
-
-
-# tus-js-client, the dashboard's resumable uploader: served the same way from its npm package
-# (VIDMESH_TUSJS_DIR in an image).
-TUSJS_FILES = ("tus.min.js", "tus.min.js.map")
-
-
-@api.get("/static/tus-js-client/{name}", include_in_schema=False)
-async def tusjs(name: str):
-    if name not in TUSJS_FILES:
-        raise ApiError(404, "not_found", f"no file {name!r} here")
-    path = service.settings.tusjs_dir / name
-    if not path.is_file():
-        raise ApiError(404, "not_found", f"tus-js-client is not installed at {service.settings.tusjs_dir}: run `make install`")
-    return FileResponse(path, headers={"Cache-Control": "no-cache"})
+    directory = getattr(service.settings, found.setting)
+    if not (directory / name).is_file():
+        raise ApiError(404, "not_found", f"{package} is not installed at {directory}: run `make install`")
+    return FileResponse(directory / name, headers={"Cache-Control": "no-cache"})
 
 
 @service.on_startup
-async def _check_tusjs(bus: Bus) -> None:
-    if not (service.settings.tusjs_dir / "tus.min.js").is_file():
-        log.warning(
-            "tus-js-client is not installed at %s (`make install` runs npm ci in web/; or set VIDMESH_TUSJS_DIR): "
-            "the dashboard uploads each file in one POST, without resuming",
-            service.settings.tusjs_dir,
-        )
-
-
-@service.on_startup
-async def _check_hlsjs(bus: Bus) -> None:
-    if not (service.settings.hlsjs_dir / "hls.min.js").is_file():
-        log.warning(
-            "hls.js is not installed at %s (`make install` runs npm ci in web/; or set VIDMESH_HLSJS_DIR): "
-            "the dashboard plays HLS only where the browser has its own player, else the MP4 renditions",
-            service.settings.hlsjs_dir,
-        )
+async def _check_browser_packages(bus: Bus) -> None:
+    for package, found in BROWSER_PACKAGES.items():
+        directory = getattr(service.settings, found.setting)
+        if not (directory / found.files[0]).is_file():
+            log.warning(
+                "%s is not installed at %s (`make install` runs npm ci in web/; or set %s): %s",
+                package, directory, found.env, found.without,
+            )
 
 
 @service.configure_app
