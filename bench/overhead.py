@@ -34,6 +34,8 @@ from .common import CLK_TCK, RESULTS, machine_busy_seconds, mesh_processes, own_
 NAME = "overhead"
 DEFAULT_N = 40
 SAMPLE_HZ = 100
+GETS = 300  # status GETs timed after the load
+PROBES = 5  # probes timed each way
 
 # (category, pattern on "function (file)") tried innermost frame first: the first match names
 # the sample. Media libraries first, so a frame path that calls msgspec stays media work.
@@ -95,6 +97,52 @@ def cpu_by_root(roots: dict[str, int]) -> dict[str, float]:
     return out
 
 
+def status_get_cost(mesh, procs: dict[str, int]) -> dict:
+    """CPU ms of one `GET /v1/videos/{id}` of a ready video (GETS in a row, one client): the
+    client, the gateway, NATS and the catalog, as a polling client costs the mesh."""
+    with mesh.client("alice") as client:
+        video_id = client.get("/v1/videos?limit=1").json()["items"][0]["id"]
+        client.get(f"/v1/videos/{video_id}").raise_for_status()
+        before, own0 = cpu_by_root(procs), own_cpu_seconds()
+        for _ in range(GETS):
+            client.get(f"/v1/videos/{video_id}")
+        after, own1 = cpu_by_root(procs), own_cpu_seconds()
+    out = {name: round((after[name] - before[name]) / GETS * 1000, 3) for name in procs if after[name] > before[name]}
+    out["client"] = round((own1 - own0) / GETS * 1000, 3)
+    out["all"] = round(sum(out.values()), 3)
+    return out
+
+
+def probe_cost(tmp: str) -> dict:
+    """CPU ms of probing the load clip: `python -m services.pipeline.probe` started per upload
+    vs `probe_isolated` (a child forked from the warm fork server), PROBES each, the
+    probing process and all its children counted."""
+    import asyncio
+    import json
+
+    from services.pipeline.probe import probe_isolated
+
+    from .load import load_clip
+
+    path = os.path.join(tmp, "probe.mp4")
+    Path(path).write_bytes(load_clip())
+    me = {"bench": os.getpid()}
+    args = json.dumps({"path": path, "limits": {}, "max_memory_mb": 1024, "cpu_s": 31})
+    before = cpu_by_root(me)["bench"]
+    for _ in range(PROBES):
+        subprocess.run([sys.executable, "-m", "services.pipeline.probe", args], check=True, capture_output=True)
+    fresh = (cpu_by_root(me)["bench"] - before) / PROBES
+
+    async def forked() -> float:
+        await probe_isolated(path)  # starts the fork server, as an upload does once per pipeline
+        start = cpu_by_root(me)["bench"]  # the fork server is a live child: its CPU and its reaped probes
+        for _ in range(PROBES):
+            await probe_isolated(path)
+        return (cpu_by_root(me)["bench"] - start) / PROBES
+
+    return {"fresh_python": round(fresh * 1000, 1), "fork_server": round(asyncio.run(forked()) * 1000, 1)}
+
+
 def categorize(raw: str) -> Counter:
     """py-spy's raw (collapsed) output -> samples per category."""
     rules = [(name, re.compile(p)) for name, p in CATEGORIES]
@@ -153,6 +201,8 @@ def run() -> dict:
                     samples[name] = categorize(Path(out).read_text())
                     # the stacks themselves, for reading (flamegraph.pl or speedscope take them)
                     shutil.copy(out, RESULTS / f"overhead-{name}.txt")
+            get_ms = status_get_cost(mesh, procs)
+        probe_ms = probe_cost(tmp)
     ready = max(1, row["ready"])
     per_video_ms = {name: round((after[name] - before[name]) / ready * 1000, 1) for name in procs}
     # the load's clients and poller run in this process, on the same 2 cores
@@ -180,6 +230,8 @@ def run() -> dict:
         "split_ms_per_video": split,
         "by_category_ms_per_video": {k: round(v, 1) for k, v in by_category.most_common()},
         "sampled": bool(py_spy),
+        "status_get_cpu_ms": get_ms,  # per GET /v1/videos/{id}, by process and in all
+        "probe_cpu_ms": probe_ms,  # per probe of the clip: a fresh Python vs the fork server
     }
 
 
@@ -195,4 +247,9 @@ def table(result: dict) -> Table:
         t.add_row(name, f"{ms:.0f}", ", ".join(f"{c} {v:.0f}" for c, v in list(cats.items())[:5]))
     t.add_row("all", f"{result['cpu_ms_per_video_total']:.0f}",
               ", ".join(f"{c} {v:.0f}" for c, v in list(result["by_category_ms_per_video"].items())[:6]))
+    g, p = result.get("status_get_cpu_ms"), result.get("probe_cpu_ms")
+    if g and p:
+        t.caption = (f"a status GET: {g['all']:.2f} CPU ms (gateway {g.get('gateway', 0):.2f}, catalog "
+                     f"{g.get('catalog', 0):.2f}, nats {g.get('nats', 0):.2f}, client {g['client']:.2f}); a probe: "
+                     f"{p['fresh_python']:.0f} ms in a fresh Python vs {p['fork_server']:.0f} ms forked from the fork server")
     return t

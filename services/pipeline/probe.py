@@ -196,7 +196,7 @@ def _cuttable(container, stream, duration: float | None) -> bool:
 # The children are forked from a fork server that has already imported PyAV (multiprocessing's
 # "forkserver" start method): each probe still gets a fresh process of its own, with its own
 # limits and nothing shared with the pipeline, but costs a fork (a few ms) instead of a Python
-# start and the import of PyAV (0.20-0.26 s of CPU per upload, bench/README.md "overhead"). The fork
+# start and the import of PyAV (214 vs 20 ms of CPU per probe, bench/README.md "overhead"). The fork
 # server is single-threaded, so forking it is safe where forking this threaded service is not.
 # A child re-runs its parent's main *script* before probing (multiprocessing's rule; a
 # package's __main__ is exempt), which is why services run as `python -m services`.
