@@ -54,3 +54,13 @@ def browser():
             yield browser
         finally:
             browser.close()
+
+
+@pytest.fixture(scope="module")
+def receiver():
+    """An HTTP receiver of webhooks on 127.0.0.1 (`Receiver` in test_webhooks.py), one per module."""
+    from tests.e2e.test_webhooks import Receiver
+
+    r = Receiver()
+    yield r
+    r.stop()

@@ -13,17 +13,9 @@ import pytest
 
 from tests.clips import make_clip
 from tests.conftest import Mesh, mesh_events, wait_for
-from tests.e2e.test_webhooks import Receiver
 from tests.reference import animation, cut_short, damaged_avi, declare_duration
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]
-
-
-@pytest.fixture(scope="module")
-def receiver():
-    r = Receiver()
-    yield r
-    r.stop()
 
 
 @pytest.fixture(scope="module")

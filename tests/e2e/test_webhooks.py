@@ -61,13 +61,6 @@ class Receiver:
 
 
 @pytest.fixture(scope="module")
-def receiver():
-    r = Receiver()
-    yield r
-    r.stop()
-
-
-@pytest.fixture(scope="module")
 def hooks_mesh():
     env = {
         "VIDMESH_WEBHOOK_ALLOW_PRIVATE": "1",  # the receiver is on 127.0.0.1
