@@ -75,6 +75,13 @@ def head(client: httpx.Client, url: str) -> httpx.Response:
     return client.head(url, headers=TUS)
 
 
+def wait_ready(client: httpx.Client, video_id: str, timeout: float = 120) -> dict:
+    """The video once it is ready or failed (`wait_terminal` of tests/conftest.py, for one)."""
+    from tests.conftest import wait_terminal
+
+    return wait_terminal(client, [video_id], timeout)[video_id]
+
+
 async def source_sha256(js, tenant: str, video_id: str) -> str:
     """The sha256 of a video's stored source, read chunk by chunk from the object store."""
     from shared.objects import MediaStore

@@ -22,8 +22,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import Mesh, js_run, nats_servers, wait_for
-from tests.uploads import CuttingProxy, make_padded_clip, sha256_file, source_sha256
+from tests.conftest import Mesh, js_run, nats_servers
+from tests.uploads import CuttingProxy, make_padded_clip, sha256_file, source_sha256, wait_ready
 
 pytestmark = pytest.mark.e2e
 
@@ -48,13 +48,9 @@ def stored_sha256(mesh, video_id: str) -> str:
         return pool.submit(js_run, nats_servers(mesh), lambda js: source_sha256(js, "alice", video_id), 60).result()
 
 
-def ready_video(mesh, video_id: str, timeout: float = 120) -> dict:
+def ready_video(mesh, video_id: str) -> dict:
     with mesh.client() as c:
-        def done():
-            v = c.get(f"/v1/videos/{video_id}")
-            return v.json() if v.status_code == 200 and v.json()["status"] in ("ready", "failed") else None
-
-        return wait_for(done, timeout, 0.3, f"video {video_id} to finish")
+        return wait_ready(c, video_id)
 
 
 def test_the_dashboard_resumes_an_upload_after_the_connection_drops(bmesh, browser, tmp_path):

@@ -20,7 +20,6 @@ import subprocess
 import sys
 import tempfile
 import threading
-import time
 from pathlib import Path
 
 import httpx
@@ -28,7 +27,9 @@ import pytest
 
 from shared.objects import CHUNK_SIZE
 from tests.conftest import Mesh, js_run, nats_servers, service_pids, wait_for
-from tests.uploads import TUS, CuttingProxy, create, head, make_padded_clip, patch, sha256_file, source_sha256
+from tests.uploads import (
+    CuttingProxy, create, head, make_padded_clip, patch, sha256_file, source_sha256, wait_ready,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -42,14 +43,6 @@ def fmesh():
         m = Mesh(Path(tmp), env).start()
         yield m
         m.stop()
-
-
-def wait_ready(client: httpx.Client, video_id: str, timeout: float = 120) -> dict:
-    def done():
-        v = client.get(f"/v1/videos/{video_id}")
-        return v.json() if v.status_code == 200 and v.json()["status"] in ("ready", "failed") else None
-
-    return wait_for(done, timeout, 0.3, f"video {video_id} to finish")
 
 
 def gateway_ready(mesh) -> bool:

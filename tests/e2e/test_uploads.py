@@ -27,7 +27,7 @@ from shared import topology
 from shared.objects import CHUNK_SIZE
 from tests.clips import make_clip
 from tests.conftest import Mesh, js_run, nats_servers, wait_for
-from tests.uploads import TUS, checksum, create, head, metadata, patch, source_sha256
+from tests.uploads import TUS, checksum, create, head, metadata, patch, source_sha256, wait_ready
 
 pytestmark = pytest.mark.e2e
 
@@ -66,14 +66,6 @@ def doomed(umesh):
         url = r.headers["location"]
         assert patch(c, url, 0, os.urandom(CHUNK_SIZE + 10)).status_code == 204
     return url, time.time()
-
-
-def wait_ready(client: httpx.Client, video_id: str, timeout: float = 90) -> dict:
-    def done():
-        v = client.get(f"/v1/videos/{video_id}")
-        return v.json() if v.status_code == 200 and v.json()["status"] in ("ready", "failed") else None
-
-    return wait_for(done, timeout, 0.2, f"video {video_id} to finish")
 
 
 def upload_state(mesh, tenant: str, upload_id: str) -> dict | None:
@@ -175,7 +167,7 @@ def test_patches_become_a_video_and_a_repeat_makes_no_second_one(umesh, clip):
         assert r.status_code == 204, r.text
         assert r.headers["upload-offset"] == str(len(clip))
         assert r.headers["vidmesh-video-id"] == upload_id and r.headers["location"] == f"/v1/videos/{upload_id}"
-        video = wait_ready(c, upload_id)
+        video = wait_ready(c, upload_id, 90)
         assert video["status"] == "ready" and video["filename"] == "tus.mp4"
         sha = js_run(nats_servers(umesh), lambda js: source_sha256(js, "alice", upload_id))
         import hashlib
@@ -200,7 +192,7 @@ def test_creation_with_upload_and_method_override(umesh, clip):
                                                          "Content-Type": "application/offset+octet-stream"})
         assert r.status_code == 201, r.text
         assert r.headers["upload-offset"] == str(len(clip)) and r.headers["location"].startswith("/v1/uploads/")
-        assert wait_ready(c, r.headers["vidmesh-video-id"])["status"] == "ready"
+        assert wait_ready(c, r.headers["vidmesh-video-id"], 90)["status"] == "ready"
         r = c.post("/v1/uploads", content=b"abc", headers={**TUS, "Upload-Length": "10", "Content-Type": "video/mp4"})
         assert r.status_code == 415
         # X-HTTP-Method-Override: PATCH and HEAD through POST
@@ -313,7 +305,7 @@ def test_direct_upload_urls_are_one_time_and_need_no_key(umesh, clip):
         assert r.status_code == 204, r.text
         video_id = r.headers["vidmesh-video-id"]
         assert "Vidmesh-Video-Id" in r.headers["access-control-expose-headers"]
-        video = wait_ready(c, video_id)  # the tenant's video, named as the URL's maker asked
+        video = wait_ready(c, video_id, 90)  # the tenant's video, named as the URL's maker asked
         assert video["status"] == "ready" and video["filename"] == "from-browser.mp4"
         with umesh.client("bob") as bob:
             assert bob.get(f"/v1/videos/{video_id}").status_code == 404
