@@ -45,13 +45,13 @@ from celery import Celery, Task, chord
 from celery.signals import worker_process_init
 
 from services.pipeline.plan import plan_video
-from services.pipeline.probe import ProbeError, probe, probe_isolated
+from services.pipeline.probe import ProbeError, child_args, probe, probe_isolated, read_result
 from services.thumbnailer.snapshot import first_frame_jpeg
 from services.transcoder import audio, chunk
 from services.transcoder.service import cpu_budget
 from services.transcoder.stitch import stitch
 from shared import config
-from shared.contracts import AUDIO_TASK, THUMBNAIL_TASK, RenditionSpec, SourceInfo
+from shared.contracts import AUDIO_TASK, THUMBNAIL_TASK, RenditionSpec
 
 REDIS_URL_ENV = "BENCH_CELERY_REDIS_URL"
 STATUS_KEY = "peer:video:{}"  # a Redis hash per video: status, error, outputs (JSON)
@@ -192,20 +192,13 @@ def _probe_in_fresh_python(path: str, limits: dict):
     """The probe as a design without a fork server isolates it: `python -m
     services.pipeline.probe` per upload (a Python start and PyAV's import each time), with
     the same memory, CPU and wall-clock limits."""
-    args = {"path": path, "limits": {**limits, "containers": list(limits["containers"])},
-            "max_memory_mb": SETTINGS.probe_max_memory_mb, "cpu_s": int(SETTINGS.probe_timeout_s) + 1}
+    args = child_args(path, timeout_s=SETTINGS.probe_timeout_s, max_memory_mb=SETTINGS.probe_max_memory_mb, **limits)
     try:
-        out = subprocess.run([sys.executable, "-m", "services.pipeline.probe", json.dumps(args)], capture_output=True,
-                             timeout=SETTINGS.probe_timeout_s, env={**os.environ, "MALLOC_ARENA_MAX": "2"}).stdout
+        done = subprocess.run([sys.executable, "-m", "services.pipeline.probe", json.dumps(args)], capture_output=True,
+                              timeout=SETTINGS.probe_timeout_s, env={**os.environ, "MALLOC_ARENA_MAX": "2"})
     except subprocess.TimeoutExpired:
         raise ProbeError("unreadable", f"probing took longer than {SETTINGS.probe_timeout_s:g} s") from None
-    try:
-        result = json.loads(out)
-    except ValueError:
-        raise ProbeError("unreadable", "the probe failed: the file needs more than the probe may use") from None
-    if "error" in result:
-        raise ProbeError(result["error"]["code"], result["error"]["message"])
-    return msgspec.convert(result["source"], SourceInfo)
+    return read_result(done.stdout, done.returncode)
 
 
 def _concat(parts: list[str], dst: str) -> str:

@@ -220,7 +220,7 @@ async def probe_isolated(
     (RLIMIT_AS), CPU time at most `timeout_s` + 1 s (RLIMIT_CPU), and killed after `timeout_s`
     seconds of wall-clock time. Raises ProbeError (a child that dies or is killed is
     `unreadable`)."""
-    args = {"path": path, "limits": limits, "max_memory_mb": max_memory_mb, "cpu_s": int(timeout_s) + 1}
+    args = child_args(path, timeout_s=timeout_s, max_memory_mb=max_memory_mb, **limits)
     context = _fork_context()
     receiver, sender = context.Pipe(duplex=False)
     child = context.Process(target=_child_main, args=(args, sender), name="vidmesh-probe", daemon=True)
@@ -247,11 +247,21 @@ async def probe_isolated(
             if child.exitcode is None:
                 child.kill()  # timed out or cancelled; a no-op race if it just ended
             await asyncio.to_thread(child.join)
+    return read_result(out, child.exitcode)
+
+
+def child_args(path: str, *, timeout_s: float = 30.0, max_memory_mb: int = 1024, **limits) -> dict:
+    """What a limited probe of `path` is told, as JSON-able data (`_limited_probe` reads it)."""
+    return {"path": path, "limits": limits, "max_memory_mb": max_memory_mb, "cpu_s": int(timeout_s) + 1}
+
+
+def read_result(out: bytes, exitcode: int | None) -> SourceInfo:
+    """The SourceInfo a limited probe answered with `out`, or its ProbeError; no answer (the
+    child died, `exitcode` says how) is `unreadable`."""
     try:
         result = _result_decoder.decode(out)
     except msgspec.DecodeError:
-        code = child.exitcode
-        why = f"exit {code}" if code is not None and code >= 0 else f"signal {-(code or 0)}"
+        why = f"exit {exitcode}" if exitcode is not None and exitcode >= 0 else f"signal {-(exitcode or 0)}"
         raise ProbeError("unreadable", f"the probe failed ({why}): the file needs more than the probe may use") from None
     if "error" in result:
         raise ProbeError(result["error"]["code"], result["error"]["message"])
