@@ -484,7 +484,7 @@ async def _finish(bus: Bus, held: Held) -> None:
 
 
 async def _terminate(bus: Bus, tenant: str, upload_id: str, direct: DirectUpload | None = None):
-    state, _ = await _state(tenant, upload_id, direct)
+    await _state(tenant, upload_id, direct)  # 404 or 410 without taking the lock
     try:
         async with uploads().hold(tenant, upload_id) as held:
             _gone(held.state, direct)
