@@ -8,8 +8,10 @@ to `RpcError`, so callers see the service's own code and message.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import time
+from collections.abc import Awaitable, Callable
 
 import msgspec
 import nats
@@ -17,7 +19,7 @@ from nats.aio.client import Client
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
 from nats.js import JetStreamContext
-from nats.js.errors import NotFoundError
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NotFoundError
 from opentelemetry import trace
 
 from . import contracts, permissions, telemetry, topology
@@ -182,3 +184,72 @@ async def kv_write(kv, key: str, value: bytes, revision: int | None, *, ttl_s: f
     if revision is None:
         return await kv.create(key, value, msg_ttl=ttl_s)
     return await kv._update(key, value, last=revision, msg_ttl=ttl_s)  # update() takes no TTL (nats-py 2.16)
+
+
+class KvContention(Exception):
+    """kv_update gave up: every one of its compare-and-set writes lost to another writer."""
+
+    def __init__(self, key: str, attempts: int):
+        super().__init__(f"{key} changed under each of {attempts} compare-and-set attempts")
+        self.key = key
+        self.attempts = attempts
+
+
+# What a kv_update change returns: the new value, the new value with its own TTL, or None (no write).
+Decision = bytes | tuple[bytes, float | None] | None
+
+
+async def kv_update(
+    kv,
+    key: str,
+    change: Callable[[bytes | None], Decision | Awaitable[Decision]],
+    *,
+    attempts: int = 10,
+    ttl_s: float | None = None,
+) -> bytes | None:
+    """Read-modify-write of one KV entry by compare-and-set, retried while other writers get
+    in between the read and the write.
+
+    `change(current)` gets the entry's value (bytes), or None when the key is absent (never
+    written, deleted, or removed by its TTL), and returns one of:
+    - the new value (bytes), written with `ttl_s` (None: the entry stays until replaced);
+    - a `(value, ttl_s)` pair, when the TTL depends on the value (a tombstone that must
+      not stay forever); this write's TTL replaces the call's;
+    - None: leave the entry as it is (nothing is written, the update is over).
+    It may be a plain function or a coroutine function. It runs once per attempt, each time
+    on a fresh read, so what it decides must come from that read alone. An exception it
+    raises ends the update with nothing written and propagates as is.
+
+    An absent key is created (a create that finds the key written meanwhile is a lost race
+    too), an existing one updated from the revision that was read.
+
+    Returns the value the key holds after the call as far as this writer knows: what it
+    wrote, or what `change` left as is (None for an absent key it did not create).
+
+    Raises KvContention after `attempts` writes that each lost the race
+    (KeyWrongLastSequenceError, or KeyNotFoundError when nats-py's create sees the key
+    vanish in between), chained from the last of them. Any other error of the read or the
+    write (a timeout, a lost connection) propagates at once: retrying it here would only
+    hide it from the caller's own retry policy.
+    """
+    if attempts < 1:
+        raise ValueError(f"attempts must be at least 1, not {attempts}")
+    lost: Exception | None = None
+    for _ in range(attempts):
+        try:
+            entry = await kv.get(key)
+        except KeyNotFoundError:  # deleted or purged entries too
+            entry = None
+        current = entry.value if entry is not None else None
+        new = change(current)
+        if inspect.isawaitable(new):
+            new = await new
+        if new is None:
+            return current
+        value, ttl = new if isinstance(new, tuple) else (new, ttl_s)
+        try:
+            await kv_write(kv, key, value, entry.revision if entry is not None else None, ttl_s=ttl)
+            return value
+        except (KeyWrongLastSequenceError, KeyNotFoundError) as exc:
+            lost = exc  # another writer got in between: read again and decide again
+    raise KvContention(key, attempts) from lost
