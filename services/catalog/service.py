@@ -10,10 +10,10 @@ import contextlib
 import time
 
 import msgspec
-from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NotFoundError
+from nats.js.errors import KeyNotFoundError, NotFoundError
 
 from shared import topology
-from shared.bus import Bus, RpcError, kv_write
+from shared.bus import Bus, KvContention, RpcError, kv_update
 from shared.consumer import Delivery, Retry
 from shared.contracts import (
     DeleteVideo,
@@ -78,24 +78,28 @@ async def _in_turn(key: str):
 
 async def _project(bus: Bus, key: str, event) -> VideoRecord | None:
     kv = await bus.kv(topology.KV_VIDEOS)
-    for _ in range(CAS_ATTEMPTS):
-        entry = await _get(kv, key)
-        current = record_decoder.decode(entry.value) if entry else None
+    projected: VideoRecord | None = None
+
+    def fold(value: bytes | None):
+        nonlocal projected
+        current = record_decoder.decode(value) if value is not None else None
         try:
             new = apply(current, event, time.time())
         except Incomplete as exc:
             raise Retry(str(exc), delay=2.0) from None  # the missing result comes back first
         if new is None:
-            return current
-        try:
-            ttl = bus.settings.tombstone_ttl_s if new.status == "deleted" else None
-            await kv_write(kv, key, record_encoder.encode(new), entry.revision if entry else None, ttl_s=ttl)
-            return new
-        except (KeyWrongLastSequenceError, KeyNotFoundError):
-            # another event of this video won the race (nats-py's create() reports some of
-            # those as KeyNotFoundError): re-read and re-apply
-            continue
-    raise Retry(f"contention on {key}")
+            projected = current
+            return None
+        projected = new
+        ttl = bus.settings.tombstone_ttl_s if new.status == "deleted" else None
+        return record_encoder.encode(new), ttl
+
+    try:
+        # a lost race means another event of this video was projected first: fold again
+        await kv_update(kv, key, fold, attempts=CAS_ATTEMPTS)
+    except KvContention:
+        raise Retry(f"contention on {key}") from None
+    return projected
 
 
 @service.endpoint(topology.RPC_CATALOG_GET, GetVideo)

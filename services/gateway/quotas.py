@@ -29,10 +29,9 @@ import time
 from collections.abc import AsyncIterator
 
 import msgspec
-from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 
 from shared import topology
-from shared.bus import kv_write
+from shared.bus import KvContention, kv_update
 from shared.contracts import GetUsage, Usage
 
 log = logging.getLogger("vidmesh.gateway")
@@ -100,9 +99,12 @@ async def release(bus, tenant: str, upload_id: str) -> None:
 
 async def _admit(bus, tenant, video_id, incoming, max_processing, max_bytes, until: float | None = None) -> int | None:
     kv = await bus.kv(topology.KV_ADMISSIONS)
-    for _ in range(CAS_ATTEMPTS):
-        entry, ledger = await _read(kv, tenant)
-        # Fresh usage on every attempt: a conflict means another upload was admitted.
+    budget: int | None = None
+
+    async def admit(value: bytes | None) -> bytes:
+        nonlocal budget
+        ledger = _live(value)
+        # Fresh usage on every attempt: a lost race means another upload was admitted.
         usage: Usage = await bus.request(topology.RPC_CATALOG_USAGE, GetUsage(tenant=tenant), Usage, timeout=10)
         streaming = sum(1 for vid in ledger if not vid.startswith(RESUMABLE))
         if max_processing and usage.processing + streaming >= max_processing:
@@ -121,15 +123,16 @@ async def _admit(bus, tenant, video_id, incoming, max_processing, max_bytes, unt
                 raise QuotaExceeded(403, "quota_storage", storage_message(stored, max_bytes))
             budget = left if incoming is None else incoming
         ledger[video_id] = (until or time.time() + HOLD_S, budget or 0)
-        try:
-            await kv_write(kv, tenant, msgspec.json.encode(ledger), entry.revision if entry else None)
-            return budget
-        except (KeyWrongLastSequenceError, KeyNotFoundError):
-            continue  # another upload of this tenant got in first: count again
-    raise QuotaExceeded(
-        429, "quota_busy", "too many uploads of this tenant start at once; retry",
-        {"Retry-After": str(bus.settings.retry_after_s)},
-    )
+        return msgspec.json.encode(ledger)
+
+    try:
+        await kv_update(kv, tenant, admit, attempts=CAS_ATTEMPTS)
+    except KvContention:
+        raise QuotaExceeded(
+            429, "quota_busy", "too many uploads of this tenant start at once; retry",
+            {"Retry-After": str(bus.settings.retry_after_s)},
+        ) from None
+    return budget
 
 
 async def _renew(bus, tenant: str, video_id: str) -> None:
@@ -147,30 +150,27 @@ async def _renew(bus, tenant: str, video_id: str) -> None:
 async def _change(bus, tenant: str, change) -> None:
     """Apply `change` to the tenant's ledger (compare-and-set); best effort: a failure
     leaves the entry to expire after HOLD_S."""
+
+    def apply(value: bytes | None) -> bytes | None:
+        if value is None:
+            return None  # no ledger: nothing admitted is left to change
+        ledger = _live(value)
+        change(ledger)
+        return msgspec.json.encode(ledger)
+
     try:
         kv = await bus.kv(topology.KV_ADMISSIONS)
-        for _ in range(CAS_ATTEMPTS):
-            entry, ledger = await _read(kv, tenant)
-            if entry is None:
-                return
-            change(ledger)
-            try:
-                await kv_write(kv, tenant, msgspec.json.encode(ledger), entry.revision)
-                return
-            except KeyWrongLastSequenceError:
-                continue
+        await kv_update(kv, tenant, apply, attempts=CAS_ATTEMPTS)
     except Exception:
         log.warning("could not update the admissions of %s", tenant, exc_info=True)
 
 
-async def _read(kv, tenant: str):
-    """(entry or None, the live admissions of the tenant)."""
-    try:
-        entry = await kv.get(tenant)
-    except KeyNotFoundError:
-        return None, {}
+def _live(value: bytes | None) -> dict[str, tuple[float, int]]:
+    """The live admissions of a tenant's ledger (none when it has no ledger)."""
+    if value is None:
+        return {}
     now = time.time()
-    return entry, {vid: held for vid, held in _ledger.decode(entry.value).items() if held[0] > now}
+    return {vid: held for vid, held in _ledger.decode(value).items() if held[0] > now}
 
 
 def storage_message(stored: int, max_bytes: int) -> str:

@@ -25,7 +25,7 @@ import msgspec
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 
 from shared import telemetry, topology
-from shared.bus import Bus, RpcError
+from shared.bus import Bus, KvContention, RpcError, kv_update
 from shared.config import ConfigError
 from shared.consumer import Delivery, Poison, Retry, backoff
 from shared.kvscan import entries
@@ -278,9 +278,9 @@ async def _update_delivery(bus: Bus, task: DeliverWebhook, change) -> None:
     """Compare-and-set on the delivery record; recreates it if it expired meanwhile."""
     kv = await bus.kv(topology.KV_DELIVERIES)
     key = topology.delivery_key(task.tenant, task.webhook_id, task.delivery_id)
-    for _ in range(CAS_ATTEMPTS):
-        entry = await _get(kv, key)
-        if entry is None:
+
+    def apply(value: bytes | None) -> bytes:
+        if value is None:
             now = time.time()
             current = WebhookDelivery(
                 id=task.delivery_id,
@@ -293,17 +293,13 @@ async def _update_delivery(bus: Bus, task: DeliverWebhook, change) -> None:
                 updated_at=now,
             )
         else:
-            current = delivery_decoder.decode(entry.value)
-        new = change(current)
-        try:
-            if entry is None:
-                await kv.create(key, encode(new))
-            else:
-                await kv.update(key, encode(new), last=entry.revision)
-            return
-        except KeyWrongLastSequenceError:
-            continue
-    raise Retry(f"contention on {key}")
+            current = delivery_decoder.decode(value)
+        return encode(change(current))
+
+    try:
+        await kv_update(kv, key, apply, attempts=CAS_ATTEMPTS)
+    except KvContention:
+        raise Retry(f"contention on {key}") from None
 
 
 # --- request-reply: the gateway's /v1/webhooks -------------------------------------------------

@@ -12,10 +12,10 @@ import tempfile
 from typing import Union
 
 import msgspec
-from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NotFoundError
+from nats.js.errors import KeyWrongLastSequenceError, NotFoundError
 
 from shared import telemetry, topology
-from shared.bus import Bus, kv_write
+from shared.bus import Bus, KvContention, kv_update
 from shared.consumer import Delivery, Retry, dead_letter
 from shared.contracts import (
     AudioEncoded,
@@ -186,30 +186,30 @@ async def fan_in(bus: Bus, event, change) -> None:
     """Fold a task outcome into the job (CAS), then announce a terminal state if reached."""
     kv = await bus.kv(topology.KV_JOBS)
     key = topology.state_key(event.tenant, event.video_id)
-    for _ in range(CAS_ATTEMPTS):
-        try:
-            entry = await kv.get(key)
-        except KeyNotFoundError:
+    folded: jobs.Job | None = None  # None: a tombstone was created, there is nothing to announce
+
+    def fold(value: bytes | None):
+        nonlocal folded
+        if value is None:
             if isinstance(event, VideoDeleted):
                 # Deleted before its job existed: leave a tombstone so a late upload is not run.
+                folded = None
                 tomb = jobs.Job(video_id=event.video_id, tenant=event.tenant, source="", renditions=[], tasks={})
-                try:
-                    await kv_write(kv, key, jobs.job_encoder.encode(jobs.deleted(tomb)), None, ttl_s=bus.settings.tombstone_ttl_s)
-                except KeyWrongLastSequenceError:
-                    continue
-                return
+                return jobs.job_encoder.encode(jobs.deleted(tomb)), bus.settings.tombstone_ttl_s
             raise Retry(f"no job for {key} yet", delay=2.0)
-        job = jobs.job_decoder.decode(entry.value)
-        new = change(job)
-        if new != job:
-            ttl = bus.settings.tombstone_ttl_s if new.status == "deleted" else None
-            try:
-                await kv_write(kv, key, jobs.job_encoder.encode(new), entry.revision, ttl_s=ttl)
-            except KeyWrongLastSequenceError:
-                continue
-        await _announce(bus, new, event)
-        return
-    raise Retry(f"contention on {key}")
+        job = jobs.job_decoder.decode(value)
+        folded = change(job)
+        if folded == job:
+            return None
+        ttl = bus.settings.tombstone_ttl_s if folded.status == "deleted" else None
+        return jobs.job_encoder.encode(folded), ttl
+
+    try:
+        await kv_update(kv, key, fold, attempts=CAS_ATTEMPTS)
+    except KvContention:
+        raise Retry(f"contention on {key}") from None
+    if folded is not None:
+        await _announce(bus, folded, event)
 
 
 async def _announce(bus: Bus, job: jobs.Job, event) -> None:

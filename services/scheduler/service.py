@@ -18,10 +18,9 @@ import time
 from collections.abc import Awaitable, Callable
 
 import msgspec
-from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 
 from shared import topology
-from shared.bus import Bus
+from shared.bus import Bus, KvContention, kv_update
 from shared.consumer import Delivery, Poison
 from shared.contracts import ScheduleTick
 from shared.kvscan import entries
@@ -140,12 +139,9 @@ def run_key(name: str) -> str:
 
 async def record(bus: Bus, run: Run, *, outcome: str, summary: dict | None = None, error: str | None = None) -> None:
     kv = await bus.kv(topology.KV_SCHEDULER)
-    for _ in range(10):
-        try:
-            entry = await kv.get(run_key(run.name))
-            current = run_decoder.decode(entry.value)
-        except KeyNotFoundError:
-            entry, current = None, RunRecord(name=run.name)
+
+    def add_run(value: bytes | None) -> bytes:
+        current = run_decoder.decode(value) if value is not None else RunRecord(name=run.name)
         finished = time.time()
         result = RunResult(seq=run.seq, outcome=outcome, finished_at=finished, summary=summary or {}, error=error)
         new = RunRecord(
@@ -158,15 +154,12 @@ async def record(bus: Bus, run: Run, *, outcome: str, summary: dict | None = Non
             summary=summary or {},
             recent=[*current.recent, result][-20:],
         )
-        try:
-            if entry is None:
-                await kv.create(run_key(run.name), run_encoder.encode(new))
-            else:
-                await kv.update(run_key(run.name), run_encoder.encode(new), last=entry.revision)
-            return
-        except KeyWrongLastSequenceError:
-            continue
-    log.warning("could not record the run of %s (contention)", run.name)
+        return run_encoder.encode(new)
+
+    try:
+        await kv_update(kv, run_key(run.name), add_run, attempts=10)
+    except KvContention:
+        log.warning("could not record the run of %s (contention)", run.name)
 
 
 async def last_runs(bus: Bus) -> dict[str, RunRecord]:
