@@ -1,4 +1,5 @@
-"""How a decoded picture is shown: its rotation (display matrix) and its sample aspect ratio."""
+"""How a decoded picture is shown: its rotation (display matrix), its sample aspect ratio and
+the size (so the display aspect ratio) that follows from both."""
 
 from __future__ import annotations
 
@@ -25,12 +26,17 @@ def sample_aspect_ratio(stream) -> Fraction:
     return Fraction(1)
 
 
+def shown_size(width: int, height: int, sar: Fraction, rotation: int) -> tuple[Fraction, Fraction]:
+    """Frame size (pixels, exact, not rounded) as a player shows it: `width` stretched by
+    `sar`, then both turned by `rotation` degrees clockwise. Its ratio is the display
+    aspect ratio."""
+    w, h = Fraction(width * sar), Fraction(height)
+    return (h, w) if rotation in (90, 270) else (w, h)
+
+
 def displayed_size(width: int, height: int, sar: Fraction, rotation: int) -> tuple[int, int]:
-    """Frame size (pixels) as a player shows it: stretched by `sar`, then turned by
-    `rotation` degrees; both even, rounded down."""
-    w, h = width * sar, height
-    if rotation in (90, 270):
-        w, h = h, w
+    """shown_size rounded down to even pixels."""
+    w, h = shown_size(width, height, sar, rotation)
     return even(w), even(h)
 
 

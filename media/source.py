@@ -14,6 +14,9 @@ import av
 from . import animated_webp
 from .problems import MediaError
 
+# What open_media names the image formats that may be animated (GIF, APNG, animated WebP).
+ANIMATED_IMAGE_FORMATS = frozenset({"gif", "apng", "webp"})
+
 # Demuxers whose index lists every sample (MP4/MOV sample tables and fragments, AVI idx1),
 # so the last index entry is where the media ends whatever the header's duration says.
 _SAMPLE_INDEXED = {"mov", "mp4", "avi"}
@@ -28,8 +31,8 @@ def open_media(src: str | BinaryIO) -> tuple[av.container.InputContainer, str]:
     MediaError("bad_media") when it cannot be opened."""
     try:
         if animated_webp.is_animated_webp(_head(src)):
-            return _open(animated_webp.to_video(src)), animated_webp.FORMAT
-        container = _open(src)
+            return open_file(animated_webp.to_video(src)), animated_webp.FORMAT
+        container = open_file(src)
     except av.error.FFmpegError as e:
         raise MediaError("bad_media", f"not a media file ({e.strerror or e})") from None
     return container, container.format.name
@@ -40,7 +43,10 @@ def open_source(src: str | BinaryIO) -> av.container.InputContainer:
     return open_media(src)[0]
 
 
-def _open(src):
+def open_file(src: str | BinaryIO) -> av.container.InputContainer:
+    """av.open for reading a local file (a path or a seekable file): a playlist or SDP inside
+    must not reach the network, and metadata that is not UTF-8 is replaced rather than
+    fatal. Raises av.error.FFmpegError when it cannot be opened."""
     return av.open(src, container_options={"protocol_whitelist": "file"}, metadata_errors="replace")
 
 
@@ -60,12 +66,22 @@ def is_cover_art(stream) -> bool:
     return bool(stream.disposition & av.stream.Disposition.attached_pic)
 
 
+def main_video_stream(container):
+    """The first video stream that is not cover art, or None."""
+    return next((s for s in container.streams.video if not is_cover_art(s)), None)
+
+
 def video_stream(container):
-    """The first video stream that is not cover art; MediaError("bad_media") when there is none."""
-    stream = next((s for s in container.streams.video if not is_cover_art(s)), None)
+    """main_video_stream; MediaError("bad_media") when there is none."""
+    stream = main_video_stream(container)
     if stream is None:
         raise MediaError("bad_media", "the source has no video stream")
     return stream
+
+
+def audio_stream(container):
+    """The audio track: the first audio stream, or None."""
+    return container.streams.audio[0] if container.streams.audio else None
 
 
 def origin(container) -> Fraction:

@@ -18,7 +18,6 @@ import json
 import multiprocessing
 import os
 import sys
-from fractions import Fraction
 
 import av
 import msgspec
@@ -26,15 +25,21 @@ import msgspec
 from media.decoding import StreamDecoder
 from media.geometry import displayed_size, rotation_of, sample_aspect_ratio
 from media.problems import MediaError
-from media.source import expected_end, first_frame, is_cover_art, open_media
+from media.source import (
+    ANIMATED_IMAGE_FORMATS,
+    audio_stream,
+    expected_end,
+    first_frame,
+    main_video_stream,
+    open_media,
+    origin,
+)
 from shared.config import DEFAULT_CONTAINERS
 from shared.contracts import SourceInfo
 
 # Demuxers that open files which are not videos: ANSI/text art ("tty" takes any .txt)
 # and still images. Image pipes ("png_pipe", "jpeg_pipe", ...) are matched by suffix.
 _NOT_VIDEO_FORMATS = {"tty", "bin", "xbin", "adf", "idf", "image2"}
-# Image formats that may be animated: accepted when they hold more than one frame.
-_ANIMATED_IMAGE_FORMATS = {"gif", "apng", "webp"}
 # Bounded work: a real video yields its first frame within a few packets.
 _MAX_PACKETS = 600
 # A keyframe index that ends this long (or 3 keyframe intervals, if longer) before the
@@ -80,7 +85,7 @@ def probe(
 def _inspect(container, fmt, size, max_width, max_height, max_duration_s, max_streams, containers) -> SourceInfo:
     if fmt in _NOT_VIDEO_FORMATS or fmt.endswith("_pipe"):
         raise ProbeError("not_media", f"not a video (detected {fmt})")
-    video = next((s for s in container.streams.video if not is_cover_art(s)), None)
+    video = main_video_stream(container)
     if video is None and not container.streams.audio:  # e.g. a text file read as subtitles
         raise ProbeError("not_media", f"not a video (detected {fmt} without audio or video)")
     if video is None:
@@ -93,7 +98,7 @@ def _inspect(container, fmt, size, max_width, max_height, max_duration_s, max_st
     if not ctx.width or not ctx.height:
         raise ProbeError("no_video_stream", "the video stream has no picture size")
 
-    audio = container.streams.audio[0] if container.streams.audio else None
+    audio = audio_stream(container)
     video_duration = expected_end(container, video)
     duration = _duration(container, video_duration, expected_end(container, audio) if audio is not None else None)
     if duration is not None and duration > max_duration_s:
@@ -107,7 +112,7 @@ def _inspect(container, fmt, size, max_width, max_height, max_duration_s, max_st
     frame, untimed = first_frame(container, video, max_packets=_MAX_PACKETS)
     if frame is None or not frame.width or not frame.height:
         raise ProbeError("unreadable", "no video frame could be decoded")
-    if fmt in _ANIMATED_IMAGE_FORMATS and not _has_another_frame(container, video):
+    if fmt in ANIMATED_IMAGE_FORMATS and not _has_another_frame(container, video):
         raise ProbeError("not_media", f"a still image ({fmt} with one frame), not a video")
     rotation = rotation_of(frame)
     width, height = displayed_size(frame.width, frame.height, sample_aspect_ratio(video), rotation)
@@ -186,8 +191,7 @@ def _cuttable(container, stream, duration: float | None) -> bool:
     if len(keys) < 2 or not all(a < b for a, b in zip(keys, keys[1:])):
         return False
     gap = max(b - a for a, b in zip(keys, keys[1:])) * stream.time_base
-    start = Fraction(container.start_time or 0, av.time_base)
-    last = keys[-1] * stream.time_base - start
+    last = keys[-1] * stream.time_base - origin(container)
     return duration - float(last) <= max(_INDEX_SHORT_S, 3 * float(gap))
 
 

@@ -17,7 +17,7 @@ from av.video.reformatter import ColorRange, Colorspace, Interpolation, VideoRef
 from media.alpha import BLACK
 from media.colour import BT470BG, TRC_BT709, Colour, reformat_colorspaces
 from media.frames import FramePath
-from media.geometry import even, rotation_of, sample_aspect_ratio
+from media.geometry import even, rotation_of, sample_aspect_ratio, shown_size
 from media.problems import MediaError
 from media.rotate import Rotation
 from media.source import first_frame, open_source, video_stream
@@ -63,9 +63,7 @@ def first_frame_jpeg(
 
 def _encode(frame: av.VideoFrame, colour: Colour, sar: Fraction, rotation: int, max_width: int) -> tuple[bytes, tuple[int, int]]:
     turned = rotation in (90, 270)
-    shown_w, shown_h = frame.width * sar, frame.height
-    if turned:
-        shown_w, shown_h = shown_h, shown_w
+    shown_w, shown_h = shown_size(frame.width, frame.height, sar, rotation)
     width = even(min(max_width, shown_w))
     height = max(2, round(shown_h * width / shown_w / 2) * 2)
 

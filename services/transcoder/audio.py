@@ -32,7 +32,7 @@ import numpy as np
 
 from media.decoding import StreamDecoder
 from media.problems import Cancelled, MediaError, MediaWarning
-from media.source import expected_end, open_source, origin
+from media.source import audio_stream, expected_end, open_source, origin
 
 from . import cmaf
 from .chunk import Segment
@@ -80,9 +80,10 @@ def encode_audio(
     """
     inp = open_source(src)
     with inp:
-        if not inp.streams.audio:
+        stream = audio_stream(inp)
+        if stream is None:
             return AudioResult()
-        track = _Track(inp, out_dir, segment_grid(segment_s), bitrate_kbps)
+        track = _Track(inp, stream, out_dir, segment_grid(segment_s), bitrate_kbps)
         track.on_segment = on_segment or (lambda _s: None)
         track.should_stop = should_stop or (lambda: False)
         try:
@@ -92,9 +93,8 @@ def encode_audio(
 
 
 class _Track:
-    def __init__(self, inp, out_dir: str, grid: Fraction, bitrate_kbps: int):
-        self.inp, self.out_dir, self.grid = inp, out_dir, grid
-        self.stream = inp.streams.audio[0]
+    def __init__(self, inp, stream, out_dir: str, grid: Fraction, bitrate_kbps: int):
+        self.inp, self.stream, self.out_dir, self.grid = inp, stream, out_dir, grid
         self.decoder = StreamDecoder(self.stream)
         self.origin = origin(inp)
         self.enc = av.CodecContext.create("aac", "w")

@@ -38,12 +38,11 @@ from media.colour import tag
 from media.decoding import StreamDecoder
 from media.frames import FramePath, RungScaler
 from media.problems import Cancelled, MediaError, MediaWarning
-from media.source import expected_end, open_media, origin, video_stream
+from media.source import ANIMATED_IMAGE_FORMATS, expected_end, open_media, origin, video_stream
 
 from . import cmaf
 from .timeline import damaged_packets, segment_grid, shortfall
 
-ANIMATED_IMAGES = ("gif", "apng", "webp")  # media.source.open_media's names
 PROGRESS_INTERVAL_S = 1.0  # at most one progress callback per interval
 SEEK_BACK_S = (0.0, 1.0, 4.0, 16.0)  # where to seek before the start when the demuxer lands late
 
@@ -133,7 +132,7 @@ def encode_chunk(
             # An animation's frame delays are irregular by design (10 ms to seconds): x264
             # derives a B-frame's decode time from earlier frames, so in MP4 a reordered
             # frame would borrow its neighbour's duration. Animations are small: no B-frames.
-            job.bframes = fmt not in ANIMATED_IMAGES
+            job.bframes = fmt not in ANIMATED_IMAGE_FORMATS
             job.threads = threads
             return job.run(preset)
     except av.error.FFmpegError as e:

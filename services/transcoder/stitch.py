@@ -19,6 +19,7 @@ from fractions import Fraction
 import av
 
 from media.problems import MediaError
+from media.source import open_file
 
 from . import cmaf
 
@@ -50,8 +51,8 @@ def stitch(video: str, dst: str, *, audio: str | None = None, audio_priming: int
 
 
 def _stitch(video: str, dst: str, audio: str | None, priming: int) -> StitchResult:
-    vin = av.open(video, container_options={"protocol_whitelist": "file"})
-    ain = av.open(audio, container_options={"protocol_whitelist": "file"}) if audio else None
+    vin = open_file(video)
+    ain = open_file(audio) if audio else None
     try:
         vs = vin.streams.video[0]
         as_ = ain.streams.audio[0] if ain is not None else None
