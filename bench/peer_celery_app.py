@@ -44,8 +44,9 @@ import msgspec
 from celery import Celery, Task, chord
 from celery.signals import worker_process_init
 
+from media.problems import MediaError
 from services.pipeline.plan import plan_video
-from services.pipeline.probe import ProbeError, child_args, probe, probe_isolated, read_result
+from services.pipeline.probe import child_args, probe, probe_isolated, read_result
 from services.thumbnailer.snapshot import first_frame_jpeg
 from services.transcoder import audio, chunk
 from services.transcoder.service import cpu_budget
@@ -117,7 +118,7 @@ def upload(*, video_id: str, source: str, probe_in: str = "child") -> None:
     folder = os.path.dirname(source)
     try:
         info = _probe(source, probe_in)
-    except ProbeError as exc:  # a refusal is the video's answer, not a task to retry
+    except MediaError as exc:  # a refusal is the video's answer, not a task to retry
         _set_status(video_id, "failed", error={"code": exc.code, "message": exc.message})
         return
     plan = plan_video(info, chunk_s=SETTINGS.chunk_s, segment_s=SETTINGS.segment_s)
@@ -197,7 +198,7 @@ def _probe_in_fresh_python(path: str, limits: dict):
         done = subprocess.run([sys.executable, "-m", "services.pipeline.probe", json.dumps(args)], capture_output=True,
                               timeout=SETTINGS.probe_timeout_s, env={**os.environ, "MALLOC_ARENA_MAX": "2"})
     except subprocess.TimeoutExpired:
-        raise ProbeError("unreadable", f"probing took longer than {SETTINGS.probe_timeout_s:g} s") from None
+        raise MediaError("unreadable", f"probing took longer than {SETTINGS.probe_timeout_s:g} s") from None
     return read_result(done.stdout, done.returncode)
 
 

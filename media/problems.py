@@ -6,8 +6,21 @@ from dataclasses import dataclass
 
 
 class MediaError(Exception):
-    """code "bad_media": the input cannot be used (no decodable video, not a media file);
-    retrying will not help. code "encode_failed": writing the output failed."""
+    """Media that cannot be used: `code` is a short machine reason, `message` a sentence for
+    people; both reach users as they are (a refused upload's 422 body, a failed video's
+    error), and clients match on `code`.
+
+    What the probe refuses an upload with (retrying will not help):
+    - "not_media": empty, not a media file, a still image, or neither audio nor video;
+    - "no_video_stream": audio only, or a video stream without a picture size;
+    - "unsupported_container", "too_many_streams", "too_large", "too_long": over a limit;
+    - "unreadable": no frame decodes, or the probe ran out of time or memory.
+
+    What a worker's task fails with:
+    - "bad_media": the input cannot be used (no decodable video, not a media file);
+      retrying will not help;
+    - "encode_failed": writing the output failed; a retry may succeed.
+    """
 
     def __init__(self, code: str, message: str):
         super().__init__(message)

@@ -1,7 +1,7 @@
 """Probe an upload: is it a video we accept, and what does it look like when displayed?
 
-Pure PyAV: no bus, no HTTP. Every failure is a ProbeError with a stable code the
-pipeline can put on the wire.
+Pure PyAV: no bus, no HTTP. Every refusal is a media.problems.MediaError with a stable code
+the pipeline can put on the wire.
 
 Uploads are hostile input: the limits (container allow-list, stream count, duration,
 declared picture size) are checked from the headers before any frame is decoded, and
@@ -47,16 +47,6 @@ _MAX_PACKETS = 600
 _INDEX_SHORT_S = 10.0
 
 
-class ProbeError(Exception):
-    """code: not_media | unsupported_container | too_many_streams | no_video_stream |
-    too_large | too_long | unreadable."""
-
-    def __init__(self, code: str, message: str):
-        super().__init__(message)
-        self.code = code
-        self.message = message
-
-
 def probe(
     path: str,
     *,
@@ -66,43 +56,45 @@ def probe(
     max_streams: int = 16,
     containers: tuple[str, ...] = DEFAULT_CONTAINERS,
 ) -> SourceInfo:
-    """What an upload is, as displayed, or ProbeError. Animated images (GIF, APNG, animated
-    WebP) are videos; still images are not (not_media)."""
+    """What an upload is, as displayed. Animated images (GIF, APNG, animated WebP) are
+    videos; still images are not. Raises MediaError with a refusal's code (not_media,
+    no_video_stream, unsupported_container, too_many_streams, too_large, too_long,
+    unreadable)."""
     size = os.path.getsize(path)  # a missing file is the caller's bug: let OSError out
     if size == 0:
-        raise ProbeError("not_media", "the file is empty")
+        raise MediaError("not_media", "the file is empty")
     try:
         container, fmt = open_media(path)
     except MediaError as e:
-        raise ProbeError("not_media", e.message) from None
+        raise MediaError("not_media", e.message) from None
     with container:
         try:
             return _inspect(container, fmt, size, max_width, max_height, max_duration_s, max_streams, containers)
         except av.error.FFmpegError as e:
-            raise ProbeError("unreadable", f"the video cannot be decoded ({e.strerror or e})") from None
+            raise MediaError("unreadable", f"the video cannot be decoded ({e.strerror or e})") from None
 
 
 def _inspect(container, fmt, size, max_width, max_height, max_duration_s, max_streams, containers) -> SourceInfo:
     if fmt in _NOT_VIDEO_FORMATS or fmt.endswith("_pipe"):
-        raise ProbeError("not_media", f"not a video (detected {fmt})")
+        raise MediaError("not_media", f"not a video (detected {fmt})")
     video = main_video_stream(container)
     if video is None and not container.streams.audio:  # e.g. a text file read as subtitles
-        raise ProbeError("not_media", f"not a video (detected {fmt} without audio or video)")
+        raise MediaError("not_media", f"not a video (detected {fmt} without audio or video)")
     if video is None:
-        raise ProbeError("no_video_stream", "the file has no video stream")
+        raise MediaError("no_video_stream", "the file has no video stream")
     if not set(fmt.split(",")) & set(containers):
-        raise ProbeError("unsupported_container", f"{fmt} files are not accepted; use one of {', '.join(containers)}")
+        raise MediaError("unsupported_container", f"{fmt} files are not accepted; use one of {', '.join(containers)}")
     if len(container.streams) > max_streams:
-        raise ProbeError("too_many_streams", f"{len(container.streams)} streams is over the limit of {max_streams}")
+        raise MediaError("too_many_streams", f"{len(container.streams)} streams is over the limit of {max_streams}")
     ctx = video.codec_context
     if not ctx.width or not ctx.height:
-        raise ProbeError("no_video_stream", "the video stream has no picture size")
+        raise MediaError("no_video_stream", "the video stream has no picture size")
 
     audio = audio_stream(container)
     video_duration = expected_end(container, video)
     duration = _duration(container, video_duration, expected_end(container, audio) if audio is not None else None)
     if duration is not None and duration > max_duration_s:
-        raise ProbeError("too_long", f"duration {duration:.0f} s is over the limit of {max_duration_s:.0f} s")
+        raise MediaError("too_long", f"duration {duration:.0f} s is over the limit of {max_duration_s:.0f} s")
     # Check the declared size before decoding, so a huge frame is never allocated. The
     # rotation is only known from a frame, so here either orientation may pass.
     declared = displayed_size(ctx.width, ctx.height, sample_aspect_ratio(video), 0)
@@ -111,9 +103,9 @@ def _inspect(container, fmt, size, max_width, max_height, max_duration_s, max_st
 
     frame, untimed = first_frame(container, video, max_packets=_MAX_PACKETS)
     if frame is None or not frame.width or not frame.height:
-        raise ProbeError("unreadable", "no video frame could be decoded")
+        raise MediaError("unreadable", "no video frame could be decoded")
     if fmt in ANIMATED_IMAGE_FORMATS and not _has_another_frame(container, video):
-        raise ProbeError("not_media", f"a still image ({fmt} with one frame), not a video")
+        raise MediaError("not_media", f"a still image ({fmt} with one frame), not a video")
     rotation = rotation_of(frame)
     width, height = displayed_size(frame.width, frame.height, sample_aspect_ratio(video), rotation)
     _check_size((width, height), max_width, max_height)
@@ -142,7 +134,7 @@ def _fits(size: tuple[int, int], max_width: int, max_height: int) -> bool:
 
 def _check_size(size: tuple[int, int], max_width: int, max_height: int) -> None:
     if not _fits(size, max_width, max_height):
-        raise ProbeError(
+        raise MediaError(
             "too_large", f"{size[0]}x{size[1]} is over the limit of {max_width}x{max_height}"
         )
 
@@ -222,8 +214,8 @@ async def probe_isolated(
 ) -> SourceInfo:
     """`probe` in a child process of its own: address space at most `max_memory_mb` MiB
     (RLIMIT_AS), CPU time at most `timeout_s` + 1 s (RLIMIT_CPU), and killed after `timeout_s`
-    seconds of wall-clock time. Raises ProbeError (a child that dies or is killed is
-    `unreadable`)."""
+    seconds of wall-clock time. Raises MediaError as `probe` does (a child that dies or is
+    killed is `unreadable`)."""
     args = child_args(path, timeout_s=timeout_s, max_memory_mb=max_memory_mb, **limits)
     context = _fork_context()
     receiver, sender = context.Pipe(duplex=False)
@@ -238,7 +230,7 @@ async def probe_isolated(
         try:
             await asyncio.wait_for(readable, timeout_s)
         except asyncio.TimeoutError:
-            raise ProbeError("unreadable", f"probing took longer than {timeout_s:g} s") from None
+            raise MediaError("unreadable", f"probing took longer than {timeout_s:g} s") from None
         finally:
             loop.remove_reader(receiver.fileno())
         try:
@@ -260,15 +252,16 @@ def child_args(path: str, *, timeout_s: float = 30.0, max_memory_mb: int = 1024,
 
 
 def read_result(out: bytes, exitcode: int | None) -> SourceInfo:
-    """The SourceInfo a limited probe answered with `out`, or its ProbeError; no answer (the
-    child died, `exitcode` says how) is `unreadable`."""
+    """The SourceInfo a limited probe answered with `out`; raises the MediaError it answered
+    with, or MediaError("unreadable") when there is no answer (the child died, `exitcode`
+    says how)."""
     try:
         result = _result_decoder.decode(out)
     except msgspec.DecodeError:
         why = f"exit {exitcode}" if exitcode is not None and exitcode >= 0 else f"signal {-(exitcode or 0)}"
-        raise ProbeError("unreadable", f"the probe failed ({why}): the file needs more than the probe may use") from None
+        raise MediaError("unreadable", f"the probe failed ({why}): the file needs more than the probe may use") from None
     if "error" in result:
-        raise ProbeError(result["error"]["code"], result["error"]["message"])
+        raise MediaError(result["error"]["code"], result["error"]["message"])
     return msgspec.convert(result["source"], SourceInfo)
 
 
@@ -294,7 +287,7 @@ def _limited_probe(args: dict) -> bytes:
         limits["containers"] = tuple(limits["containers"])
     try:
         result = {"source": msgspec.to_builtins(probe(args["path"], **limits))}
-    except ProbeError as exc:
+    except MediaError as exc:
         result = {"error": {"code": exc.code, "message": exc.message}}
     except MemoryError:
         result = {"error": {"code": "unreadable", "message": f"decoding needs more than {args['max_memory_mb']} MiB"}}

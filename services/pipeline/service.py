@@ -14,6 +14,7 @@ from typing import Union
 import msgspec
 from nats.js.errors import KeyWrongLastSequenceError, NotFoundError
 
+from media.problems import MediaError
 from shared import telemetry, topology
 from shared.bus import Bus, KvContention, kv_update
 from shared.consumer import Delivery, Retry, dead_letter
@@ -44,7 +45,7 @@ from shared.service import Service
 
 from . import jobs
 from .plan import plan_video
-from .probe import ProbeError, probe_isolated
+from .probe import probe_isolated
 
 log = logging.getLogger("vidmesh.pipeline")
 service = Service("pipeline", "Probe uploads, fan out chunks, audio and a thumbnail, fan in, stitch")
@@ -72,7 +73,7 @@ async def probe_source(req: ProbeSource, bus: Bus) -> Probed:
                 return Probed(error=ErrorInfo(code="not_found", message="the upload is not in the object store"))
             try:
                 return Probed(source=await _probe(path, req, settings))
-            except ProbeError as exc:
+            except MediaError as exc:
                 if ends is None or info.size <= 2 * ends:  # the whole upload was probed
                     return Probed(error=ErrorInfo(code=exc.code, message=exc.message))
                 log.info("probe of the ends of %s failed (%s): probing the whole upload", req.object, exc.code)

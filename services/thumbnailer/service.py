@@ -6,13 +6,14 @@ import asyncio
 import os
 import tempfile
 
+from media.problems import MediaError
 from shared import telemetry, topology
 from shared.consumer import Delivery, Poison
 from shared.contracts import ErrorInfo, ExtractThumbnail, TaskFailed, ThumbnailExtracted
 from shared.objects import ObjectReader
 from shared.service import Service
 
-from .snapshot import MediaError, first_frame_jpeg
+from .snapshot import first_frame_jpeg
 
 service = Service("thumbnailer", "Extract the first frame as a JPEG thumbnail")
 

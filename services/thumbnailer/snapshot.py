@@ -26,8 +26,6 @@ _JPEG_QSCALE = 3  # 2 (best) .. 31 (worst); 3 is visually clean at thumbnail siz
 # JFIF's Y'CbCr is ITU-R BT.601 full range, which every image viewer assumes
 _JFIF = Colour(primaries=1, transfer=TRC_BT709, matrix=BT470BG)
 
-__all__ = ["MediaError", "first_frame_jpeg"]
-
 
 def first_frame_jpeg(
     src: str | BinaryIO, dst: str, *, max_width: int = 640, background: tuple[int, int, int] = BLACK

@@ -25,8 +25,9 @@ import httpx
 import nats
 import pytest
 
+from media.problems import MediaError
 from services.gateway.auth import ApiKeys
-from services.pipeline.probe import ProbeError, probe_isolated
+from services.pipeline.probe import probe_isolated
 from tests.clips import make_clip
 from tests.conftest import Mesh, js_run, nats_servers, service_pids, wait_for
 
@@ -351,9 +352,9 @@ def test_the_probe_is_bounded_in_memory_and_time(tmp_path):
 
     async def go():
         assert (await probe_isolated(clip, timeout_s=30)).width == 1920
-        with pytest.raises(ProbeError) as small:
+        with pytest.raises(MediaError) as small:
             await probe_isolated(clip, max_memory_mb=120, timeout_s=30)
-        with pytest.raises(ProbeError) as slow:
+        with pytest.raises(MediaError) as slow:
             await probe_isolated(clip, timeout_s=0.01)
         return small.value, slow.value
 

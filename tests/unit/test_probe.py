@@ -2,7 +2,8 @@ import random
 
 import pytest
 
-from services.pipeline.probe import ProbeError, probe
+from media.problems import MediaError
+from services.pipeline.probe import probe
 from tests.clips import make_audio_only, make_clip, make_image, make_truncated
 
 
@@ -41,7 +42,7 @@ def test_odd_size_is_reported_even(tmp_path):
 
 
 def refused(path, **limits) -> str:
-    with pytest.raises(ProbeError) as e:
+    with pytest.raises(MediaError) as e:
         probe(str(path), **limits)
     assert e.value.message
     return e.value.code

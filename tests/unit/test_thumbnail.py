@@ -3,7 +3,8 @@ import random
 import av
 import pytest
 
-from services.thumbnailer.snapshot import MediaError, first_frame_jpeg
+from media.problems import MediaError
+from services.thumbnailer.snapshot import first_frame_jpeg
 from tests.clips import make_clip
 
 

@@ -15,8 +15,9 @@ import numpy as np
 import pytest
 
 from media.decoding import StreamDecoder
+from media.problems import MediaError
 from media.source import open_source
-from services.pipeline.probe import ProbeError, probe
+from services.pipeline.probe import probe
 from tests.clips import make_clip
 from tests.reference import ANIMATION_DELAYS_MS, animation, cut_short, damaged_avi, declare_duration, late_start_fmp4
 from tests.unit.test_chunks import run_pipeline
@@ -59,7 +60,7 @@ def test_an_animated_image_becomes_a_silent_video_with_its_own_delays(tmp_path, 
 
 @pytest.mark.parametrize("kind", ["gif", "apng", "webp"])
 def test_a_still_image_is_still_not_a_video(tmp_path, kind):
-    with pytest.raises(ProbeError) as e:
+    with pytest.raises(MediaError) as e:
         probe(animation(tmp_path, kind, frames=1))
     assert e.value.code == "not_media"
     # a one-frame APNG or WebP is a plain PNG or WebP (an image pipe); a GIF is a GIF
