@@ -7,7 +7,7 @@ import importlib
 import typer
 
 from .client import register as register_client_commands
-from .up import SERVICES
+from .mesh import names as service_names
 
 cli = typer.Typer(help="vidmesh: video processing over NATS JetStream", no_args_is_help=True, add_completion=False)
 register_client_commands(cli)  # upload, ls, status, download, url, rm, events: services/client.py
@@ -33,11 +33,11 @@ def init() -> None:
 def nats_config(
     out: list[str] = typer.Option([], "--out", help="write here (repeatable); default: print"),
 ) -> None:
-    """The NATS `authorization` block: every service's least-privilege user (shared/permissions.py);
+    """The NATS `authorization` block: every service's least-privilege user (services/nats_auth.py);
     passwords come from the server's environment ($VIDMESH_NATS_PASSWORD_<USER>)."""
     from pathlib import Path
 
-    from shared.permissions import nats_users_conf
+    from .nats_auth import nats_users_conf
 
     text = nats_users_conf()
     if not out:
@@ -56,10 +56,10 @@ def webhook_key() -> None:
 
 
 @cli.command()
-def run(service: str = typer.Argument(..., help=f"one of: {', '.join(SERVICES)}")) -> None:
+def run(service: str = typer.Argument(..., help=f"one of: {', '.join(service_names())}")) -> None:
     """Run one service in this process (what a container runs)."""
-    if service not in SERVICES:
-        raise typer.BadParameter(f"unknown service {service!r}; choose from {', '.join(SERVICES)}")
+    if service not in service_names():
+        raise typer.BadParameter(f"unknown service {service!r}; choose from {', '.join(service_names())}")
     from shared.service import run as serve
 
     module = importlib.import_module(f"services.{service}.service")

@@ -25,6 +25,7 @@ from opentelemetry import trace
 from . import contracts, permissions, telemetry, topology
 from .config import Settings
 from .contracts import VideoDeleted
+from .declaration import Declaration, UndeclaredSubject
 
 log = logging.getLogger("vidmesh.bus")
 
@@ -45,8 +46,9 @@ RECONNECT_LOG_EVERY_S = 10.0
 
 
 class Bus:
-    def __init__(self, nc: Client, settings: Settings, service: str):
+    def __init__(self, nc: Client, settings: Settings, service: str, declaration: Declaration | None = None):
         self.nc = nc
+        self.declaration = declaration  # None (admin tools, tests): no check
         self.js: JetStreamContext = nc.jetstream(timeout=10.0)
         self.settings = settings
         self.service = service
@@ -54,7 +56,9 @@ class Bus:
         self._objects = None
 
     @classmethod
-    async def connect(cls, settings: Settings, service: str, url: str | None = None) -> "Bus":
+    async def connect(
+        cls, settings: Settings, service: str, url: str | None = None, declaration: Declaration | None = None
+    ) -> "Bus":
         quiet_until = 0.0  # while the server is away, each failed reconnect is not news
 
         async def disconnected():
@@ -94,7 +98,7 @@ class Bus:
             reconnected_cb=reconnected,
             error_cb=error,
         )
-        return cls(nc, settings, service)
+        return cls(nc, settings, service, declaration)
 
     async def kv(self, bucket: str):
         if bucket not in self._kv:
@@ -110,8 +114,11 @@ class Bus:
         return self._objects
 
     async def publish(self, msg: msgspec.Struct, *, msg_id: str, subject: str | None = None) -> int:
-        """Publish an event or task to JetStream; returns the stream sequence."""
+        """Publish an event or task to JetStream; returns the stream sequence. Raises
+        UndeclaredSubject when the service's declaration does not name the subject."""
         subject = subject or topology.subject_for(msg)
+        if self.declaration is not None and not self.declaration.may_publish(subject):
+            raise UndeclaredSubject(f"{self.service} does not declare that it publishes {subject}")
         with telemetry.tracer.start_as_current_span(
             f"send {subject.rsplit('.', 2)[0]}",
             kind=trace.SpanKind.PRODUCER,
@@ -127,7 +134,10 @@ class Bus:
             return ack.seq
 
     async def request(self, subject: str, msg: msgspec.Struct, reply_type, *, timeout: float = 10.0):
-        """Request-reply to a `nats.micro` endpoint; decodes the reply or raises RpcError."""
+        """Request-reply to a `nats.micro` endpoint; decodes the reply or raises RpcError
+        (UndeclaredSubject when the service's declaration does not name the subject)."""
+        if self.declaration is not None and not self.declaration.may_call(subject):
+            raise UndeclaredSubject(f"{self.service} does not declare that it calls {subject}")
         with telemetry.tracer.start_as_current_span(
             f"send {subject}",
             kind=trace.SpanKind.CLIENT,

@@ -24,7 +24,7 @@ from opentelemetry import trace
 from prometheus_client import Counter, Gauge, Histogram
 
 from . import contracts, telemetry, topology
-from .topology import ConsumerSpec
+from .declaration import ConsumerSpec
 
 log = logging.getLogger("vidmesh.consumer")
 

@@ -3,13 +3,16 @@
 A service module declares its handlers with decorators that return the function unchanged
 (plain coroutines, callable directly in tests):
 
-    service = Service("catalog", "State of every video")
+    service = Service(DECLARATION)  # services/catalog/declaration.py
 
     @service.endpoint(topology.RPC_CATALOG_GET, GetVideo)
     async def get_video(req: GetVideo, bus: Bus) -> Video: ...
 
-    @service.consumer(topology.CATALOG_EVENTS, Event)
+    @service.consumer(declaration.EVENTS, Event)
     async def on_event(event, delivery: Delivery) -> None: ...
+
+A handler for an endpoint or consumer the declaration does not name raises
+`UndeclaredSubject` at import.
 
 `service.app()` builds the FastAPI app: /healthz, /readyz (NATS connected and topology
 ensured), /metrics, and the service's own routes. Connecting happens in the background
@@ -37,6 +40,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, Histogram, generate_latest
 from . import config, contracts, ops, permissions, telemetry, topology
 from .bus import Bus, RpcError
 from .consumer import ConsumerLoop
+from .declaration import ConsumerSpec, Declaration, UndeclaredSubject
 
 log = logging.getLogger("vidmesh.service")
 
@@ -64,7 +68,7 @@ class _Endpoint:
 
 @dataclass
 class _Consumer:
-    spec: topology.ConsumerSpec
+    spec: ConsumerSpec
     kind: object
     handler: Callable
     concurrency: int | None
@@ -97,9 +101,10 @@ class HttpMetrics:
 
 
 class Service:
-    def __init__(self, name: str, description: str, version: str = "0.1.0"):
-        self.name = name
-        self.description = description
+    def __init__(self, declaration: Declaration, version: str = "0.1.0"):
+        self.declaration = declaration
+        self.name = declaration.name
+        self.description = declaration.description
         self.version = version
         self.settings: config.Settings | None = None
         self.bus: Bus | None = None
@@ -117,13 +122,19 @@ class Service:
     # --- declaration ---------------------------------------------------------------------
 
     def endpoint(self, subject: str, kind: type, *, concurrency: int = 8):
+        if subject not in self.declaration.serves:
+            raise UndeclaredSubject(f"{self.name} does not declare that it serves {subject}")
+
         def register(fn):
             self._endpoints.append(_Endpoint(subject, kind, fn, concurrency))
             return fn
 
         return register
 
-    def consumer(self, spec: topology.ConsumerSpec, kind, *, concurrency: int | None = None, on_exhausted=None):
+    def consumer(self, spec: ConsumerSpec, kind, *, concurrency: int | None = None, on_exhausted=None):
+        if spec not in self.declaration.consumes:
+            raise UndeclaredSubject(f"{self.name} does not declare the consumer {spec.stream}/{spec.durable}")
+
         def register(fn):
             self._consumers.append(_Consumer(spec, kind, fn, concurrency, on_exhausted))
             return fn
@@ -204,7 +215,7 @@ class Service:
         delay = 0.2
         while True:  # NATS may not be up yet (containers start in any order)
             try:
-                self.bus = await Bus.connect(settings, self.name)
+                self.bus = await Bus.connect(settings, self.name, declaration=self.declaration)
                 break
             except Exception as exc:
                 log.warning("cannot reach NATS yet (%s); retrying in %.1fs", exc, delay)
@@ -214,7 +225,7 @@ class Service:
             try:
                 # Created by the admin user (`vidmesh up`, `vidmesh init`); a service may only
                 # check that what it uses is there (shared/permissions.py).
-                await permissions.verify(self.bus.js, self.name)
+                await permissions.verify(self.bus.js, self.declaration)
                 break
             except Exception as exc:
                 log.warning("topology not ready yet (%s); retrying", exc)

@@ -1,4 +1,5 @@
-"""The whole bus topology in one place: subjects, streams, consumers and buckets.
+"""The bus topology: subjects, streams, buckets and keys (the durable consumers are each
+declared by the service that pulls them, in services/<name>/declaration.py).
 
 Subjects read `<owner>.<kind>.<name>[.<tenant>.<video_id>]` with kind `rpc`, `cmd` or `evt`.
 Events and tasks carry the tenant and video id as the last two tokens, so a consumer
@@ -6,14 +7,12 @@ Events and tasks carry the tenant and video id as the last two tokens, so a cons
 No stream captures an `rpc` subject: JetStream would answer the request with a PubAck.
 
 Each kind is declared once, in this order: subjects, request-reply subjects, streams,
-consumers, buckets, keys, then `ensure()`, which creates them all.
+buckets, keys, then `ensure()`, which creates them all.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
-
 from nats.js import api
 from nats.js.errors import BadRequestError, BucketNotFoundError
 
@@ -232,68 +231,13 @@ def streams(replicas: int, events_max_age_s: float) -> list[api.StreamConfig]:
     ]
 
 
-# --- consumers -----------------------------------------------------------------------------
+# --- consumers ------------------------------------------------------------------------------
+
+# Each service declares the durable consumers it pulls (services/<name>/declaration.py);
+# `ensure()` is handed the mesh's list.
 
 
-@dataclass(frozen=True)
-class ConsumerSpec:
-    stream: str
-    durable: str
-    filters: tuple[str, ...]
-    ack_wait_s: float = 30.0
-    max_deliver: int = 5
-    max_ack_pending: int = 1000
-
-
-CATALOG_EVENTS = ConsumerSpec(EVENTS, "catalog", ("*.evt.>",), ack_wait_s=30.0, max_deliver=20)
-PIPELINE_EVENTS = ConsumerSpec(
-    EVENTS,
-    "pipeline",
-    (
-        SUBJECTS[VideoUploaded] + ".>",
-        SUBJECTS[ChunkEncoded] + ".>",
-        SUBJECTS[AudioEncoded] + ".>",
-        SUBJECTS[RenditionStitched] + ".>",
-        SUBJECTS[ThumbnailExtracted] + ".>",
-        SUBJECTS[TaskFailed] + ".>",
-        SUBJECTS[VideoDeleted] + ".>",
-    ),
-    max_deliver=20,
-)
-TRANSCODE_TASKS = ConsumerSpec(TASKS_TRANSCODE, "transcoder", tuple(TRANSCODE_TASK_SUBJECTS))
-THUMBNAIL_TASKS = ConsumerSpec(TASKS_THUMBNAIL, "thumbnailer", (SUBJECTS[ExtractThumbnail] + ".>",))
-EXHAUSTED_TASKS = ConsumerSpec(
-    ADVISORIES, "deadletter", tuple(f"{MAX_DELIVERIES_ADVISORY}.{s}.>" for s in MEDIA_TASK_STREAMS)
-)
-# One work-queue consumer shared by every scheduler replica takes each tick exactly once.
-SCHEDULER_TICKS = ConsumerSpec(SCHEDULES, "scheduler", (TICK_PREFIX + ".>",), ack_wait_s=30.0, max_deliver=3)
-NOTIFIER_EVENTS = ConsumerSpec(
-    EVENTS,
-    "notifier",
-    tuple(SUBJECTS[kind] + ".>" for kind in (VideoReady, VideoFailed, VideoDeleted)),
-    max_deliver=20,
-)
-# The notifier stops a delivery after VIDMESH_WEBHOOK_MAX_ATTEMPTS itself (it knows the
-# setting); the server's max_deliver is only a backstop for a handler that keeps crashing.
-WEBHOOK_DELIVERIES = ConsumerSpec(
-    TASKS_WEBHOOK, "notifier", (SUBJECTS[DeliverWebhook] + ".>",), ack_wait_s=30.0, max_deliver=100
-)
-MONITOR_INPUT = ConsumerSpec(OPS, "monitor", (LOG_PREFIX + ".>", METRICS_PREFIX + ".>"), max_deliver=5)
-
-CONSUMERS = (
-    CATALOG_EVENTS,
-    PIPELINE_EVENTS,
-    TRANSCODE_TASKS,
-    THUMBNAIL_TASKS,
-    EXHAUSTED_TASKS,
-    SCHEDULER_TICKS,
-    NOTIFIER_EVENTS,
-    WEBHOOK_DELIVERIES,
-    MONITOR_INPUT,
-)
-
-
-def consumer_config(spec: ConsumerSpec, max_deliver: int | None = None, ack_wait_s: float | None = None):
+def consumer_config(spec, max_deliver: int | None = None, ack_wait_s: float | None = None):
     multi = len(spec.filters) > 1
     return api.ConsumerConfig(
         durable_name=spec.durable,
@@ -321,6 +265,7 @@ KV_WEBHOOKS = "webhooks"  # notifier: key <tenant>.<webhook_id> (holds the signi
 KV_DELIVERIES = "webhook_deliveries"  # notifier: key <tenant>.<webhook_id>.<delivery_id>
 KV_SCHEDULER = "scheduler"  # scheduler: run.<name> (last run), redrive.<tenant>.<video_id>
 OBJ_MEDIA = "media"  # uploads, renditions and thumbnails
+MEDIA_STREAM = f"OBJ_{OBJ_MEDIA}"  # the stream behind the object store
 # gateway: resumable (tus) uploads `up.<tenant>.<upload_id>` (offset, chunk checkpoints,
 # lock) and one-time direct-upload URLs `du.<digest of the URL's secret>`; the scheduler's
 # `upload_expiry` job removes expired ones (no bucket TTL: it must find their chunks first)
@@ -391,11 +336,12 @@ def delivery_key(tenant: str, webhook_id: str, delivery_id: str) -> str:
 # --- ensure --------------------------------------------------------------------------------
 
 
-async def ensure(js, settings) -> None:
-    """Create or update every stream, consumer and bucket; safe to run from every replica."""
+async def ensure(js, settings, consumers) -> None:
+    """Create or update every stream, bucket and the given durable consumers (the mesh's,
+    from the services' declarations); safe to run from every replica."""
     for cfg in streams(settings.replicas, settings.events_max_age_s):
         await _ensure_stream(js, cfg)
-    for spec in CONSUMERS:
+    for spec in consumers:
         is_task = spec.stream in MEDIA_TASK_STREAMS
         cfg = consumer_config(
             spec,

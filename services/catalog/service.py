@@ -34,14 +34,16 @@ from shared.contracts import (
 from shared.kvscan import entries
 from shared.service import Service
 
+from . import declaration
+
 from .projection import Incomplete, VideoRecord, apply, record_decoder, record_encoder, to_playlist, to_view
 
-service = Service("catalog", "The state of every video: get, list and delete")
+service = Service(declaration.DECLARATION)
 
 CAS_ATTEMPTS = 20
 
 
-@service.consumer(topology.CATALOG_EVENTS, Event)
+@service.consumer(declaration.EVENTS, Event)
 async def on_event(event, delivery: Delivery) -> None:
     await project(delivery.bus, event)
 
@@ -190,7 +192,7 @@ async def get_video_http(tenant: str, video_id: str):
 
 async def _caught_up(bus: Bus, timeout: float = 5.0) -> None:
     """Wait until the catalog consumer has acknowledged every event stored up to now."""
-    spec = topology.CATALOG_EVENTS
+    spec = declaration.EVENTS
     target = (await bus.js.stream_info(spec.stream)).state.last_seq
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

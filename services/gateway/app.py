@@ -14,10 +14,10 @@ from shared.bus import Bus
 from shared.contracts import GetVideo, Probed, ProbeSource, Video, VideoUploaded, encode
 from shared.service import Service
 
-from . import tokens
+from . import declaration, tokens
 from .auth import ApiKeys
 
-service = Service("gateway", "The public HTTP API of vidmesh")
+service = Service(declaration.DECLARATION)
 api = service.http
 
 _keys: ApiKeys | None = None

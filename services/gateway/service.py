@@ -37,7 +37,9 @@ from shared.contracts import (
 )
 from shared.objects import TooLarge
 
-from . import idempotency, quotas, schemas, tokens
+from services import mesh
+
+from . import declaration, idempotency, quotas, schemas, tokens
 from .app import (
     PROBE_TIMEOUT_S,
     RPC_STATUS,
@@ -88,7 +90,7 @@ async def _watch_load(bus: Bus) -> None:
     load_decoder = decoder(LoadState)
 
     async def poll():
-        spec = topology.TRANSCODE_TASKS
+        (spec,) = mesh.watched(declaration.DECLARATION)  # the transcode work queue's consumer
         while True:
             try:
                 try:

@@ -30,11 +30,15 @@ from shared.contracts import (
 )
 from shared.service import Service
 
+from services import mesh
+
+from . import declaration
+
 from .rules import Observations, Thresholds, diff, evaluate
 
 log = logging.getLogger("vidmesh.monitor")
 
-service = Service("monitor", "Alert rules over logs, metrics and lag; the load state for backpressure")
+service = Service(declaration.DECLARATION)
 
 
 class State:
@@ -47,7 +51,7 @@ class State:
 state = State()
 
 
-@service.consumer(topology.MONITOR_INPUT, OpsEvent, concurrency=8)
+@service.consumer(declaration.INPUT, OpsEvent, concurrency=8)
 async def on_ops_event(event, delivery: Delivery) -> None:
     if isinstance(event, MetricSample):
         state.obs.add_sample(event)
@@ -85,7 +89,7 @@ async def evaluate_forever(bus: Bus) -> None:
 
 async def evaluate_once(bus: Bus, kv, t: Thresholds) -> list[tuple[Alert, str]]:
     now = time.time()
-    for spec in {(s.stream, s.durable): s for s in topology.CONSUMERS}.values():
+    for spec in mesh.watched(declaration.DECLARATION):
         try:
             info = await bus.js.consumer_info(spec.stream, spec.durable)
         except Exception:
@@ -93,7 +97,7 @@ async def evaluate_once(bus: Bus, kv, t: Thresholds) -> list[tuple[Alert, str]]:
         state.obs.lag[spec.durable] = info.num_pending + info.num_ack_pending
     state.obs.dead_letters = (await bus.js.stream_info(topology.DEADLETTER)).state.messages
 
-    backlog = state.obs.lag.get(topology.TRANSCODE_TASKS.durable, 0)
+    backlog = sum(state.obs.lag.get(s.durable, 0) for s in mesh.consumers() if s.stream == topology.TASKS_TRANSCODE)
     state.load = LoadState(
         backlog=backlog, max_backlog=bus.settings.max_backlog, overloaded=backlog > bus.settings.max_backlog, updated_at=now
     )

@@ -51,12 +51,14 @@ from shared.contracts import (
     encode,
 )
 from shared.service import Service
+
+from . import declaration
 from shared.webhook_signature import HEADER as SIGNATURE_HEADER
 from shared.webhook_signature import sign
 
 from . import outbound, sealing
 
-service = Service("notifier", "Signed webhooks for video.ready, video.failed and video.deleted")
+service = Service(declaration.DECLARATION)
 
 EVENT_TYPES = {VideoReady: "video.ready", VideoFailed: "video.failed", VideoDeleted: "video.deleted"}
 STATUS_OF = {"video.ready": "ready", "video.failed": "failed", "video.deleted": "deleted"}
@@ -133,7 +135,7 @@ async def _check_keys(bus: Bus) -> None:
 # --- stage 1: an event becomes one delivery task per interested webhook -----------------------
 
 
-@service.consumer(topology.NOTIFIER_EVENTS, Event)
+@service.consumer(declaration.EVENTS, Event)
 async def on_event(event, delivery: Delivery) -> None:
     kind = EVENT_TYPES.get(type(event))
     if kind is not None:
@@ -208,7 +210,7 @@ async def dead(task: DeliverWebhook, delivery: Delivery, exc: Exception) -> None
     await _record_attempt(delivery.bus, task, attempt, "dead")
 
 
-@service.consumer(topology.WEBHOOK_DELIVERIES, DeliverWebhook, on_exhausted=dead)
+@service.consumer(declaration.DELIVERIES, DeliverWebhook, on_exhausted=dead)
 async def deliver(task: DeliverWebhook, delivery: Delivery) -> None:
     bus = delivery.bus
     settings = bus.settings

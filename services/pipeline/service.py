@@ -43,12 +43,12 @@ from shared.contracts import (
 )
 from shared.service import Service
 
-from . import jobs
+from . import declaration, jobs
 from .plan import plan_video
 from .probe import probe_isolated
 
 log = logging.getLogger("vidmesh.pipeline")
-service = Service("pipeline", "Probe uploads, fan out chunks, audio and a thumbnail, fan in, stitch")
+service = Service(declaration.DECLARATION)
 
 CAS_ATTEMPTS = 20
 
@@ -94,7 +94,7 @@ async def _probe(path: str, req: ProbeSource, settings) -> SourceInfo:
         )
 
 
-@service.consumer(topology.PIPELINE_EVENTS, Event)
+@service.consumer(declaration.EVENTS, Event)
 async def on_event(event, delivery: Delivery) -> None:
     bus = delivery.bus
     if isinstance(event, VideoUploaded):
@@ -116,7 +116,7 @@ async def on_event(event, delivery: Delivery) -> None:
 TASKS = decoder(MediaTask)
 
 
-@service.consumer(topology.EXHAUSTED_TASKS, MaxDeliveriesAdvisory)
+@service.consumer(declaration.EXHAUSTED_TASKS, MaxDeliveriesAdvisory)
 async def on_exhausted_task(advisory: MaxDeliveriesAdvisory, delivery: Delivery) -> None:
     """A task ran out of deliveries without an answer (its worker died every time):
     dead-letter it, take it off the work queue and fail its video instead of waiting."""

@@ -26,11 +26,11 @@ from shared.contracts import ScheduleTick
 from shared.kvscan import entries
 from shared.service import Service
 
-from . import jobs, schedules
+from . import declaration, jobs, schedules
 
 log = logging.getLogger("vidmesh.scheduler")
 
-service = Service("scheduler", "Server-side schedules (retention, re-drive, usage report) and the jobs they fire")
+service = Service(declaration.DECLARATION)
 
 Job = Callable[[Bus, float], Awaitable[dict]]
 
@@ -65,7 +65,7 @@ async def declare_schedules(bus: Bus) -> None:
             log.info("schedule %s: removed (off)", name)
 
 
-@service.consumer(topology.SCHEDULER_TICKS, ScheduleTick)
+@service.consumer(declaration.TICKS, ScheduleTick)
 async def on_tick(tick: ScheduleTick, delivery: Delivery) -> None:
     job = JOBS.get(tick.name)
     if job is None:

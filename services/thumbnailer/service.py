@@ -13,9 +13,11 @@ from shared.contracts import ErrorInfo, ExtractThumbnail, TaskFailed, ThumbnailE
 from shared.objects import ObjectReader
 from shared.service import Service
 
+from . import declaration
+
 from .snapshot import first_frame_jpeg
 
-service = Service("thumbnailer", "Extract the first frame as a JPEG thumbnail")
+service = Service(declaration.DECLARATION)
 
 
 async def report_failure(task: ExtractThumbnail, delivery: Delivery, exc: Exception) -> None:
@@ -27,7 +29,7 @@ async def report_failure(task: ExtractThumbnail, delivery: Delivery, exc: Except
     await delivery.bus.publish(failed, msg_id=f"{task.video_id}:thumbnail:failed")
 
 
-@service.consumer(topology.THUMBNAIL_TASKS, ExtractThumbnail, on_exhausted=report_failure)
+@service.consumer(declaration.TASKS, ExtractThumbnail, on_exhausted=report_failure)
 async def extract_thumbnail(task: ExtractThumbnail, delivery: Delivery) -> None:
     bus = delivery.bus
     if await bus.video_deleted(task.tenant, task.video_id):

@@ -44,12 +44,12 @@ from shared.contracts import (
 from shared.objects import ObjectReader
 from shared.service import Service
 
-from . import audio, chunk
+from . import audio, chunk, declaration
 from .stitch import stitch
 
 log = logging.getLogger("vidmesh.transcoder")
 
-service = Service("transcoder", "Encode chunks of the ladder and the audio as CMAF, stitch the MP4 renditions")
+service = Service(declaration.DECLARATION)
 
 CANCEL_POLL_S = 0.5
 UPLOADS_IN_FLIGHT = 8  # object-store writes of one task at once
@@ -64,7 +64,7 @@ async def report_failure(task: Task, delivery: Delivery, exc: Exception) -> None
     await delivery.bus.publish(failed, msg_id=f"{task.video_id}:{task.task}:failed")
 
 
-@service.consumer(topology.TRANSCODE_TASKS, Task, on_exhausted=report_failure)
+@service.consumer(declaration.TASKS, Task, on_exhausted=report_failure)
 async def on_task(task: Task, delivery: Delivery) -> None:
     if await delivery.bus.video_deleted(task.tenant, task.video_id):
         log.info("dropping %s of deleted video %s", task.task, task.video_id)

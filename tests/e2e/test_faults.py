@@ -486,6 +486,8 @@ def test_ready_is_not_shown_before_a_rendition_held_by_a_dead_catalog_replica(fa
 async def test_an_unexpected_handler_exception_is_redelivered_not_lost(nats_server):
     import asyncio
 
+    from services import mesh
+    from services.thumbnailer import declaration as thumbnailer_declaration
     from shared import config, contracts, topology
     from shared.bus import Bus
     from shared.consumer import ConsumerLoop
@@ -493,7 +495,7 @@ async def test_an_unexpected_handler_exception_is_redelivered_not_lost(nats_serv
     settings = config.load({"NATS_URL": nats_server.url, "VIDMESH_TASK_ACK_WAIT_S": "2"})
     bus = await Bus.connect(settings, "faults-test")
     try:
-        await topology.ensure(bus.js, settings)
+        await topology.ensure(bus.js, settings, mesh.consumers())
         attempts = []
 
         async def flaky(task, delivery):
@@ -503,7 +505,7 @@ async def test_an_unexpected_handler_exception_is_redelivered_not_lost(nats_serv
 
         task = contracts.ExtractThumbnail(video_id=f"boom{time.time_ns()}", tenant="t", source="t/x/source")
         await bus.publish(task, msg_id=f"{task.video_id}:thumbnail")
-        loop = ConsumerLoop(bus, topology.THUMBNAIL_TASKS, contracts.ExtractThumbnail, flaky, max_deliver=3, ack_wait_s=2)
+        loop = ConsumerLoop(bus, thumbnailer_declaration.TASKS, contracts.ExtractThumbnail, flaky, max_deliver=3, ack_wait_s=2)
         run = asyncio.create_task(loop.run())
         try:
             deadline = time.monotonic() + 15

@@ -28,6 +28,7 @@ from schemathesis.checks import (
     status_code_conformance,
 )
 
+from services import mesh
 from shared import topology
 from tests.conftest import Mesh, js_run, nats_servers, wait_for
 
@@ -120,7 +121,7 @@ POISON = {
 
 
 def test_every_consumer_dead_letters_poison_and_stays_up(fuzz_mesh):
-    assert {(s.stream, s.durable) for s in topology.CONSUMERS} == set(TARGETS), "a consumer without a poison test"
+    assert {(s.stream, s.durable) for s in mesh.consumers()} == set(TARGETS), "a consumer without a poison test"
     servers = nats_servers(fuzz_mesh)
     first_line = len(fuzz_mesh.lines)
 

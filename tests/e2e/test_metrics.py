@@ -70,7 +70,9 @@ def test_every_service_answers_srv_ping(mesh):
 
     import nats
 
-    from services.up import SERVICES
+    from services.mesh import names
+
+    SERVICES = names()
 
     async def ping():
         nc = await nats.connect(mesh.nats_url)

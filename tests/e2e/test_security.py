@@ -368,7 +368,10 @@ def test_the_probe_is_bounded_in_memory_and_time(tmp_path):
 
 
 def test_vidmesh_up_gives_each_service_its_own_generated_nats_user(sec):
-    from shared.permissions import USERS, local_passwords
+    from services.nats_auth import users
+    from shared.permissions import local_passwords
+
+    USERS = users()
 
     passwords = local_passwords(sec.data_dir)
     assert set(passwords) == set(USERS) and len(set(passwords.values())) == len(USERS)

@@ -6,6 +6,7 @@ import contextlib
 
 import pytest
 
+from services import mesh
 from shared import config, telemetry, topology
 from shared.bus import Bus
 
@@ -16,7 +17,7 @@ async def connected_bus(url: str, **env: str):
     settings = config.load({"NATS_URL": url, **env})
     telemetry.setup("test")
     b = await Bus.connect(settings, "test")
-    await topology.ensure(b.js, settings)
+    await topology.ensure(b.js, settings, mesh.consumers())
     try:
         yield b
     finally:

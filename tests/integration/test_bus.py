@@ -9,9 +9,11 @@ import time
 import pytest
 from nats.js import api
 
+from services import mesh
 from shared import config, contracts, topology
 from shared.bus import Bus, RpcError
 from shared.consumer import ConsumerLoop, Poison, Retry
+from shared.declaration import ConsumerSpec, Declaration
 from shared.contracts import GetVideo, Video, VideoReady
 from prometheus_client import REGISTRY
 
@@ -28,13 +30,13 @@ async def bus(nats_server):
 
 
 async def test_topology_is_idempotent_and_complete(bus):
-    await topology.ensure(bus.js, bus.settings)  # a second replica starting up
+    await topology.ensure(bus.js, bus.settings, mesh.consumers())  # a second replica starting up
     names = {s.config.name for s in await bus.js.streams_info()}
     assert {topology.EVENTS, topology.TASKS_TRANSCODE, topology.TASKS_THUMBNAIL, topology.DEADLETTER} <= names
     assert {"KV_videos", "KV_jobs", "OBJ_media"} <= names
     info = await bus.js.stream_info(topology.TASKS_TRANSCODE)
     assert info.config.retention in ("workqueue", api.RetentionPolicy.WORK_QUEUE)
-    for spec in topology.CONSUMERS:
+    for spec in mesh.consumers():
         assert (await bus.js.consumer_info(spec.stream, spec.durable)).config.durable_name == spec.durable
 
 
@@ -48,7 +50,7 @@ async def test_publish_with_the_same_msg_id_is_stored_once(bus):
     assert "traceparent" in msg.headers  # trace context travels with every message
 
 
-SPEC = topology.ConsumerSpec(topology.TASKS_THUMBNAIL, "thumbnailer", ("thumbnailer.cmd.extract_thumbnail.>",), ack_wait_s=2)
+SPEC = ConsumerSpec(topology.TASKS_THUMBNAIL, "thumbnailer", ("thumbnailer.cmd.extract_thumbnail.>",), ack_wait_s=2)
 
 
 async def _run_loop(bus, handler, *, until, max_deliver=3, on_exhausted=None, timeout=20):
@@ -190,7 +192,7 @@ async def test_stop_naks_the_message_in_hand_so_it_comes_back_at_once(bus):
 
 
 async def test_micro_endpoint_answers_and_is_discoverable(bus):
-    svc = Service("probe-test", "test service")
+    svc = Service(Declaration("probe-test", "test service", serves=("test.rpc.get",)))
 
     @svc.endpoint("test.rpc.get", GetVideo, concurrency=2)
     async def get(req: GetVideo, b) -> Video:
@@ -310,7 +312,7 @@ async def test_services_reconnect_after_a_server_restart(tmp_path):
     settings = config.load({"NATS_URL": server.url})
     b = await Bus.connect(settings, "restart-test")
     try:
-        await topology.ensure(b.js, settings)
+        await topology.ensure(b.js, settings, mesh.consumers())
         server.stop()
         server.start()  # same port, same store
         deadline = time.monotonic() + 20
@@ -347,7 +349,7 @@ async def test_a_write_whose_acks_stop_coming_fails_in_bounded_time(tmp_path, mo
     settings = config.load({"NATS_URL": server.url})
     b = await Bus.connect(settings, "test")
     try:
-        await topology.ensure(b.js, settings)
+        await topology.ensure(b.js, settings, mesh.consumers())
 
         async def stalls():
             yield b"x" * CHUNK_SIZE

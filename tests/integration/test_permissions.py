@@ -1,6 +1,6 @@
 """NATS least privilege (issue 5, point 3) against a real nats-server.
 
-The server runs with the `authorization` block generated from shared/permissions.py (the
+The server runs with the `authorization` block generated from the declarations (the
 same function `vidmesh up` and the committed deploy configs use). Each service connects
 as its own user: what it needs works, anything else is refused by the server, which
 nats-py reports through error_cb as `nats: permissions violation ...`. The whole mesh
@@ -18,9 +18,12 @@ import httpx
 import nats
 import pytest
 
-from services import up
+from services import mesh, nats_auth, up
 from shared import config, contracts, permissions, topology
-from shared.permissions import ADMIN, NEEDS, SERVICES, nats_users_conf
+from services.nats_auth import nats_users_conf
+from shared.permissions import ADMIN
+
+SERVICES = mesh.names()
 from tests.conftest import free_ports, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -36,9 +39,9 @@ def test_committed_deploy_configs_equal_the_generated_one():
 
 
 def test_every_service_of_the_mesh_has_its_own_user():
-    assert set(SERVICES) == set(up.SERVICES)
+    assert set(nats_auth.users()) == set(SERVICES) | {ADMIN}
     for service in SERVICES:
-        perms = permissions.permissions(service)
+        perms = nats_auth.permissions(service)
         pub, sub = perms["publish"]["allow"], perms["subscribe"]["allow"]
         assert ">" not in pub and ">" not in sub, service
         assert not any(s.startswith("$JS.API.STREAM.CREATE") or s.startswith("$JS.API.STREAM.DELETE") for s in pub)
@@ -53,7 +56,7 @@ def test_every_service_of_the_mesh_has_its_own_user():
 def secured(tmp_path_factory):
     """nats-server with every vidmesh user (random passwords) and the topology ensured."""
     store = tmp_path_factory.mktemp("nats-auth")
-    passwords = {user: secrets.token_urlsafe(16) for user in permissions.USERS}
+    passwords = {user: secrets.token_urlsafe(16) for user in nats_auth.users()}
     port, monitor = free_ports(2)
     conf = store / "nats.conf"
     conf.write_text(up.nats_config(store, port, monitor, passwords))
@@ -129,8 +132,8 @@ async def test_each_service_has_what_it_needs_and_nothing_else(secured, service)
     try:
         js = c.nc.jetstream(timeout=3)
         # what it needs: its streams, buckets and consumers are visible to it ...
-        await permissions.verify(js, service)
-        needs = NEEDS[service]
+        needs = mesh.declarations()[service]
+        await permissions.verify(js, needs)
         for spec in needs.consumes:
             # ... it can pull from its own durable consumers and acknowledge ...
             sub = await js.pull_subscribe_bind(spec.durable, spec.stream)
@@ -140,7 +143,7 @@ async def test_each_service_has_what_it_needs_and_nothing_else(secured, service)
             except nats.errors.TimeoutError:
                 pass  # nothing waiting
         if needs.publishes:  # ... and publish what it publishes (core NATS: no stream ack needed)
-            subject = needs.publishes[0].replace(">", "t.v")
+            subject = needs.publish_subjects()[0].replace(">", "t.v")
             await c.nc.publish(subject, b"{}")
             assert not await c.refused(subject), c.errors
         assert not c.errors, c.errors

@@ -8,8 +8,10 @@ import asyncio
 
 import pytest
 
+from services.catalog import declaration as catalog_declaration
 from services.catalog import service as catalog
 from services.gateway import quotas
+from services import mesh
 from shared import config, telemetry, topology
 from shared.bus import Bus
 from shared.contracts import GetUsage
@@ -28,9 +30,9 @@ async def bus(tmp_path, monkeypatch):
     settings = config.load({"NATS_URL": server.url, "VIDMESH_QUOTA_MAX_PROCESSING": "1"})
     telemetry.setup("test")
     b = await Bus.connect(settings, "test")
-    await topology.ensure(b.js, settings)
+    await topology.ensure(b.js, settings, mesh.consumers())
     # the catalog's own usage handler, served on the bus as the catalog serves it
-    usage = Service("catalog", "usage for the quota tests")
+    usage = Service(catalog_declaration.DECLARATION)
     usage.endpoint(topology.RPC_CATALOG_USAGE, GetUsage)(catalog.usage)
     usage.settings = settings
     await usage._start()

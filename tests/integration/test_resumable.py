@@ -19,6 +19,7 @@ from nats.js.errors import KeyNotFoundError
 from services.gateway import resumable
 from services.gateway.resumable import UploadProblem, Uploads
 from services.scheduler import jobs
+from services import mesh
 from shared import config, telemetry, topology
 from shared.bus import Bus
 from shared.objects import CHUNK_SIZE
@@ -33,7 +34,7 @@ async def bus(tmp_path):
     settings = config.load({"NATS_URL": server.url, "VIDMESH_DATA_DIR": str(tmp_path / "data")})
     telemetry.setup("test")
     b = await Bus.connect(settings, "test")
-    await topology.ensure(b.js, settings)
+    await topology.ensure(b.js, settings, mesh.consumers())
     yield b
     await b.close()
     server.stop()

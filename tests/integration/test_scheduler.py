@@ -21,6 +21,9 @@ from services.scheduler import admin, jobs, schedules
 from services.scheduler import service as scheduler
 from services.thumbnailer import service as thumbnailer
 from services.transcoder import service as transcoder
+from services import mesh
+from services.scheduler import declaration as scheduler_declaration
+from services.thumbnailer import declaration as thumbnailer_declaration
 from shared import config, contracts, topology
 from shared.bus import Bus
 from shared.consumer import ConsumerLoop
@@ -60,7 +63,7 @@ def settings(server, tmp_path_factory):
 @pytest.fixture(scope="module")
 async def bus(settings):
     b = await Bus.connect(settings, "test")
-    await topology.ensure(b.js, settings)
+    await topology.ensure(b.js, settings, mesh.consumers())
     yield b
     await b.close()
 
@@ -85,7 +88,7 @@ async def loops(settings, spec, kind, handler, count=1, **kw):
 @pytest.fixture(scope="module")
 async def replicas(settings, bus):
     """Two scheduler replicas pulling ticks from the one work-queue consumer."""
-    async with loops(settings, topology.SCHEDULER_TICKS, ScheduleTick, scheduler.on_tick, count=2, concurrency=4) as b:
+    async with loops(settings, scheduler_declaration.TICKS, ScheduleTick, scheduler.on_tick, count=2, concurrency=4) as b:
         yield b
 
 
@@ -326,7 +329,7 @@ async def test_redrive_completes_a_video_whose_task_was_lost(bus, replicas, serv
     _, run = await admin.run_now(bus, "redrive", as_of=time.time(), timeout=20)
     assert run.outcome == "ok" and run.summary["republished"] == 0 and run.summary["processing"] >= 1
 
-    async with loops(settings, topology.THUMBNAIL_TASKS, ExtractThumbnail, thumbnailer.extract_thumbnail):
+    async with loops(settings, thumbnailer_declaration.TASKS, ExtractThumbnail, thumbnailer.extract_thumbnail):
         _, run = await admin.run_now(bus, "redrive", as_of=time.time() + STUCK_AFTER_S + 1, timeout=20)
         assert run.outcome == "ok" and run.summary["stuck"] == 1 and run.summary["republished"] == 1, run
         done = await until(lambda: _terminal(bus, "redrive", vid), 30, "the re-driven video to finish")

@@ -8,6 +8,7 @@ import hmac
 
 import pytest
 
+from services import mesh
 from services.notifier import outbound
 from services.scheduler import jobs, schedules
 from shared import config, topology
@@ -206,5 +207,5 @@ def test_the_new_subjects_land_in_exactly_one_stream_and_no_stream_captures_rpc(
         ("notifier.cmd.deliver_webhook.acme.v1", topology.TASKS_WEBHOOK),
     ):
         assert [name for name, pattern in captured if _matches(pattern, subject)] == [stream], subject
-    specs = {(c.stream, c.durable) for c in topology.CONSUMERS}
+    specs = {(c.stream, c.durable) for c in mesh.consumers()}
     assert {("SCHEDULES", "scheduler"), ("EVENTS", "notifier"), ("TASKS_WEBHOOK", "notifier")} <= specs

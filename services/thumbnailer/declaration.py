@@ -1,0 +1,17 @@
+"""The thumbnailer's bus contract: thumbnail tasks in, a JPEG to the object store, the
+result out."""
+
+from shared import topology as t
+from shared.contracts import ExtractThumbnail, TaskFailed, ThumbnailExtracted
+from shared.declaration import ConsumerSpec, Declaration, every
+
+TASKS = ConsumerSpec(t.TASKS_THUMBNAIL, "thumbnailer", (every(ExtractThumbnail),))
+
+DECLARATION = Declaration(
+    "thumbnailer",
+    "Extract the first frame as a JPEG thumbnail",
+    publishes=(ThumbnailExtracted, TaskFailed),
+    consumes=(TASKS,),
+    media="write",
+    reads_messages=(t.EVENTS,),  # was the video deleted? (Direct Get)
+)
