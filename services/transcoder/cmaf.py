@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import os
 import struct
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import BinaryIO
 
@@ -43,33 +43,27 @@ class Fragment:
 def boxes(data: bytes, start: int = 0, end: int | None = None) -> Iterator[tuple[str, int, int]]:
     """(type, offset, size) of each box in data[start:end] (ISO/IEC 14496-12, 4.2)."""
     end = len(data) if end is None else end
-    pos = start
-    while pos + 8 <= end:
-        size, kind = struct.unpack_from(">I4s", data, pos)
-        header = 8
-        if size == 1:  # 64-bit largesize follows the type
-            if pos + 16 > end:
-                raise CmafError(f"truncated box header at {pos}")
-            (size,) = struct.unpack_from(">Q", data, pos + 8)
-            header = 16
-        elif size == 0:  # the box extends to the end
-            size = end - pos
-        if size < header or pos + size > end:
-            raise CmafError(f"box {kind!r} at {pos} has size {size} beyond {end}")
-        yield kind.decode("latin-1"), pos, size
-        pos += size
-    if pos != end:
-        raise CmafError(f"{end - pos} stray bytes at {pos}")
+    yield from _walk(lambda pos: data[pos : min(pos + 16, end)], start, end)
 
 
 def split(data: bytes) -> tuple[bytes, list[Fragment]]:
     """A fragmented MP4 file -> (init segment, fragments in file order).
 
     Raises CmafError when there is no `moov` or a `moof` is not followed by its `mdat`."""
+    init_end, fragments = _layout(boxes(data), lambda pos, size: tfdt(data, pos, size))
+    return data[:init_end], [Fragment(tfdt=t, data=data[pos:end]) for pos, t, end in fragments]
+
+
+def _layout(
+    top: Iterable[tuple[str, int, int]], moof_tfdt: Callable[[int, int], int]
+) -> tuple[int, list[tuple[int, int, int]]]:
+    """(where the init segment ends, (moof offset, tfdt, mdat end) of each fragment) from a
+    file's top-level boxes; moof_tfdt(offset, size) reads a `moof`'s tfdt. Raises CmafError
+    when there is no `moov` or a `moof` is not followed by its `mdat`."""
     init_end = None
-    fragments: list[Fragment] = []
+    fragments: list[tuple[int, int, int]] = []
     pending: tuple[int, int] | None = None  # the moof waiting for its mdat
-    for kind, pos, size in boxes(data):
+    for kind, pos, size in top:
         if kind == "moov":
             init_end = pos + size
         elif kind == "moof":
@@ -79,14 +73,13 @@ def split(data: bytes) -> tuple[bytes, list[Fragment]]:
         elif kind == "mdat":
             if pending is None:
                 raise CmafError(f"mdat at {pos} without a moof")
-            moof_pos, moof_size = pending
-            fragments.append(Fragment(tfdt=tfdt(data, moof_pos, moof_size), data=data[moof_pos : pos + size]))
+            fragments.append((pending[0], moof_tfdt(*pending), pos + size))
             pending = None
     if init_end is None:
         raise CmafError("no moov: not an MP4 init segment")
     if pending is not None:
         raise CmafError("the last moof has no mdat")
-    return data[:init_end], fragments
+    return init_end, fragments
 
 
 @dataclass(frozen=True)
@@ -100,17 +93,30 @@ class FragmentRange:
 
 def file_boxes(fh: BinaryIO) -> Iterator[tuple[str, int, int]]:
     """(type, offset, size) of the top-level boxes of a file, reading only their headers."""
-    end = os.fstat(fh.fileno()).st_size
-    pos = 0
-    while pos + 8 <= end:
+
+    def header(pos: int) -> bytes:
         fh.seek(pos)
-        header = fh.read(16)
-        size, kind = struct.unpack_from(">I4s", header)
-        if size == 1:
-            (size,) = struct.unpack_from(">Q", header, 8)
-        elif size == 0:
+        return fh.read(16)
+
+    yield from _walk(header, 0, os.fstat(fh.fileno()).st_size)
+
+
+def _walk(header: Callable[[int], bytes], pos: int, end: int) -> Iterator[tuple[str, int, int]]:
+    """(type, offset, size) of the boxes from `pos` to `end`, where header(pos) gives the
+    (up to 16) bytes of the box header at `pos`, none past `end`. Raises CmafError when a
+    box does not fit or bytes are left over."""
+    while pos + 8 <= end:
+        head = header(pos)
+        size, kind = struct.unpack_from(">I4s", head)
+        length = 8
+        if size == 1:  # 64-bit largesize follows the type
+            if len(head) < 16:
+                raise CmafError(f"truncated box header at {pos}")
+            (size,) = struct.unpack_from(">Q", head, 8)
+            length = 16
+        elif size == 0:  # the box extends to the end
             size = end - pos
-        if size < 8 or pos + size > end:
+        if size < length or pos + size > end:
             raise CmafError(f"box {kind!r} at {pos} has size {size} beyond {end}")
         yield kind.decode("latin-1"), pos, size
         pos += size
@@ -121,28 +127,14 @@ def file_boxes(fh: BinaryIO) -> Iterator[tuple[str, int, int]]:
 def split_file(fh: BinaryIO) -> tuple[bytes, list[FragmentRange]]:
     """`split` of a file without reading its media data: (init segment, where each fragment
     lies). Memory stays bounded by the largest `moof`, whatever the file's length."""
-    init_end = None
-    fragments: list[FragmentRange] = []
-    pending: tuple[int, int, int] | None = None  # the moof waiting for its mdat: pos, size, tfdt
-    for kind, pos, size in list(file_boxes(fh)):
-        if kind == "moov":
-            init_end = pos + size
-        elif kind == "moof":
-            if pending is not None:
-                raise CmafError(f"moof at {pending[0]} without an mdat")
-            fh.seek(pos)
-            pending = (pos, size, tfdt(fh.read(size)))
-        elif kind == "mdat":
-            if pending is None:
-                raise CmafError(f"mdat at {pos} without a moof")
-            fragments.append(FragmentRange(offset=pending[0], size=pos + size - pending[0], tfdt=pending[2]))
-            pending = None
-    if init_end is None:
-        raise CmafError("no moov: not an MP4 init segment")
-    if pending is not None:
-        raise CmafError("the last moof has no mdat")
+
+    def moof_tfdt(pos: int, size: int) -> int:
+        fh.seek(pos)
+        return tfdt(fh.read(size))
+
+    init_end, fragments = _layout(list(file_boxes(fh)), moof_tfdt)
     fh.seek(0)
-    return fh.read(init_end), fragments
+    return fh.read(init_end), [FragmentRange(offset=pos, size=end - pos, tfdt=t) for pos, t, end in fragments]
 
 
 def copy_range(fh: BinaryIO, offset: int, size: int, path: str) -> None:
