@@ -1,14 +1,14 @@
 """The gateway's bus contract: uploads in, questions to the catalog, notifier, pipeline and
 monitor, media out."""
 
+from shared import contracts as c
 from shared import topology as t
-from shared.contracts import VideoUploaded
 from shared.declaration import Declaration
 
 DECLARATION = Declaration(
     "gateway",
     "The public HTTP API of vidmesh",
-    publishes=(VideoUploaded,),
+    publishes=(c.VideoUploaded,),
     calls=(
         t.RPC_CATALOG_GET,
         t.RPC_CATALOG_LIST,

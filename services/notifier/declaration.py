@@ -1,19 +1,19 @@
 """The notifier's bus contract: a video's outcome in, one delivery task per webhook, the
 webhooks' and deliveries' records in its own buckets."""
 
+from shared import contracts as c
 from shared import topology as t
-from shared.contracts import DeliverWebhook, VideoDeleted, VideoFailed, VideoReady
 from shared.declaration import ConsumerSpec, Declaration, every
 
-EVENTS = ConsumerSpec(t.EVENTS, "notifier", tuple(every(k) for k in (VideoReady, VideoFailed, VideoDeleted)), max_deliver=20)
+EVENTS = ConsumerSpec(t.EVENTS, "notifier", tuple(every(k) for k in (c.VideoReady, c.VideoFailed, c.VideoDeleted)), max_deliver=20)
 # The notifier stops a delivery after VIDMESH_WEBHOOK_MAX_ATTEMPTS itself (it knows the
 # setting); the server's max_deliver is only a backstop for a handler that keeps crashing.
-DELIVERIES = ConsumerSpec(t.TASKS_WEBHOOK, "notifier", (every(DeliverWebhook),), max_deliver=100)
+DELIVERIES = ConsumerSpec(t.TASKS_WEBHOOK, "notifier", (every(c.DeliverWebhook),), max_deliver=100)
 
 DECLARATION = Declaration(
     "notifier",
     "Signed webhooks for video.ready, video.failed and video.deleted",
-    publishes=(DeliverWebhook,),
+    publishes=(c.DeliverWebhook,),
     consumes=(EVENTS, DELIVERIES),
     serves=(
         t.RPC_WEBHOOK_CREATE,

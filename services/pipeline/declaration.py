@@ -1,43 +1,13 @@
 """The pipeline's bus contract: uploads and task results in; tasks, the video's milestones
 and dead letters out."""
 
+from shared import contracts as c
 from shared import topology as t
-from shared.contracts import (
-    AudioEncoded,
-    ChunkEncoded,
-    EncodeAudio,
-    EncodeChunk,
-    ExtractThumbnail,
-    RenditionStitched,
-    StitchRenditions,
-    TaskFailed,
-    ThumbnailExtracted,
-    VideoDeleted,
-    VideoFailed,
-    VideoPlanned,
-    VideoPlayable,
-    VideoReady,
-    VideoUploaded,
-)
 from shared.declaration import ConsumerSpec, Declaration, every
 
-EVENTS = ConsumerSpec(
-    t.EVENTS,
-    "pipeline",
-    tuple(
-        every(kind)
-        for kind in (
-            VideoUploaded,
-            ChunkEncoded,
-            AudioEncoded,
-            RenditionStitched,
-            ThumbnailExtracted,
-            TaskFailed,
-            VideoDeleted,
-        )
-    ),
-    max_deliver=20,
-)
+# A video's uploads and task results, and its deletion (which stops its work).
+INPUTS = (c.VideoUploaded, c.ChunkEncoded, c.AudioEncoded, c.RenditionStitched, c.ThumbnailExtracted, c.TaskFailed)
+EVENTS = ConsumerSpec(t.EVENTS, "pipeline", tuple(every(k) for k in (*INPUTS, c.VideoDeleted)), max_deliver=20)
 # The server's max-deliveries advisories of the media work queues: tasks whose worker died
 # on every attempt, which the pipeline fails and dead-letters.
 EXHAUSTED_TASKS = ConsumerSpec(
@@ -48,15 +18,8 @@ DECLARATION = Declaration(
     "pipeline",
     "Probe uploads, fan out chunks, audio and a thumbnail, fan in, stitch",
     publishes=(
-        VideoPlanned,
-        VideoPlayable,
-        VideoReady,
-        VideoFailed,
-        EncodeChunk,
-        EncodeAudio,
-        StitchRenditions,
-        ExtractThumbnail,
-        TaskFailed,
+        *(c.VideoPlanned, c.VideoPlayable, c.VideoReady, c.VideoFailed, c.TaskFailed),
+        *(c.EncodeChunk, c.EncodeAudio, c.StitchRenditions, c.ExtractThumbnail),
         *(f"{t.DEADLETTER_SUBJECT}.{s}.*" for s in t.MEDIA_TASK_STREAMS),
     ),
     consumes=(EVENTS, EXHAUSTED_TASKS),

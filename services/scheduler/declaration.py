@@ -1,8 +1,8 @@
 """The scheduler's bus contract: it declares the server-side schedules and handles their
 ticks (retention, re-drive, usage report, upload expiry)."""
 
+from shared import contracts as c
 from shared import topology as t
-from shared.contracts import EncodeAudio, EncodeChunk, ExtractThumbnail, StitchRenditions, TaskFailed
 from shared.declaration import ConsumerSpec, Declaration, kv_stream
 
 # One work-queue consumer shared by every scheduler replica takes each tick exactly once.
@@ -14,11 +14,11 @@ DECLARATION = Declaration(
     publishes=(
         t.SCHEDULE_PREFIX + ".>",  # declares the schedules
         t.USAGE_REPORTED_PREFIX + ".>",
-        EncodeChunk,  # re-drive
-        EncodeAudio,
-        StitchRenditions,
-        ExtractThumbnail,
-        TaskFailed,  # a stuck video fails like a worker that gave up
+        c.EncodeChunk,  # re-drive
+        c.EncodeAudio,
+        c.StitchRenditions,
+        c.ExtractThumbnail,
+        c.TaskFailed,  # a stuck video fails like a worker that gave up
     ),
     consumes=(TICKS,),
     calls=(t.RPC_CATALOG_GET, t.RPC_CATALOG_LIST, t.RPC_CATALOG_DELETE),
