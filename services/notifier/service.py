@@ -52,11 +52,9 @@ from shared.contracts import (
 )
 from shared.service import Service
 
-from . import declaration
-from shared.webhook_signature import HEADER as SIGNATURE_HEADER
-from shared.webhook_signature import sign
-
-from . import outbound, sealing
+from . import declaration, outbound, sealing
+from .signature import HEADER as SIGNATURE_HEADER
+from .signature import sign
 
 service = Service(declaration.DECLARATION)
 

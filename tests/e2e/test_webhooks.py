@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from shared import topology
-from shared.webhook_signature import verify
+from services.notifier.signature import verify
 from tests.clips import make_clip
 from tests.conftest import Mesh, js_run, nats_servers, wait_for
 

@@ -13,7 +13,7 @@ from services.notifier import outbound
 from services.scheduler import jobs, schedules
 from shared import config, topology
 from shared.contracts import Rendition, SourceInfo, Video
-from shared.webhook_signature import SignatureError, parse, sign, verify
+from services.notifier.signature import SignatureError, parse, sign, verify
 
 SECRET = "whsec_test-secret"
 BODY = b'{"id":"evt_1","type":"video.ready","data":{"video":{"id":"v1"}}}'

@@ -6,7 +6,7 @@ it. The timestamp bounds replays: a signature older than `tolerance_s` is refuse
 the receiver's clock in sync. Several `v1=` entries may appear (secret rotation); any match
 is enough. This module imports only the standard library, so receivers can copy it.
 
-    from shared.webhook_signature import verify, SignatureError
+    from services.notifier.signature import verify, SignatureError
     try:
         verify(secret, request_body_bytes, request.headers["Vidmesh-Signature"])
     except SignatureError:
