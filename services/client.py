@@ -45,6 +45,8 @@ from rich.progress import (
 from rich.markup import escape
 from rich.table import Table
 
+from shared.contracts import AUDIO_TASK, THUMBNAIL_TASK
+
 from . import tusclient
 
 DEFAULT_URL = "http://127.0.0.1:8080"
@@ -595,7 +597,9 @@ def register(cli: typer.Typer) -> None:
 # --- progress of one video, from its events --------------------------------------------------
 
 
-AUDIO, THUMBNAIL = "audio", "thumbnail"
+# The audio and the thumbnail are tracks of their own, named after their tasks: a failed
+# task (`task_failed`) names the track it leaves unfinished.
+AUDIO, THUMBNAIL = AUDIO_TASK, THUMBNAIL_TASK
 
 
 class VideoProgress:

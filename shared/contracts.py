@@ -108,8 +108,8 @@ class VideoPlan(msgspec.Struct, frozen=True, kw_only=True):
                 audio_segments=list(audio_segments or []),
                 audio_priming=audio_priming,
             )
-        if name.startswith(CHUNK_TASK_PREFIX) and name[len(CHUNK_TASK_PREFIX) :].isdigit():
-            index = int(name[len(CHUNK_TASK_PREFIX) :])
+        index = chunk_index(name)
+        if index is not None:
             if index < len(self.chunks):
                 return EncodeChunk(
                     **ids,
@@ -134,7 +134,9 @@ class SegmentInfo(msgspec.Struct, frozen=True, kw_only=True):
 
 
 # Task names, as in TaskFailed.task and the pipeline's job: "chunk:<index>", "audio",
-# "thumbnail", "stitch".
+# "thumbnail", "stitch". They are spelled only here: a task message gives its own name
+# (`.task`, on each MediaTask below), and the names are built and read back with
+# `chunk_task` / `chunk_index`.
 AUDIO_TASK = "audio"
 THUMBNAIL_TASK = "thumbnail"
 STITCH_TASK = "stitch"
@@ -142,7 +144,14 @@ CHUNK_TASK_PREFIX = "chunk:"
 
 
 def chunk_task(index: int) -> str:
+    """The name of the task encoding chunk `index`."""
     return f"{CHUNK_TASK_PREFIX}{index}"
+
+
+def chunk_index(task: str) -> int | None:
+    """The chunk index of a chunk task's name; None for any other task."""
+    digits = task[len(CHUNK_TASK_PREFIX) :]
+    return int(digits) if task.startswith(CHUNK_TASK_PREFIX) and digits.isdigit() else None
 
 
 class ErrorInfo(msgspec.Struct, frozen=True, kw_only=True):
@@ -245,7 +254,7 @@ class ThumbnailExtracted(Contract, tag="thumbnailer.thumbnail_extracted.v1"):
 class TaskFailed(Contract, tag="worker.task_failed.v1"):
     video_id: str
     tenant: str
-    task: str  # "chunk:<index>", "audio", "stitch" or "thumbnail"
+    task: str  # the failed task message's `.task` (see the task names above)
     error: ErrorInfo
 
 

@@ -15,7 +15,6 @@ import msgspec
 from shared import topology
 from shared.contracts import (
     AUDIO_TASK,
-    CHUNK_TASK_PREFIX,
     STITCH_TASK,
     AudioEncoded,
     ChunkEncoded,
@@ -24,6 +23,7 @@ from shared.contracts import (
     RenditionStitched,
     VideoPlan,
     WarningInfo,
+    chunk_index,
     chunk_task,
 )
 
@@ -127,7 +127,7 @@ def _advance(job: Job) -> Job:
     """The stitch starts when every chunk and the audio are in; the video is ready when every
     task is done."""
     tasks = job.tasks
-    encodes = [state for name, state in tasks.items() if name.startswith(CHUNK_TASK_PREFIX) or name == AUDIO_TASK]
+    encodes = [state for name, state in tasks.items() if chunk_index(name) is not None or name == AUDIO_TASK]
     if tasks.get(STITCH_TASK) == WAITING and all(state == DONE for state in encodes):
         tasks = {**tasks, STITCH_TASK: PENDING}
     if all(state == DONE for state in tasks.values()):
@@ -145,9 +145,8 @@ def video_warnings(job: Job) -> list[WarningInfo]:
     """Every task's warnings, in the plan's task order (chunks in timeline order, then the audio)."""
 
     def rank(task: str):
-        if task.startswith(CHUNK_TASK_PREFIX) and task[len(CHUNK_TASK_PREFIX) :].isdigit():
-            return (0, int(task[len(CHUNK_TASK_PREFIX) :]), task)
-        return (1, 0, task)
+        index = chunk_index(task)
+        return (0, index, task) if index is not None else (1, 0, task)
 
     return [w for task in sorted(job.warnings, key=rank) for w in job.warnings[task]]
 

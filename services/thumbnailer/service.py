@@ -24,9 +24,9 @@ async def report_failure(task: ExtractThumbnail, delivery: Delivery, exc: Except
     code = exc.code if isinstance(exc, Poison) else "retries_exhausted"
     reason = exc.reason if isinstance(exc, Poison) else str(exc)
     failed = TaskFailed(
-        video_id=task.video_id, tenant=task.tenant, task=task.task, error=ErrorInfo(code=code, message=f"thumbnail: {reason}")
+        video_id=task.video_id, tenant=task.tenant, task=task.task, error=ErrorInfo(code=code, message=f"{task.task}: {reason}")
     )
-    await delivery.bus.publish(failed, msg_id=f"{task.video_id}:thumbnail:failed")
+    await delivery.bus.publish(failed, msg_id=f"{task.video_id}:{task.task}:failed")
 
 
 @service.consumer(declaration.TASKS, ExtractThumbnail, on_exhausted=report_failure)
@@ -57,4 +57,4 @@ async def extract_thumbnail(task: ExtractThumbnail, delivery: Delivery) -> None:
     done = ThumbnailExtracted(
         video_id=task.video_id, tenant=task.tenant, object=key, width=width, height=height, size=info.size
     )
-    await bus.publish(done, msg_id=f"{task.video_id}:thumbnail:done")
+    await bus.publish(done, msg_id=f"{task.video_id}:{task.task}:done")

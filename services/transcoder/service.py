@@ -204,7 +204,7 @@ async def stitch_renditions(task: StitchRenditions, delivery: Delivery) -> None:
                 duration=result.duration,
                 has_audio=result.has_audio,
             )
-            await bus.publish(done, msg_id=f"{task.video_id}:stitch:{r.name}:done")
+            await bus.publish(done, msg_id=f"{task.video_id}:{task.task}:{r.name}:done")
 
 
 # --- helpers -------------------------------------------------------------------------------

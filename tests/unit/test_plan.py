@@ -15,6 +15,7 @@ from shared.contracts import (
     ExtractThumbnail,
     SourceInfo,
     StitchRenditions,
+    chunk_index,
     chunk_task,
 )
 
@@ -122,6 +123,12 @@ def test_every_task_name_builds_its_message_and_the_message_names_its_task():
     stitch = kinds[STITCH_TASK]
     assert isinstance(stitch, StitchRenditions) and stitch.renditions == plan.renditions
     assert (stitch.segments, stitch.audio_segments, stitch.audio_priming) == ([0, 1, 2, 3], [0, 1, 2, 3], 1024)
+
+
+def test_a_chunk_task_name_reads_back_as_its_index_and_no_other_name_does():
+    assert [chunk_index(chunk_task(i)) for i in (0, 1, 12)] == [0, 1, 12]
+    for name in (AUDIO_TASK, THUMBNAIL_TASK, STITCH_TASK, "chunk:", "chunk:-1", "chunk:x", "chunks:1"):
+        assert chunk_index(name) is None, name
 
 
 @pytest.mark.parametrize("name", ["chunk:3", "chunk:-1", "chunk:x", "transcode:720p", "nope"])
