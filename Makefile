@@ -11,6 +11,10 @@ WEB_STAMP := web/node_modules/.installed
 
 .PHONY: up test bench install clean browser media-reference
 
+# CI=true (or 1 or yes, in any case), read as tests/conftest.py's in_ci() reads it: a tool
+# the tests need that cannot be installed fails the run instead of skipping their tests.
+STRICT := $(filter true 1 yes,$(shell printf '%s' '$(CI)' | tr '[:upper:]' '[:lower:]'))
+
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
@@ -34,10 +38,9 @@ up: install
 browser:
 	@[ -x "$${VIDMESH_CHROMIUM:-/nonexistent}" ] || command -v chromium >/dev/null 2>&1 || \
 	  sh tests/apt-install.sh chromium >/dev/null || \
-	  case "$$CI" in \
-	    true|TRUE|True|1|yes) echo "ERROR: chromium is missing and could not be installed; CI=true needs the browser tests to run" >&2; exit 1 ;; \
-	    *) echo "WARNING: chromium is missing and could not be installed: the dashboard tests will be skipped" ;; \
-	  esac
+	  if [ -n "$(STRICT)" ]; then \
+	    echo "ERROR: chromium is missing and could not be installed (apt-get install chromium); CI=true needs the browser tests to run" >&2; exit 1; \
+	  else echo "WARNING: chromium is missing and could not be installed (apt-get install chromium): the dashboard tests will be skipped"; fi
 
 # Debian's ffmpeg (with zscale, tonemap, libx265): the reference the media tests compare the
 # product's frame path with (the product itself uses PyAV's bundled FFmpeg). Without it those
@@ -45,10 +48,9 @@ browser:
 media-reference:
 	@ffmpeg -hide_banner -filters 2>/dev/null | grep -q zscale || \
 	  sh tests/apt-install.sh ffmpeg >/dev/null || \
-	  case "$$CI" in \
-	    true|TRUE|True|1|yes) echo "ERROR: Debian's ffmpeg is missing and could not be installed; CI=true needs the media tests to run" >&2; exit 1 ;; \
-	    *) echo "WARNING: Debian's ffmpeg is missing and could not be installed: the media reference tests will be skipped" ;; \
-	  esac
+	  if [ -n "$(STRICT)" ]; then \
+	    echo "ERROR: Debian's ffmpeg is missing and could not be installed (apt-get install ffmpeg); CI=true needs the media tests to run" >&2; exit 1; \
+	  else echo "WARNING: Debian's ffmpeg is missing and could not be installed (apt-get install ffmpeg): the media reference tests will be skipped"; fi
 
 test: install browser media-reference
 	$(BIN)/python -m pytest -q -p no:cacheprovider tests
