@@ -28,6 +28,15 @@ $(WEB_STAMP): web/package.json web/package-lock.json
 	cd web && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error
 	touch $(WEB_STAMP)
 
+# The AsyncAPI project's parser (@asyncapi/parser, pinned by tests/asyncapi/package-lock.json),
+# which tests/unit/test_asyncapi.py runs on the generated bus document. Test-only, so it has
+# its own directory rather than web/, whose node_modules the gateway serves.
+ASYNCAPI_STAMP := tests/asyncapi/node_modules/.installed
+$(ASYNCAPI_STAMP): tests/asyncapi/package.json tests/asyncapi/package-lock.json
+	@command -v npm >/dev/null 2>&1 || { echo "npm (Node.js 18 or newer) is needed to install the AsyncAPI parser the tests validate the bus document with: install Node.js (e.g. apt-get install npm)" >&2; exit 1; }
+	cd tests/asyncapi && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error
+	touch $(ASYNCAPI_STAMP)
+
 install: $(STAMP) $(WEB_STAMP)
 
 up: install
@@ -52,7 +61,7 @@ media-reference:
 	    echo "ERROR: Debian's ffmpeg is missing and could not be installed (apt-get install ffmpeg); CI=true needs the media tests to run" >&2; exit 1; \
 	  else echo "WARNING: Debian's ffmpeg is missing and could not be installed (apt-get install ffmpeg): the media reference tests will be skipped"; fi
 
-test: install browser media-reference
+test: install $(ASYNCAPI_STAMP) browser media-reference
 	$(BIN)/python -m pytest -q -p no:cacheprovider tests
 
 $(BENCH_STAMP): pyproject.toml $(STAMP)

@@ -47,6 +47,22 @@ def nats_config(
         typer.echo(f"wrote {path}")
 
 
+@cli.command()
+def asyncapi(out: str = typer.Option("", "--out", help="write here; default: print")) -> None:
+    """The bus as an AsyncAPI 3.0 JSON document (services/asyncapi.py), for this environment's
+    settings; the gateway serves the same at /asyncapi.json."""
+    from pathlib import Path
+
+    from .asyncapi import render
+
+    text = render()
+    if not out:
+        typer.echo(text, nl=False)
+        return
+    Path(out).write_text(text)
+    typer.echo(f"wrote {out}")
+
+
 @cli.command("webhook-key")
 def webhook_key() -> None:
     """Print a new key for VIDMESH_WEBHOOK_KEYS (seals webhook secrets at rest)."""

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from nats.errors import Error as NatsError
 from nats.js.errors import KeyNotFoundError
@@ -37,7 +37,7 @@ from shared.contracts import (
 )
 from shared.objects import TooLarge
 
-from services import mesh
+from services import asyncapi, mesh
 
 from . import declaration, idempotency, quotas, schemas, tokens
 from .app import (
@@ -313,6 +313,20 @@ async def delete_video(video_id: str, tenant: str = Depends(authenticate), bus: 
 api.include_router(playback_router)  # renditions, thumbnail, events: services/gateway/playback.py
 api.include_router(streaming_router)  # HLS playlists and CMAF fragments: services/gateway/streaming.py
 api.include_router(tus_router)  # resumable uploads and direct-upload URLs: services/gateway/tus.py
+
+# --- the bus as AsyncAPI: public like /openapi.json, built once ------------------------------
+
+_asyncapi: bytes | None = None
+
+
+@api.get("/asyncapi.json", include_in_schema=False)
+async def asyncapi_document():
+    global _asyncapi
+    if _asyncapi is None:
+        # Building it imports the modules of the services that serve requests: off the event loop.
+        _asyncapi = (await asyncio.to_thread(asyncapi.render, service.settings)).encode()
+    return Response(_asyncapi, media_type="application/json")
+
 
 # --- the dashboard: one static page, no build step ------------------------------------------
 

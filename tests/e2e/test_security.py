@@ -33,7 +33,9 @@ from tests.conftest import Mesh, js_run, nats_servers, service_pids, wait_for
 
 pytestmark = pytest.mark.e2e
 
-OPEN = ("/healthz", "/readyz", "/metrics", "/docs", "/openapi.json", "/", "/static/app.js", "/static/style.css")
+OPEN = (
+    "/healthz", "/readyz", "/metrics", "/docs", "/openapi.json", "/asyncapi.json", "/", "/static/app.js", "/static/style.css"
+)
 MEDIA_ROUTES = {
     "/v1/videos/{video_id}/renditions/{name}",
     "/v1/videos/{video_id}/thumbnail",
