@@ -165,7 +165,7 @@ PARAMETERS = {
     "tenant": "the tenant the message belongs to",
     "video_id": "the video it is about",
     "service": "the service that sent it",
-    "rule": "the alert rule (task_failure_rate, consumer_lag, dead_letters, service_silent)",
+    "rule": "the alert rule's name (services/monitor/rules.py)",
     "schedule": "the schedule's name",
     "day": "YYYY-MM-DD, UTC",
     "stream": "the stream of the consumer",
