@@ -2,9 +2,8 @@
 
 Sources: every service's declaration (services/<name>/declaration.py: publishes, consumes,
 serves, calls, follows), the subjects and streams of shared/topology.py, the msgspec
-contracts of shared/contracts.py (their JSON Schema), and the request-reply endpoints each
-service registers (`@service.endpoint(subject, RequestType)`, the reply being the handler's
-return annotation). Nothing here is kept in step by hand except the payloads of the few
+contracts of shared/contracts.py (their JSON Schema), and the request and reply type of
+each request-reply subject (`topology.RPC_TYPES`). Nothing here is kept in step by hand except the payloads of the few
 subjects that are a prefix rather than a message type (`PREFIXES`); a declared subject
 this module cannot place raises `Unplaced`, so a new one cannot go undocumented.
 
@@ -26,10 +25,8 @@ this module cannot place raises `Unplaced`, so a new one cannot go undocumented.
 
 from __future__ import annotations
 
-import importlib
 import inspect
 import json
-import typing
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
@@ -245,20 +242,9 @@ def tick_families(streams: list) -> list[Family]:
 
 
 def endpoints() -> dict[str, tuple[type, type]]:
-    """{subject: (request type, reply type)} of every registered request-reply endpoint, the
-    reply type read from the handler's return annotation. Imports the service modules of the
-    services that serve something. Raises Unplaced for a handler without one."""
-    found = {}
-    for name, declaration in mesh.declarations().items():
-        if not declaration.serves:
-            continue
-        service = importlib.import_module(f"{mesh.PACKAGE}.{name}.service").service
-        for ep in service._endpoints:
-            reply = typing.get_type_hints(ep.handler).get("return")
-            if not (isinstance(reply, type) and issubclass(reply, msgspec.Struct)):
-                raise Unplaced(f"{name}: the handler of {ep.subject} has no msgspec return annotation")
-            found[ep.subject] = (ep.kind, reply)
-    return found
+    """{subject: (request type, reply type)} of every request-reply endpoint a service serves."""
+    served = {subject for d in mesh.declarations().values() for subject in d.serves}
+    return {subject: kinds for subject, kinds in topology.RPC_TYPES.items() if subject in served}
 
 
 def families(streams: list) -> list[Family]:

@@ -5,7 +5,7 @@ A service module declares its handlers with decorators that return the function 
 
     service = Service(DECLARATION)  # services/catalog/declaration.py
 
-    @service.endpoint(topology.RPC_CATALOG_GET, GetVideo)
+    @service.endpoint(topology.RPC_CATALOG_GET)  # takes GetVideo (topology.RPC_TYPES)
     async def get_video(req: GetVideo, bus: Bus) -> Video: ...
 
     @service.consumer(declaration.EVENTS, Event)
@@ -121,7 +121,11 @@ class Service:
 
     # --- declaration ---------------------------------------------------------------------
 
-    def endpoint(self, subject: str, kind: type, *, concurrency: int = 8):
+    def endpoint(self, subject: str, kind: type | None = None, *, concurrency: int = 8):
+        """Register a request-reply handler `async (request, bus) -> reply`; the request type
+        is the subject's in `topology.RPC_TYPES` unless `kind` is given. Raises
+        UndeclaredSubject when the declaration does not serve the subject."""
+        kind = kind or topology.RPC_TYPES[subject][0]
         if subject not in self.declaration.serves:
             raise UndeclaredSubject(f"{self.name} does not declare that it serves {subject}")
 

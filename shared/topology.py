@@ -16,6 +16,7 @@ import logging
 from nats.js import api
 from nats.js.errors import BadRequestError, BucketNotFoundError
 
+from . import contracts as c
 from .contracts import (
     AudioEncoded,
     ChunkEncoded,
@@ -123,6 +124,23 @@ RPC_MONITOR_ALERTS = "monitor.rpc.alerts"
 # client resuming through another replica, or after its connection dropped silently);
 # "no responders" means that gateway is gone and its lock can be taken at once.
 RPC_GATEWAY_RELEASE_UPLOAD = "gateway.rpc.release_upload"
+
+# What each endpoint takes and answers: the server decodes requests with the first, callers
+# decode replies with the second, and the AsyncAPI document shows both.
+RPC_TYPES: dict[str, tuple[type, type]] = {
+    RPC_CATALOG_GET: (c.GetVideo, c.Video),
+    RPC_CATALOG_LIST: (c.ListVideos, c.VideoPage),
+    RPC_CATALOG_DELETE: (c.DeleteVideo, c.Video),
+    RPC_CATALOG_USAGE: (c.GetUsage, c.Usage),
+    RPC_CATALOG_PLAYLIST: (c.GetPlaylist, c.Playlist),
+    RPC_PIPELINE_PROBE: (c.ProbeSource, c.Probed),
+    RPC_WEBHOOK_CREATE: (c.CreateWebhook, c.Webhook),
+    RPC_WEBHOOK_LIST: (c.ListWebhooks, c.WebhookPage),
+    RPC_WEBHOOK_GET: (c.GetWebhook, c.Webhook),
+    RPC_WEBHOOK_DELETE: (c.DeleteWebhook, c.Webhook),
+    RPC_WEBHOOK_DELIVERIES: (c.ListDeliveries, c.DeliveryPage),
+    RPC_MONITOR_ALERTS: (c.GetAlerts, c.AlertList),
+}
 
 # --- streams -------------------------------------------------------------------------------
 

@@ -104,12 +104,12 @@ async def _project(bus: Bus, key: str, event) -> VideoRecord | None:
     return projected
 
 
-@service.endpoint(topology.RPC_CATALOG_GET, GetVideo)
+@service.endpoint(topology.RPC_CATALOG_GET)
 async def get_video(req: GetVideo, bus: Bus) -> Video:
     return to_view(await _record(bus, req.tenant, req.video_id))
 
 
-@service.endpoint(topology.RPC_CATALOG_LIST, ListVideos)
+@service.endpoint(topology.RPC_CATALOG_LIST)
 async def list_videos(req: ListVideos, bus: Bus) -> VideoPage:
     """Newest first: video ids sort by creation time, so the key order is the page order."""
     kv = await bus.kv(topology.KV_VIDEOS)
@@ -134,7 +134,7 @@ async def list_videos(req: ListVideos, bus: Bus) -> VideoPage:
     return VideoPage(items=items, next_cursor=None)
 
 
-@service.endpoint(topology.RPC_CATALOG_DELETE, DeleteVideo)
+@service.endpoint(topology.RPC_CATALOG_DELETE)
 async def delete_video(req: DeleteVideo, bus: Bus) -> Video:
     record = await _record(bus, req.tenant, req.video_id)
     deleted = VideoDeleted(video_id=req.video_id, tenant=req.tenant)
@@ -147,13 +147,13 @@ async def delete_video(req: DeleteVideo, bus: Bus) -> Video:
     return to_view(record)
 
 
-@service.endpoint(topology.RPC_CATALOG_PLAYLIST, GetPlaylist)
+@service.endpoint(topology.RPC_CATALOG_PLAYLIST)
 async def get_playlist(req: GetPlaylist, bus: Bus) -> Playlist:
     """The stored segments of a video, for its HLS playlists (not_found as for get)."""
     return to_playlist(await _record(bus, req.tenant, req.video_id))
 
 
-@service.endpoint(topology.RPC_CATALOG_USAGE, GetUsage)
+@service.endpoint(topology.RPC_CATALOG_USAGE)
 async def usage(req: GetUsage, bus: Bus) -> Usage:
     """A tenant's videos processing and bytes stored, for the gateway's quotas.
 

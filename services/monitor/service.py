@@ -59,7 +59,7 @@ async def on_ops_event(event, delivery: Delivery) -> None:
         state.obs.seen(event.service, event.time)
 
 
-@service.endpoint(topology.RPC_MONITOR_ALERTS, GetAlerts)
+@service.endpoint(topology.RPC_MONITOR_ALERTS)
 async def get_alerts(req: GetAlerts, bus: Bus) -> AlertList:
     return AlertList(alerts=sorted(state.firing.values(), key=lambda a: a.since), load=state.load)
 

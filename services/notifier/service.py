@@ -305,7 +305,7 @@ async def _update_delivery(bus: Bus, task: DeliverWebhook, change) -> None:
 # --- request-reply: the gateway's /v1/webhooks -------------------------------------------------
 
 
-@service.endpoint(topology.RPC_WEBHOOK_CREATE, CreateWebhook, concurrency=2)
+@service.endpoint(topology.RPC_WEBHOOK_CREATE, concurrency=2)
 async def create_webhook(req: CreateWebhook, bus: Bus) -> Webhook:
     events = list(dict.fromkeys(req.events)) or list(WEBHOOK_EVENT_TYPES)
     unknown = [e for e in events if e not in WEBHOOK_EVENT_TYPES]
@@ -339,17 +339,17 @@ async def create_webhook(req: CreateWebhook, bus: Bus) -> Webhook:
     return record.view(secret)  # the only time the secret is shown
 
 
-@service.endpoint(topology.RPC_WEBHOOK_LIST, ListWebhooks)
+@service.endpoint(topology.RPC_WEBHOOK_LIST)
 async def list_webhooks(req: ListWebhooks, bus: Bus) -> WebhookPage:
     return WebhookPage(items=[h.view() for h in await _webhooks(bus, req.tenant)])
 
 
-@service.endpoint(topology.RPC_WEBHOOK_GET, GetWebhook)
+@service.endpoint(topology.RPC_WEBHOOK_GET)
 async def get_webhook(req: GetWebhook, bus: Bus) -> Webhook:
     return (await _existing(bus, req.tenant, req.webhook_id)).view()
 
 
-@service.endpoint(topology.RPC_WEBHOOK_DELETE, DeleteWebhook)
+@service.endpoint(topology.RPC_WEBHOOK_DELETE)
 async def delete_webhook(req: DeleteWebhook, bus: Bus) -> Webhook:
     hook = await _existing(bus, req.tenant, req.webhook_id)
     kv = await bus.kv(topology.KV_WEBHOOKS)
@@ -357,7 +357,7 @@ async def delete_webhook(req: DeleteWebhook, bus: Bus) -> Webhook:
     return hook.view()  # tasks still queued for it end `cancelled`
 
 
-@service.endpoint(topology.RPC_WEBHOOK_DELIVERIES, ListDeliveries)
+@service.endpoint(topology.RPC_WEBHOOK_DELIVERIES)
 async def list_deliveries(req: ListDeliveries, bus: Bus) -> DeliveryPage:
     await _existing(bus, req.tenant, req.webhook_id)
     pattern = f"{req.tenant}.{req.webhook_id}.*"

@@ -53,7 +53,7 @@ service = Service(declaration.DECLARATION)
 CAS_ATTEMPTS = 20
 
 
-@service.endpoint(topology.RPC_PIPELINE_PROBE, ProbeSource, concurrency=2)
+@service.endpoint(topology.RPC_PIPELINE_PROBE, concurrency=2)
 async def probe_source(req: ProbeSource, bus: Bus) -> Probed:
     """Probe a stored upload; refusals are data (Probed.error), not transport errors.
 

@@ -110,3 +110,16 @@ def test_publishing_or_requesting_an_undeclared_subject_fails_before_it_reaches_
 def test_subject_patterns_match_as_nats_matches_them():
     assert matches("a.*.c", "a.b.c") and not matches("a.*.c", "a.b.d") and not matches("a.*", "a.b.c")
     assert matches("a.>", "a.b.c") and not matches("a.>", "a") and matches("a.b", "a.b") and not matches("a.b", "a.b.c")
+
+
+@pytest.mark.parametrize("service", [s for s in SERVICES if any(d in topology.RPC_TYPES for d in mesh.declarations()[s].serves)])
+def test_each_endpoint_takes_and_answers_the_types_its_subject_names(service):
+    """Callers decode replies with topology.RPC_TYPES, and the AsyncAPI document shows it:
+    a handler answering another type would break both."""
+    import typing
+
+    shell = importlib.import_module(f"services.{service}.service").service
+    for ep in shell._endpoints:
+        request, reply = topology.RPC_TYPES[ep.subject]
+        assert ep.kind is request, ep.subject
+        assert typing.get_type_hints(ep.handler).get("return") is reply, ep.subject
