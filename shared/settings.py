@@ -87,6 +87,10 @@ class Settings(BaseSettings):
     alpha_background: Annotated[tuple[int, int, int], NoDecode] = (0, 0, 0)
     max_backlog: int = 500  # transcode tasks waiting before uploads get 429 (the gateway sheds, the monitor reports)
     upload_expiry_s: float = DAY_S  # seconds until an incomplete resumable upload expires
+    # Re-drive of stuck videos: the scheduler's schedule fires it and the pipeline owns the jobs
+    # it re-drives, so it is not one service's alone.
+    stuck_after_s: float = Field(600.0, gt=0)  # seconds without job progress before a video is re-driven
+    redrive_max_attempts: int = 3  # re-drives before a stuck video fails (at least 1)
 
     @classmethod
     def load(cls, env: Mapping[str, str] | None = None) -> Self:
@@ -145,6 +149,11 @@ class Settings(BaseSettings):
         if m is None:
             raise ValueError(f"must be a colour #rrggbb, got {value!r}")
         return tuple(int(part, 16) for part in m.groups())
+
+    @field_validator("redrive_max_attempts")
+    @classmethod
+    def _at_least_one(cls, value: int) -> int:
+        return max(1, value)
 
     @field_validator("upload_expiry_s")
     @classmethod

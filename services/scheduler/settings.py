@@ -37,8 +37,6 @@ class SchedulerSettings(Settings):
     retention_days: float = Field(0.0, ge=0)  # videos older than this are deleted; 0: kept forever
     # tenant -> days (0: forever), from `acme:30,bob:7`
     retention_days_by_tenant: Annotated[dict[str, float], NoDecode] = {}
-    stuck_after_s: float = Field(600.0, gt=0)  # seconds without job progress before a video is re-driven
-    redrive_max_attempts: int = 3  # re-drives before a stuck video fails (at least 1)
     # When each job runs.
     schedule_retention: str = "0 0 3 * * *"  # 03:00 UTC
     schedule_redrive: str = "@every 1m"
@@ -77,8 +75,3 @@ class SchedulerSettings(Settings):
                 raise ValueError(f"entries must be tenant:days (days >= 0), got {item!r}")
             days[tenant] = number
         return days
-
-    @field_validator("redrive_max_attempts")
-    @classmethod
-    def _at_least_one(cls, value: int) -> int:
-        return max(1, value)
