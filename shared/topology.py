@@ -70,9 +70,14 @@ MAX_DELIVERIES_ADVISORY = "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES"  # + .<st
 # Schedules live in the server (ADR-51 message scheduler): a schedule is one message with a
 # `Nats-Schedule` header on `scheduler.schedule.<name>` (kind `schedule`: a standing
 # definition the server fires, never consumed), in a stream with allow_msg_schedules. The
-# server writes each tick into the same stream on `scheduler.cmd.tick.<name>`.
+# server writes each tick into the same stream on `<owner>.cmd.tick.<name>`, the owner being
+# the service whose records the job reads and changes: the pipeline re-drives its own jobs,
+# the scheduler runs the other jobs. Each owner's consumer takes only its own prefix
+# (SCHEDULES is a work queue: the filters of its consumers must not overlap).
 SCHEDULE_PREFIX = "scheduler.schedule"  # + .<name>: one schedule definition per subject
 TICK_PREFIX = "scheduler.cmd.tick"  # + .<name>: what a schedule fires
+PIPELINE_TICK_PREFIX = "pipeline.cmd.tick"  # + .<name>: the ticks of PIPELINE_SCHEDULES
+PIPELINE_SCHEDULES = frozenset({"redrive"})
 USAGE_REPORTED_PREFIX = "scheduler.evt.usage_reported"  # + .<tenant>.<YYYY-MM-DD>
 
 # Every service publishes its log records (warning and above, or VIDMESH_LOG_EVENTS_LEVEL)
@@ -99,7 +104,8 @@ def schedule_subject(name: str) -> str:
 
 
 def tick_subject(name: str) -> str:
-    return f"{TICK_PREFIX}.{name}"
+    """Where a schedule's ticks go: its owner's tick prefix."""
+    return f"{PIPELINE_TICK_PREFIX if name in PIPELINE_SCHEDULES else TICK_PREFIX}.{name}"
 
 
 def usage_subject(tenant: str, day: str) -> str:
@@ -215,7 +221,7 @@ def streams(replicas: int, events_max_age_s: float) -> list[api.StreamConfig]:
         ),
         api.StreamConfig(
             name=SCHEDULES,
-            subjects=[SCHEDULE_PREFIX + ".>", TICK_PREFIX + ".>"],
+            subjects=[SCHEDULE_PREFIX + ".>", TICK_PREFIX + ".>", PIPELINE_TICK_PREFIX + ".>"],
             # Ticks leave the stream when handled; definitions stay (no consumer takes them).
             retention=api.RetentionPolicy.WORK_QUEUE,
             allow_msg_schedules=True,
@@ -281,7 +287,10 @@ KV_ADMISSIONS = "admissions"  # gateway: per tenant, the uploads admitted under 
 KV_MONITOR = "monitor"
 KV_WEBHOOKS = "webhooks"  # notifier: key <tenant>.<webhook_id> (holds the signing secret)
 KV_DELIVERIES = "webhook_deliveries"  # notifier: key <tenant>.<webhook_id>.<delivery_id>
-KV_SCHEDULER = "scheduler"  # scheduler: run.<name> (last run), redrive.<tenant>.<video_id>
+KV_SCHEDULER = "scheduler"  # scheduler: run.<name> (last run of each of its schedules)
+# pipeline: redrive.<tenant>.<video_id> (re-drive attempts of a stuck video), run.<name>
+# (last run of each of PIPELINE_SCHEDULES)
+KV_PIPELINE = "pipeline"
 OBJ_MEDIA = "media"  # uploads, renditions and thumbnails
 MEDIA_STREAM = f"OBJ_{OBJ_MEDIA}"  # the stream behind the object store
 # gateway: resumable (tus) uploads `up.<tenant>.<upload_id>` (offset, chunk checkpoints,
@@ -302,8 +311,13 @@ def buckets(settings) -> list[tuple[str, float | None]]:
         (KV_WEBHOOKS, None),
         (KV_DELIVERIES, settings.events_max_age_s),
         (KV_SCHEDULER, None),
+        (KV_PIPELINE, None),
         (KV_RESUMABLE, None),
     ]
+
+
+# The buckets holding the run records of schedules: each tick's owner keeps its own.
+RUN_BUCKETS = (KV_SCHEDULER, KV_PIPELINE)
 
 
 # --- keys ----------------------------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""pipeline: probe at upload (request-reply), fan-out of the rendition ladder, fan-in to ready.
+"""pipeline: probe at upload (request-reply), fan-out of the rendition ladder, fan-in to ready,
+and the re-drive of its stuck jobs when the `redrive` schedule ticks (redrive.py).
 
 Every step is idempotent: the job is created once (KV create), tasks and terminal events
 carry stable `Nats-Msg-Id`s, and task results are folded into the job with compare-and-set.
@@ -15,9 +16,9 @@ import msgspec
 from nats.js.errors import KeyWrongLastSequenceError, NotFoundError
 
 from media.problems import MediaError
-from shared import telemetry, topology
+from shared import runs, telemetry, topology
 from shared.bus import Bus, KvContention, kv_update
-from shared.consumer import Delivery, Retry, dead_letter
+from shared.consumer import Delivery, Poison, Retry, dead_letter
 from shared.contracts import (
     AudioEncoded,
     ChunkEncoded,
@@ -28,6 +29,7 @@ from shared.contracts import (
     ProbeSource,
     Probed,
     RenditionStitched,
+    ScheduleTick,
     SourceInfo,
     TaskFailed,
     ThumbnailExtracted,
@@ -43,7 +45,7 @@ from shared.contracts import (
 )
 from shared.service import Service
 
-from . import declaration, jobs
+from . import declaration, jobs, redrive
 from .plan import plan_video
 from .probe import probe_isolated
 
@@ -149,6 +151,20 @@ async def on_exhausted_task(advisory: MaxDeliveriesAdvisory, delivery: Delivery)
         await bus.js.delete_msg(advisory.stream, advisory.stream_seq)
     except NotFoundError:
         pass
+
+
+# The pipeline's scheduled jobs (topology.PIPELINE_SCHEDULES): `async def job(bus, now) -> summary`
+SCHEDULED_JOBS: dict[str, runs.Job] = {"redrive": redrive.redrive}
+
+
+@service.consumer(declaration.TICKS, ScheduleTick)
+async def on_tick(tick: ScheduleTick, delivery: Delivery) -> None:
+    """Run the job a tick fires; its run is recorded in the pipeline's bucket, where
+    `vidmesh schedules` reads it."""
+    job = SCHEDULED_JOBS.get(tick.name)
+    if job is None:
+        raise Poison("unknown_schedule", f"no pipeline job named {tick.name!r}; known: {sorted(SCHEDULED_JOBS)}")
+    await runs.run_tick(tick, delivery, job, topology.KV_PIPELINE)
 
 
 async def fan_out(bus: Bus, event: VideoUploaded) -> None:

@@ -1,7 +1,8 @@
 """`vidmesh schedules`: list the server-side schedules and their last runs; run one now.
 
-`run NAME` publishes a manual tick on the same work queue the server's ticks use, so a
-running scheduler replica handles it exactly like a scheduled one (and records the run);
+`run NAME` publishes a manual tick where the server's ticks of NAME go (the pipeline's
+prefix for `redrive`, see topology.tick_subject), so a running replica of the service that
+handles them runs it exactly like a scheduled one (and records the run in its bucket);
 with `--wait` (the default) it waits for that record.
 """
 
@@ -19,9 +20,10 @@ from rich.table import Table
 from shared import config, permissions, topology
 from shared.bus import Bus
 from shared.contracts import ScheduleTick
+from shared.runs import RunRecord, RunResult, last_runs
 
 from . import schedules
-from .service import DESCRIPTIONS, JOBS, RunRecord, RunResult, last_runs
+from .service import DESCRIPTIONS, JOBS
 
 app = typer.Typer(help="Server-side schedules: list them, run one now", invoke_without_command=True)
 console = Console()
@@ -147,13 +149,13 @@ def list_schedules(ctx: typer.Context) -> None:
 @app.command("run")
 def run(
     name: str = typer.Argument(..., help="the schedule (job) to run now"),
-    wait: bool = typer.Option(True, help="wait until a scheduler replica has run it"),
+    wait: bool = typer.Option(True, help="wait until a replica of the service handling it has run it"),
     timeout: float = typer.Option(120.0, help="how long to wait, in seconds"),
     as_of: str = typer.Option(None, "--as-of", help="run as if at this time (unix time or ISO date, UTC)"),
 ) -> None:
     """Fire one schedule now, through the same work queue as the server's ticks."""
-    if name not in JOBS:
-        raise typer.BadParameter(f"unknown schedule {name!r}; choose from {', '.join(sorted(JOBS))}")
+    if name not in JOBS and name not in DESCRIPTIONS:
+        raise typer.BadParameter(f"unknown schedule {name!r}; choose from {', '.join(sorted(DESCRIPTIONS))}")
     when = parse_as_of(as_of)
 
     async def go():
@@ -168,7 +170,7 @@ def run(
         console.print(f"{name}: tick {seq} queued")
         return
     if result is None:
-        console.print(f"{name}: tick {seq} queued, but no scheduler finished it within {timeout:g}s")
+        console.print(f"{name}: tick {seq} queued, but no replica finished it within {timeout:g}s")
         raise typer.Exit(1)
     summary = ", ".join(f"{k}={v}" for k, v in result.summary.items())
     console.print(f"{name}: {result.outcome} {summary}" + (f" ({result.error})" if result.error else ""))

@@ -1,17 +1,15 @@
-"""What the schedules fire: retention, re-drive of stuck videos, the daily usage report.
+"""What the scheduler's schedules fire: retention, the daily usage report, the clean-up of
+expired resumable uploads. (Re-drive of stuck videos is the pipeline's: services/pipeline/redrive.py.)
 
 Each job is `async def job(bus, now) -> summary`, with `now` the tick's time (or the
 `as_of` of a manual run), never the wall clock, so a test injects the clock. Jobs act
 through the owners of the state: the catalog deletes videos (catalog.rpc.delete) and
-lists them (catalog.rpc.list); a stuck video gets its lost tasks published again, or a
-`TaskFailed` (code `stuck`) that the pipeline folds into a failed video, exactly as if a
-worker had given up. The scheduler writes only its own `scheduler` bucket. It reads two
-others without writing them: the keys of `videos` (to know the tenants) and the
-pipeline's `jobs` (which tasks of a processing video are still pending).
+lists them (catalog.rpc.list). The scheduler writes its own `scheduler` bucket and, for the
+upload clean-up, the gateway's `resumable_uploads`; it reads the keys of `videos` (to know
+the tenants) without writing them.
 
 Every job is idempotent, so a redelivered tick or two overlapping runs do no harm:
-deleting twice is a no-op, re-published tasks carry msg-ids keyed by the re-drive attempt
-(taken with compare-and-set), the usage report's msg-id is keyed by tenant and day.
+deleting twice is a no-op, the usage report's msg-id is keyed by tenant and day.
 """
 
 from __future__ import annotations
@@ -23,24 +21,13 @@ from collections.abc import AsyncIterator
 from datetime import datetime, timezone
 
 import msgspec
-from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NotFoundError
+from nats.js.errors import KeyWrongLastSequenceError
 
 from shared import topology
 from shared.kvscan import entries
 from shared.bus import Bus, RpcError
 from shared.consumer import Retry
-from shared.contracts import (
-    DeleteVideo,
-    ErrorInfo,
-    ListVideos,
-    MediaTask,
-    TaskFailed,
-    UsageReported,
-    Video,
-    VideoPage,
-    VideoPlan,
-    decoder,
-)
+from shared.contracts import DeleteVideo, ListVideos, UsageReported, Video, VideoPage
 
 log = logging.getLogger("vidmesh.scheduler")
 
@@ -79,163 +66,6 @@ async def retention(bus: Bus, now: float) -> dict:
             deleted += 1
             log.info("retention: deleted %s/%s (older than %g days)", tenant, video_id, days)
     return {"tenants": len(tenants), "tenants_kept_forever": kept_tenants, "deleted": deleted}
-
-
-# --- re-drive ------------------------------------------------------------------------------
-
-
-class JobView(msgspec.Struct, frozen=True, kw_only=True):
-    """The part of the pipeline's job record re-drive reads (other fields are ignored)."""
-
-    video_id: str
-    tenant: str
-    source: str
-    tasks: dict[str, str] = {}  # task -> waiting | pending | done | failed
-    status: str = "processing"
-    plan: VideoPlan | None = None
-    chunk_segments: dict[str, list[int]] = {}
-    audio_segments: list[int] = []
-    audio_priming: int = 0
-
-
-class RedriveState(msgspec.Struct, frozen=True, kw_only=True):
-    attempts: int = 0
-    last_at: float = 0.0
-
-
-job_decoder = msgspec.json.Decoder(JobView)
-state_decoder = msgspec.json.Decoder(RedriveState)
-state_encoder = msgspec.json.Encoder()
-task_decoder = decoder(MediaTask)
-
-
-def missing_tasks(job: JobView, queued: set[str]) -> list[str]:
-    """Pending tasks with no message on their work queue (queued or in a worker's hands)."""
-    return sorted(task for task, state in job.tasks.items() if state == "pending" and task not in queued)
-
-
-async def redrive(bus: Bus, now: float) -> dict:
-    """A video `processing` whose job has not moved for VIDMESH_STUCK_AFTER_S and has a
-    pending task that is on no work queue lost that task (e.g. deleted from the stream, or
-    a publish that never happened): publish it again. After VIDMESH_REDRIVE_MAX_ATTEMPTS
-    re-drives, fail the video with `stuck` instead.
-
-    A task waiting in a long queue or held by a slow worker is still in its work-queue
-    stream (a work queue drops a message only when it is acknowledged), so it is never
-    mistaken for lost."""
-    settings = bus.settings
-    state_kv = await bus.kv(topology.KV_SCHEDULER)
-    summary = {"processing": 0, "stuck": 0, "republished": 0, "failed": 0}
-    processing: set[str] = set()
-    async for entry in entries(bus.js, topology.KV_JOBS):
-        try:
-            job = job_decoder.decode(entry.value)
-        except (msgspec.DecodeError, msgspec.ValidationError):
-            continue
-        if job.status != "processing":
-            continue
-        key = topology.state_key(job.tenant, job.video_id)
-        processing.add(key)
-        summary["processing"] += 1
-        changed_at = entry.created.timestamp()
-        if now - changed_at < settings.stuck_after_s:
-            continue
-        missing = missing_tasks(job, await queued_tasks(bus, job))
-        if not missing:
-            continue
-        summary["stuck"] += 1
-        attempt = await _take_attempt(state_kv, key, now, settings.stuck_after_s)
-        if attempt is None:
-            continue  # re-driven recently (or by an overlapping run): give it time
-        if attempt > settings.redrive_max_attempts:
-            error = ErrorInfo(
-                code="stuck",
-                message=f"{missing[0]}: no progress for {settings.stuck_after_s:g}s after "
-                f"{settings.redrive_max_attempts} re-drives",
-            )
-            failed = TaskFailed(video_id=job.video_id, tenant=job.tenant, task=missing[0], error=error)
-            await bus.publish(failed, msg_id=f"{job.video_id}:{missing[0]}:stuck")
-            summary["failed"] += 1
-            log.warning("re-drive: %s/%s is stuck on %s: failed", job.tenant, job.video_id, missing)
-            continue
-        for task in missing:
-            msg = _task_message(job, task)
-            if msg is not None:
-                await bus.publish(msg, msg_id=f"{job.video_id}:{task}:redrive{attempt}")
-                summary["republished"] += 1
-        log.warning("re-drive %d of %s/%s: published %s again", attempt, job.tenant, job.video_id, missing)
-    await _forget_finished(bus, state_kv, processing)
-    return summary
-
-
-async def queued_tasks(bus: Bus, job: JobView) -> set[str]:
-    """The tasks of `job` that have a message on their work queue."""
-    found: set[str] = set()
-    for stream in topology.MEDIA_TASK_STREAMS:
-        subject = f"*.cmd.*.{job.tenant}.{job.video_id}"
-        seq = 1
-        while True:
-            try:
-                msg = await bus.js.get_msg(stream, seq=seq, subject=subject, next=True)
-            except NotFoundError:
-                break
-            try:
-                found.add(task_decoder.decode(msg.data).task)
-            except (msgspec.DecodeError, msgspec.ValidationError):
-                pass
-            seq = msg.seq + 1
-    return found
-
-
-def _task_message(job: JobView, task: str):
-    if job.plan is None:
-        log.warning("re-drive: %s has no plan: cannot publish %r", job.video_id, task)
-        return None
-    segments = sorted({i for indices in job.chunk_segments.values() for i in indices})
-    try:
-        return job.plan.task_message(
-            task,
-            video_id=job.video_id,
-            tenant=job.tenant,
-            source=job.source,
-            segments=segments,
-            audio_segments=job.audio_segments,
-            audio_priming=job.audio_priming,
-        )
-    except ValueError:
-        log.warning("re-drive: do not know how to publish task %r of %s", task, job.video_id)
-        return None
-
-
-async def _take_attempt(kv, key: str, now: float, min_gap_s: float) -> int | None:
-    """The next re-drive attempt number for a video (compare-and-set), or None when it was
-    re-driven less than `min_gap_s` ago or another run took this attempt."""
-    state_key = f"redrive.{key}"
-    try:
-        entry = await kv.get(state_key)
-        state = state_decoder.decode(entry.value)
-    except KeyNotFoundError:
-        entry, state = None, RedriveState()
-    if state.attempts and now - state.last_at < min_gap_s:
-        return None
-    new = RedriveState(attempts=state.attempts + 1, last_at=now)
-    try:
-        if entry is None:
-            await kv.create(state_key, state_encoder.encode(new))
-        else:
-            await kv.update(state_key, state_encoder.encode(new), last=entry.revision)
-    except KeyWrongLastSequenceError:
-        return None
-    return new.attempts
-
-
-async def _forget_finished(bus: Bus, kv, processing: set[str]) -> None:
-    async for entry in entries(bus.js, topology.KV_SCHEDULER, "redrive.>", meta_only=True):
-        if entry.key[len("redrive.") :] not in processing:
-            try:
-                await kv.delete(entry.key)
-            except Exception:
-                pass  # best effort: it is retried on the next run
 
 
 # --- usage report --------------------------------------------------------------------------

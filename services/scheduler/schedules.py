@@ -3,8 +3,9 @@
 A schedule is one message on `scheduler.schedule.<name>` in the SCHEDULES stream
 (allow_msg_schedules), with headers:
   Nats-Schedule         `@every 1m`, a 6-field cron `0 0 3 * * *` (UTC) or `@daily`...
-  Nats-Schedule-Target  `scheduler.cmd.tick.<name>`: the server writes each tick there,
-                        into the same stream, with the schedule's body (a ScheduleTick)
+  Nats-Schedule-Target  `<owner>.cmd.tick.<name>` (topology.tick_subject): the server
+                        writes each tick there, into the same stream, with the
+                        schedule's body (a ScheduleTick)
   Nats-Schedule-TTL     ticks nobody handled in time expire instead of piling up
 The server keeps one schedule per subject (it adds `Nats-Rollup: sub`). Declaring is
 idempotent and safe from any number of replicas starting at once: an unchanged schedule
@@ -25,7 +26,6 @@ from shared.contracts import ScheduleTick, encode
 H_SCHEDULE = "Nats-Schedule"
 H_TARGET = "Nats-Schedule-Target"
 H_TTL = "Nats-Schedule-TTL"
-H_NEXT = "Nats-Schedule-Next"
 WRONG_LAST_SEQUENCE = 10071  # JetStream err_code when the expected last sequence differs
 DEFAULT_TICK_TTL_S = 3600
 _UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}

@@ -111,6 +111,7 @@ TARGETS = {
     (topology.TASKS_WEBHOOK, "notifier"): "notifier.cmd.deliver_webhook.fuzz.v6",
     (topology.ADVISORIES, "deadletter"): f"{topology.MAX_DELIVERIES_ADVISORY}.{topology.TASKS_TRANSCODE}.fuzz",
     (topology.SCHEDULES, "scheduler"): "scheduler.cmd.tick.fuzz",
+    (topology.SCHEDULES, "pipeline"): "pipeline.cmd.tick.fuzz",
     (topology.OPS, "monitor"): "logs.evt.fuzz",
 }
 POISON = {

@@ -214,8 +214,8 @@ async def test_only_admin_creates_the_topology(secured):
 
 async def test_the_chunked_pipeline_s_subjects_are_open_to_exactly_their_owners(secured):
     """Each kind of transcode task (chunk, audio, stitch) may be published by the pipeline
-    (fan-out) and the scheduler (re-drive), and each transcoder result by the transcoder;
-    a worker cannot hand itself work, nor forge another worker's results."""
+    alone (fan-out, and re-drive of its stuck jobs), and each transcoder result by the
+    transcoder; a worker cannot hand itself work, nor forge another worker's results."""
     tasks = [topology.SUBJECTS[k] + ".alice.v1" for k in (contracts.EncodeChunk, contracts.EncodeAudio, contracts.StitchRenditions)]
     results = [
         topology.SUBJECTS[k] + ".alice.v1"
@@ -238,11 +238,13 @@ async def test_the_chunked_pipeline_s_subjects_are_open_to_exactly_their_owners(
             assert await c.refused(subject), (name, subject)
 
     try:
-        for name in ("pipeline", "scheduler"):
-            await allowed(name, tasks)
+        await allowed("pipeline", tasks)
         await allowed("transcoder", results)
-        for name in ("transcoder", "thumbnailer"):
+        for name in ("scheduler", "transcoder", "thumbnailer"):
             await refused(name, tasks)
+        # the job records and re-drive attempts are the pipeline's alone
+        await refused("scheduler", [f"$JS.API.DIRECT.GET.KV_{topology.KV_JOBS}.$KV.{topology.KV_JOBS}.alice.v1"])
+        await refused("scheduler", [f"$KV.{topology.KV_PIPELINE}.redrive.alice.v1"])
         for name in ("pipeline", "thumbnailer"):
             await refused(name, results)
     finally:

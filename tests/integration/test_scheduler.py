@@ -1,7 +1,8 @@
 """Scheduled jobs against a real nats-server: schedules fired by the server into the stream,
-handled once per tick by two scheduler replicas; retention with an injected clock;
-re-drive of a video whose task was lost (with the real catalog, pipeline, transcoder and
-thumbnailer running in this process), and the daily usage report."""
+handled once per tick by two scheduler replicas; retention with an injected clock; the
+pipeline's re-drive of a video whose task was lost, on the ticks of the `redrive` schedule
+(with the real catalog, pipeline, transcoder and thumbnailer running in this process), and
+the daily usage report."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import asyncio
 import time
 from contextlib import asynccontextmanager
 
+import msgspec
 import pytest
 from nats.js import api
 from nats.js.errors import NotFoundError
@@ -16,6 +18,8 @@ from typer.testing import CliRunner
 
 from services.catalog import service as catalog
 from services.gateway.uploads import new_video_id
+from services.pipeline import jobs as pipeline_jobs
+from services.pipeline import redrive
 from services.pipeline import service as pipeline
 from services.scheduler import admin, jobs, schedules
 from services.scheduler import service as scheduler
@@ -24,11 +28,23 @@ from services.transcoder import service as transcoder
 from services import mesh
 from services.scheduler import declaration as scheduler_declaration
 from services.thumbnailer import declaration as thumbnailer_declaration
-from shared import config, contracts, topology
+from shared import config, contracts, runs, topology
 from shared.bus import Bus
 from shared.consumer import ConsumerLoop
 from shared.kvscan import entries
-from shared.contracts import ExtractThumbnail, GetVideo, ScheduleTick, SourceInfo, UsageReported, Video, VideoUploaded
+from shared.contracts import (
+    AUDIO_TASK,
+    STITCH_TASK,
+    THUMBNAIL_TASK,
+    ExtractThumbnail,
+    GetVideo,
+    ScheduleTick,
+    SourceInfo,
+    UsageReported,
+    Video,
+    VideoUploaded,
+    chunk_task,
+)
 from tests.clips import make_clip
 from tests.conftest import NatsServer
 
@@ -188,7 +204,7 @@ async def test_an_every_second_schedule_fires_into_the_stream_and_runs_once_per_
         assert [d.name for d in await schedules.definitions(bus.js)].count("heartbeat") == 1
         await until(lambda: asyncio.sleep(0, len(handled) >= 4), 10, "four ticks")
         assert await schedules.remove(bus.js, "heartbeat")
-        record = (await scheduler.last_runs(bus))["heartbeat"]
+        record = (await runs.last_runs(bus))["heartbeat"]
     finally:
         scheduler.JOBS.pop("heartbeat", None)
     times = [now for _, now in handled]
@@ -221,7 +237,11 @@ async def test_declaring_is_idempotent_a_change_updates_and_off_removes(bus, set
     off = Bus(on.nc, off_settings, "startup-off")
     try:
         await scheduler.declare_schedules(on)
-        assert {"retention", "redrive", "usage_report"} <= {d.name for d in await schedules.definitions(bus.js)}
+        declared = {d.name: d for d in await schedules.definitions(bus.js)}
+        assert {"retention", "redrive", "usage_report"} <= set(declared)
+        # the scheduler declares re-drive's schedule, but its ticks go to the pipeline
+        assert declared["redrive"].target == "pipeline.cmd.tick.redrive"
+        assert declared["retention"].target == "scheduler.cmd.tick.retention"
         await scheduler.declare_schedules(off)
         names = {d.name for d in await schedules.definitions(bus.js)}
         assert {"retention", "redrive"} <= names and "usage_report" not in names
@@ -244,19 +264,14 @@ async def test_a_task_on_either_media_work_queue_is_queued_not_lost(bus):
     vid = new_video_id()
     source = SourceInfo(size=1, duration=20.0, width=320, height=240, audio_codec="aac", cuttable=True)
     plan = plan_video(source, chunk_s=6.0, segment_s=6.0)
-    view = jobs.JobView(
-        video_id=vid,
-        tenant="queued",
-        source="queued/x/source",
-        plan=plan,
-        tasks={name: "pending" for name in plan.task_names()},
-    )
-    on_queue = ["chunk:0", "chunk:2", "audio", "stitch", "thumbnail"]
+    job = pipeline_jobs.new_job(vid, "queued", "queued/x/source", plan)
+    job = msgspec.structs.replace(job, tasks={name: "pending" for name in plan.task_names()})
+    on_queue = [chunk_task(0), chunk_task(2), AUDIO_TASK, STITCH_TASK, THUMBNAIL_TASK]
     try:
         for name in on_queue:
-            await bus.publish(jobs._task_message(view, name), msg_id=f"{vid}:{name}")
-        assert await jobs.queued_tasks(bus, view) == set(on_queue)
-        assert jobs.missing_tasks(view, await jobs.queued_tasks(bus, view)) == ["chunk:1"]
+            await bus.publish(pipeline_jobs.task_message(job, name), msg_id=f"{vid}:{name}")
+        assert await redrive.queued_tasks(bus, job) == set(on_queue)
+        assert redrive.missing_tasks(job, await redrive.queued_tasks(bus, job)) == [chunk_task(1)]
     finally:  # the workers started by later tests must not find these
         for stream in topology.MEDIA_TASK_STREAMS:
             await bus.js.purge_stream(stream, subject=f"*.cmd.*.queued.{vid}")
@@ -278,7 +293,7 @@ async def test_retention_deletes_an_old_video_and_leaves_a_new_one(bus, replicas
     seq, run = await admin.run_now(bus, "retention", as_of=t0 + 31 * DAY, timeout=20)
     assert run is not None and run.outcome == "ok", run
     assert run.summary["deleted"] == 2, run
-    last = (await scheduler.last_runs(bus))["retention"].last
+    last = (await runs.last_runs(bus))["retention"].last
     assert last.manual and last.as_of == t0 + 31 * DAY
 
     assert (await video(bus, "acme", old)).status == "deleted"
@@ -299,7 +314,7 @@ async def _listed(bus, tenant, vid):
 async def _job(bus, tenant, vid):
     kv = await bus.kv(topology.KV_JOBS)
     try:
-        return jobs.job_decoder.decode((await kv.get(topology.state_key(tenant, vid))).value)
+        return pipeline_jobs.job_decoder.decode((await kv.get(topology.state_key(tenant, vid))).value)
     except Exception:
         return None
 
@@ -318,27 +333,53 @@ async def _lose_thumbnail_task(bus, tenant, vid) -> None:
     await bus.js.delete_msg(topology.TASKS_THUMBNAIL, msg.seq)
 
 
+async def test_the_server_fires_redrive_at_the_pipeline_which_runs_and_records_it(bus, replicas, services):
+    schedule = schedules.Schedule("redrive", "@every 1s", tick_ttl_s=60)
+    assert schedule.target == topology.tick_subject("redrive") == "pipeline.cmd.tick.redrive"
+    await schedules.declare(bus.js, schedule)
+
+    async def fired():
+        record = (await runs.last_runs(bus, (topology.KV_PIPELINE,))).get("redrive")
+        return record if record and record.last and not record.last.manual else None
+
+    try:
+        record = await until(fired, 15, "a server-fired re-drive recorded by the pipeline")
+    finally:
+        await schedules.remove(bus.js, "redrive")
+    assert record.outcome == "ok" and record.last.next_at, record
+    assert set(record.summary) == {"processing", "stuck", "republished", "failed"}
+    assert "redrive" not in await runs.last_runs(bus, (topology.KV_SCHEDULER,))  # not the scheduler's
+
+
 async def test_redrive_completes_a_video_whose_task_was_lost(bus, replicas, services, clip, settings):
     vid = await upload(bus, "redrive", clip)
     await _lose_thumbnail_task(bus, "redrive", vid)
     job = await until(lambda: _stitched(bus, "redrive", vid), 30, "the chunk, the audio and the stitch to be done")
-    assert job.status == "processing" and job.tasks["thumbnail"] == "pending"
-    assert {job.tasks[t] for t in ("chunk:0", "audio", "stitch")} == {"done"}
+    assert job.status == "processing" and job.tasks[THUMBNAIL_TASK] == "pending"
+    assert {job.tasks[t] for t in (chunk_task(0), AUDIO_TASK, STITCH_TASK)} == {"done"}
 
     # not stuck yet: no progress for less than VIDMESH_STUCK_AFTER_S
     _, run = await admin.run_now(bus, "redrive", as_of=time.time(), timeout=20)
     assert run.outcome == "ok" and run.summary["republished"] == 0 and run.summary["processing"] >= 1
 
     async with loops(settings, thumbnailer_declaration.TASKS, ExtractThumbnail, thumbnailer.extract_thumbnail):
-        _, run = await admin.run_now(bus, "redrive", as_of=time.time() + STUCK_AFTER_S + 1, timeout=20)
+        seq, run = await admin.run_now(bus, "redrive", as_of=time.time() + STUCK_AFTER_S + 1, timeout=20)
         assert run.outcome == "ok" and run.summary["stuck"] == 1 and run.summary["republished"] == 1, run
         done = await until(lambda: _terminal(bus, "redrive", vid), 30, "the re-driven video to finish")
     assert done.status == "ready" and done.thumbnail is not None, done
+    # the pipeline ran it and keeps the record; the scheduler has no part in it
+    assert (await runs.last_runs(bus, (topology.KV_PIPELINE,)))["redrive"].result(seq) == run
+    assert [e.key async for e in entries(bus.js, topology.KV_SCHEDULER, meta_only=True) if "redrive" in e.key] == []
+    # the finished video's attempt count is forgotten on the next run
+    key = redrive.ATTEMPTS_PREFIX + topology.state_key("redrive", vid)
+    assert key in [e.key async for e in entries(bus.js, topology.KV_PIPELINE, "redrive.>", meta_only=True)]
+    await admin.run_now(bus, "redrive", as_of=time.time(), timeout=20)
+    assert key not in [e.key async for e in entries(bus.js, topology.KV_PIPELINE, "redrive.>", meta_only=True)]
 
 
 async def _stitched(bus, tenant, vid):
     job = await _job(bus, tenant, vid)
-    return job if job and job.tasks.get("stitch") == "done" else None
+    return job if job and job.tasks.get(STITCH_TASK) == "done" else None
 
 
 async def _terminal(bus, tenant, vid):
@@ -362,6 +403,10 @@ async def test_redrive_fails_a_video_still_stuck_after_the_last_attempt(bus, rep
     assert run.summary["failed"] == 1, run
     failed = await until(lambda: _terminal(bus, "stuck", vid), 20, "the stuck video to fail")
     assert failed.status == "failed" and failed.error.code == "stuck", failed
+    assert failed.error.message == f"{THUMBNAIL_TASK}: no progress for {STUCK_AFTER_S:g}s after 2 re-drives"
+    # failed is final for re-drive: a later run leaves it alone
+    _, run = await admin.run_now(bus, "redrive", as_of=now + STUCK_AFTER_S + 1, timeout=20)
+    assert run.summary["failed"] == 0 and run.summary["republished"] == 0, run
 
 
 # --- usage report --------------------------------------------------------------------------
@@ -406,3 +451,19 @@ def test_vidmesh_schedules_lists_and_queues_a_run(server, bus):
     assert queued.exit_code == 0 and "queued" in queued.output, queued.output
     unknown = runner.invoke(cli, ["schedules", "run", "nope"], env=env)
     assert unknown.exit_code != 0
+
+
+async def test_vidmesh_schedules_runs_redrive_through_the_pipeline_and_lists_its_last_run(server, bus, services):
+    from services.cli import cli
+
+    runner = CliRunner()
+    env = {"NATS_URL": server.url}
+    # in a thread: the command runs its own event loop while this one runs the pipeline
+    ran = await asyncio.to_thread(runner.invoke, cli, ["schedules", "run", "redrive", "--timeout", "20"], env=env)
+    assert ran.exit_code == 0 and ran.output.startswith("redrive: ok processing="), ran.output
+    row = next(r for r in await admin.rows(bus) if r["name"] == "redrive")
+    assert row["runs"] >= 1 and row["outcome"] == "ok" and row["last_run"], row
+    assert set(row["summary"]) == {"processing", "stuck", "republished", "failed"}, row
+    assert row["job"] == scheduler.DESCRIPTIONS["redrive"]
+    listed = await asyncio.to_thread(runner.invoke, cli, ["schedules"], env=env)
+    assert listed.exit_code == 0 and "redrive" in listed.output, listed.output

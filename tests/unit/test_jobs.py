@@ -4,11 +4,8 @@ and every result can arrive twice."""
 
 from __future__ import annotations
 
-import pytest
-
-from services.pipeline import jobs
+from services.pipeline import jobs, redrive
 from services.pipeline.plan import plan_video
-from services.scheduler import jobs as redrive
 from shared import topology
 from shared.contracts import (
     AUDIO_TASK,
@@ -21,6 +18,7 @@ from shared.contracts import (
     SegmentInfo,
     SourceInfo,
     StitchRenditions,
+    chunk_task,
 )
 
 V, T, SRC = "01abc", "acme", "acme/01abc/source"
@@ -215,28 +213,17 @@ def test_a_deleted_job_stays_deleted_and_names_every_fragment_for_clean_up():
     assert late.status == "deleted" and topology.rendition_key(T, V, "720p") in jobs.media_of(late)
 
 
-@pytest.mark.parametrize("progress", ["new", "encoded", "stitch pending"])
-def test_re_drive_builds_the_same_task_messages_from_the_stored_job(progress):
-    """The scheduler reads the pipeline's job record (its own view of it) to publish a lost
-    task again: what it publishes must be what the pipeline would."""
-    job = new()
-    if progress != "new":
-        job = jobs.chunk_done(jobs.chunk_done(job, chunk(0)), chunk(2))
-    if progress == "stitch pending":
-        job = jobs.audio_done(jobs.chunk_done(job, chunk(1)), AUDIO)
-    view = redrive.job_decoder.decode(jobs.job_encoder.encode(job))
-    for name, state in job.tasks.items():
-        expected = jobs.task_message(job, name)
-        if state == "waiting":
-            assert expected is None
-            continue
-        assert redrive._task_message(view, name) == expected, name
-
-
-def test_re_drive_sees_the_pending_tasks_of_the_stored_job():
-    view = redrive.job_decoder.decode(jobs.job_encoder.encode(jobs.chunk_done(new(), chunk(0))))
+def test_re_drive_misses_only_pending_tasks_on_no_queue():
+    job = jobs.chunk_done(new(), chunk(0))
     # the finished chunk and the waiting stitch are never missing
-    assert redrive.missing_tasks(view, {"chunk:1"}) == [AUDIO_TASK, "chunk:2", THUMBNAIL_TASK]
+    assert redrive.missing_tasks(job, {chunk_task(1)}) == [AUDIO_TASK, chunk_task(2), THUMBNAIL_TASK]
+    assert redrive.missing_tasks(job, {chunk_task(1), chunk_task(2), AUDIO_TASK, THUMBNAIL_TASK}) == []
+    job = jobs.audio_done(jobs.chunk_done(jobs.chunk_done(job, chunk(1)), chunk(2)), AUDIO)
+    job = jobs.task_done(job, THUMBNAIL_TASK, "thumb")
+    # once every chunk and the audio are in, the stitch is pending: it can be lost too
+    assert redrive.missing_tasks(job, set()) == [STITCH_TASK]
+    assert redrive.missing_tasks(job, {STITCH_TASK}) == []
+    assert redrive.missing_tasks(jobs.task_failed(job, STITCH_TASK, ErrorInfo(code="x", message="x")), set()) == []
 
 
 def test_warnings_of_every_task_reach_the_ready_video_in_task_order():

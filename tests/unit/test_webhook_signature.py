@@ -1,5 +1,5 @@
 """Webhook signing and verification, the outbound address guard, and the pure parts of the
-scheduler (schedule settings, retention cutoff, usage counts, lost-task detection)."""
+scheduler (schedule settings, retention cutoff, usage counts)."""
 
 from __future__ import annotations
 
@@ -113,7 +113,7 @@ def test_schedule_settings_defaults_overrides_and_errors():
     assert {w.name for w in wanted} == {"retention", "redrive", "upload_expiry"} and off == ["usage_report"]
     assert next(w for w in wanted if w.name == "redrive").headers == {
         "Nats-Schedule": "@every 30s",
-        "Nats-Schedule-Target": "scheduler.cmd.tick.redrive",
+        "Nats-Schedule-Target": "pipeline.cmd.tick.redrive",  # the pipeline re-drives its own jobs
         "Nats-Schedule-TTL": "150s",
     }
     for env in (
@@ -163,26 +163,6 @@ def test_usage_counts_the_previous_utc_day():
     }
 
 
-def test_missing_tasks_are_pending_ones_on_no_queue():
-    job = jobs.JobView(
-        video_id="v",
-        tenant="t",
-        source="t/v/source",
-        tasks={
-            "chunk:0": "pending",
-            "chunk:1": "done",
-            "audio": "pending",
-            "thumbnail": "pending",
-            "stitch": "waiting",  # not published before the chunks are in: never lost
-        },
-    )
-    assert jobs.missing_tasks(job, {"chunk:0"}) == ["audio", "thumbnail"]
-    assert jobs.missing_tasks(job, {"chunk:0", "audio", "thumbnail"}) == []
-    stitching = jobs.JobView(video_id="v", tenant="t", source="s", tasks={"chunk:0": "done", "stitch": "pending"})
-    assert jobs.missing_tasks(stitching, set()) == ["stitch"]
-    assert jobs.missing_tasks(stitching, {"stitch"}) == []
-
-
 def _matches(pattern: str, subject: str) -> bool:
     p, s = pattern.split("."), subject.split(".")
     for i, token in enumerate(p):
@@ -203,9 +183,30 @@ def test_the_new_subjects_land_in_exactly_one_stream_and_no_stream_captures_rpc(
     for subject, stream in (
         (topology.schedule_subject("retention"), topology.SCHEDULES),
         (topology.tick_subject("retention"), topology.SCHEDULES),
+        (topology.tick_subject("redrive"), topology.SCHEDULES),
         (topology.usage_subject("acme", "2030-01-01"), topology.REPORTS),
         ("notifier.cmd.deliver_webhook.acme.v1", topology.TASKS_WEBHOOK),
     ):
         assert [name for name, pattern in captured if _matches(pattern, subject)] == [stream], subject
     specs = {(c.stream, c.durable) for c in mesh.consumers()}
     assert {("SCHEDULES", "scheduler"), ("EVENTS", "notifier"), ("TASKS_WEBHOOK", "notifier")} <= specs
+
+
+def test_each_tick_is_taken_by_one_consumer_of_the_service_that_runs_its_job():
+    """SCHEDULES is a work queue: a tick goes to exactly one consumer. The pipeline takes the
+    ticks of the jobs it runs over its own records (re-drive), the scheduler every other."""
+    from services.pipeline import service as pipeline
+    from services.scheduler import service as scheduler
+
+    ticks = [c for c in mesh.consumers() if c.stream == topology.SCHEDULES]
+
+    def takers(name: str) -> list[str]:
+        return [c.durable for c in ticks if any(_matches(f, topology.tick_subject(name)) for f in c.filters)]
+
+    assert set(pipeline.SCHEDULED_JOBS) == topology.PIPELINE_SCHEDULES == {"redrive"}
+    for name in topology.PIPELINE_SCHEDULES:
+        assert takers(name) == ["pipeline"], name
+        assert name in scheduler.DESCRIPTIONS and name not in scheduler.JOBS  # declared, not run, there
+    for name in (*scheduler.JOBS, "not_a_job"):  # an unknown schedule's ticks are the scheduler's to refuse
+        assert takers(name) == ["scheduler"], name
+    assert set(config.DEFAULT_SCHEDULES) <= set(scheduler.JOBS) | topology.PIPELINE_SCHEDULES

@@ -1,0 +1,132 @@
+"""Run records of scheduled jobs: what `vidmesh schedules` shows for each schedule.
+
+A schedule's ticks are handled by the service that owns what its job acts on (the
+scheduler for most, the pipeline for `redrive`, see `topology.tick_subject`). That service
+runs the job with `run_tick` and records the run in its own bucket, key `run.<name>`; the
+CLI reads every such bucket (`topology.RUN_BUCKETS`, `last_runs`).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable
+
+import msgspec
+
+from . import topology
+from .bus import Bus, KvContention, kv_update
+from .contracts import ScheduleTick
+from .kvscan import entries
+
+log = logging.getLogger("vidmesh.schedules")
+
+H_NEXT = "Nats-Schedule-Next"  # on a tick: when the server fires the schedule again
+
+# `async def job(bus, now) -> summary`, `now` the tick's time (unix s), never the wall clock
+Job = Callable[[Bus, float], Awaitable[dict]]
+
+
+class Run(msgspec.Struct, frozen=True, kw_only=True):
+    name: str
+    seq: int  # the tick's stream sequence
+    fired_at: float  # unix s
+    as_of: float  # unix s: the `now` the job ran with
+    started_at: float  # unix s
+    manual: bool = False
+    next_at: str | None = None  # Nats-Schedule-Next of the tick: when the server fires again
+
+
+class RunResult(msgspec.Struct, frozen=True, kw_only=True):
+    seq: int  # the tick's stream sequence
+    outcome: str  # ok | error
+    finished_at: float  # unix s
+    summary: dict[str, str | int | float] = {}
+    error: str | None = None
+
+
+class RunRecord(msgspec.Struct, frozen=True, kw_only=True):
+    """The last run of a schedule, and the results of the last ticks (`run --wait` finds
+    its own there, even when a scheduled run of the same job finished in between)."""
+
+    name: str
+    runs: int = 0
+    last: Run | None = None
+    outcome: str | None = None  # ok | error
+    error: str | None = None
+    finished_at: float | None = None  # unix s
+    summary: dict[str, str | int | float] = {}
+    recent: list[RunResult] = []
+
+    def result(self, seq: int) -> RunResult | None:
+        return next((r for r in reversed(self.recent) if r.seq == seq), None)
+
+
+run_encoder = msgspec.json.Encoder()
+run_decoder = msgspec.json.Decoder(RunRecord)
+
+
+def run_key(name: str) -> str:
+    return f"run.{name}"
+
+
+async def run_tick(tick: ScheduleTick, delivery, job: Job, bucket: str) -> dict:
+    """Run `job` for one tick (at the tick's `as_of`, else when it fired) and record the run,
+    ok or error, in `bucket`; an error is raised again after it is recorded."""
+    meta = delivery.msg.metadata
+    fired_at = meta.timestamp.timestamp()
+    now = tick.as_of if tick.as_of is not None else fired_at
+    run = Run(
+        name=tick.name,
+        seq=meta.sequence.stream,
+        fired_at=fired_at,
+        as_of=now,
+        started_at=time.time(),
+        manual=tick.manual,
+        next_at=(delivery.msg.headers or {}).get(H_NEXT),
+    )
+    try:
+        summary = await job(delivery.bus, now)
+    except Exception as exc:
+        await record(delivery.bus, bucket, run, outcome="error", error=str(exc)[:300])
+        raise
+    await record(delivery.bus, bucket, run, outcome="ok", summary=summary)
+    log.info("%s done in %.2fs: %s", tick.name, time.time() - run.started_at, summary)
+    return summary
+
+
+async def record(
+    bus: Bus, bucket: str, run: Run, *, outcome: str, summary: dict | None = None, error: str | None = None
+) -> None:
+    kv = await bus.kv(bucket)
+
+    def add_run(value: bytes | None) -> bytes:
+        current = run_decoder.decode(value) if value is not None else RunRecord(name=run.name)
+        finished = time.time()
+        result = RunResult(seq=run.seq, outcome=outcome, finished_at=finished, summary=summary or {}, error=error)
+        new = RunRecord(
+            name=run.name,
+            runs=current.runs + 1,
+            last=run,
+            outcome=outcome,
+            error=error,
+            finished_at=finished,
+            summary=summary or {},
+            recent=[*current.recent, result][-20:],
+        )
+        return run_encoder.encode(new)
+
+    try:
+        await kv_update(kv, run_key(run.name), add_run, attempts=10)
+    except KvContention:
+        log.warning("could not record the run of %s (contention)", run.name)
+
+
+async def last_runs(bus: Bus, buckets: tuple[str, ...] = topology.RUN_BUCKETS) -> dict[str, RunRecord]:
+    """The run record of every schedule that ran, by name, from the buckets of the services
+    that handle ticks."""
+    found: dict[str, RunRecord] = {}
+    for bucket in buckets:
+        async for e in entries(bus.js, bucket, "run.*"):
+            found[e.key[len("run.") :]] = run_decoder.decode(e.value)
+    return found
