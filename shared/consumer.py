@@ -1,4 +1,4 @@
-"""The pull-consumer loop, with the delivery rules of the design guide.
+"""The pull-consumer loop and its delivery rules.
 
 - ack only after the handler returned (its side effects are durable);
 - `Retry` or any unexpected exception: nak with a growing delay, until max_deliver;

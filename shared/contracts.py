@@ -1,6 +1,6 @@
 """Message contracts: everything that crosses a process boundary on the bus.
 
-Rules (see the design guide): frozen, kw_only msgspec Structs with explicit versioned tags;
+Rules: frozen, kw_only msgspec Structs with explicit versioned tags;
 new fields get defaults; unknown fields are ignored so older consumers read newer messages.
 Commands are imperative, events past tense. Encoders/decoders are created once, below.
 """

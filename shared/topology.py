@@ -393,7 +393,7 @@ async def ensure(js, settings, consumers) -> None:
     try:
         await js.object_store(OBJ_MEDIA)
     except BucketNotFoundError:
-        # Trap (guide): config.bucket is overwritten by the first argument, so pass it there.
+        # nats-py overwrites config.bucket with the first argument, so the name goes there.
         await js.create_object_store(
             OBJ_MEDIA,
             config=api.ObjectStoreConfig(bucket=OBJ_MEDIA, replicas=settings.replicas, storage=api.StorageType.FILE),

@@ -214,7 +214,7 @@ def mesh():
 
 
 # =========================================================================================
-# Fault-test helpers (issue 4: tests/e2e/test_faults.py, test_cluster.py,
+# Fault-test helpers (tests/e2e/test_faults.py, test_cluster.py,
 # test_bad_media_corpus.py). Generic: a mesh on an existing NATS (one server or a
 # cluster), JetStream queries from sync tests, and the delivery invariants every fault
 # test checks: each accepted video terminal, each rendition exactly once, queues empty.

@@ -16,7 +16,7 @@ Damage is not fatal: undecodable packets are skipped and counted, and a video th
 before the duration its file declares gives what is there; both come back as warnings.
 Only a video with no decodable frame at all fails (bad_media).
 
-Speed levers measured on this machine (design guide): decoder and encoder frame threads,
+Speed levers measured on a 2-core machine (PyAV 18.1, a 10 s 1080p ladder): decoder and encoder frame threads,
 one persistent bilinear VideoReformatter per rung, each frame decoded once.
 """
 

@@ -1,4 +1,4 @@
-"""Bad uploads through `vidmesh up` (issue 3): each one ends cleanly, and the mesh survives.
+"""Bad uploads through `vidmesh up`: each one ends cleanly, and the mesh survives.
 
 Every bad input ends either as a clean 4xx at upload (with a stable `code`), or, when some
 of it decodes (a file cut short), as a `ready` video of what is there with a `truncated`

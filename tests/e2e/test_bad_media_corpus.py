@@ -1,4 +1,4 @@
-"""Bad media at scale (issue 4): a generated corpus of broken uploads sent all at once.
+"""Bad media at scale: a generated corpus of broken uploads sent all at once.
 
 Each upload ends as a 4xx at upload with a JSON `code`, or as a `failed` video with an
 `error.code`, or (a file whose damage the decoder tolerates, or that was cut short) as

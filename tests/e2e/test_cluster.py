@@ -1,4 +1,4 @@
-"""The mesh on a 3-node JetStream cluster, losing the work queue's leader mid-run (issue 4).
+"""The mesh on a 3-node JetStream cluster, losing the work queue's leader mid-run.
 
 Three nats-server processes on 127.0.0.1 form one cluster (`sync_interval: always`);
 `vidmesh up` runs against all three seeds with `VIDMESH_REPLICAS=3`. Every stream and

@@ -1,4 +1,4 @@
-"""Issue 4's promises that need the product's own mechanisms: idempotent uploads,
+"""Delivery promises that need the product's own mechanisms: idempotent uploads,
 cancellation mid-encode, tasks of deleted videos dropped, 429 under backlog."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The delivery machinery under faults, against real processes (issue 4).
+"""The delivery machinery under faults, against real processes.
 
 A worker SIGKILLed in the middle of a chunk, a worker SIGTERMed in the middle of a chunk
 (bounded drain, exit 0), and the nats-server itself stopped or crashed and restarted under

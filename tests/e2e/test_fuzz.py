@@ -1,4 +1,4 @@
-"""Fuzzing (issue 5, point 5), against a real mesh on loopback, bounded for `make test`:
+"""Fuzzing, against a real mesh on loopback, bounded for `make test`:
 
 - schemathesis generates requests for every operation of the gateway's own OpenAPI
   document, with an API key: no 5xx, and every answer (status, content type, headers,

@@ -1,4 +1,4 @@
-"""The video pipeline end to end through `vidmesh up` (issue 3).
+"""The video pipeline end to end through `vidmesh up`.
 
 What a user checks: each kind of clip becomes `ready` with the right source facts; every
 rendition listed downloads and decodes to H.264 (+ AAC exactly when the source has sound)

@@ -1,4 +1,4 @@
-"""Let no one in where they don't belong (issue 5), against the real mesh (`vidmesh up`,
+"""Let no one in where they don't belong, against the real mesh (`vidmesh up`,
 NATS auth on: every service is its own least-privilege NATS user).
 
 1. every API route needs a key (401 + WWW-Authenticate); only health, readiness, metrics,

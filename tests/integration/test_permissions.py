@@ -1,4 +1,4 @@
-"""NATS least privilege (issue 5, point 3) against a real nats-server.
+"""NATS least privilege against a real nats-server.
 
 The server runs with the `authorization` block generated from the declarations (the
 same function `vidmesh up` and the committed deploy configs use). Each service connects

@@ -803,7 +803,7 @@ def test_nats_routes_match_the_node_count(name):
     assert len(found) == (replicas if replicas > 1 else 0), f"{name}: {replicas} nodes, routes {found}"
 
 
-# --- NATS users (issue 5): every service its own user, the topology created by admin ----------
+# --- NATS users: every service its own user, the topology created by admin ----------
 
 
 def test_compose_gives_each_service_its_own_nats_user_and_runs_init_first():
