@@ -47,16 +47,23 @@ from celery.signals import worker_process_init
 from media.problems import MediaError
 from services.pipeline.plan import plan_video
 from services.pipeline.probe import child_args, probe, probe_isolated, read_result
+from services.pipeline.settings import PipelineSettings
 from services.thumbnailer.snapshot import first_frame_jpeg
 from services.transcoder import audio, chunk
 from services.transcoder.service import cpu_budget
+from services.transcoder.settings import TranscoderSettings
 from services.transcoder.stitch import stitch
-from shared import config
 from shared.contracts import AUDIO_TASK, THUMBNAIL_TASK, RenditionSpec
 
 REDIS_URL_ENV = "BENCH_CELERY_REDIS_URL"
 STATUS_KEY = "peer:video:{}"  # a Redis hash per video: status, error, outputs (JSON)
-SETTINGS = config.load()  # the mesh's defaults: preset, segment grid, probe limits
+
+
+class PeerSettings(PipelineSettings, TranscoderSettings):
+    """The mesh's pipeline and transcoder settings (segment grid, probe limits, preset): the peer works as they do."""
+
+
+SETTINGS = PeerSettings.load()
 
 app = Celery("vidmesh_peer")
 app.conf.update(

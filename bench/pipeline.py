@@ -293,9 +293,11 @@ def ffmpeg_version(ffmpeg: str) -> str:
 
 def run() -> dict:
     from services.pipeline.ladder import plan_ladder
-    from shared import config
+    from services.pipeline.settings import PipelineSettings
+    from services.transcoder.settings import TranscoderSettings
 
-    settings = config.load()
+    settings = PipelineSettings.load()
+    preset = TranscoderSettings.load().transcode_preset
     ffmpeg = ensure_ffmpeg(console.print)
     if ffmpeg is None:
         console.print("[bold red]" + "!" * 80 + "\nNO ffmpeg CLI: the pipeline benchmark reports the MESH FIGURE ALONE "
@@ -308,7 +310,7 @@ def run() -> dict:
 
     def cmd_for(source: str, out: str, exe: str | None = ffmpeg) -> list[str]:
         return cli_command(exe, source, out, ladder, width=WIDTH, height=HEIGHT,
-                           preset=settings.transcode_preset, segment_s=settings.segment_s, colours=colours)
+                           preset=preset, segment_s=settings.segment_s, colours=colours)
 
     mesh_runs, cli_runs = [], []
     with tempfile.TemporaryDirectory(prefix="vidmesh-bench-pipeline-") as tmp:

@@ -59,14 +59,15 @@ def _fetched() -> float:
 async def measure(url: str, video: Path, tmp: str) -> dict:
     from services.pipeline import service as pipeline
     from services import mesh
-    from shared import config, topology
+    from services.pipeline.settings import PipelineSettings
+    from shared import topology
     from shared.bus import Bus
     from shared.contracts import ProbeSource
 
     buses = {}
     for mode, window in MODES.items():
-        settings = config.load({"NATS_URL": url, "VIDMESH_PROBE_WINDOW_MB": window, "VIDMESH_TMP_DIR": tmp,
-                                "VIDMESH_MAX_UPLOAD_BYTES": str(2 * SIZE)})
+        settings = PipelineSettings.load({"NATS_URL": url, "VIDMESH_PROBE_WINDOW_MB": window, "VIDMESH_TMP_DIR": tmp,
+                                          "VIDMESH_MAX_UPLOAD_BYTES": str(2 * SIZE)})
         buses[mode] = await Bus.connect(settings, "bench")
     try:
         first = next(iter(buses.values()))

@@ -189,11 +189,11 @@ def run() -> dict:
     predicted_two = next(r["ready_s"] for r in rows if r["chunk_factor"] == 1 and r["workers"] == 2)
     predicted_one = next(r["ready_s"] for r in rows if r["chunk_factor"] == 1 and r["workers"] == 1)
     chunk_costs = [c["cpu_s"] for c in costs["queue_order"] if c["task"].startswith("chunk ")]
-    from shared import config
+    from services.pipeline.settings import PipelineSettings
 
     return {
         "clip": {"width": WIDTH, "height": HEIGHT, "seconds": SECONDS, "fps": FPS, "bytes": len(clip_bytes)},
-        "chunk_s": config.load().chunk_s,
+        "chunk_s": PipelineSettings.load().chunk_s,
         "cpus": pinned,
         "rounds": rounds,
         "costs": costs,

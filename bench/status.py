@@ -77,11 +77,12 @@ def make_video(mesh) -> str:
 
 
 async def compare(mesh, video_id: str) -> dict:
-    from shared import config, topology
+    from shared import topology
     from shared.bus import Bus
     from shared.contracts import GetVideo, Video
+    from shared.settings import Settings
 
-    bus = await Bus.connect(config.load({}), "bench", url=mesh.nats_url)
+    bus = await Bus.connect(Settings.load({}), "bench", url=mesh.nats_url)
     port = service_port(mesh, "catalog")
     http = httpx.AsyncClient(
         base_url=f"http://127.0.0.1:{port}",

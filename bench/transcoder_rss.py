@@ -48,17 +48,19 @@ def kib(field):
             return int(line.split()[1])
 
 from services.pipeline.ladder import plan_ladder
+from services.pipeline.settings import PipelineSettings
 from services.transcoder.chunk import encode_chunk
-from shared import config
+from services.transcoder.settings import TranscoderSettings
 
-settings = config.load()
+segment_s = PipelineSettings.load().segment_s
+preset = TranscoderSettings.load().transcode_preset
 src, out, first, end, width, height = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4], int(sys.argv[5]), int(sys.argv[6])
 end = None if end == "none" else int(end)
 before = kib("VmRSS")
 t0 = time.perf_counter()
 r0 = resource.getrusage(resource.RUSAGE_SELF)
-result = encode_chunk(src, out, rungs=plan_ladder(width, height), segment_s=settings.segment_s,
-                      first_segment=first, end_segment=end, preset=settings.transcode_preset)
+result = encode_chunk(src, out, rungs=plan_ladder(width, height), segment_s=segment_s,
+                      first_segment=first, end_segment=end, preset=preset)
 r1 = resource.getrusage(resource.RUSAGE_SELF)
 print(json.dumps({
     "seconds": time.perf_counter() - t0,

@@ -33,8 +33,9 @@ from urllib.parse import urlsplit
 import msgspec
 from nats.micro.service import DEFAULT_QUEUE_GROUP
 
-from shared import config, contracts, topology
+from shared import contracts, topology
 from shared.declaration import ConsumerSpec, Declaration
+from shared.settings import Settings
 
 from . import mesh
 
@@ -317,7 +318,7 @@ def stream_facts(cfg) -> dict:
     return facts
 
 
-def consumer_facts(spec: ConsumerSpec, settings: config.Settings) -> dict:
+def consumer_facts(spec: ConsumerSpec, settings: Settings) -> dict:
     """x-jetstream-consumer: the durable consumer as `topology.ensure` creates it."""
     is_task = spec.stream in topology.MEDIA_TASK_STREAMS  # the settings' values apply to these
     cfg = topology.consumer_config(
@@ -346,7 +347,7 @@ def consumer_facts(spec: ConsumerSpec, settings: config.Settings) -> dict:
 
 
 class _Builder:
-    def __init__(self, settings: config.Settings):
+    def __init__(self, settings: Settings):
         self.settings = settings
         self.streams = topology.streams(settings.replicas, settings.events_max_age_s)
         self.families = families(self.streams)
@@ -492,7 +493,7 @@ def _tag(kind: type) -> str | None:
     return tag if isinstance(tag, str) else None
 
 
-def server(settings: config.Settings) -> dict:
+def server(settings: Settings) -> dict:
     """The NATS server the services connect to: the first of NATS_URL without credentials, or
     the embedded one `vidmesh up` starts."""
     host = f"localhost:{settings.nats_port}"
@@ -508,12 +509,12 @@ def server(settings: config.Settings) -> dict:
     }
 
 
-def document(settings: config.Settings | None = None) -> dict:
+def document(settings: Settings | None = None) -> dict:
     """The AsyncAPI 3.0.0 document of the bus, for these settings (they set stream replicas,
     the events' max age, the media tasks' ack wait and max deliver, the server's address);
-    default: the environment's (`config.load()`). Raises Unplaced when a declared subject
+    default: the environment's (`Settings.load()`). Raises Unplaced when a declared subject
     has no channel."""
-    settings = settings or config.load()
+    settings = settings or Settings.load()
     build = _Builder(settings)
     declarations = mesh.declarations()
     for name, declaration in declarations.items():
@@ -540,7 +541,7 @@ def document(settings: config.Settings | None = None) -> dict:
     }
 
 
-def render(settings: config.Settings | None = None) -> str:
+def render(settings: Settings | None = None) -> str:
     """`document(settings)` as indented JSON: what `vidmesh asyncapi` prints and the gateway
     serves at /asyncapi.json."""
     return json.dumps(document(settings), indent=2) + "\n"

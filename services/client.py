@@ -20,7 +20,6 @@ from contextlib import closing
 import json
 import math
 import mimetypes
-import os
 import sys
 import time
 import uuid
@@ -46,6 +45,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from shared.contracts import AUDIO_TASK, THUMBNAIL_TASK
+from shared.settings import Settings
 
 from . import tusclient
 
@@ -348,7 +348,7 @@ def _client(url: str, api_key: str | None, as_json: bool) -> Client:
 
 
 def _dev_key() -> str | None:
-    path = Path(os.environ.get("VIDMESH_DATA_DIR", ".vidmesh")) / "dev-api-key"
+    path = Settings.load().data_dir / "dev-api-key"
     try:
         return path.read_text().strip() or None
     except OSError:

@@ -18,7 +18,8 @@ from nats.js.errors import NotFoundError
 from rich.console import Console
 from rich.table import Table
 
-from shared import config, permissions, topology
+from shared import permissions, topology
+from shared.settings import Settings
 
 app = typer.Typer(help="Inspect and replay dead-lettered messages", no_args_is_help=True)
 console = Console()
@@ -52,7 +53,7 @@ def _letter(msg) -> DeadLetter:
 
 
 async def _connect():
-    settings = config.load()
+    settings = Settings.load()
     url = settings.nats_url or f"nats://127.0.0.1:{settings.nats_port}"
     user, password = permissions.credentials(settings, permissions.ADMIN)  # NATS_USER, or `vidmesh up`'s admin
     nc = await nats.connect(url.split(","), user=user, password=password)

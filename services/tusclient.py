@@ -23,6 +23,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from shared.settings import Settings
+
 TUS = {"Tus-Resumable": "1.0.0"}
 OFFSET_TYPE = "application/offset+octet-stream"
 PIECE = 256 * 1024
@@ -48,7 +50,7 @@ def parse_size(text: str) -> int:
 
 
 def state_dir() -> Path:
-    return Path(os.environ.get("VIDMESH_DATA_DIR", ".vidmesh")) / "uploads"
+    return Settings.load().data_dir / "uploads"
 
 
 def resume_key(server: str, path: Path) -> str:

@@ -24,9 +24,11 @@ from pathlib import Path
 
 import bcrypt
 
-from shared import config, permissions, topology
+from shared import permissions, topology
+from shared.settings import Settings
 
 from . import mesh, nats_auth
+from .settings import LauncherSettings
 
 PR_SET_PDEATHSIG = 1
 NATS_START_TIMEOUT_S = 30.0  # JetStream recovering a large store takes a while
@@ -130,7 +132,7 @@ def dev_webhook_keys(data_dir: Path) -> Path:
 
 
 class Supervisor:
-    def __init__(self, settings: config.Settings):
+    def __init__(self, settings: LauncherSettings):
         self.settings = settings
         self.stopping = asyncio.Event()
         self.procs: dict[str, asyncio.subprocess.Process] = {}
@@ -151,10 +153,9 @@ class Supervisor:
         env = dict(os.environ)
         passwords: dict[str, str] = {}
         if s.nats_url is None:
-            monitor = int(os.environ.get("VIDMESH_NATS_MONITOR_PORT") or 8222)
             # NATS users: a random password per service (and admin), owner-only, kept across restarts
             passwords = permissions.local_passwords(s.data_dir, nats_auth.users())
-            await self.start_nats(monitor, passwords)
+            await self.start_nats(s.nats_monitor_port, passwords)
             env["NATS_URL"] = f"nats://127.0.0.1:{s.nats_port}"
             env.pop("NATS_USER", None)
             env.pop("NATS_PASSWORD", None)
@@ -354,7 +355,7 @@ class Supervisor:
         self.say(name, f"stopped ({proc.returncode})")
 
 
-async def ensure_topology(settings: config.Settings, url: str | None = None, admin_password: str | None = None) -> None:
+async def ensure_topology(settings: Settings, url: str | None = None, admin_password: str | None = None) -> None:
     """`topology.ensure` over a short-lived admin connection (NATS_USER/NATS_PASSWORD, or
     the admin password `vidmesh up` generated under the data dir)."""
     import nats
@@ -380,7 +381,7 @@ async def ensure_topology(settings: config.Settings, url: str | None = None, adm
 def init(timeout_s: float = 60.0) -> int:
     """`vidmesh init`: create or update the topology as the NATS admin user, then exit (the
     compose one-shot and the k8s Job; services only check the topology)."""
-    settings = config.load()
+    settings = Settings.load()
 
     async def go() -> int:
         deadline = time.monotonic() + timeout_s
@@ -402,4 +403,4 @@ def init(timeout_s: float = 60.0) -> int:
 
 
 def up() -> int:
-    return asyncio.run(Supervisor(config.load()).run())
+    return asyncio.run(Supervisor(LauncherSettings.load()).run())

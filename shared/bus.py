@@ -23,7 +23,7 @@ from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NotFound
 from opentelemetry import trace
 
 from . import contracts, permissions, telemetry, topology
-from .config import Settings
+from .settings import Settings
 from .contracts import VideoDeleted
 from .declaration import Declaration, UndeclaredSubject
 

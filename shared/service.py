@@ -37,10 +37,11 @@ from nats.micro.request import Request, ServiceError
 from opentelemetry import trace
 from prometheus_client import CONTENT_TYPE_LATEST, Histogram, generate_latest
 
-from . import config, contracts, ops, permissions, telemetry, topology
+from . import contracts, ops, permissions, telemetry, topology
 from .bus import Bus, RpcError
 from .consumer import ConsumerLoop
 from .declaration import ConsumerSpec, Declaration, UndeclaredSubject
+from .settings import Settings
 
 log = logging.getLogger("vidmesh.service")
 
@@ -101,12 +102,13 @@ class HttpMetrics:
 
 
 class Service:
-    def __init__(self, declaration: Declaration, version: str = "0.1.0"):
+    def __init__(self, declaration: Declaration, version: str = "0.1.0", *, settings: type[Settings] = Settings):
         self.declaration = declaration
         self.name = declaration.name
         self.description = declaration.description
         self.version = version
-        self.settings: config.Settings | None = None
+        self.settings_class = settings  # what app() and run() load: the service's own subclass, if it has one
+        self.settings: Settings | None = None
         self.bus: Bus | None = None
         self.ready = False
         self._endpoints: list[_Endpoint] = []
@@ -161,12 +163,12 @@ class Service:
 
     # --- running -------------------------------------------------------------------------
 
-    def app(self, settings: config.Settings | None = None) -> FastAPI:
+    def app(self, settings: Settings | None = None) -> FastAPI:
         service = self
 
         @asynccontextmanager
         async def lifespan(app: FastAPI):
-            service.settings = settings or config.load()
+            service.settings = settings or service.settings_class.load()
             telemetry.setup(service.name)
             starter = asyncio.create_task(service._start_logged())
             try:
@@ -322,7 +324,7 @@ def run(service: Service, app: FastAPI | None = None) -> None:
     """Serve one service until SIGTERM/SIGINT (uvicorn turns both into a graceful stop)."""
     import uvicorn
 
-    settings = config.load()
+    settings = service.settings_class.load()
     logging.basicConfig(
         level=settings.log_level,
         format=f"%(asctime)s %(levelname)s {service.name} %(name)s trace=%(trace_id)s %(message)s",

@@ -16,8 +16,9 @@ from shared.service import Service
 
 from . import declaration, tokens
 from .auth import ApiKeys
+from .settings import GatewaySettings
 
-service = Service(declaration.DECLARATION)
+service = Service(declaration.DECLARATION, settings=GatewaySettings)
 api = service.http
 
 _keys: ApiKeys | None = None

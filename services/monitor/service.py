@@ -35,10 +35,11 @@ from services import mesh
 from . import declaration
 
 from .rules import Observations, Thresholds, diff, evaluate
+from .settings import MonitorSettings
 
 log = logging.getLogger("vidmesh.monitor")
 
-service = Service(declaration.DECLARATION)
+service = Service(declaration.DECLARATION, settings=MonitorSettings)
 
 
 class State:

@@ -26,7 +26,6 @@ from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 
 from shared import telemetry, topology
 from shared.bus import Bus, KvContention, RpcError, kv_update
-from shared.config import ConfigError
 from shared.consumer import Delivery, Poison, Retry, backoff
 from shared.kvscan import entries
 from shared.contracts import (
@@ -51,12 +50,14 @@ from shared.contracts import (
     encode,
 )
 from shared.service import Service
+from shared.settings import ConfigError
 
 from . import declaration, outbound, sealing
+from .settings import NotifierSettings
 from .signature import HEADER as SIGNATURE_HEADER
 from .signature import sign
 
-service = Service(declaration.DECLARATION)
+service = Service(declaration.DECLARATION, settings=NotifierSettings)
 
 EVENT_TYPES = {VideoReady: "video.ready", VideoFailed: "video.failed", VideoDeleted: "video.deleted"}
 STATUS_OF = {"video.ready": "ready", "video.failed": "failed", "video.deleted": "deleted"}

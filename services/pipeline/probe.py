@@ -34,8 +34,16 @@ from media.source import (
     open_media,
     origin,
 )
-from shared.config import DEFAULT_CONTAINERS
 from shared.contracts import SourceInfo
+
+# FFmpeg demuxer names an upload may be read with (a token of container.format.name, e.g.
+# "mov,mp4,m4a,3gp,3g2,mj2"); VIDMESH_CONTAINERS replaces them. Playlists and other
+# indirections (hls, concat, ...) are not here on purpose: they make the demuxer open
+# further files. Animated images (GIF, APNG, animated WebP) become silent videos; still
+# images are refused.
+DEFAULT_CONTAINERS = (
+    "mov", "mp4", "matroska", "webm", "avi", "mpegts", "mpeg", "flv", "ogg", "asf", "mxf", "gif", "apng", "webp",
+)
 
 # Demuxers that open files which are not videos: ANSI/text art ("tty" takes any .txt)
 # and still images. Image pipes ("png_pipe", "jpeg_pipe", ...) are matched by suffix.

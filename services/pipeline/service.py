@@ -48,9 +48,10 @@ from shared.service import Service
 from . import declaration, jobs, redrive
 from .plan import plan_video
 from .probe import probe_isolated
+from .settings import PipelineSettings
 
 log = logging.getLogger("vidmesh.pipeline")
-service = Service(declaration.DECLARATION)
+service = Service(declaration.DECLARATION, settings=PipelineSettings)
 
 CAS_ATTEMPTS = 20
 

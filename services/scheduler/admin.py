@@ -17,13 +17,14 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from shared import config, permissions, topology
+from shared import permissions, topology
 from shared.bus import Bus
 from shared.contracts import ScheduleTick
 from shared.runs import RunRecord, RunResult, last_runs
 
 from . import schedules
 from .service import DESCRIPTIONS, JOBS
+from .settings import SchedulerSettings
 
 app = typer.Typer(help="Server-side schedules: list them, run one now", invoke_without_command=True)
 console = Console()
@@ -88,7 +89,7 @@ def parse_as_of(text: str | None) -> float | None:
 
 
 async def _connected() -> Bus:
-    settings = config.load()
+    settings = SchedulerSettings.load()
     url = settings.nats_url or f"nats://127.0.0.1:{settings.nats_port}"
 
     async def quiet(exc):  # the failure is reported once, below

@@ -24,10 +24,11 @@ from shared.contracts import ScheduleTick
 from shared.service import Service
 
 from . import declaration, jobs, schedules
+from .settings import SchedulerSettings
 
 log = logging.getLogger("vidmesh.scheduler")
 
-service = Service(declaration.DECLARATION)
+service = Service(declaration.DECLARATION, settings=SchedulerSettings)
 
 JOBS: dict[str, runs.Job] = {
     "retention": jobs.retention,

@@ -45,11 +45,12 @@ from shared.objects import ObjectReader
 from shared.service import Service
 
 from . import audio, chunk, declaration
+from .settings import TranscoderSettings
 from .stitch import stitch
 
 log = logging.getLogger("vidmesh.transcoder")
 
-service = Service(declaration.DECLARATION)
+service = Service(declaration.DECLARATION, settings=TranscoderSettings)
 
 CANCEL_POLL_S = 0.5
 UPLOADS_IN_FLIGHT = 8  # object-store writes of one task at once

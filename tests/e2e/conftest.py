@@ -40,9 +40,9 @@ def no_browser(tool: str, install: str, why: str = ""):
 @pytest.fixture(scope="session")
 def browser_packages():
     """The dashboard's npm packages as the gateway will serve them (the same settings)."""
-    from shared.config import load
+    from services.gateway.settings import GatewaySettings
 
-    settings = load()
+    settings = GatewaySettings.load()
     for package, directory, first in (
         ("hls.js", settings.hlsjs_dir, "hls.min.js"),
         ("tus-js-client", settings.tusjs_dir, "tus.min.js"),

@@ -174,10 +174,11 @@ async def test_an_object_reads_back_right_after_it_is_written_on_every_node(clus
     import os
 
     from services import mesh
-    from shared import config, topology
+    from shared import topology
     from shared.bus import Bus
+    from shared.settings import Settings
 
-    settings = config.load({"NATS_URL": cluster.url, "VIDMESH_REPLICAS": "3"})
+    settings = Settings.load({"NATS_URL": cluster.url, "VIDMESH_REPLICAS": "3"})
     setup = await Bus.connect(settings, "cluster-test")
     await topology.ensure(setup.js, settings, mesh.consumers())
     leader = (await setup.js.stream_info("OBJ_media")).cluster.leader

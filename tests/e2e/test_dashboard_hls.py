@@ -92,9 +92,9 @@ PLAYER = "document.getElementById('player')"
 
 
 def test_hls_js_is_served_from_the_npm_package(hls_mesh, browser_packages):
-    from shared.config import load
+    from services.gateway.settings import GatewaySettings
 
-    dist = load({}).hlsjs_dir  # web/node_modules/hls.js/dist, installed by `make install`
+    dist = GatewaySettings.load({}).hlsjs_dir  # web/node_modules/hls.js/dist, installed by `make install`
     with httpx.Client(base_url=hls_mesh.url, timeout=30) as anon:
         r = anon.get("/static/hls.js/hls.min.js")
         assert r.status_code == 200, f"{r.status_code} {r.text[:200]} (run `make install`)"

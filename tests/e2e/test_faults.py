@@ -488,11 +488,12 @@ async def test_an_unexpected_handler_exception_is_redelivered_not_lost(nats_serv
 
     from services import mesh
     from services.thumbnailer import declaration as thumbnailer_declaration
-    from shared import config, contracts, topology
+    from shared import contracts, topology
     from shared.bus import Bus
     from shared.consumer import ConsumerLoop
+    from shared.settings import Settings
 
-    settings = config.load({"NATS_URL": nats_server.url, "VIDMESH_TASK_ACK_WAIT_S": "2"})
+    settings = Settings.load({"NATS_URL": nats_server.url, "VIDMESH_TASK_ACK_WAIT_S": "2"})
     bus = await Bus.connect(settings, "faults-test")
     try:
         await topology.ensure(bus.js, settings, mesh.consumers())

@@ -7,14 +7,15 @@ import contextlib
 import pytest
 
 from services import mesh
-from shared import config, telemetry, topology
+from shared import telemetry, topology
 from shared.bus import Bus
+from tests.settings import MeshSettings
 
 
 @contextlib.asynccontextmanager
 async def connected_bus(url: str, **env: str):
     """A Bus on `url` with the settings `env` changes (VIDMESH_* names), the topology ensured."""
-    settings = config.load({"NATS_URL": url, **env})
+    settings = MeshSettings.load({"NATS_URL": url, **env})
     telemetry.setup("test")
     b = await Bus.connect(settings, "test")
     await topology.ensure(b.js, settings, mesh.consumers())

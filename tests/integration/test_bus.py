@@ -10,7 +10,7 @@ import pytest
 from nats.js import api
 
 from services import mesh
-from shared import config, contracts, topology
+from shared import contracts, topology
 from shared.bus import Bus, RpcError
 from shared.consumer import ConsumerLoop, Poison, Retry
 from shared.declaration import ConsumerSpec, Declaration
@@ -20,6 +20,7 @@ from prometheus_client import REGISTRY
 from shared import objects
 from shared.objects import CHUNK_SIZE, TooLarge
 from shared.service import Service
+from shared.settings import Settings
 from tests.integration.conftest import connected_bus
 
 
@@ -309,7 +310,7 @@ async def test_services_reconnect_after_a_server_restart(tmp_path):
     from tests.conftest import NatsServer
 
     server = NatsServer(tmp_path).start()
-    settings = config.load({"NATS_URL": server.url})
+    settings = Settings.load({"NATS_URL": server.url})
     b = await Bus.connect(settings, "restart-test")
     try:
         await topology.ensure(b.js, settings, mesh.consumers())
@@ -346,7 +347,7 @@ async def test_a_write_whose_acks_stop_coming_fails_in_bounded_time(tmp_path, mo
     monkeypatch.setattr(objects, "ACK_TIMEOUT_S", 1.0)
     monkeypatch.setattr(objects, "PURGE_ATTEMPTS", 1)  # the frozen server answers no purge either
     server = NatsServer(tmp_path / "nats").start()
-    settings = config.load({"NATS_URL": server.url})
+    settings = Settings.load({"NATS_URL": server.url})
     b = await Bus.connect(settings, "test")
     try:
         await topology.ensure(b.js, settings, mesh.consumers())

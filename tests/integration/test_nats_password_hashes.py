@@ -18,7 +18,8 @@ import nats
 import pytest
 
 from services import nats_auth, up
-from shared import config, permissions
+from shared import permissions
+from shared.settings import Settings
 from tests.conftest import free_ports, wait_for
 
 # one user's entry: its name, then its password, a bcrypt hash in double quotes
@@ -73,7 +74,7 @@ def test_nats_server_takes_the_hashes_without_a_plaintext_warning(tmp_path):
 
     async def clients():
         # as the services do: the plain password from <data dir>/nats-users.json
-        settings = config.load({"VIDMESH_DATA_DIR": str(data_dir), "NATS_URL": url})
+        settings = Settings.load({"VIDMESH_DATA_DIR": str(data_dir), "NATS_URL": url})
         for service in ("catalog", permissions.ADMIN):
             user, password = permissions.credentials(settings, service)
             assert (user, password) == (service, passwords[service])

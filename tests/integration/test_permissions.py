@@ -19,9 +19,10 @@ import nats
 import pytest
 
 from services import mesh, nats_auth, up
-from shared import config, contracts, permissions, topology
+from shared import contracts, permissions, topology
 from services.nats_auth import nats_users_conf
 from shared.permissions import ADMIN
+from shared.settings import Settings
 
 SERVICES = mesh.names()
 from tests.conftest import free_ports, wait_for
@@ -71,7 +72,7 @@ def secured(tmp_path_factory):
     try:
         wait_for(healthy, 20, what="nats-server healthy")
         url = f"nats://127.0.0.1:{port}"
-        settings = config.load({"NATS_URL": url})
+        settings = Settings.load({"NATS_URL": url})
         asyncio.run(up.ensure_topology(settings, url, passwords[ADMIN]))
         yield url, passwords
     finally:
@@ -202,7 +203,7 @@ async def test_a_service_answers_requests_only_through_allow_responses(secured):
 async def test_only_admin_creates_the_topology(secured):
     """Services verify; `vidmesh init` / `vidmesh up` (admin) ensure."""
     url, passwords = secured
-    settings = config.load({"NATS_URL": url})
+    settings = Settings.load({"NATS_URL": url})
     await up.ensure_topology(settings, url, passwords[ADMIN])  # idempotent
     worker = await as_user(secured, "transcoder")
     try:

@@ -12,7 +12,8 @@ from services.catalog import declaration as catalog_declaration
 from services.catalog import service as catalog
 from services.gateway import quotas
 from services import mesh
-from shared import config, telemetry, topology
+from services.gateway.settings import GatewaySettings
+from shared import telemetry, topology
 from shared.bus import Bus
 from shared.contracts import GetUsage
 from shared.service import Service
@@ -27,7 +28,7 @@ async def bus(tmp_path, monkeypatch):
     # A server of its own: the usage endpoint answers once the catalog has projected every
     # stored event, and no catalog consumes the events other tests leave on a shared one.
     server = NatsServer(tmp_path / "nats").start()
-    settings = config.load({"NATS_URL": server.url, "VIDMESH_QUOTA_MAX_PROCESSING": "1"})
+    settings = GatewaySettings.load({"NATS_URL": server.url, "VIDMESH_QUOTA_MAX_PROCESSING": "1"})
     telemetry.setup("test")
     b = await Bus.connect(settings, "test")
     await topology.ensure(b.js, settings, mesh.consumers())

@@ -20,10 +20,11 @@ from services.gateway import resumable
 from services.gateway.resumable import UploadProblem, Uploads
 from services.scheduler import jobs
 from services import mesh
-from shared import config, telemetry, topology
+from shared import telemetry, topology
 from shared.bus import Bus
 from shared.objects import CHUNK_SIZE
 from tests.conftest import NatsServer
+from tests.settings import MeshSettings
 
 TENANT = "t1"
 
@@ -31,7 +32,7 @@ TENANT = "t1"
 @pytest.fixture
 async def bus(tmp_path):
     server = NatsServer(tmp_path / "nats").start()
-    settings = config.load({"NATS_URL": server.url, "VIDMESH_DATA_DIR": str(tmp_path / "data")})
+    settings = MeshSettings.load({"NATS_URL": server.url, "VIDMESH_DATA_DIR": str(tmp_path / "data")})
     telemetry.setup("test")
     b = await Bus.connect(settings, "test")
     await topology.ensure(b.js, settings, mesh.consumers())

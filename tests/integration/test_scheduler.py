@@ -28,7 +28,7 @@ from services.transcoder import service as transcoder
 from services import mesh
 from services.scheduler import declaration as scheduler_declaration
 from services.thumbnailer import declaration as thumbnailer_declaration
-from shared import config, contracts, runs, topology
+from shared import contracts, runs, topology
 from shared.bus import Bus
 from shared.consumer import ConsumerLoop
 from shared.kvscan import entries
@@ -47,6 +47,7 @@ from shared.contracts import (
 )
 from tests.clips import make_clip
 from tests.conftest import NatsServer
+from tests.settings import MeshSettings
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -63,7 +64,7 @@ def server(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def settings(server, tmp_path_factory):
-    return config.load(
+    return MeshSettings.load(
         {
             "NATS_URL": server.url,
             "VIDMESH_TMP_DIR": str(tmp_path_factory.mktemp("work")),
@@ -233,7 +234,7 @@ async def test_declaring_is_idempotent_a_change_updates_and_off_removes(bus, set
 
     # the scheduler's start-up: configured schedules declared, "off" ones removed
     on = await Bus.connect(settings, "startup")
-    off_settings = config.load({"NATS_URL": settings.nats_url, "VIDMESH_SCHEDULE_USAGE_REPORT": "off"})
+    off_settings = MeshSettings.load({"NATS_URL": settings.nats_url, "VIDMESH_SCHEDULE_USAGE_REPORT": "off"})
     off = Bus(on.nc, off_settings, "startup-off")
     try:
         await scheduler.declare_schedules(on)
@@ -247,7 +248,7 @@ async def test_declaring_is_idempotent_a_change_updates_and_off_removes(bus, set
         assert {"retention", "redrive"} <= names and "usage_report" not in names
     finally:
         # the other tests run jobs by hand: no server-fired run may come in between
-        for name in config.DEFAULT_SCHEDULES:
+        for name in settings.schedules:
             await schedules.remove(bus.js, name)
         await on.close()
 

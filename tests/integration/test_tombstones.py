@@ -15,8 +15,9 @@ from services.catalog.projection import record_decoder
 from services.gateway.uploads import new_video_id
 from services.pipeline import jobs
 from services.pipeline import service as pipeline
-from shared import config, topology
+from shared import topology
 from shared.contracts import ChunkEncoded, RenditionStitched, SegmentInfo, SourceInfo, VideoDeleted, VideoUploaded
+from shared.settings import ConfigError, Settings
 from tests.integration.conftest import connected_bus
 
 TTL_S = 2
@@ -75,7 +76,7 @@ async def test_a_deleted_video_holds_off_late_events_then_its_records_expire(bus
 
 
 def test_tombstones_outlive_every_event_by_default():
-    s = config.load({"VIDMESH_EVENTS_MAX_AGE_S": "3600"})
+    s = Settings.load({"VIDMESH_EVENTS_MAX_AGE_S": "3600"})
     assert s.tombstone_ttl_s == 3600 + 24 * 3600
-    with pytest.raises(config.ConfigError, match="VIDMESH_TOMBSTONE_TTL_S"):
-        config.load({"VIDMESH_TOMBSTONE_TTL_S": "0.5"})
+    with pytest.raises(ConfigError, match="VIDMESH_TOMBSTONE_TTL_S"):
+        Settings.load({"VIDMESH_TOMBSTONE_TTL_S": "0.5"})

@@ -15,14 +15,15 @@ import pytest
 from fastapi.testclient import TestClient
 
 from services import asyncapi, mesh
-from shared import config, topology
+from shared import topology
 from shared.contracts import EncodeChunk
 from shared.declaration import Declaration
+from shared.settings import Settings
 from tests.conftest import missing_tool
 
 ROOT = Path(__file__).resolve().parents[2]
 PARSER = ROOT / "tests" / "asyncapi"
-SETTINGS = config.load({"VIDMESH_TASK_MAX_DELIVER": "7", "VIDMESH_EVENTS_MAX_AGE_S": "3600", "VIDMESH_REPLICAS": "3"})
+SETTINGS = Settings.load({"VIDMESH_TASK_MAX_DELIVER": "7", "VIDMESH_EVENTS_MAX_AGE_S": "3600", "VIDMESH_REPLICAS": "3"})
 
 
 @pytest.fixture(scope="module")

@@ -382,25 +382,25 @@ def test_compose_ports_volume_and_nats_config():
 
 
 def test_compose_environment_parses_with_the_app_settings():
-    from shared import config
+    from services.notifier.sealing import Keyring
+    from services.notifier.settings import NotifierSettings
+    from tests.settings import service_settings, variables
 
     cfg = compose_config()
-    source = (ROOT / "shared" / "config.py").read_text()
+    read = variables()
     for line in (ROOT / ".env").read_text().splitlines():
         key = line.split("=", 1)[0]
         if line and not line.startswith("#") and not key.startswith("OTEL_"):
-            assert f'"{key}"' in source, f".env sets {key}, which the app does not read"
+            assert key in read, f".env sets {key}, which the app does not read"
     for name in SERVICES:
-        settings = config.load(cfg["services"][name]["environment"])
+        env = cfg["services"][name]["environment"]
+        settings = service_settings(name).load(env)
         assert settings.replicas == 1 and settings.http_port == 8080 and settings.http_host == "0.0.0.0"
         assert settings.nats_url == "nats://nats:4222"
-    assert config.load(cfg["services"]["gateway"]["environment"]).api_keys
-    from services.notifier.sealing import Keyring
-
-    for name in SERVICES:  # the key that seals webhook secrets: the notifier's alone
-        keys = config.load(cfg["services"][name]["environment"]).webhook_keys
-        assert bool(keys) == (name == "notifier"), name
-    Keyring(config.load(cfg["services"]["notifier"]["environment"]).webhook_keys)  # a valid key
+        # the key that seals webhook secrets: the notifier's alone
+        assert bool(NotifierSettings.load(env).webhook_keys) == (name == "notifier"), name
+    assert service_settings("gateway").load(cfg["services"]["gateway"]["environment"]).api_keys
+    Keyring(NotifierSettings.load(cfg["services"]["notifier"]["environment"]).webhook_keys)  # a valid key
 
 
 # --- NATS config files ------------------------------------------------------------------------
@@ -577,13 +577,13 @@ def test_prod_streams_are_replicated_three_times(prod):
 
 @pytest.mark.parametrize("name", RENDERS)
 def test_configmap_parses_with_the_app_settings(name):
-    from shared import config
+    from tests.settings import MeshSettings, variables
 
     data = vidmesh_config(render(name))
-    source = (ROOT / "shared" / "config.py").read_text()
-    unknown = [k for k in data if not k.startswith("OTEL_") and f'"{k}"' not in source]
+    read = variables()
+    unknown = [k for k in data if not k.startswith("OTEL_") and k not in read]
     assert not unknown, f"variables the app does not read: {unknown}"
-    settings = config.load(data)
+    settings = MeshSettings.load(data)  # each service reads its part of the one ConfigMap
     assert settings.http_host == "0.0.0.0" and settings.http_port == 8080
     replicas = one(render(name), "StatefulSet", "nats")["spec"]["replicas"]
     assert settings.replicas <= replicas, "stream replicas cannot exceed the NATS node count"
@@ -769,27 +769,27 @@ def test_dev_is_one_node_with_one_replica_each(dev):
 def test_dev_api_keys_secret_is_a_marked_placeholder(dev):
     import base64
 
-    from shared import config
+    from shared.settings import parse_api_keys
 
     secrets = [s for n, s in by_kind(dev, "Secret").items() if n.startswith("vidmesh-api-keys")]
     assert len(secrets) == 1
     text = base64.b64decode(secrets[0]["data"]["api-keys"]).decode()
     assert "PLACEHOLDER" in text
-    assert config.parse_api_keys(text), "the placeholder parses as tenant:key lines"
+    assert parse_api_keys(text), "the placeholder parses as tenant:key lines"
 
 
 def test_dev_webhook_keys_secret_is_a_marked_placeholder_that_seals(dev, tmp_path):
     import base64
 
     from services.notifier.sealing import Keyring
-    from shared import config
+    from services.notifier.settings import NotifierSettings
 
     secrets = [s for n, s in by_kind(dev, "Secret").items() if n.startswith("vidmesh-webhook-keys")]
     assert len(secrets) == 1
     text = base64.b64decode(secrets[0]["data"]["webhook-keys"]).decode()
     assert "PLACEHOLDER" in text
     (tmp_path / "webhook-keys").write_text(text)  # as the notifier reads the mounted Secret
-    keys = config.webhook_keys({"VIDMESH_WEBHOOK_KEYS_FILE": str(tmp_path / "webhook-keys")})
+    keys = NotifierSettings.load({"VIDMESH_WEBHOOK_KEYS_FILE": str(tmp_path / "webhook-keys")}).webhook_keys
     assert len(keys) == 1
     ring = Keyring(keys)
     assert ring.open(ring.seal("whsec_x", "t/wh"), "t/wh") == "whsec_x"

@@ -9,16 +9,20 @@ import pytest
 
 from services.gateway.auth import ApiKeys
 from services.gateway.media import RangeNotSatisfiable, event_name, parse_range, sse
+from services.gateway.settings import GatewaySettings
 from services.gateway.uploads import MultipartFile, accepted, new_video_id
+from services.pipeline.settings import PipelineSettings
+from services.transcoder.settings import TranscoderSettings
 from services.up import nats_config
-from shared import config, contracts, topology
+from shared import contracts, topology
 from shared.consumer import backoff
+from shared.settings import ConfigError, Settings
 
 
 def test_settings_defaults_and_parsing(tmp_path):
     keys = tmp_path / "keys"
     keys.write_text("# mounted secret\ncarol:k3\n")
-    s = config.load(
+    s = GatewaySettings.load(
         {
             "VIDMESH_API_KEYS": "alice:k1, bob:k2",
             "VIDMESH_API_KEYS_FILE": str(keys),
@@ -28,30 +32,36 @@ def test_settings_defaults_and_parsing(tmp_path):
     )
     assert s.api_keys == {"k1": "alice", "k2": "bob", "k3": "carol"}
     assert s.replicas == 3 and s.max_upload_bytes == 1000
-    d = config.load({})
+    d = Settings.load({})
     assert d.nats_url is None and d.nats_port == 4222 and d.http_port == 8080
-    assert d.transcode_preset == "veryfast"
-    assert d.chunk_s == 6.0 and d.segment_s == 6.0
-    cut = config.load({"VIDMESH_CHUNK_S": "4", "VIDMESH_SEGMENT_S": "2"})
+    assert d.tombstone_ttl_s == d.events_max_age_s + 24 * 3600
+    assert TranscoderSettings.load({}).transcode_preset == "veryfast"
+    p = PipelineSettings.load({})
+    assert p.chunk_s == 6.0 and p.segment_s == 6.0
+    cut = PipelineSettings.load({"VIDMESH_CHUNK_S": "4", "VIDMESH_SEGMENT_S": "2"})
     assert cut.chunk_s == 4.0 and cut.segment_s == 2.0
-    assert d.max_width == 4096 and d.max_duration_s == 3 * 3600
+    assert p.max_width == 4096 and p.max_duration_s == 3 * 3600
+    assert Settings.load({"VIDMESH_ALPHA_BACKGROUND": "#ff8000"}).alpha_background == (255, 128, 0)
+    assert Settings.load({"VIDMESH_HTTP_PORT": ""}).http_port == 8080, "empty means the default, as unset does"
 
 
 @pytest.mark.parametrize(
-    "env",
+    "settings, env",
     [
-        {"VIDMESH_REPLICAS": "2"},
-        {"VIDMESH_HTTP_PORT": "eighty"},
-        {"VIDMESH_API_KEYS": "no-colon"},
-        {"VIDMESH_API_KEYS": "bad tenant:k"},
-        {"VIDMESH_CHUNK_S": "5", "VIDMESH_SEGMENT_S": "2"},  # chunks must end on segment boundaries
-        {"VIDMESH_SEGMENT_S": "0"},
+        (Settings, {"VIDMESH_REPLICAS": "2"}),
+        (Settings, {"VIDMESH_HTTP_PORT": "eighty"}),
+        (Settings, {"VIDMESH_ALPHA_BACKGROUND": "white"}),
+        (GatewaySettings, {"VIDMESH_API_KEYS": "no-colon"}),
+        (GatewaySettings, {"VIDMESH_API_KEYS": "bad tenant:k"}),
+        (GatewaySettings, {"VIDMESH_QUOTA_MAX_BYTES": "-1"}),
+        (PipelineSettings, {"VIDMESH_CHUNK_S": "5", "VIDMESH_SEGMENT_S": "2"}),  # chunks must end on segment boundaries
+        (PipelineSettings, {"VIDMESH_SEGMENT_S": "0"}),
     ],
 )
-def test_bad_settings_name_the_variable(env):
-    with pytest.raises(config.ConfigError) as err:
-        config.load(env)
-    assert any(part in str(err.value) for part in ("VIDMESH_", "tenant"))
+def test_bad_settings_name_the_variable(settings, env):
+    with pytest.raises(ConfigError) as err:
+        settings.load(env)
+    assert any(name in str(err.value) for name in env)
 
 
 def test_contracts_round_trip_with_their_tag():

@@ -57,14 +57,15 @@ def test_no_key_is_refused():
 
 async def test_the_notifier_refuses_to_start_without_a_valid_key():
     from services.notifier import service as notifier
-    from shared import config
+    from services.notifier.settings import NotifierSettings
+    from shared.settings import ConfigError
 
     for env in ({}, {"VIDMESH_WEBHOOK_KEYS": "too-short"}):
 
         class Bus:  # the start-up hook reads only the settings
-            settings = config.load(env)
+            settings = NotifierSettings.load(env)
 
-        with pytest.raises(config.ConfigError, match="VIDMESH_WEBHOOK_KEYS"):
+        with pytest.raises(ConfigError, match="VIDMESH_WEBHOOK_KEYS"):
             await notifier._check_keys(Bus())
 
 

@@ -10,10 +10,13 @@ import pytest
 
 from services import mesh
 from services.notifier import outbound
+from services.notifier.settings import NotifierSettings
 from services.scheduler import jobs, schedules
-from shared import config, topology
+from services.scheduler.settings import SchedulerSettings
+from shared import topology
 from shared.contracts import Rendition, SourceInfo, Video
 from services.notifier.signature import SignatureError, parse, sign, verify
+from shared.settings import ConfigError
 
 SECRET = "whsec_test-secret"
 BODY = b'{"id":"evt_1","type":"video.ready","data":{"video":{"id":"v1"}}}'
@@ -96,19 +99,25 @@ async def test_loopback_is_refused_unless_allowed_and_the_request_goes_to_the_ch
 
 
 def test_schedule_settings_defaults_overrides_and_errors():
-    s = config.load({})
-    assert s.schedules == config.DEFAULT_SCHEDULES and s.retention_days == 0 and not s.webhook_allow_private
-    s = config.load(
+    s = SchedulerSettings.load({})
+    assert s.schedules == {
+        "retention": "0 0 3 * * *",
+        "redrive": "@every 1m",
+        "usage_report": "0 5 0 * * *",
+        "upload_expiry": "@every 5m",
+    }
+    assert s.retention_days == 0 and not NotifierSettings.load({}).webhook_allow_private
+    s = SchedulerSettings.load(
         {
             "VIDMESH_SCHEDULE_REDRIVE": "@every 30s",
             "VIDMESH_SCHEDULE_USAGE_REPORT": "off",
             "VIDMESH_RETENTION_DAYS": "30",
             "VIDMESH_RETENTION_DAYS_BY_TENANT": "acme:7, bob:0",
-            "VIDMESH_WEBHOOK_ALLOW_PRIVATE": "1",
         }
     )
     assert s.schedules["redrive"] == "@every 30s" and s.schedules["usage_report"] == "off"
-    assert s.retention_days_by_tenant == {"acme": 7.0, "bob": 0.0} and s.webhook_allow_private
+    assert s.retention_days_by_tenant == {"acme": 7.0, "bob": 0.0}
+    assert NotifierSettings.load({"VIDMESH_WEBHOOK_ALLOW_PRIVATE": "1"}).webhook_allow_private
     wanted, off = schedules.configured(s)
     assert {w.name for w in wanted} == {"retention", "redrive", "upload_expiry"} and off == ["usage_report"]
     assert next(w for w in wanted if w.name == "redrive").headers == {
@@ -116,16 +125,16 @@ def test_schedule_settings_defaults_overrides_and_errors():
         "Nats-Schedule-Target": "pipeline.cmd.tick.redrive",  # the pipeline re-drives its own jobs
         "Nats-Schedule-TTL": "150s",
     }
-    for env in (
-        {"VIDMESH_SCHEDULE_RETENTION": "0 3 * * *"},  # 5 fields: the server wants 6
-        {"VIDMESH_SCHEDULE_REDRIVE": "@every soon"},
-        {"VIDMESH_RETENTION_DAYS_BY_TENANT": "acme"},
-        {"VIDMESH_WEBHOOK_ALLOW_PRIVATE": "maybe"},
-        {"VIDMESH_WEBHOOK_MAX_ATTEMPTS": "0"},
+    for settings, env in (
+        (SchedulerSettings, {"VIDMESH_SCHEDULE_RETENTION": "0 3 * * *"}),  # 5 fields: the server wants 6
+        (SchedulerSettings, {"VIDMESH_SCHEDULE_REDRIVE": "@every soon"}),
+        (SchedulerSettings, {"VIDMESH_RETENTION_DAYS_BY_TENANT": "acme"}),
+        (NotifierSettings, {"VIDMESH_WEBHOOK_ALLOW_PRIVATE": "maybe"}),
+        (NotifierSettings, {"VIDMESH_WEBHOOK_MAX_ATTEMPTS": "0"}),
     ):
-        with pytest.raises(config.ConfigError) as err:
-            config.load(env)
-        assert "VIDMESH_" in str(err.value)
+        with pytest.raises(ConfigError) as err:
+            settings.load(env)
+        assert next(iter(env)) in str(err.value)
 
 
 def test_tick_ttl_covers_a_few_intervals_within_bounds():
@@ -143,7 +152,7 @@ def _video(vid: str, created_at: float, duration: float = 10.0, sizes=(1000, 500
 
 
 def test_retention_cutoff_and_per_tenant_days():
-    s = config.load({"VIDMESH_RETENTION_DAYS": "30", "VIDMESH_RETENTION_DAYS_BY_TENANT": "acme:7,bob:0"})
+    s = SchedulerSettings.load({"VIDMESH_RETENTION_DAYS": "30", "VIDMESH_RETENTION_DAYS_BY_TENANT": "acme:7,bob:0"})
     assert jobs.retention_days(s, "acme") == 7 and jobs.retention_days(s, "bob") == 0 and jobs.retention_days(s, "x") == 30
     now = 100 * 86400.0
     assert jobs.expired(_video("a", now - 8 * 86400), now, 7)
@@ -209,4 +218,4 @@ def test_each_tick_is_taken_by_one_consumer_of_the_service_that_runs_its_job():
         assert name in scheduler.DESCRIPTIONS and name not in scheduler.JOBS  # declared, not run, there
     for name in (*scheduler.JOBS, "not_a_job"):  # an unknown schedule's ticks are the scheduler's to refuse
         assert takers(name) == ["scheduler"], name
-    assert set(config.DEFAULT_SCHEDULES) <= set(scheduler.JOBS) | topology.PIPELINE_SCHEDULES
+    assert set(SchedulerSettings.load({}).schedules) <= set(scheduler.JOBS) | topology.PIPELINE_SCHEDULES
