@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
+import json
 import os
 import secrets
 import shutil
@@ -31,6 +32,7 @@ from . import mesh, nats_auth
 from .settings import LauncherSettings
 
 PR_SET_PDEATHSIG = 1
+PROCESSES_FILE = "processes.json"  # under the data dir: every process `up` started
 NATS_START_TIMEOUT_S = 30.0  # JetStream recovering a large store takes a while
 
 
@@ -136,6 +138,7 @@ class Supervisor:
         self.settings = settings
         self.stopping = asyncio.Event()
         self.procs: dict[str, asyncio.subprocess.Process] = {}
+        self.started: dict[str, dict] = {}
         self.nats: asyncio.subprocess.Process | None = None
         self.nats_watch: asyncio.Task | None = None
 
@@ -146,6 +149,7 @@ class Supervisor:
     async def run(self) -> int:
         s = self.settings
         s.data_dir.mkdir(parents=True, exist_ok=True)
+        (s.data_dir / PROCESSES_FILE).unlink(missing_ok=True)  # a previous run's
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, self.stopping.set)
@@ -176,6 +180,10 @@ class Supervisor:
         ports = iter(p for p in free_ports(len(processes) + 1) if p != s.http_port)
         for name, service in processes:
             port = s.http_port if mesh.declarations()[service].public_http else next(ports)
+            self.started[name] = {"service": service, "http_port": port, "pid": None}
+        self.record_processes()
+        for name, service in processes:
+            port = self.started[name]["http_port"]
             child_env = {**env, "VIDMESH_HTTP_PORT": str(port), "OTEL_SERVICE_NAME": f"vidmesh-{service}"}
             if service in passwords:  # embedded NATS: the service's own user
                 child_env.update(NATS_USER=service, NATS_PASSWORD=passwords[service])
@@ -294,6 +302,14 @@ class Supervisor:
                 self.nats.kill()
                 await self.nats.wait()
 
+    def record_processes(self) -> None:
+        """Keep `<data dir>/processes.json` current: {process name: {service, http_port, pid}}
+        for every process `up` runs (pid None until started), so tools and the tests can ask
+        each one's /readyz."""
+        path = self.settings.data_dir / PROCESSES_FILE
+        path.with_suffix(".tmp").write_text(json.dumps(self.started, indent=2) + "\n")
+        path.with_suffix(".tmp").replace(path)  # readers never see half a file
+
     async def pump(self, who: str, proc: asyncio.subprocess.Process) -> None:
         assert proc.stdout is not None
         async for raw in proc.stdout:
@@ -322,6 +338,8 @@ class Supervisor:
             )
             self.procs[name] = proc
             self.say(name, f"started pid={proc.pid} http=:{env['VIDMESH_HTTP_PORT']}")
+            self.started[name]["pid"] = proc.pid
+            self.record_processes()
             pump = asyncio.create_task(self.pump(name, proc))
             waiter = asyncio.create_task(proc.wait())
             stop = asyncio.create_task(self.stopping.wait())

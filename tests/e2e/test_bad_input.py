@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from tests.clips import make_audio_only, make_clip, make_image, make_truncated
-from tests.conftest import alive, mesh_events, wait_for
+from tests.conftest import alive, mesh_events, service_pids, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -53,16 +53,6 @@ def jetstream(mesh, query):
             await nc.close()
 
     return asyncio.run(go())
-
-
-def _service_pids(mesh) -> dict[str, int]:
-    """The latest pid of every supervised process, by its log prefix."""
-    pids = {}
-    for line in mesh.lines:
-        name, sep, rest = line.partition("|")
-        if sep and "started pid=" in rest:
-            pids[name.strip()] = int(rest.split("started pid=")[1].split()[0])
-    return pids
 
 
 @pytest.fixture(scope="module")
@@ -111,7 +101,7 @@ EXPECTED = {
 @pytest.fixture(scope="module")
 def outcomes(mesh, bad_files) -> dict:
     """Send every bad input once; remember each answer, and the mesh's processes before."""
-    before = _service_pids(mesh)
+    before = service_pids(mesh)
     first_line = len(mesh.lines)
     with mesh.client() as c:
         listing_before = listed_ids(c)
@@ -232,7 +222,7 @@ def test_a_poison_task_is_kept_in_the_dead_letter_stream(mesh, outcomes):
 
 def test_mesh_survives_bad_inputs(mesh, outcomes, tmp_path):
     # every service is still the same process: nothing crashed and was restarted
-    after = _service_pids(mesh)
+    after = service_pids(mesh)
     assert after == outcomes["pids"], "a service was restarted while handling bad inputs"
     assert all(alive(pid) for pid in after.values()), after
     assert httpx.get(mesh.url + "/readyz", timeout=5).status_code == 200

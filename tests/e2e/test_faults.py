@@ -41,6 +41,7 @@ from tests.conftest import (
     js_run,
     nats_servers,
     service_pids,
+    service_ready,
     wait_for,
     wait_mid_chunk,
     wait_terminal,
@@ -97,10 +98,7 @@ def wait_restarted(mesh, name: str, old_pid: int, timeout: float = 30) -> int:
         pid = service_pids(mesh).get(name)
         if pid in (None, old_pid):
             return None
-        ready = [line for line in mesh.lines if line.startswith(name) and f"{name} ready" in line]
-        # the new process has said it is ready (one more `ready` line than restarts so far)
-        starts = sum(1 for line in mesh.lines if re.match(rf"{name}\s+\| started pid=", line))
-        return pid if len(ready) >= starts else None
+        return pid if service_ready(mesh, name) else None
 
     return wait_for(restarted, timeout, 0.1, f"{name} restarted and ready")
 
