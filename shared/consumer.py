@@ -78,6 +78,11 @@ class Delivery:
     def subject(self) -> str:
         return self.msg.subject
 
+    @property
+    def seq(self) -> int:
+        """The message's sequence in its stream (the same on every redelivery)."""
+        return self.msg.metadata.sequence.stream
+
 
 Handler = Callable[[object, Delivery], Awaitable[None]]
 

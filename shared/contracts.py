@@ -371,6 +371,10 @@ MediaTask = Union[EncodeChunk, EncodeAudio, StitchRenditions, ExtractThumbnail]
 class GetVideo(Contract, tag="catalog.get_video.v1"):
     tenant: str
     video_id: str
+    # The EVENTS stream sequence of a write the caller made (Bus.publish returns it): the
+    # catalog answers once its record of the video holds that event or a later one, or
+    # answers `not_yet` after a few seconds. 0: answer with what it has now.
+    after_seq: int = 0
 
 
 class ListVideos(Contract, tag="catalog.list_videos.v1"):
@@ -382,6 +386,7 @@ class ListVideos(Contract, tag="catalog.list_videos.v1"):
 class DeleteVideo(Contract, tag="catalog.delete_video.v1"):
     tenant: str
     video_id: str
+    after_seq: int = 0  # as GetVideo's
 
 
 class ProbeSource(Contract, tag="pipeline.probe_source.v1"):
@@ -434,6 +439,7 @@ class Video(msgspec.Struct, frozen=True, kw_only=True):
 class GetPlaylist(Contract, tag="catalog.get_playlist.v1"):
     tenant: str
     video_id: str
+    after_seq: int = 0  # as GetVideo's
 
 
 class PlaylistRendition(msgspec.Struct, frozen=True, kw_only=True):

@@ -15,5 +15,4 @@ DECLARATION = Declaration(
     serves=(t.RPC_CATALOG_GET, t.RPC_CATALOG_LIST, t.RPC_CATALOG_DELETE, t.RPC_CATALOG_USAGE, t.RPC_CATALOG_PLAYLIST),
     writes_kv=(t.KV_VIDEOS,),
     media="write",  # deletes a deleted video's media
-    reads_messages=(t.EVENTS,),  # read-your-writes: the upload event before the projection
 )

@@ -97,6 +97,14 @@ class VideoRecord(msgspec.Struct, frozen=True, kw_only=True):
     codecs: dict[str, str] = {}  # rendition (or "audio") -> RFC 6381 codec
     playable: bool = False
     warnings: list[WarningInfo] = []  # as tasks report them; the ready event's list once ready
+    # The EVENTS stream sequence of the latest event folded in (0: none known), so that any
+    # catalog replica can tell whether a caller's write is in: see `holds`.
+    seq: int = 0
+
+    def holds(self, seq: int) -> bool:
+        """This record has folded in the event at stream sequence `seq`, or a later one of
+        this video."""
+        return self.seq >= seq
 
     def stored_bytes(self) -> int:
         """What this video keeps in the object store (for storage quotas): the source, the
@@ -135,13 +143,16 @@ record_encoder = msgspec.json.Encoder()
 record_decoder = msgspec.json.Decoder(VideoRecord)
 
 
-def apply(record: VideoRecord | None, event, now: float) -> VideoRecord | None:
-    """The record after `event`, or None when the event changes nothing."""
+def apply(record: VideoRecord | None, event, now: float, seq: int = 0) -> VideoRecord | None:
+    """The record after `event`, stored at stream sequence `seq` (0: unknown), or None when
+    the event changes nothing. An event that changes nothing else still moves `seq` on:
+    a caller waiting for it must learn that it is in."""
     base = record or VideoRecord(id=event.video_id, tenant=event.tenant, created_at=now, updated_at=now)
     new = _fold(base, event)
+    later = max(seq, base.seq)
     if record is not None and new == record:
-        return None
-    return msgspec.structs.replace(new, updated_at=now)
+        return msgspec.structs.replace(record, seq=later) if later > record.seq else None
+    return msgspec.structs.replace(new, updated_at=now, seq=later)
 
 
 def _fold(r: VideoRecord, e) -> VideoRecord:

@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 
-import msgspec
-from nats.js.errors import KeyNotFoundError, NotFoundError
+from nats.js.errors import KeyNotFoundError
 
 from shared import topology
 from shared.bus import Bus, KvContention, RpcError, kv_update
@@ -27,8 +27,6 @@ from shared.contracts import (
     Video,
     VideoDeleted,
     VideoPage,
-    VideoUploaded,
-    decoder,
     encode,
 )
 from shared.kvscan import entries
@@ -39,17 +37,24 @@ from . import declaration
 from .projection import Incomplete, VideoRecord, apply, record_decoder, record_encoder, to_playlist, to_view
 
 service = Service(declaration.DECLARATION)
+log = logging.getLogger("vidmesh.catalog")
 
 CAS_ATTEMPTS = 20
+WAIT_S = 5.0  # how long a request with `after_seq` waits for the record to hold it (seconds)
+# An ordered consumer of a watch whose request is over is removed by the server after this
+# long (seconds): nats-py's unsubscribe leaves it behind.
+WATCH_IDLE_S = 2.0
 
 
 @service.consumer(declaration.EVENTS, Event)
 async def on_event(event, delivery: Delivery) -> None:
-    await project(delivery.bus, event)
+    await project(delivery.bus, event, delivery.seq)
 
 
-async def project(bus: Bus, event) -> VideoRecord | None:
-    """Fold one event into the video's record with compare-and-set; safe under redelivery.
+async def project(bus: Bus, event, seq: int = 0) -> VideoRecord | None:
+    """Fold one event, stored at stream sequence `seq` (0: unknown), into the video's record
+    with compare-and-set; safe under redelivery. The requests of this process waiting for
+    the record to hold that sequence are answered at once.
 
     A video's events are applied one at a time in this process, in the order they were
     delivered (stream order): with 16 in flight, `video_ready` would otherwise often be
@@ -58,7 +63,10 @@ async def project(bus: Bus, event) -> VideoRecord | None:
     catalog replicas the compare-and-set and that redelivery still keep it right."""
     key = topology.state_key(event.tenant, event.video_id)
     async with _in_turn(key):
-        return await _project(bus, key, event)
+        record = await _project(bus, key, event, seq)
+    if record is not None:
+        _stored(key, record)
+    return record
 
 
 _turns: dict[str, list] = {}  # key -> [lock, holders and waiters]
@@ -78,7 +86,7 @@ async def _in_turn(key: str):
             del _turns[key]
 
 
-async def _project(bus: Bus, key: str, event) -> VideoRecord | None:
+async def _project(bus: Bus, key: str, event, seq: int) -> VideoRecord | None:
     kv = await bus.kv(topology.KV_VIDEOS)
     projected: VideoRecord | None = None
 
@@ -86,7 +94,7 @@ async def _project(bus: Bus, key: str, event) -> VideoRecord | None:
         nonlocal projected
         current = record_decoder.decode(value) if value is not None else None
         try:
-            new = apply(current, event, time.time())
+            new = apply(current, event, time.time(), seq)
         except Incomplete as exc:
             raise Retry(str(exc), delay=2.0) from None  # the missing result comes back first
         if new is None:
@@ -106,7 +114,7 @@ async def _project(bus: Bus, key: str, event) -> VideoRecord | None:
 
 @service.endpoint(topology.RPC_CATALOG_GET)
 async def get_video(req: GetVideo, bus: Bus) -> Video:
-    return to_view(await _record(bus, req.tenant, req.video_id))
+    return to_view(await _record(bus, req.tenant, req.video_id, req.after_seq))
 
 
 @service.endpoint(topology.RPC_CATALOG_LIST)
@@ -136,12 +144,14 @@ async def list_videos(req: ListVideos, bus: Bus) -> VideoPage:
 
 @service.endpoint(topology.RPC_CATALOG_DELETE)
 async def delete_video(req: DeleteVideo, bus: Bus) -> Video:
-    record = await _record(bus, req.tenant, req.video_id)
+    record = await _record(bus, req.tenant, req.video_id, req.after_seq)
     deleted = VideoDeleted(video_id=req.video_id, tenant=req.tenant)
     if record.status != "deleted":
-        # The event is the fact; the pipeline stops the video's tasks when it sees it.
-        await bus.publish(deleted, msg_id=f"{req.video_id}:deleted")
-        record = await project(bus, deleted) or record
+        # The event is the fact; the pipeline stops the video's tasks when it sees it. This
+        # request made the write, so it folds it in before answering: a GET that follows,
+        # through any replica, reads the video deleted.
+        seq = await bus.publish(deleted, msg_id=f"{req.video_id}:deleted")
+        record = await project(bus, deleted, seq) or record
     for name in record.objects():
         await bus.media.delete(name)
     return to_view(record)
@@ -150,20 +160,19 @@ async def delete_video(req: DeleteVideo, bus: Bus) -> Video:
 @service.endpoint(topology.RPC_CATALOG_PLAYLIST)
 async def get_playlist(req: GetPlaylist, bus: Bus) -> Playlist:
     """The stored segments of a video, for its HLS playlists (not_found as for get)."""
-    return to_playlist(await _record(bus, req.tenant, req.video_id))
+    return to_playlist(await _record(bus, req.tenant, req.video_id, req.after_seq))
 
 
 @service.endpoint(topology.RPC_CATALOG_USAGE)
 async def usage(req: GetUsage, bus: Bus) -> Usage:
     """A tenant's videos processing and bytes stored, for the gateway's quotas.
 
-    It first waits (bounded) until the projection has applied every event stored before the
-    question, so an upload the gateway just accepted counts. Then a complete scan of the
-    tenant's records (shared/kvscan.py): cost grows with the tenant's video count, fine for
-    thousands. TODO: beyond that, keep a per-tenant usage key the projection maintains
-    (CAS), reconciled by this scan.
+    An upload counts from its record: the gateway leaves an upload's quota admission only
+    once the catalog's record holds it (GetVideo.after_seq), so no accepted upload goes
+    uncounted in between. A complete scan of the tenant's records (shared/kvscan.py): cost
+    grows with the tenant's video count, fine for thousands. TODO: beyond that, keep a
+    per-tenant usage key the projection maintains (CAS), reconciled by this scan.
     """
-    await _caught_up(bus)
     processing = stored = videos = 0
     async for entry in entries(bus.js, topology.KV_VIDEOS, f"{req.tenant}.>"):  # a complete scan
         if not entry.value:
@@ -190,35 +199,79 @@ async def get_video_http(tenant: str, video_id: str):
     return Response(encode(video), media_type="application/json")
 
 
-async def _caught_up(bus: Bus, timeout: float = 5.0) -> None:
-    """Wait until the catalog consumer has acknowledged every event stored up to now."""
-    spec = declaration.EVENTS
-    target = (await bus.js.stream_info(spec.stream)).state.last_seq
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        info = await bus.js.consumer_info(spec.stream, spec.durable)
-        if info.ack_floor.stream_seq >= target:
-            return
-        await asyncio.sleep(0.05)
-
-
-async def _record(bus: Bus, tenant: str, video_id: str) -> VideoRecord:
+async def _record(bus: Bus, tenant: str, video_id: str, after_seq: int = 0) -> VideoRecord:
+    """The video's record (RpcError not_found); with `after_seq`, once it holds the event at
+    that stream sequence (RpcError not_yet after WAIT_S)."""
     kv = await bus.kv(topology.KV_VIDEOS)
-    entry = await _get(kv, topology.state_key(tenant, video_id))
-    if entry is not None:
-        return record_decoder.decode(entry.value)
-    # Read-your-writes: the gateway answers 202 as soon as the upload event is stored, so
-    # a GET can arrive before this projection caught up; fold the stored event directly.
-    subject = f"{topology.SUBJECTS[VideoUploaded]}.{tenant}.{video_id}"
+    key = topology.state_key(tenant, video_id)
+    if after_seq > 0:
+        return await _holding(kv, key, after_seq)
+    entry = await _get(kv, key)
+    if entry is None:
+        raise RpcError("not_found", f"no video {video_id}")
+    return record_decoder.decode(entry.value)
+
+
+# key -> (stream sequence, future) of each request in this process waiting for the record to
+# hold that sequence; `project` resolves them with the record it stored.
+_awaited: dict[str, list[tuple[int, asyncio.Future]]] = {}
+
+
+def _stored(key: str, record: VideoRecord) -> None:
+    for seq, waiter in _awaited.get(key, ()):
+        if record.holds(seq) and not waiter.done():
+            waiter.set_result(record)
+
+
+async def _holding(kv, key: str, seq: int) -> VideoRecord:
+    """The record once it holds stream sequence `seq`. This process's projection hands it
+    over as it stores it; a watch on the key brings what another catalog replica stored
+    (the record carries its sequence, so any replica can tell). RpcError not_yet after
+    WAIT_S seconds."""
+    here: asyncio.Future = asyncio.get_running_loop().create_future()
+    waiting = _awaited.setdefault(key, [])
+    waiting.append((seq, here))  # before the read: a record stored in between still comes
+    elsewhere = None
     try:
-        raw = await bus.js.get_last_msg(topology.EVENTS, subject)
-    except NotFoundError:
-        raise RpcError("not_found", f"no video {video_id}") from None
+        entry = await _get(kv, key)
+        record = record_decoder.decode(entry.value) if entry is not None else None
+        if record is not None and record.holds(seq):
+            return record
+        elsewhere = asyncio.ensure_future(_watch(kv, key, seq))
+        elsewhere.add_done_callback(lambda task: task.cancelled() or task.exception())  # seen, if it ends late
+        pending: set[asyncio.Future] = {here, elsewhere}
+        deadline = time.monotonic() + WAIT_S
+        while pending and (left := deadline - time.monotonic()) > 0:
+            done, pending = await asyncio.wait(pending, timeout=left, return_when=asyncio.FIRST_COMPLETED)
+            for found in done:
+                if found.exception() is None:
+                    return found.result()
+                # the watch could not start: this process's projection may still answer
+                log.warning("watching %s for sequence %d failed: %s", key, seq, found.exception())
+        has = f"up to sequence {record.seq}" if record is not None else "nothing"
+        raise RpcError("not_yet", f"the catalog holds {has} of this video, not yet sequence {seq}; retry")
+    finally:
+        waiting.remove((seq, here))
+        if not waiting:
+            del _awaited[key]
+        if elsewhere is not None:
+            elsewhere.cancel()
+
+
+async def _watch(kv, key: str, seq: int) -> VideoRecord:
+    """The key's value once a stored one holds `seq` (its current value first, then each
+    write as the bucket stores it)."""
+    watcher = await kv.watch(key, inactive_threshold=WATCH_IDLE_S)
     try:
-        event = decoder(Event).decode(raw.data)
-    except msgspec.DecodeError:
-        raise RpcError("not_found", f"no video {video_id}") from None
-    return apply(None, event, time.time())
+        async for entry in watcher:
+            if entry is None or not entry.value:  # no value yet, or a delete
+                continue
+            record = record_decoder.decode(entry.value)
+            if record.holds(seq):
+                return record
+    finally:
+        await watcher.stop()
+    raise RuntimeError("the watch ended")
 
 
 async def _get(kv, key: str):

@@ -4,13 +4,14 @@ Imported by service.py, playback.py and webhooks.py; it imports none of them."""
 
 from __future__ import annotations
 
+import logging
 import time
 
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response
 
 from shared import topology
-from shared.bus import Bus
+from shared.bus import Bus, RpcError
 from shared.contracts import GetVideo, Probed, ProbeSource, Video, VideoUploaded, encode
 from shared.service import Service
 
@@ -20,6 +21,7 @@ from .settings import GatewaySettings
 
 service = Service(declaration.DECLARATION, settings=GatewaySettings)
 api = service.http
+log = logging.getLogger("vidmesh.gateway")
 
 _keys: ApiKeys | None = None
 
@@ -85,9 +87,13 @@ def json_response(obj, status: int = 200, headers: dict | None = None) -> Respon
     return Response(encode(obj), status_code=status, media_type="application/json", headers=headers)
 
 
-async def fetch_video(bus: Bus, tenant: str, video_id: str) -> Video:
+async def fetch_video(bus: Bus, tenant: str, video_id: str, after_seq: int = 0) -> Video:
+    """The catalog's view of a video; with `after_seq` (the EVENTS sequence of a write this
+    gateway made), once the catalog's record holds that write (RpcError not_yet if it does
+    not within a few seconds)."""
     check_video_id(video_id)
-    return await bus.request(topology.RPC_CATALOG_GET, GetVideo(tenant=tenant, video_id=video_id), Video)
+    ask = GetVideo(tenant=tenant, video_id=video_id, after_seq=after_seq)
+    return await bus.request(topology.RPC_CATALOG_GET, ask, Video)
 
 
 def check_video_id(video_id: str) -> None:
@@ -101,7 +107,10 @@ PROBE_TIMEOUT_S = 120.0
 async def announce(bus: Bus, tenant: str, video_id: str, key: str, filename: str | None, ctype: str | None) -> Video:
     """A stored upload becomes a video: probed (a refusal deletes it: 422 with the probe's
     code), then announced with `video_uploaded` (its msg-id makes a repeat no second event).
-    POST /v1/videos and a completed resumable upload both end here."""
+    The answer is the catalog's view once its record holds the upload, so a GET or a list
+    that follows, through any gateway, shows the video, and the quota admission the caller
+    leaves next is already counted in the catalog's usage. POST /v1/videos and a completed
+    resumable upload both end here."""
     probed = await bus.request(
         topology.RPC_PIPELINE_PROBE,
         ProbeSource(tenant=tenant, video_id=video_id, object=key),
@@ -122,5 +131,11 @@ async def announce(bus: Bus, tenant: str, video_id: str, key: str, filename: str
         filename=filename,
         content_type=ctype,
     )
-    await bus.publish(event, msg_id=f"{video_id}:uploaded")
-    return Video(id=video_id, status="processing", created_at=now, updated_at=now, source=probed.source, filename=filename)
+    seq = await bus.publish(event, msg_id=f"{video_id}:uploaded")
+    try:
+        return await fetch_video(bus, tenant, video_id, after_seq=seq)
+    except RpcError as exc:  # the upload is stored and announced all the same: accept it
+        log.warning("the catalog did not confirm upload %s (sequence %d): %s", video_id, seq, exc)
+        return Video(
+            id=video_id, status="processing", created_at=now, updated_at=now, source=probed.source, filename=filename
+        )

@@ -25,8 +25,8 @@ HOLD_S = 1.0
 @pytest.fixture
 async def bus(tmp_path, monkeypatch):
     monkeypatch.setattr(quotas, "HOLD_S", HOLD_S)
-    # A server of its own: the usage endpoint answers once the catalog has projected every
-    # stored event, and no catalog consumes the events other tests leave on a shared one.
+    # A server of its own: the usage endpoint counts what the `videos` bucket holds, and
+    # only these tests' admissions and records are there.
     server = NatsServer(tmp_path / "nats").start()
     settings = GatewaySettings.load({"NATS_URL": server.url, "VIDMESH_QUOTA_MAX_PROCESSING": "1"})
     telemetry.setup("test")

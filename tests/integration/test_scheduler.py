@@ -139,7 +139,8 @@ async def until(condition, timeout=20.0, what="condition"):
 
 
 async def upload(bus: Bus, tenant: str, clip: str, created_at: float | None = None) -> str:
-    """What the gateway does for an accepted upload: store the source, publish the event."""
+    """What the gateway does for an accepted upload: store the source, publish the event,
+    answer once the catalog's record holds it."""
     video_id = new_video_id()
     key = topology.source_key(tenant, video_id)
     info = await bus.media.put_file(key, clip)
@@ -149,12 +150,14 @@ async def upload(bus: Bus, tenant: str, clip: str, created_at: float | None = No
     event = VideoUploaded(
         video_id=video_id, tenant=tenant, object=key, created_at=created_at or time.time(), source=source
     )
-    await bus.publish(event, msg_id=f"{video_id}:uploaded")
+    seq = await bus.publish(event, msg_id=f"{video_id}:uploaded")
+    await video(bus, tenant, video_id, after_seq=seq)
     return video_id
 
 
-async def video(bus: Bus, tenant: str, video_id: str) -> Video:
-    return await bus.request(topology.RPC_CATALOG_GET, GetVideo(tenant=tenant, video_id=video_id), Video)
+async def video(bus: Bus, tenant: str, video_id: str, after_seq: int = 0) -> Video:
+    ask = GetVideo(tenant=tenant, video_id=video_id, after_seq=after_seq)
+    return await bus.request(topology.RPC_CATALOG_GET, ask, Video)
 
 
 # --- reading a bucket completely (what re-drive and retention scan) ----------------------------

@@ -6,6 +6,7 @@ from __future__ import annotations
 import itertools
 import random
 
+import msgspec
 import pytest
 
 from services.catalog.projection import Incomplete, apply, to_playlist, to_view
@@ -19,6 +20,7 @@ from shared.contracts import (
     RenditionStitched,
     SegmentInfo,
     SourceInfo,
+    TaskFailed,
     ThumbnailExtracted,
     VideoDeleted,
     VideoFailed,
@@ -141,6 +143,23 @@ def test_replayed_events_change_nothing():
     record = fold([UPLOADED, PLANNED, progress(1, 1), CHUNK_0, AUDIO, STITCHED_360])
     for event in (UPLOADED, PLANNED, progress(1, 1), CHUNK_0, AUDIO, STITCHED_360):
         assert apply(record, event, 999.0) is None, event
+
+
+def test_the_record_keeps_the_stream_sequence_of_the_latest_event_folded_in():
+    uploaded = apply(None, UPLOADED, 1.0, seq=10)
+    assert uploaded.seq == 10 and uploaded.holds(10) and not uploaded.holds(11)
+    planned = apply(uploaded, PLANNED, 2.0, seq=12)
+    assert planned.seq == 12
+    # a redelivered older event changes nothing, its sequence included
+    assert apply(planned, UPLOADED, 3.0, seq=10) is None
+    # an event that changes nothing else still records that it is in: a caller waits for it
+    task_failed = TaskFailed(video_id=V, tenant=T, task="thumbnail", error=ErrorInfo(code="x", message="y"))
+    noted = apply(planned, task_failed, 4.0, seq=30)
+    assert noted is not None and noted.seq == 30
+    assert msgspec.structs.replace(noted, seq=planned.seq) == planned  # nothing else changed
+    assert apply(noted, task_failed, 5.0, seq=30) is None
+    # without a sequence (a test folding events by hand) the record keeps the one it has
+    assert apply(planned, THUMB, 6.0).seq == 12
 
 
 def test_progress_is_the_share_of_segments_encoded_for_every_rendition():
