@@ -4,9 +4,6 @@ arithmetic, SSE framing) are in media.py; wired into the gateway in service.py."
 
 from __future__ import annotations
 
-import asyncio
-import time
-
 import msgspec
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response, StreamingResponse
@@ -80,19 +77,14 @@ async def events(video_id: str, request: Request, tenant: str = Depends(authenti
     )
 
 
-TERMINAL_STATUS = {VideoReady: "ready", VideoFailed: "failed", VideoDeleted: "deleted"}
-SETTLE_S = 10.0
-
-
-async def _settled(bus: Bus, tenant: str, video_id: str, status: str) -> None:
-    deadline = time.monotonic() + SETTLE_S
-    while time.monotonic() < deadline:
-        try:
-            if (await fetch_video(bus, tenant, video_id)).status == status:
-                return
-        except RpcError:
-            return  # the catalog is away: do not hold the stream for it
-        await asyncio.sleep(0.1)
+async def _settled(bus: Bus, tenant: str, video_id: str, seq: int) -> None:
+    """Return once the catalog's record holds the event at stream sequence `seq`, or once the
+    catalog says it does not yet (after its bounded wait) or is away: either way the stream
+    is not held any longer."""
+    try:
+        await fetch_video(bus, tenant, video_id, after_seq=seq)
+    except RpcError:
+        pass
 
 
 async def _event_stream(bus: Bus, tenant: str, video: Video):
@@ -118,8 +110,8 @@ async def _event_stream(bus: Bus, tenant: str, video: Video):
             last = msg.metadata.num_pending == 0
             if isinstance(event, TERMINAL_EVENTS) and last:
                 # A client that follows the stream to its end and then GETs the video must
-                # read that state: wait (bounded) for the catalog's projection to catch up.
-                await _settled(bus, tenant, video.id, TERMINAL_STATUS[type(event)])
+                # read that state: the catalog answers once its record holds this event.
+                await _settled(bus, tenant, video.id, msg.metadata.sequence.stream)
             yield sse(event_name(type(event).__struct_config__.tag), msg.data, str(msg.metadata.sequence.stream))
             if isinstance(event, TERMINAL_EVENTS) and last:
                 return  # (a terminal event followed by more history, e.g. ready then deleted, goes on)

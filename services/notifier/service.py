@@ -61,13 +61,6 @@ service = Service(declaration.DECLARATION, settings=NotifierSettings)
 
 EVENT_TYPES = {VideoReady: "video.ready", VideoFailed: "video.failed", VideoDeleted: "video.deleted"}
 STATUS_OF = {"video.ready": "ready", "video.failed": "failed", "video.deleted": "deleted"}
-# The video states that show the catalog has seen the event (or moved past it: a ready
-# video may be deleted already; a failed one may be ready after a dead letter's replay).
-CONSISTENT = {
-    "video.ready": ("ready", "deleted"),
-    "video.failed": ("failed", "ready", "deleted"),
-    "video.deleted": ("deleted",),
-}
 MAX_WEBHOOKS_PER_TENANT = 20
 BACKOFF_CAP_S = 3600.0
 CAS_ATTEMPTS = 10
@@ -145,7 +138,7 @@ async def fan_out(bus: Bus, event, kind: str, delivery: Delivery) -> None:
     hooks = [h for h in await _webhooks(bus, event.tenant) if kind in h.events]
     if not hooks:
         return
-    video = await _video_for(bus, event, kind, delivery)
+    video = await _video_for(bus, event, delivery)
     event_id = f"evt_{event.video_id}_{STATUS_OF[kind]}"
     happened_at = delivery.msg.metadata.timestamp.timestamp()  # the same on every redelivery
     body = encode(WebhookEvent(id=event_id, type=kind, created_at=happened_at, data=WebhookEventData(video=video)))
@@ -182,19 +175,15 @@ async def fan_out(bus: Bus, event, kind: str, delivery: Delivery) -> None:
         await bus.publish(task, msg_id=f"{hook.id}:{delivery_id}")
 
 
-async def _video_for(bus: Bus, event, kind: str, delivery: Delivery) -> Video:
-    """The video's JSON as the catalog shows it once it has seen the event."""
+async def _video_for(bus: Bus, event, delivery: Delivery) -> Video:
+    """The video's JSON as the catalog shows it once its record holds this event (the
+    catalog projects the same event concurrently). An error, `not_yet` included, brings
+    the event back later."""
+    ask = GetVideo(tenant=event.tenant, video_id=event.video_id, after_seq=delivery.seq)
     try:
-        video = await bus.request(topology.RPC_CATALOG_GET, GetVideo(tenant=event.tenant, video_id=event.video_id), Video)
+        return await bus.request(topology.RPC_CATALOG_GET, ask, Video)
     except RpcError as exc:
-        if exc.code != "not_found":
-            raise Retry(f"catalog: {exc}", delay=min(5.0, 0.5 * delivery.attempt)) from None
-        now = time.time()
-        return Video(id=event.video_id, status=STATUS_OF[kind], created_at=now, updated_at=now)
-    if video.status not in CONSISTENT[kind] and not delivery.last_attempt:
-        # The catalog projects the same event concurrently: wait until it shows it.
-        raise Retry(f"the catalog still shows {video.status}", delay=min(5.0, 0.2 * delivery.attempt))
-    return video
+        raise Retry(f"catalog: {exc}", delay=min(5.0, 0.5 * delivery.attempt)) from None
 
 
 # --- stage 2: one POST per attempt, retried through JetStream ----------------------------------

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from types import SimpleNamespace
 
 import pytest
 
@@ -16,6 +17,7 @@ from services.catalog import service as catalog
 from services.catalog.projection import apply, record_decoder, record_encoder
 from services.gateway import app as gateway
 from services.gateway.uploads import new_video_id
+from services.notifier import service as notifier
 from shared import topology
 from shared.bus import RpcError
 from shared.contracts import (
@@ -24,9 +26,14 @@ from shared.contracts import (
     GetVideo,
     Playlist,
     Probed,
+    RenditionSpec,
+    RenditionStitched,
     SourceInfo,
+    ThumbnailExtracted,
     Video,
     VideoDeleted,
+    VideoPlanned,
+    VideoReady,
     VideoUploaded,
     encode,
 )
@@ -36,6 +43,7 @@ from tests.integration.conftest import connected_bus
 
 TENANT = "ryw"
 SOURCE = SourceInfo(size=1, container="mp4", duration=2.0, width=640, height=360, fps=30.0, video_codec="h264")
+RUNG = RenditionSpec(name="360p", width=640, height=360)
 
 
 @pytest.fixture(scope="module")
@@ -168,6 +176,28 @@ async def test_delete_then_get_reads_deleted_and_the_record_holds_the_delete(bus
     event = await bus.js.get_last_msg(topology.EVENTS, f"{topology.SUBJECTS[VideoDeleted]}.{TENANT}.{video_id}")
     assert (await stored(bus, video_id)).seq == event.seq
     assert (await get(bus, video_id, after_seq=event.seq)).status == "deleted"
+
+
+async def test_the_notifier_snapshots_the_video_as_the_catalog_shows_it_with_the_event(bus):
+    await bus.replica(projects=False)
+    video_id = new_video_id()
+    stitched = RenditionStitched(video_id=video_id, tenant=TENANT, rendition=RUNG.name, object="o", width=640, height=360, size=9)
+    history = [
+        uploaded(video_id),
+        VideoPlanned(video_id=video_id, tenant=TENANT, renditions=[RUNG]),
+        ThumbnailExtracted(video_id=video_id, tenant=TENANT, object="t", width=640, height=360, size=9),
+        stitched,
+    ]
+    for event in history:
+        await bus.publish(event, msg_id=f"{video_id}:{type(event).__name__}")
+    ready = VideoReady(video_id=video_id, tenant=TENANT)
+    seq = await bus.publish(ready, msg_id=f"{video_id}:ready")
+    delivery = SimpleNamespace(seq=seq, attempt=1)  # what the notifier's consumer hands over
+    snapshot = asyncio.create_task(notifier._video_for(bus, ready, delivery))
+    await waiting(video_id)
+    await bus.replica(projects=True)
+    video = await snapshot
+    assert video.status == "ready" and [r.name for r in video.renditions] == [RUNG.name]
 
 
 async def test_an_upload_is_answered_once_the_catalog_has_it(bus):
