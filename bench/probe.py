@@ -58,9 +58,8 @@ def _fetched() -> float:
 
 async def measure(url: str, video: Path, tmp: str) -> dict:
     from services.pipeline import service as pipeline
-    from services import mesh
+    from services import mesh, provision
     from services.pipeline.settings import PipelineSettings
-    from shared import topology
     from shared.bus import Bus
     from shared.contracts import ProbeSource
 
@@ -71,7 +70,7 @@ async def measure(url: str, video: Path, tmp: str) -> dict:
         buses[mode] = await Bus.connect(settings, "bench")
     try:
         first = next(iter(buses.values()))
-        await topology.ensure(first.js, first.settings, mesh.consumers())
+        await provision.ensure(first.js, first.settings, mesh.consumers())
         t0 = time.perf_counter()
         await first.media.put_file("bench/probe/source", video)
         console.log(f"stored {video.stat().st_size / MiB:.0f} MiB in {time.perf_counter() - t0:.1f} s")

@@ -37,7 +37,7 @@ from shared import contracts, topology
 from shared.declaration import ConsumerSpec, Declaration
 from shared.settings import Settings
 
-from . import mesh
+from . import mesh, provision
 
 ASYNCAPI_VERSION = "3.0.0"
 SCHEMAS = "#/components/schemas/{name}"
@@ -319,9 +319,9 @@ def stream_facts(cfg) -> dict:
 
 
 def consumer_facts(spec: ConsumerSpec, settings: Settings) -> dict:
-    """x-jetstream-consumer: the durable consumer as `topology.ensure` creates it."""
+    """x-jetstream-consumer: the durable consumer as `provision.ensure` creates it."""
     is_task = spec.stream in topology.MEDIA_TASK_STREAMS  # the settings' values apply to these
-    cfg = topology.consumer_config(
+    cfg = provision.consumer_config(
         spec,
         max_deliver=settings.task_max_deliver if is_task else None,
         ack_wait_s=settings.task_ack_wait_s if is_task else None,
@@ -349,7 +349,7 @@ def consumer_facts(spec: ConsumerSpec, settings: Settings) -> dict:
 class _Builder:
     def __init__(self, settings: Settings):
         self.settings = settings
-        self.streams = topology.streams(settings.replicas, settings.events_max_age_s)
+        self.streams = provision.streams(settings.replicas, settings.events_max_age_s)
         self.families = families(self.streams)
         self.channels: dict[str, dict] = {}
         self.operations: dict[str, dict] = {}

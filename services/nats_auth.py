@@ -12,7 +12,7 @@ The same function feeds every deployment, so they cannot drift:
   checks the committed files equal a fresh rendering.
 
 Topology (streams, consumers, buckets) is created by the `admin` user only: `vidmesh up`
-and `vidmesh init` (a compose one-shot, a k8s Job) run `topology.ensure`; services have no
+and `vidmesh init` (a compose one-shot, a k8s Job) run `provision.ensure`; services have no
 `$JS.API.STREAM.CREATE/UPDATE/DELETE` or consumer-create rights on durables and only check
 at start that what they use exists (`shared.permissions.verify`). A compromised worker can
 thus neither delete a stream nor read another service's bucket.

@@ -25,10 +25,10 @@ from pathlib import Path
 
 import bcrypt
 
-from shared import permissions, topology
+from shared import permissions
 from shared.settings import Settings
 
-from . import mesh, nats_auth
+from . import mesh, nats_auth, provision
 from .settings import LauncherSettings
 
 PR_SET_PDEATHSIG = 1
@@ -374,7 +374,7 @@ class Supervisor:
 
 
 async def ensure_topology(settings: Settings, url: str | None = None, admin_password: str | None = None) -> None:
-    """`topology.ensure` over a short-lived admin connection (NATS_USER/NATS_PASSWORD, or
+    """`provision.ensure` over a short-lived admin connection (NATS_USER/NATS_PASSWORD, or
     the admin password `vidmesh up` generated under the data dir)."""
     import nats
 
@@ -391,7 +391,7 @@ async def ensure_topology(settings: Settings, url: str | None = None, admin_pass
         connect_timeout=3, allow_reconnect=False, max_reconnect_attempts=0, error_cb=quiet,
     )
     try:
-        await topology.ensure(nc.jetstream(timeout=10.0), settings, mesh.consumers())
+        await provision.ensure(nc.jetstream(timeout=10.0), settings, mesh.consumers())
     finally:
         await nc.close()
 

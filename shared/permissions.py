@@ -14,7 +14,6 @@ import os
 import secrets
 from pathlib import Path
 
-from . import topology as t
 from .declaration import Declaration
 
 ADMIN = "admin"  # vidmesh up / init (topology), the CLI (dlq, schedules), operators
@@ -76,23 +75,18 @@ class TopologyMissing(Exception):
     """What a service needs is not there yet: `vidmesh init` (or `vidmesh up`) creates it."""
 
 
-async def verify(js, declaration: Declaration | None, consumers=()) -> None:
+async def verify(js, declaration: Declaration) -> None:
     """Check that the streams, buckets and consumers a service uses exist (a service may not
-    create them). `None` checks every stream and the given `consumers`. Raises
-    TopologyMissing naming what is missing."""
+    create them). Raises TopologyMissing naming what is missing."""
     from nats.js.errors import NotFoundError
 
-    if declaration is None:
-        streams = [c.name for c in t.streams(1, 1.0)]
-    else:
-        streams, consumers = declaration.streams(), declaration.consumes
     missing = []
-    for name in streams:
+    for name in declaration.streams():
         try:
             await js.stream_info(name)
         except NotFoundError:
             missing.append(f"stream {name}")
-    for spec in consumers:
+    for spec in declaration.consumes:
         try:
             await js.consumer_info(spec.stream, spec.durable)
         except NotFoundError:

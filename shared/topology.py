@@ -1,5 +1,6 @@
-"""The bus topology: subjects, streams, buckets and keys (the durable consumers are each
-declared by the service that pulls them, in services/<name>/declaration.py).
+"""The names of the bus: subjects, request-reply endpoints, streams, buckets and object keys.
+Their configuration, and creating them, is the admin's (services/provision.py); each
+durable consumer is declared by the service that pulls it (services/<name>/declaration.py).
 
 Subjects read `<owner>.<kind>.<name>[.<tenant>.<video_id>]` with kind `rpc`, `cmd` or `evt`.
 Events and tasks carry the tenant and video id as the last two tokens, so a consumer
@@ -7,14 +8,10 @@ Events and tasks carry the tenant and video id as the last two tokens, so a cons
 No stream captures an `rpc` subject: JetStream would answer the request with a PubAck.
 
 Each kind is declared once, in this order: subjects, request-reply subjects, streams,
-buckets, keys, then `ensure()`, which creates them all.
+buckets, keys.
 """
 
 from __future__ import annotations
-
-import logging
-from nats.js import api
-from nats.js.errors import BadRequestError, BucketNotFoundError
 
 from . import contracts as c
 from .contracts import (
@@ -37,7 +34,6 @@ from .contracts import (
     VideoUploaded,
 )
 
-log = logging.getLogger("vidmesh.topology")
 
 # --- subjects ------------------------------------------------------------------------------
 
@@ -168,111 +164,7 @@ SCHEDULES = "SCHEDULES"
 # Usage reports are per tenant and day, kept for billing far longer than video events, so
 # they have their own stream.
 REPORTS = "REPORTS"
-REPORTS_MAX_AGE_S = 400 * 86400.0
 OPS = "OPS"  # logs, metrics and alerts
-OPS_MAX_AGE_S = 24 * 3600.0
-
-
-# The transcoder's work queue carries its three kinds of task: chunks, the audio, the stitch.
-TRANSCODE_TASK_SUBJECTS = [SUBJECTS[kind] + ".>" for kind in (EncodeChunk, EncodeAudio, StitchRenditions)]
-
-
-def work_queue(name: str, subjects: str | list[str], replicas: int) -> api.StreamConfig:
-    """A task stream: each message is removed once a worker acknowledges it."""
-    return api.StreamConfig(
-        name=name,
-        subjects=[subjects] if isinstance(subjects, str) else list(subjects),
-        retention=api.RetentionPolicy.WORK_QUEUE,
-        storage=api.StorageType.FILE,
-        num_replicas=replicas,
-        duplicate_window=120.0,
-    )
-
-
-def streams(replicas: int, events_max_age_s: float) -> list[api.StreamConfig]:
-    """Every stream, in the order `ensure()` creates them."""
-    storage = api.StorageType.FILE
-    return [
-        api.StreamConfig(
-            name=EVENTS,
-            subjects=sorted({prefix.split(".")[0] + ".evt.>" for prefix in SUBJECTS.values() if ".evt." in prefix}),
-            retention=api.RetentionPolicy.LIMITS,
-            max_age=events_max_age_s,
-            storage=storage,
-            num_replicas=replicas,
-            duplicate_window=120.0,
-            allow_direct=True,
-        ),
-        work_queue(TASKS_TRANSCODE, TRANSCODE_TASK_SUBJECTS, replicas),
-        work_queue(TASKS_THUMBNAIL, SUBJECTS[ExtractThumbnail] + ".>", replicas),
-        api.StreamConfig(
-            name=ADVISORIES,
-            subjects=[f"{MAX_DELIVERIES_ADVISORY}.{s}.>" for s in MEDIA_TASK_STREAMS],
-            retention=api.RetentionPolicy.WORK_QUEUE,
-            storage=storage,
-            num_replicas=replicas,
-        ),
-        api.StreamConfig(
-            name=DEADLETTER,
-            subjects=[DEADLETTER_SUBJECT + ".>"],
-            retention=api.RetentionPolicy.LIMITS,
-            storage=storage,
-            num_replicas=replicas,
-        ),
-        api.StreamConfig(
-            name=SCHEDULES,
-            subjects=[SCHEDULE_PREFIX + ".>", TICK_PREFIX + ".>", PIPELINE_TICK_PREFIX + ".>"],
-            # Ticks leave the stream when handled; definitions stay (no consumer takes them).
-            retention=api.RetentionPolicy.WORK_QUEUE,
-            allow_msg_schedules=True,
-            allow_msg_ttl=True,  # ticks carry Nats-Schedule-TTL: unhandled ones expire
-            storage=storage,
-            num_replicas=replicas,
-            duplicate_window=120.0,
-        ),
-        api.StreamConfig(
-            name=REPORTS,
-            subjects=[USAGE_REPORTED_PREFIX + ".>"],
-            retention=api.RetentionPolicy.LIMITS,
-            max_age=REPORTS_MAX_AGE_S,
-            max_msgs_per_subject=1,  # a re-run report for the same tenant and day replaces it
-            storage=storage,
-            num_replicas=replicas,
-            duplicate_window=120.0,
-            allow_direct=True,
-        ),
-        work_queue(TASKS_WEBHOOK, SUBJECTS[DeliverWebhook] + ".>", replicas),
-        api.StreamConfig(
-            name=OPS,
-            subjects=[LOG_PREFIX + ".>", METRICS_PREFIX + ".>", ALERT_PREFIX + ".>"],
-            retention=api.RetentionPolicy.LIMITS,
-            max_age=OPS_MAX_AGE_S,
-            max_bytes=512 * 1024 * 1024,  # logs must never fill the disk: oldest go first
-            storage=storage,
-            num_replicas=replicas,
-            duplicate_window=60.0,
-        ),
-    ]
-
-
-# --- consumers ------------------------------------------------------------------------------
-
-# Each service declares the durable consumers it pulls (services/<name>/declaration.py);
-# `ensure()` is handed the mesh's list.
-
-
-def consumer_config(spec, max_deliver: int | None = None, ack_wait_s: float | None = None):
-    multi = len(spec.filters) > 1
-    return api.ConsumerConfig(
-        durable_name=spec.durable,
-        ack_policy=api.AckPolicy.EXPLICIT,
-        deliver_policy=api.DeliverPolicy.ALL,
-        ack_wait=ack_wait_s or spec.ack_wait_s,
-        max_deliver=max_deliver or spec.max_deliver,
-        max_ack_pending=spec.max_ack_pending,
-        filter_subject=None if multi else spec.filters[0],
-        filter_subjects=list(spec.filters) if multi else None,
-    )
 
 
 # --- buckets -------------------------------------------------------------------------------
@@ -280,7 +172,6 @@ def consumer_config(spec, max_deliver: int | None = None, ack_wait_s: float | No
 KV_VIDEOS = "videos"  # catalog: the public state of every video, key <tenant>.<video_id>
 KV_JOBS = "jobs"  # pipeline: fan-in bookkeeping, key <tenant>.<video_id>
 KV_UPLOADS = "uploads"  # gateway: Idempotency-Key -> video id, kept for a day
-UPLOADS_TTL_S = 24 * 3600.0
 KV_ADMISSIONS = "admissions"  # gateway: per tenant, the uploads admitted under quotas and still streaming
 # monitor: `load` (backpressure: the transcode backlog, which the gateway reads for its 429s),
 # `alerts` (what fires now)
@@ -297,23 +188,6 @@ MEDIA_STREAM = f"OBJ_{OBJ_MEDIA}"  # the stream behind the object store
 # lock) and one-time direct-upload URLs `du.<digest of the URL's secret>`; the scheduler's
 # `upload_expiry` job removes expired ones (no bucket TTL: it must find their chunks first)
 KV_RESUMABLE = "resumable_uploads"
-
-
-def buckets(settings) -> list[tuple[str, float | None]]:
-    """Every KV bucket with its TTL (None: entries stay)."""
-    return [
-        (KV_VIDEOS, None),
-        (KV_JOBS, None),
-        (KV_UPLOADS, UPLOADS_TTL_S),
-        (KV_ADMISSIONS, UPLOADS_TTL_S),  # live entries are minutes old; an idle tenant's key goes
-        (KV_MONITOR, None),
-        # Delivery records expire with the events they describe; webhooks and runs stay.
-        (KV_WEBHOOKS, None),
-        (KV_DELIVERIES, settings.events_max_age_s),
-        (KV_SCHEDULER, None),
-        (KV_PIPELINE, None),
-        (KV_RESUMABLE, None),
-    ]
 
 
 # The buckets holding the run records of schedules: each tick's owner keeps its own.
@@ -363,46 +237,3 @@ def webhook_key(tenant: str, webhook_id: str) -> str:
 
 def delivery_key(tenant: str, webhook_id: str, delivery_id: str) -> str:
     return f"{tenant}.{webhook_id}.{delivery_id}"
-
-
-# --- ensure --------------------------------------------------------------------------------
-
-
-async def ensure(js, settings, consumers) -> None:
-    """Create or update every stream, bucket and the given durable consumers (the mesh's,
-    from the services' declarations); safe to run from every replica."""
-    for cfg in streams(settings.replicas, settings.events_max_age_s):
-        await _ensure_stream(js, cfg)
-    for spec in consumers:
-        is_task = spec.stream in MEDIA_TASK_STREAMS
-        cfg = consumer_config(
-            spec,
-            max_deliver=settings.task_max_deliver if is_task else None,
-            ack_wait_s=settings.task_ack_wait_s if is_task else None,
-        )
-        await js.add_consumer(spec.stream, config=cfg)
-    for bucket, ttl in buckets(settings):
-        try:
-            await js.key_value(bucket)
-        except BucketNotFoundError:
-            await js.create_key_value(
-                api.KeyValueConfig(
-                    bucket=bucket, history=1, ttl=ttl, replicas=settings.replicas, storage=api.StorageType.FILE
-                )
-            )
-    try:
-        await js.object_store(OBJ_MEDIA)
-    except BucketNotFoundError:
-        # nats-py overwrites config.bucket with the first argument, so the name goes there.
-        await js.create_object_store(
-            OBJ_MEDIA,
-            config=api.ObjectStoreConfig(bucket=OBJ_MEDIA, replicas=settings.replicas, storage=api.StorageType.FILE),
-        )
-
-
-async def _ensure_stream(js, cfg: api.StreamConfig) -> None:
-    try:
-        await js.add_stream(config=cfg)
-    except BadRequestError:
-        # Exists with another config (e.g. replicas changed): update in place.
-        await js.update_stream(config=cfg)

@@ -6,7 +6,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -22,7 +21,7 @@ import pytest
 from services.up import nats_server_binary
 
 
-from services.up import free_port, free_ports  # noqa: E402  (distinct ports in one call)
+from services.up import free_ports  # noqa: E402  (distinct ports in one call)
 
 
 def wait_for(condition, timeout: float = 30.0, interval: float = 0.05, what: str = "condition"):

@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
-from typing import Union
 
 import msgspec
 from nats.js.errors import KeyWrongLastSequenceError, NotFoundError

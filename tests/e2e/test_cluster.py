@@ -173,14 +173,13 @@ async def test_an_object_reads_back_right_after_it_is_written_on_every_node(clus
     import asyncio
     import os
 
-    from services import mesh
-    from shared import topology
+    from services import mesh, provision
     from shared.bus import Bus
     from shared.settings import Settings
 
     settings = Settings.load({"NATS_URL": cluster.url, "VIDMESH_REPLICAS": "3"})
     setup = await Bus.connect(settings, "cluster-test")
-    await topology.ensure(setup.js, settings, mesh.consumers())
+    await provision.ensure(setup.js, settings, mesh.consumers())
     leader = (await setup.js.stream_info("OBJ_media")).cluster.leader
     await setup.close()
     data = os.urandom(600_000)  # three chunks, like a small upload

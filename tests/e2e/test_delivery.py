@@ -4,7 +4,6 @@ cancellation mid-encode, tasks of deleted videos dropped, 429 under backlog."""
 from __future__ import annotations
 
 import asyncio
-import os
 import re
 import subprocess
 import sys

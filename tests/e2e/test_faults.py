@@ -484,7 +484,7 @@ def test_ready_is_not_shown_before_a_rendition_held_by_a_dead_catalog_replica(fa
 async def test_an_unexpected_handler_exception_is_redelivered_not_lost(nats_server):
     import asyncio
 
-    from services import mesh
+    from services import mesh, provision
     from services.thumbnailer import declaration as thumbnailer_declaration
     from shared import contracts, topology
     from shared.bus import Bus
@@ -494,7 +494,7 @@ async def test_an_unexpected_handler_exception_is_redelivered_not_lost(nats_serv
     settings = Settings.load({"NATS_URL": nats_server.url, "VIDMESH_TASK_ACK_WAIT_S": "2"})
     bus = await Bus.connect(settings, "faults-test")
     try:
-        await topology.ensure(bus.js, settings, mesh.consumers())
+        await provision.ensure(bus.js, settings, mesh.consumers())
         attempts = []
 
         async def flaky(task, delivery):

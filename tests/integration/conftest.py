@@ -6,8 +6,8 @@ import contextlib
 
 import pytest
 
-from services import mesh
-from shared import telemetry, topology
+from services import mesh, provision
+from shared import telemetry
 from shared.bus import Bus
 from tests.settings import MeshSettings
 
@@ -18,7 +18,7 @@ async def connected_bus(url: str, **env: str):
     settings = MeshSettings.load({"NATS_URL": url, **env})
     telemetry.setup("test")
     b = await Bus.connect(settings, "test")
-    await topology.ensure(b.js, settings, mesh.consumers())
+    await provision.ensure(b.js, settings, mesh.consumers())
     try:
         yield b
     finally:

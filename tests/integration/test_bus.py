@@ -9,7 +9,7 @@ import time
 import pytest
 from nats.js import api
 
-from services import mesh
+from services import mesh, provision
 from shared import contracts, topology
 from shared.bus import Bus, RpcError
 from shared.consumer import ConsumerLoop, Poison, Retry
@@ -31,7 +31,7 @@ async def bus(nats_server):
 
 
 async def test_topology_is_idempotent_and_complete(bus):
-    await topology.ensure(bus.js, bus.settings, mesh.consumers())  # a second replica starting up
+    await provision.ensure(bus.js, bus.settings, mesh.consumers())  # a second replica starting up
     names = {s.config.name for s in await bus.js.streams_info()}
     assert {topology.EVENTS, topology.TASKS_TRANSCODE, topology.TASKS_THUMBNAIL, topology.DEADLETTER} <= names
     assert {"KV_videos", "KV_jobs", "OBJ_media"} <= names
@@ -313,7 +313,7 @@ async def test_services_reconnect_after_a_server_restart(tmp_path):
     settings = Settings.load({"NATS_URL": server.url})
     b = await Bus.connect(settings, "restart-test")
     try:
-        await topology.ensure(b.js, settings, mesh.consumers())
+        await provision.ensure(b.js, settings, mesh.consumers())
         server.stop()
         server.start()  # same port, same store
         deadline = time.monotonic() + 20
@@ -350,7 +350,7 @@ async def test_a_write_whose_acks_stop_coming_fails_in_bounded_time(tmp_path, mo
     settings = Settings.load({"NATS_URL": server.url})
     b = await Bus.connect(settings, "test")
     try:
-        await topology.ensure(b.js, settings, mesh.consumers())
+        await provision.ensure(b.js, settings, mesh.consumers())
 
         async def stalls():
             yield b"x" * CHUNK_SIZE

@@ -11,7 +11,7 @@ import pytest
 from services.catalog import declaration as catalog_declaration
 from services.catalog import service as catalog
 from services.gateway import quotas
-from services import mesh
+from services import mesh, provision
 from services.gateway.settings import GatewaySettings
 from shared import telemetry, topology
 from shared.bus import Bus
@@ -31,7 +31,7 @@ async def bus(tmp_path, monkeypatch):
     settings = GatewaySettings.load({"NATS_URL": server.url, "VIDMESH_QUOTA_MAX_PROCESSING": "1"})
     telemetry.setup("test")
     b = await Bus.connect(settings, "test")
-    await topology.ensure(b.js, settings, mesh.consumers())
+    await provision.ensure(b.js, settings, mesh.consumers())
     # the catalog's own usage handler, served on the bus as the catalog serves it
     usage = Service(catalog_declaration.DECLARATION)
     usage.endpoint(topology.RPC_CATALOG_USAGE, GetUsage)(catalog.usage)

@@ -19,7 +19,7 @@ from nats.js.errors import KeyNotFoundError
 from services.gateway import resumable
 from services.gateway.resumable import UploadProblem, Uploads
 from services.scheduler import jobs
-from services import mesh
+from services import mesh, provision
 from shared import telemetry, topology
 from shared.bus import Bus
 from shared.objects import CHUNK_SIZE
@@ -35,7 +35,7 @@ async def bus(tmp_path):
     settings = MeshSettings.load({"NATS_URL": server.url, "VIDMESH_DATA_DIR": str(tmp_path / "data")})
     telemetry.setup("test")
     b = await Bus.connect(settings, "test")
-    await topology.ensure(b.js, settings, mesh.consumers())
+    await provision.ensure(b.js, settings, mesh.consumers())
     yield b
     await b.close()
     server.stop()

@@ -25,7 +25,7 @@ from services.scheduler import admin, jobs, schedules
 from services.scheduler import service as scheduler
 from services.thumbnailer import service as thumbnailer
 from services.transcoder import service as transcoder
-from services import mesh
+from services import mesh, provision
 from services.scheduler import declaration as scheduler_declaration
 from services.thumbnailer import declaration as thumbnailer_declaration
 from shared import contracts, runs, topology
@@ -80,7 +80,7 @@ def settings(server, tmp_path_factory):
 @pytest.fixture(scope="module")
 async def bus(settings):
     b = await Bus.connect(settings, "test")
-    await topology.ensure(b.js, settings, mesh.consumers())
+    await provision.ensure(b.js, settings, mesh.consumers())
     yield b
     await b.close()
 

@@ -699,7 +699,6 @@ def test_prod_gateway_autoscales_on_cpu(prod):
 
 
 def test_prod_scaled_objects_target_the_workers(prod):
-    from shared import topology
 
     specs = {s.durable: s for s in mesh.consumers()}
     scaled = by_kind(prod, "ScaledObject")

@@ -13,6 +13,7 @@ from services.gateway.settings import GatewaySettings
 from services.gateway.uploads import MultipartFile, accepted, new_video_id
 from services.pipeline.settings import PipelineSettings
 from services.transcoder.settings import TranscoderSettings
+from services import provision
 from services.up import nats_config
 from shared import contracts, topology
 from shared.consumer import backoff
@@ -83,7 +84,7 @@ def test_unknown_message_type_is_a_decode_error():
 
 
 def test_every_message_type_has_one_subject_and_no_stream_captures_rpc():
-    streams = topology.streams(1, 60)
+    streams = provision.streams(1, 60)
     captured = [s for cfg in streams for s in cfg.subjects]
     for rpc in (topology.RPC_CATALOG_GET, topology.RPC_CATALOG_LIST, topology.RPC_PIPELINE_PROBE):
         assert not any(_matches(pattern, rpc) for pattern in captured), rpc

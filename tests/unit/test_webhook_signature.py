@@ -8,7 +8,7 @@ import hmac
 
 import pytest
 
-from services import mesh
+from services import mesh, provision
 from services.notifier import outbound
 from services.notifier.settings import NotifierSettings
 from services.scheduler import jobs, schedules
@@ -183,7 +183,7 @@ def _matches(pattern: str, subject: str) -> bool:
 
 
 def test_the_new_subjects_land_in_exactly_one_stream_and_no_stream_captures_rpc():
-    streams = {cfg.name: cfg.subjects for cfg in topology.streams(1, 60)}
+    streams = {cfg.name: cfg.subjects for cfg in provision.streams(1, 60)}
     captured = [(name, s) for name, subjects in streams.items() for s in subjects]
     rpcs = [v for k, v in vars(topology).items() if k.startswith("RPC_WEBHOOK_")]
     assert len(rpcs) == 5
