@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from shared.settings import ApiKeySettings, WebhookKeySettings
+from .gateway.settings import ApiKeySettings
+from .notifier.settings import WebhookKeySettings
 
 
 class LauncherSettings(ApiKeySettings, WebhookKeySettings):

@@ -8,7 +8,7 @@ from typing import Annotated, Self
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import NoDecode
 
-from shared.settings import TENANT_RE, ApiKeySettings, items
+from shared.settings import TENANT_RE, Settings, items, read_file
 
 # The dashboard's browser packages as `make install` puts them (`npm ci` in web/); an image
 # sets their directories.
@@ -27,6 +27,40 @@ def parse_ints_by_tenant(value):
             raise ValueError(f"entries must be tenant:number (number >= 0), got {item!r}")
         found[tenant] = int(number)
     return found
+
+
+# `vidmesh up` reads the keys too (it makes a dev key when none is set): a class of their
+# own, which its settings reuse.
+def parse_api_keys(text: str) -> dict[str, str]:
+    """`tenant:key,tenant:key` (commas or newlines) -> {key: tenant}."""
+    keys: dict[str, str] = {}
+    for item in items(text):
+        tenant, sep, key = item.partition(":")
+        tenant, key = tenant.strip(), key.strip()
+        if not sep or not key or not TENANT_RE.match(tenant):
+            raise ValueError(f"entries must be tenant:key with tenant in [A-Za-z0-9_-], got {tenant!r}")
+        keys[key] = tenant
+    return keys
+
+
+class ApiKeySettings(Settings):
+    api_keys: Annotated[dict[str, str], NoDecode] = Field({}, repr=False)  # key -> tenant, from `tenant:key,tenant:key`
+    api_keys_file: Path | None = None  # a file of `tenant:key` lines (a mounted Secret), added to api_keys
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _api_keys(cls, value):
+        return parse_api_keys(value) if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _api_keys_from_file(self) -> Self:
+        if self.api_keys_file:
+            text = read_file("VIDMESH_API_KEYS_FILE", self.api_keys_file)
+            try:
+                self.api_keys = {**self.api_keys, **parse_api_keys(text)}
+            except ValueError as exc:
+                raise ValueError(f"VIDMESH_API_KEYS_FILE {exc}") from None
+        return self
 
 
 class GatewaySettings(ApiKeySettings):

@@ -2,9 +2,34 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+from pathlib import Path
+from typing import Annotated, Self
 
-from shared.settings import WebhookKeySettings
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import NoDecode
+
+from shared.settings import Settings, items, read_file
+
+# `vidmesh up` reads the keys too (it makes a key file when none is set): a class of their
+# own, which its settings reuse.
+
+
+class WebhookKeySettings(Settings):
+    # Keys sealing webhook secrets at rest: the first seals, all open. Their form (32 bytes,
+    # base64url) is checked where they are used.
+    webhook_keys: Annotated[tuple[str, ...], NoDecode] = Field((), repr=False)  # comma-separated
+    webhook_keys_file: Path | None = None  # one key a line, `#` comments; added after webhook_keys
+
+    @field_validator("webhook_keys", mode="before")
+    @classmethod
+    def _webhook_keys(cls, value):
+        return tuple(items(value)) if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _webhook_keys_from_file(self) -> Self:
+        if self.webhook_keys_file:
+            self.webhook_keys = (*self.webhook_keys, *items(read_file("VIDMESH_WEBHOOK_KEYS_FILE", self.webhook_keys_file)))
+        return self
 
 
 class NotifierSettings(WebhookKeySettings):

@@ -15,7 +15,8 @@ import nats
 import pytest
 
 from tests.clips import make_clip
-from tests.conftest import Mesh, free_port, wait_for
+from services.up import free_port
+from tests.conftest import Mesh, wait_for
 
 pytestmark = pytest.mark.e2e
 

@@ -768,7 +768,7 @@ def test_dev_is_one_node_with_one_replica_each(dev):
 def test_dev_api_keys_secret_is_a_marked_placeholder(dev):
     import base64
 
-    from shared.settings import parse_api_keys
+    from services.gateway.settings import parse_api_keys
 
     secrets = [s for n, s in by_kind(dev, "Secret").items() if n.startswith("vidmesh-api-keys")]
     assert len(secrets) == 1
