@@ -496,6 +496,47 @@ class ScheduleTick(Contract, tag="scheduler.schedule_tick.v1"):
     manual: bool = False
 
 
+# The run records the services handling ticks keep in their buckets (`run.<name>`), which
+# `vidmesh schedules` reads.
+
+
+class ScheduleRun(msgspec.Struct, frozen=True, kw_only=True):
+    """One run of a scheduled job, as its tick started it."""
+
+    name: str
+    seq: int  # the tick's stream sequence
+    fired_at: float  # unix s
+    as_of: float  # unix s: the `now` the job ran with
+    started_at: float  # unix s
+    manual: bool = False
+    next_at: str | None = None  # Nats-Schedule-Next of the tick: when the server fires again
+
+
+class RunResult(msgspec.Struct, frozen=True, kw_only=True):
+    seq: int  # the tick's stream sequence
+    outcome: str  # ok | error
+    finished_at: float  # unix s
+    summary: dict[str, str | int | float] = {}
+    error: str | None = None
+
+
+class RunRecord(msgspec.Struct, frozen=True, kw_only=True):
+    """The last run of a schedule, and the results of the last ticks (`run --wait` finds
+    its own there, even when a scheduled run of the same job finished in between)."""
+
+    name: str
+    runs: int = 0
+    last: ScheduleRun | None = None
+    outcome: str | None = None  # ok | error
+    error: str | None = None
+    finished_at: float | None = None  # unix s
+    summary: dict[str, str | int | float] = {}
+    recent: list[RunResult] = []
+
+    def result(self, seq: int) -> RunResult | None:
+        return next((r for r in reversed(self.recent) if r.seq == seq), None)
+
+
 class UsageReported(Contract, tag="scheduler.usage_reported.v1"):
     """One tenant's usage for one UTC day (published once a day, on the REPORTS stream)."""
 

@@ -16,7 +16,7 @@ import msgspec
 
 from . import topology
 from .bus import Bus, KvContention, kv_update
-from .contracts import ScheduleTick
+from .contracts import RunRecord, RunResult, ScheduleTick, ScheduleRun
 from .kvscan import entries
 
 log = logging.getLogger("vidmesh.schedules")
@@ -25,41 +25,6 @@ H_NEXT = "Nats-Schedule-Next"  # on a tick: when the server fires the schedule a
 
 # `async def job(bus, now) -> summary`, `now` the tick's time (unix s), never the wall clock
 Job = Callable[[Bus, float], Awaitable[dict]]
-
-
-class Run(msgspec.Struct, frozen=True, kw_only=True):
-    name: str
-    seq: int  # the tick's stream sequence
-    fired_at: float  # unix s
-    as_of: float  # unix s: the `now` the job ran with
-    started_at: float  # unix s
-    manual: bool = False
-    next_at: str | None = None  # Nats-Schedule-Next of the tick: when the server fires again
-
-
-class RunResult(msgspec.Struct, frozen=True, kw_only=True):
-    seq: int  # the tick's stream sequence
-    outcome: str  # ok | error
-    finished_at: float  # unix s
-    summary: dict[str, str | int | float] = {}
-    error: str | None = None
-
-
-class RunRecord(msgspec.Struct, frozen=True, kw_only=True):
-    """The last run of a schedule, and the results of the last ticks (`run --wait` finds
-    its own there, even when a scheduled run of the same job finished in between)."""
-
-    name: str
-    runs: int = 0
-    last: Run | None = None
-    outcome: str | None = None  # ok | error
-    error: str | None = None
-    finished_at: float | None = None  # unix s
-    summary: dict[str, str | int | float] = {}
-    recent: list[RunResult] = []
-
-    def result(self, seq: int) -> RunResult | None:
-        return next((r for r in reversed(self.recent) if r.seq == seq), None)
 
 
 run_encoder = msgspec.json.Encoder()
@@ -76,7 +41,7 @@ async def run_tick(tick: ScheduleTick, delivery, job: Job, bucket: str) -> dict:
     meta = delivery.msg.metadata
     fired_at = meta.timestamp.timestamp()
     now = tick.as_of if tick.as_of is not None else fired_at
-    run = Run(
+    run = ScheduleRun(
         name=tick.name,
         seq=meta.sequence.stream,
         fired_at=fired_at,
@@ -96,7 +61,7 @@ async def run_tick(tick: ScheduleTick, delivery, job: Job, bucket: str) -> dict:
 
 
 async def record(
-    bus: Bus, bucket: str, run: Run, *, outcome: str, summary: dict | None = None, error: str | None = None
+    bus: Bus, bucket: str, run: ScheduleRun, *, outcome: str, summary: dict | None = None, error: str | None = None
 ) -> None:
     kv = await bus.kv(bucket)
 

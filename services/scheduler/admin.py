@@ -20,7 +20,8 @@ from rich.table import Table
 from shared import permissions, topology
 from shared.bus import Bus
 from shared.contracts import ScheduleTick
-from shared.runs import RunRecord, RunResult, last_runs
+from shared.contracts import RunRecord, RunResult
+from shared.runs import last_runs
 
 from . import schedules
 from .service import DESCRIPTIONS, JOBS
