@@ -137,7 +137,10 @@ def _errors(app: FastAPI) -> None:
 
     @app.exception_handler(RpcError)
     async def rpc_error(request, exc: RpcError):
-        return error_response(RPC_STATUS.get(exc.code, 502), exc.code, exc.message)
+        status = RPC_STATUS.get(exc.code, 502)
+        # a service not answering yet (restarting, reconnecting): retrying later is the remedy
+        retry = {"Retry-After": str(service.settings.retry_after_s)} if status == 503 else None
+        return error_response(status, exc.code, exc.message, retry)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request, exc: RequestValidationError):
