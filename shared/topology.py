@@ -14,25 +14,6 @@ buckets, keys.
 from __future__ import annotations
 
 from . import contracts as c
-from .contracts import (
-    AudioEncoded,
-    ChunkEncoded,
-    ChunkProgress,
-    DeliverWebhook,
-    EncodeAudio,
-    EncodeChunk,
-    ExtractThumbnail,
-    RenditionStitched,
-    StitchRenditions,
-    TaskFailed,
-    ThumbnailExtracted,
-    VideoDeleted,
-    VideoFailed,
-    VideoPlanned,
-    VideoPlayable,
-    VideoReady,
-    VideoUploaded,
-)
 
 
 # --- subjects ------------------------------------------------------------------------------
@@ -41,23 +22,23 @@ from .contracts import (
 # The EVENTS stream captures every `<owner>.evt.>` named here, so nothing here may claim
 # `scheduler.evt.>` (EVENTS would then overlap REPORTS).
 SUBJECTS: dict[type, str] = {
-    VideoUploaded: "gateway.evt.video_uploaded",
-    VideoPlanned: "pipeline.evt.video_planned",
-    ChunkProgress: "transcoder.evt.chunk_progress",
-    ChunkEncoded: "transcoder.evt.chunk_encoded",
-    AudioEncoded: "transcoder.evt.audio_encoded",
-    RenditionStitched: "transcoder.evt.rendition_stitched",
-    ThumbnailExtracted: "thumbnailer.evt.thumbnail_extracted",
-    TaskFailed: "worker.evt.task_failed",
-    VideoPlayable: "pipeline.evt.video_playable",
-    VideoReady: "pipeline.evt.video_ready",
-    VideoFailed: "pipeline.evt.video_failed",
-    VideoDeleted: "catalog.evt.video_deleted",
-    EncodeChunk: "transcoder.cmd.encode_chunk",
-    EncodeAudio: "transcoder.cmd.encode_audio",
-    StitchRenditions: "transcoder.cmd.stitch_renditions",
-    ExtractThumbnail: "thumbnailer.cmd.extract_thumbnail",
-    DeliverWebhook: "notifier.cmd.deliver_webhook",
+    c.VideoUploaded: "gateway.evt.video_uploaded",
+    c.VideoPlanned: "pipeline.evt.video_planned",
+    c.ChunkProgress: "transcoder.evt.chunk_progress",
+    c.ChunkEncoded: "transcoder.evt.chunk_encoded",
+    c.AudioEncoded: "transcoder.evt.audio_encoded",
+    c.RenditionStitched: "transcoder.evt.rendition_stitched",
+    c.ThumbnailExtracted: "thumbnailer.evt.thumbnail_extracted",
+    c.TaskFailed: "worker.evt.task_failed",
+    c.VideoPlayable: "pipeline.evt.video_playable",
+    c.VideoReady: "pipeline.evt.video_ready",
+    c.VideoFailed: "pipeline.evt.video_failed",
+    c.VideoDeleted: "catalog.evt.video_deleted",
+    c.EncodeChunk: "transcoder.cmd.encode_chunk",
+    c.EncodeAudio: "transcoder.cmd.encode_audio",
+    c.StitchRenditions: "transcoder.cmd.stitch_renditions",
+    c.ExtractThumbnail: "thumbnailer.cmd.extract_thumbnail",
+    c.DeliverWebhook: "notifier.cmd.deliver_webhook",
 }
 
 DEADLETTER_SUBJECT = "dlq.evt"  # dlq.evt.<stream>.<consumer>

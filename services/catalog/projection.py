@@ -9,32 +9,7 @@ from __future__ import annotations
 
 import msgspec
 
-from shared import topology
-from shared.contracts import (
-    AudioEncoded,
-    ChunkEncoded,
-    ChunkProgress,
-    ErrorInfo,
-    Playback,
-    Playlist,
-    PlaylistRendition,
-    Rendition,
-    RenditionSpec,
-    SegmentInfo,
-    RenditionStitched,
-    SourceInfo,
-    TaskFailed,
-    Thumbnail,
-    ThumbnailExtracted,
-    Video,
-    VideoDeleted,
-    VideoFailed,
-    VideoPlanned,
-    VideoPlayable,
-    VideoReady,
-    VideoUploaded,
-    WarningInfo,
-)
+from shared import contracts, topology
 
 TERMINAL = ("ready", "failed", "deleted")
 
@@ -79,14 +54,14 @@ class VideoRecord(msgspec.Struct, frozen=True, kw_only=True):
     created_at: float = 0.0
     updated_at: float = 0.0
     uploaded: bool = False  # the upload event has been applied
-    source: SourceInfo | None = None
+    source: contracts.SourceInfo | None = None
     source_object: str | None = None
     filename: str | None = None
-    planned: list[RenditionSpec] = []
+    planned: list[contracts.RenditionSpec] = []
     renditions: dict[str, StoredRendition] = {}
     progress: dict[str, float] = {}
     thumbnail: StoredThumbnail | None = None
-    error: ErrorInfo | None = None
+    error: contracts.ErrorInfo | None = None
     segment_s: float = 0.0
     segments_planned: int = 0
     chunks_planned: int = 0
@@ -96,7 +71,7 @@ class VideoRecord(msgspec.Struct, frozen=True, kw_only=True):
     audio_segments: dict[str, StoredSegment] = {}
     codecs: dict[str, str] = {}  # rendition (or "audio") -> RFC 6381 codec
     playable: bool = False
-    warnings: list[WarningInfo] = []  # as tasks report them; the ready event's list once ready
+    warnings: list[contracts.WarningInfo] = []  # as tasks report them; the ready event's list once ready
     # The EVENTS stream sequence of the latest event folded in (0: none known), so that any
     # catalog replica can tell whether a caller's write is in: see `holds`.
     seq: int = 0
@@ -157,28 +132,28 @@ def apply(record: VideoRecord | None, event, now: float, seq: int = 0) -> VideoR
 
 def _fold(r: VideoRecord, e) -> VideoRecord:
     replace = msgspec.structs.replace
-    if isinstance(e, VideoDeleted):
+    if isinstance(e, contracts.VideoDeleted):
         return replace(r, status="deleted", progress={})
     if r.status == "deleted":
         return r
-    if isinstance(e, VideoUploaded):
+    if isinstance(e, contracts.VideoUploaded):
         if r.uploaded:
             return r
         return replace(
             r, uploaded=True, created_at=e.created_at, source=e.source, source_object=e.object, filename=e.filename
         )
-    if isinstance(e, VideoPlanned):
+    if isinstance(e, contracts.VideoPlanned):
         return _with_progress(
             replace(
                 r, planned=list(e.renditions), segments_planned=e.segments, chunks_planned=e.chunks, segment_s=e.segment_s
             )
         )
-    if isinstance(e, ChunkProgress):
+    if isinstance(e, contracts.ChunkProgress):
         key = str(e.chunk)
         if r.status in TERMINAL or e.chunk in r.chunks_done or e.segments <= r.chunk_progress.get(key, 0):
             return r
         return _with_progress(replace(r, chunk_progress={**r.chunk_progress, key: e.segments}))
-    if isinstance(e, ChunkEncoded):
+    if isinstance(e, contracts.ChunkEncoded):
         stored = {
             str(s.index): StoredSegment(start=s.start, duration=s.duration, sizes=s.sizes, chunk=e.chunk)
             for s in e.segments
@@ -194,7 +169,7 @@ def _fold(r: VideoRecord, e) -> VideoRecord:
                 warnings=_with_warnings(r.warnings, e.warnings),
             )
         )
-    if isinstance(e, AudioEncoded):
+    if isinstance(e, contracts.AudioEncoded):
         stored = {str(s.index): StoredSegment(start=s.start, duration=s.duration, sizes=s.sizes) for s in e.segments}
         return replace(
             r,
@@ -202,16 +177,16 @@ def _fold(r: VideoRecord, e) -> VideoRecord:
             codecs={**r.codecs, topology.AUDIO_TRACK: e.codec},
             warnings=_with_warnings(r.warnings, e.warnings),
         )
-    if isinstance(e, VideoPlayable):
+    if isinstance(e, contracts.VideoPlayable):
         return replace(r, playable=True)
-    if isinstance(e, RenditionStitched):
+    if isinstance(e, contracts.RenditionStitched):
         done = StoredRendition(
             width=e.width, height=e.height, object=e.object, size=e.size, duration=e.duration, has_audio=e.has_audio
         )
         return replace(r, renditions={**r.renditions, e.rendition: done}, progress={**r.progress, e.rendition: 100.0})
-    if isinstance(e, ThumbnailExtracted):
+    if isinstance(e, contracts.ThumbnailExtracted):
         return replace(r, thumbnail=StoredThumbnail(object=e.object, width=e.width, height=e.height, size=e.size))
-    if isinstance(e, VideoReady):
+    if isinstance(e, contracts.VideoReady):
         missing = [spec.name for spec in r.planned if spec.name not in r.renditions]
         if r.status not in ("ready", "deleted") and (not r.planned or missing or r.thumbnail is None):
             raise Incomplete(f"ready before {', '.join(missing) or 'its plan or thumbnail'}")
@@ -220,14 +195,16 @@ def _fold(r: VideoRecord, e) -> VideoRecord:
         if r.status in ("ready", "deleted"):
             return r
         return replace(r, status="ready", error=None, warnings=list(e.warnings) or r.warnings)
-    if isinstance(e, VideoFailed):
+    if isinstance(e, contracts.VideoFailed):
         return r if r.status in TERMINAL else replace(r, status="failed", error=e.error)
-    if isinstance(e, TaskFailed):
+    if isinstance(e, contracts.TaskFailed):
         return r  # the pipeline decides what a failed task means for the video
     return r
 
 
-def _with_warnings(known: list[WarningInfo], new: list[WarningInfo]) -> list[WarningInfo]:
+def _with_warnings(
+    known: list[contracts.WarningInfo], new: list[contracts.WarningInfo]
+) -> list[contracts.WarningInfo]:
     return known + [w for w in new if w not in known]
 
 
@@ -240,7 +217,7 @@ def _with_progress(r: VideoRecord) -> VideoRecord:
     return msgspec.structs.replace(r, progress=progress)
 
 
-def to_view(r: VideoRecord) -> Video:
+def to_view(r: VideoRecord) -> contracts.Video:
     """The public JSON of a video; media URLs are relative to the gateway."""
     base = f"/v1/videos/{r.id}"
     deleted = r.status == "deleted"
@@ -251,7 +228,7 @@ def to_view(r: VideoRecord) -> Video:
             done = r.renditions.get(name)
             if done:
                 renditions.append(
-                    Rendition(
+                    contracts.Rendition(
                         name=name,
                         width=done.width,
                         height=done.height,
@@ -263,8 +240,8 @@ def to_view(r: VideoRecord) -> Video:
                 )
     thumb = None
     if r.thumbnail and not deleted:
-        thumb = Thumbnail(url=f"{base}/thumbnail", width=r.thumbnail.width, height=r.thumbnail.height)
-    return Video(
+        thumb = contracts.Thumbnail(url=f"{base}/thumbnail", width=r.thumbnail.width, height=r.thumbnail.height)
+    return contracts.Video(
         id=r.id,
         status=r.status,
         created_at=r.created_at,
@@ -277,7 +254,7 @@ def to_view(r: VideoRecord) -> Video:
         error=r.error,
         filename=r.filename,
         playable=plays(r),
-        playback=Playback(hls=f"{base}/hls/master.m3u8") if plays(r) else None,
+        playback=contracts.Playback(hls=f"{base}/hls/master.m3u8") if plays(r) else None,
         warnings=[] if deleted else list(r.warnings),
     )
 
@@ -301,24 +278,28 @@ def playable_segments(r: VideoRecord) -> list[tuple[int, StoredSegment]]:
     return sorted(segments, key=lambda item: item[0])
 
 
-def to_playlist(r: VideoRecord) -> Playlist:
+def to_playlist(r: VideoRecord) -> contracts.Playlist:
     """What the gateway needs to write the video's HLS playlists."""
     if not plays(r):
-        return Playlist(status=r.status, playable=False)
+        return contracts.Playlist(status=r.status, playable=False)
     renditions = [
-        PlaylistRendition(name=spec.name, width=spec.width, height=spec.height, codec=r.codecs.get(spec.name, "avc1"))
+        contracts.PlaylistRendition(
+            name=spec.name, width=spec.width, height=spec.height, codec=r.codecs.get(spec.name, "avc1")
+        )
         for spec in r.planned
     ]
-    segments = [
-        SegmentInfo(index=i, start=s.start, duration=s.duration, sizes=s.sizes) for i, s in playable_segments(r)
-    ]
     audio = sorted((int(i), s) for i, s in r.audio_segments.items())
-    return Playlist(
+    return contracts.Playlist(
         status=r.status,
         renditions=renditions,
-        segments=segments,
-        audio_segments=[SegmentInfo(index=i, start=s.start, duration=s.duration, sizes=s.sizes) for i, s in audio],
+        segments=_segment_infos(playable_segments(r)),
+        audio_segments=_segment_infos(audio),
         audio_codec=r.codecs.get(topology.AUDIO_TRACK) if r.audio_segments else None,
         frame_rate=r.source.fps if r.source else None,
         playable=True,
     )
+
+
+def _segment_infos(segments: list[tuple[int, StoredSegment]]) -> list[contracts.SegmentInfo]:
+    """Stored segments, by index, as the playlist contract lists them."""
+    return [contracts.SegmentInfo(index=i, start=s.start, duration=s.duration, sizes=s.sizes) for i, s in segments]

@@ -14,20 +14,9 @@ import asyncio
 import logging
 import time
 
-from shared import topology
+from shared import contracts, topology
 from shared.bus import Bus
 from shared.consumer import Delivery
-from shared.contracts import (
-    Alert,
-    AlertChanged,
-    AlertList,
-    GetAlerts,
-    LoadState,
-    LogRecord,
-    MetricSample,
-    OpsEvent,
-    encode,
-)
 from shared.service import Service
 
 from services import mesh
@@ -45,24 +34,24 @@ service = Service(declaration.DECLARATION, settings=MonitorSettings)
 class State:
     def __init__(self):
         self.obs = Observations()
-        self.firing: dict[tuple[str, str], Alert] = {}
-        self.load: LoadState | None = None
+        self.firing: dict[tuple[str, str], contracts.Alert] = {}
+        self.load: contracts.LoadState | None = None
 
 
 state = State()
 
 
-@service.consumer(declaration.INPUT, OpsEvent, concurrency=8)
+@service.consumer(declaration.INPUT, contracts.OpsEvent, concurrency=8)
 async def on_ops_event(event, delivery: Delivery) -> None:
-    if isinstance(event, MetricSample):
+    if isinstance(event, contracts.MetricSample):
         state.obs.add_sample(event)
-    elif isinstance(event, LogRecord):
+    elif isinstance(event, contracts.LogRecord):
         state.obs.seen(event.service, event.time)
 
 
 @service.endpoint(topology.RPC_MONITOR_ALERTS)
-async def get_alerts(req: GetAlerts, bus: Bus) -> AlertList:
-    return AlertList(alerts=sorted(state.firing.values(), key=lambda a: a.since), load=state.load)
+async def get_alerts(req: contracts.GetAlerts, bus: Bus) -> contracts.AlertList:
+    return contracts.AlertList(alerts=sorted(state.firing.values(), key=lambda a: a.since), load=state.load)
 
 
 @service.on_startup
@@ -88,7 +77,7 @@ async def evaluate_forever(bus: Bus) -> None:
         await asyncio.sleep(settings.monitor_interval_s)
 
 
-async def evaluate_once(bus: Bus, kv, t: Thresholds) -> list[tuple[Alert, str]]:
+async def evaluate_once(bus: Bus, kv, t: Thresholds) -> list[tuple[contracts.Alert, str]]:
     now = time.time()
     for spec in mesh.watched(declaration.DECLARATION):
         try:
@@ -99,18 +88,18 @@ async def evaluate_once(bus: Bus, kv, t: Thresholds) -> list[tuple[Alert, str]]:
     state.obs.dead_letters = (await bus.js.stream_info(topology.DEADLETTER)).state.messages
 
     backlog = sum(state.obs.lag.get(s.durable, 0) for s in mesh.consumers() if s.stream == topology.TASKS_TRANSCODE)
-    state.load = LoadState(
+    state.load = contracts.LoadState(
         backlog=backlog, max_backlog=bus.settings.max_backlog, overloaded=backlog > bus.settings.max_backlog, updated_at=now
     )
-    await kv.put("load", encode(state.load))
+    await kv.put("load", contracts.encode(state.load))
 
     state.firing, changes = diff(state.firing, evaluate(state.obs, now, t), now)
     for alert, change in changes:
         log.warning("alert %s %s/%s: %s", change, alert.rule, alert.subject, alert.message)
         await bus.publish(
-            AlertChanged(alert=alert, state=change),
+            contracts.AlertChanged(alert=alert, state=change),
             subject=f"{topology.ALERT_PREFIX}.{alert.rule}",
             msg_id=f"{alert.rule}:{alert.subject}:{alert.since}:{change}",
         )
-    await kv.put("alerts", encode(AlertList(alerts=list(state.firing.values()), load=state.load)))
+    await kv.put("alerts", contracts.encode(contracts.AlertList(alerts=list(state.firing.values()), load=state.load)))
     return changes

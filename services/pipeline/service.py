@@ -15,33 +15,9 @@ import msgspec
 from nats.js.errors import KeyWrongLastSequenceError, NotFoundError
 
 from media.problems import MediaError
-from shared import runs, telemetry, topology
+from shared import contracts, runs, telemetry, topology
 from shared.bus import Bus, KvContention, kv_update
 from shared.consumer import Delivery, Poison, Retry, dead_letter
-from shared.contracts import (
-    AudioEncoded,
-    ChunkEncoded,
-    ErrorInfo,
-    Event,
-    MaxDeliveriesAdvisory,
-    MediaTask,
-    ProbeSource,
-    Probed,
-    RenditionStitched,
-    ScheduleTick,
-    SourceInfo,
-    TaskFailed,
-    ThumbnailExtracted,
-    VideoDeleted,
-    VideoFailed,
-    VideoPlanned,
-    VideoPlayable,
-    VideoReady,
-    VideoUploaded,
-    STITCH_TASK,
-    THUMBNAIL_TASK,
-    decoder,
-)
 from shared.service import Service
 
 from . import declaration, jobs, redrive
@@ -56,7 +32,7 @@ CAS_ATTEMPTS = 20
 
 
 @service.endpoint(topology.RPC_PIPELINE_PROBE, concurrency=2)
-async def probe_source(req: ProbeSource, bus: Bus) -> Probed:
+async def probe_source(req: contracts.ProbeSource, bus: Bus) -> contracts.Probed:
     """Probe a stored upload; refusals are data (Probed.error), not transport errors.
 
     A demuxer needs the header at the start and, for MP4 written without faststart, the
@@ -72,16 +48,17 @@ async def probe_source(req: ProbeSource, bus: Bus) -> Probed:
                 with telemetry.tracer.start_as_current_span("download upload", attributes={"vidmesh.probe.ends": ends or 0}):
                     info = await bus.media.download(req.object, path, ends=ends)
             except FileNotFoundError:
-                return Probed(error=ErrorInfo(code="not_found", message="the upload is not in the object store"))
+                missing = contracts.ErrorInfo(code="not_found", message="the upload is not in the object store")
+                return contracts.Probed(error=missing)
             try:
-                return Probed(source=await _probe(path, req, settings))
+                return contracts.Probed(source=await _probe(path, req, settings))
             except MediaError as exc:
                 if ends is None or info.size <= 2 * ends:  # the whole upload was probed
-                    return Probed(error=ErrorInfo(code=exc.code, message=exc.message))
+                    return contracts.Probed(error=contracts.ErrorInfo(code=exc.code, message=exc.message))
                 log.info("probe of the ends of %s failed (%s): probing the whole upload", req.object, exc.code)
 
 
-async def _probe(path: str, req: ProbeSource, settings) -> SourceInfo:
+async def _probe(path: str, req: contracts.ProbeSource, settings) -> contracts.SourceInfo:
     with telemetry.tracer.start_as_current_span("probe", attributes={"vidmesh.video.id": req.video_id}):
         # in a child process with bounded memory, CPU and time (probe.py)
         return await probe_isolated(
@@ -96,30 +73,30 @@ async def _probe(path: str, req: ProbeSource, settings) -> SourceInfo:
         )
 
 
-@service.consumer(declaration.EVENTS, Event)
+@service.consumer(declaration.EVENTS, contracts.Event)
 async def on_event(event, delivery: Delivery) -> None:
     bus = delivery.bus
-    if isinstance(event, VideoUploaded):
+    if isinstance(event, contracts.VideoUploaded):
         await fan_out(bus, event)
-    elif isinstance(event, ChunkEncoded):
+    elif isinstance(event, contracts.ChunkEncoded):
         await fan_in(bus, event, lambda job: jobs.chunk_done(job, event))
-    elif isinstance(event, AudioEncoded):
+    elif isinstance(event, contracts.AudioEncoded):
         await fan_in(bus, event, lambda job: jobs.audio_done(job, event))
-    elif isinstance(event, RenditionStitched):
+    elif isinstance(event, contracts.RenditionStitched):
         await fan_in(bus, event, lambda job: jobs.rendition_stitched(job, event))
-    elif isinstance(event, ThumbnailExtracted):
-        await fan_in(bus, event, lambda job: jobs.task_done(job, THUMBNAIL_TASK, event.object))
-    elif isinstance(event, TaskFailed):
+    elif isinstance(event, contracts.ThumbnailExtracted):
+        await fan_in(bus, event, lambda job: jobs.task_done(job, contracts.THUMBNAIL_TASK, event.object))
+    elif isinstance(event, contracts.TaskFailed):
         await fan_in(bus, event, lambda job: jobs.task_failed(job, event.task, event.error))
-    elif isinstance(event, VideoDeleted):
+    elif isinstance(event, contracts.VideoDeleted):
         await fan_in(bus, event, jobs.deleted)
 
 
-TASKS = decoder(MediaTask)
+TASKS = contracts.decoder(contracts.MediaTask)
 
 
-@service.consumer(declaration.EXHAUSTED_TASKS, MaxDeliveriesAdvisory)
-async def on_exhausted_task(advisory: MaxDeliveriesAdvisory, delivery: Delivery) -> None:
+@service.consumer(declaration.EXHAUSTED_TASKS, contracts.MaxDeliveriesAdvisory)
+async def on_exhausted_task(advisory: contracts.MaxDeliveriesAdvisory, delivery: Delivery) -> None:
     """A task ran out of deliveries without an answer (its worker died every time):
     dead-letter it, take it off the work queue and fail its video instead of waiting."""
     bus = delivery.bus
@@ -144,8 +121,9 @@ async def on_exhausted_task(advisory: MaxDeliveriesAdvisory, delivery: Delivery)
         task = None
     if task is not None:
         name = task.task
-        error = ErrorInfo(code="retries_exhausted", message=f"{name}: no worker finished it in {advisory.deliveries} attempts")
-        failed = TaskFailed(video_id=task.video_id, tenant=task.tenant, task=name, error=error)
+        message = f"{name}: no worker finished it in {advisory.deliveries} attempts"
+        error = contracts.ErrorInfo(code="retries_exhausted", message=message)
+        failed = contracts.TaskFailed(video_id=task.video_id, tenant=task.tenant, task=name, error=error)
         await bus.publish(failed, msg_id=f"{task.video_id}:{name}:failed")
     try:
         await bus.js.delete_msg(advisory.stream, advisory.stream_seq)
@@ -157,8 +135,8 @@ async def on_exhausted_task(advisory: MaxDeliveriesAdvisory, delivery: Delivery)
 SCHEDULED_JOBS: dict[str, runs.Job] = {"redrive": redrive.redrive}
 
 
-@service.consumer(declaration.TICKS, ScheduleTick)
-async def on_tick(tick: ScheduleTick, delivery: Delivery) -> None:
+@service.consumer(declaration.TICKS, contracts.ScheduleTick)
+async def on_tick(tick: contracts.ScheduleTick, delivery: Delivery) -> None:
     """Run the job a tick fires; its run is recorded in the pipeline's bucket, where
     `vidmesh schedules` reads it."""
     job = SCHEDULED_JOBS.get(tick.name)
@@ -167,7 +145,7 @@ async def on_tick(tick: ScheduleTick, delivery: Delivery) -> None:
     await runs.run_tick(tick, delivery, job, topology.KV_PIPELINE)
 
 
-async def fan_out(bus: Bus, event: VideoUploaded) -> None:
+async def fan_out(bus: Bus, event: contracts.VideoUploaded) -> None:
     """Create the job (once) and publish its plan and its tasks: chunk 0 first, then the
     audio (the first seconds of every rendition and of the audio are the first to play),
     then the other chunks in timeline order, then the thumbnail."""
@@ -183,7 +161,7 @@ async def fan_out(bus: Bus, event: VideoUploaded) -> None:
     if job.status != "processing" or job.plan is None:
         return
     plan = job.plan
-    planned = VideoPlanned(
+    planned = contracts.VideoPlanned(
         video_id=event.video_id,
         tenant=event.tenant,
         renditions=plan.renditions,
@@ -208,7 +186,7 @@ async def fan_in(bus: Bus, event, change) -> None:
     def fold(value: bytes | None):
         nonlocal folded
         if value is None:
-            if isinstance(event, VideoDeleted):
+            if isinstance(event, contracts.VideoDeleted):
                 # Deleted before its job existed: leave a tombstone so a late upload is not run.
                 folded = None
                 tomb = jobs.Job(video_id=event.video_id, tenant=event.tenant, source="", renditions=[], tasks={})
@@ -236,32 +214,34 @@ async def _announce(bus: Bus, job: jobs.Job, event) -> None:
         for name in jobs.media_of(job) + _written_by(event, job):
             await bus.media.delete(name)
         return
-    opens = isinstance(event, AudioEncoded) or (isinstance(event, ChunkEncoded) and event.chunk == 0)
+    opens = isinstance(event, contracts.AudioEncoded) or (isinstance(event, contracts.ChunkEncoded) and event.chunk == 0)
     if opens and jobs.playable(job):
         # Chunk 0 and the audio make it playable, whichever comes second.
-        await bus.publish(VideoPlayable(video_id=job.video_id, tenant=job.tenant), msg_id=f"{job.video_id}:playable")
-    if job.tasks.get(STITCH_TASK) == jobs.PENDING and isinstance(event, (ChunkEncoded, AudioEncoded)):
+        playable = contracts.VideoPlayable(video_id=job.video_id, tenant=job.tenant)
+        await bus.publish(playable, msg_id=f"{job.video_id}:playable")
+    stitch = contracts.STITCH_TASK
+    if job.tasks.get(stitch) == jobs.PENDING and isinstance(event, (contracts.ChunkEncoded, contracts.AudioEncoded)):
         # Only the last chunk or audio result moves the stitch to pending; a redelivery of it
         # publishes the same task again, which JetStream drops as a duplicate.
-        await bus.publish(jobs.task_message(job, STITCH_TASK), msg_id=f"{job.video_id}:{STITCH_TASK}")
+        await bus.publish(jobs.task_message(job, stitch), msg_id=f"{job.video_id}:{stitch}")
     if job.status == "ready":
-        ready = VideoReady(video_id=job.video_id, tenant=job.tenant, warnings=jobs.video_warnings(job))
+        ready = contracts.VideoReady(video_id=job.video_id, tenant=job.tenant, warnings=jobs.video_warnings(job))
         await bus.publish(ready, msg_id=f"{job.video_id}:ready")
     elif job.status == "failed" and job.error is not None:
-        failed = VideoFailed(video_id=job.video_id, tenant=job.tenant, error=job.error)
+        failed = contracts.VideoFailed(video_id=job.video_id, tenant=job.tenant, error=job.error)
         await bus.publish(failed, msg_id=f"{job.video_id}:failed")
 
 
 def _written_by(event, job: jobs.Job) -> list[str]:
     """The object keys a task result names (a late result of a deleted video)."""
-    if isinstance(event, (RenditionStitched, ThumbnailExtracted)):
+    if isinstance(event, (contracts.RenditionStitched, contracts.ThumbnailExtracted)):
         return [event.object]
-    if isinstance(event, ChunkEncoded):
+    if isinstance(event, contracts.ChunkEncoded):
         keys = [topology.segment_key(event.tenant, event.video_id, r, s.index) for s in event.segments for r in s.sizes]
         if event.chunk == 0:
             keys += [topology.init_key(event.tenant, event.video_id, r) for r in event.inits]
         return keys
-    if isinstance(event, AudioEncoded):
+    if isinstance(event, contracts.AudioEncoded):
         track = topology.AUDIO_TRACK
         keys = [topology.segment_key(event.tenant, event.video_id, track, s.index) for s in event.segments]
         return keys + [topology.init_key(event.tenant, event.video_id, track)] if event.segments else keys

@@ -26,21 +26,8 @@ from typing import Union
 from opentelemetry import context as otel_context
 
 from media.problems import Cancelled, MediaError
-from shared import telemetry, topology
+from shared import contracts, telemetry, topology
 from shared.consumer import Delivery, Poison, Retry
-from shared.contracts import (
-    AudioEncoded,
-    ChunkEncoded,
-    ChunkProgress,
-    EncodeAudio,
-    EncodeChunk,
-    ErrorInfo,
-    RenditionStitched,
-    SegmentInfo,
-    StitchRenditions,
-    TaskFailed,
-    WarningInfo,
-)
 from shared.objects import ObjectReader
 from shared.service import Service
 
@@ -54,14 +41,14 @@ service = Service(declaration.DECLARATION, settings=TranscoderSettings)
 
 CANCEL_POLL_S = 0.5
 UPLOADS_IN_FLIGHT = 8  # object-store writes of one task at once
-Task = Union[EncodeChunk, EncodeAudio, StitchRenditions]
+Task = Union[contracts.EncodeChunk, contracts.EncodeAudio, contracts.StitchRenditions]
 
 
 async def report_failure(task: Task, delivery: Delivery, exc: Exception) -> None:
     code = exc.code if isinstance(exc, Poison) else "retries_exhausted"
     reason = exc.reason if isinstance(exc, Poison) else str(exc)
-    error = ErrorInfo(code=code, message=f"{task.task}: {reason}")
-    failed = TaskFailed(video_id=task.video_id, tenant=task.tenant, task=task.task, error=error)
+    error = contracts.ErrorInfo(code=code, message=f"{task.task}: {reason}")
+    failed = contracts.TaskFailed(video_id=task.video_id, tenant=task.tenant, task=task.task, error=error)
     await delivery.bus.publish(failed, msg_id=f"{task.video_id}:{task.task}:failed")
 
 
@@ -70,15 +57,15 @@ async def on_task(task: Task, delivery: Delivery) -> None:
     if await delivery.bus.video_deleted(task.tenant, task.video_id):
         log.info("dropping %s of deleted video %s", task.task, task.video_id)
         return
-    if isinstance(task, EncodeChunk):
+    if isinstance(task, contracts.EncodeChunk):
         await encode_chunk(task, delivery)
-    elif isinstance(task, EncodeAudio):
+    elif isinstance(task, contracts.EncodeAudio):
         await encode_audio(task, delivery)
     else:
         await stitch_renditions(task, delivery)
 
 
-async def encode_chunk(task: EncodeChunk, delivery: Delivery) -> None:
+async def encode_chunk(task: contracts.EncodeChunk, delivery: Delivery) -> None:
     bus = delivery.bus
     span = task.chunk
     grid = task.segment_s
@@ -86,7 +73,7 @@ async def encode_chunk(task: EncodeChunk, delivery: Delivery) -> None:
     loop = asyncio.get_running_loop()
 
     def on_progress(done: int) -> None:  # encoder thread, at most about once a second
-        event = ChunkProgress(video_id=task.video_id, tenant=task.tenant, chunk=span.index, segments=done)
+        event = contracts.ChunkProgress(video_id=task.video_id, tenant=task.tenant, chunk=span.index, segments=done)
         _publish_from_thread(bus, loop, event, f"{task.video_id}:{task.task}:progress:{delivery.attempt}:{done}")
 
     source = await _source(bus, task)
@@ -124,7 +111,7 @@ async def encode_chunk(task: EncodeChunk, delivery: Delivery) -> None:
                 uploads.append((key, chunk.segment_path(tmp, r.name, seg.index)))
         with telemetry.tracer.start_as_current_span("upload fragments", attributes={"vidmesh.objects": len(uploads)}):
             await _put_files(bus, uploads)
-    done = ChunkEncoded(
+    done = contracts.ChunkEncoded(
         video_id=task.video_id,
         tenant=task.tenant,
         chunk=span.index,
@@ -136,7 +123,7 @@ async def encode_chunk(task: EncodeChunk, delivery: Delivery) -> None:
     await bus.publish(done, msg_id=f"{task.video_id}:{task.task}:done")
 
 
-async def encode_audio(task: EncodeAudio, delivery: Delivery) -> None:
+async def encode_audio(task: contracts.EncodeAudio, delivery: Delivery) -> None:
     bus = delivery.bus
     source = await _source(bus, task)
     if source is None:
@@ -160,7 +147,7 @@ async def encode_audio(task: EncodeAudio, delivery: Delivery) -> None:
             uploads.append((topology.segment_key(task.tenant, task.video_id, track, seg.index), audio.segment_path(tmp, seg.index)))
         with telemetry.tracer.start_as_current_span("upload fragments", attributes={"vidmesh.objects": len(uploads)}):
             await _put_files(bus, uploads)
-    done = AudioEncoded(
+    done = contracts.AudioEncoded(
         video_id=task.video_id,
         tenant=task.tenant,
         segments=[_segment_info(s) for s in result.segments],
@@ -170,7 +157,7 @@ async def encode_audio(task: EncodeAudio, delivery: Delivery) -> None:
     await bus.publish(done, msg_id=f"{task.video_id}:{task.task}:done")
 
 
-async def stitch_renditions(task: StitchRenditions, delivery: Delivery) -> None:
+async def stitch_renditions(task: contracts.StitchRenditions, delivery: Delivery) -> None:
     bus = delivery.bus
     with tempfile.TemporaryDirectory(prefix="vidmesh-stitch-", dir=bus.settings.tmp_dir) as tmp:
         sound = None
@@ -194,7 +181,7 @@ async def stitch_renditions(task: StitchRenditions, delivery: Delivery) -> None:
                 info = await bus.media.put_file(key, dst)
             os.remove(track)
             os.remove(dst)
-            done = RenditionStitched(
+            done = contracts.RenditionStitched(
                 video_id=task.video_id,
                 tenant=task.tenant,
                 rendition=r.name,
@@ -279,7 +266,7 @@ async def _run_media(bus, task, work: Callable[[Callable[[], bool]], object]):
                 stop.set()
 
     watcher = asyncio.create_task(watch_cancellation())
-    executor = _executor(urgent=not (isinstance(task, EncodeChunk) and task.chunk.index > 0))
+    executor = _executor(urgent=not (isinstance(task, contracts.EncodeChunk) and task.chunk.index > 0))
     try:
         # in the task's context (trace), on a thread of the task's priority
         run = contextvars.copy_context().run
@@ -317,7 +304,7 @@ async def _put_files(bus, uploads: list[tuple[str, str]]) -> None:
     await asyncio.gather(*(put(key, path) for key, path in uploads))
 
 
-async def _fetch_track(bus, task: StitchRenditions, track: str, segments: list[int], path: str) -> bool:
+async def _fetch_track(bus, task: contracts.StitchRenditions, track: str, segments: list[int], path: str) -> bool:
     """Write a track's init segment and its fragments, in order, into one file; False when
     the video was deleted meanwhile."""
     keys = [topology.init_key(task.tenant, task.video_id, track)]
@@ -335,13 +322,14 @@ async def _fetch_track(bus, task: StitchRenditions, track: str, segments: list[i
     return True
 
 
-def _warnings(task, warnings) -> list[WarningInfo]:
+def _warnings(task, warnings) -> list[contracts.WarningInfo]:
     """Media warnings on the wire, named after the task that saw them (as failures are)."""
-    return [WarningInfo(code=w.code, message=f"{task.task}: {w.message}") for w in warnings]
+    return [contracts.WarningInfo(code=w.code, message=f"{task.task}: {w.message}") for w in warnings]
 
 
-def _segment_info(seg) -> SegmentInfo:
-    return SegmentInfo(index=seg.index, start=round(seg.start, 6), duration=round(seg.duration, 6), sizes=seg.sizes)
+def _segment_info(seg) -> contracts.SegmentInfo:
+    start, duration = round(seg.start, 6), round(seg.duration, 6)
+    return contracts.SegmentInfo(index=seg.index, start=start, duration=duration, sizes=seg.sizes)
 
 
 def _publish_from_thread(bus, loop, event, msg_id: str) -> None:
