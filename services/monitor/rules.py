@@ -20,6 +20,7 @@ FINAL_OUTCOMES = ("ok", "poison", "exhausted")
 
 @dataclass
 class Thresholds:
+    # The service sets each field from the MonitorSettings field alert_<field>.
     lag: int = 100
     failure_rate: float = 0.5
     failure_min: int = 5

@@ -11,6 +11,7 @@ keep their window in memory.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 
@@ -61,13 +62,8 @@ async def start_rules(bus: Bus) -> None:
 
 async def evaluate_forever(bus: Bus) -> None:
     settings = bus.settings
-    t = Thresholds(
-        lag=settings.alert_lag,
-        failure_rate=settings.alert_failure_rate,
-        failure_min=settings.alert_failure_min,
-        window_s=settings.alert_window_s,
-        silent_s=settings.alert_silent_s,
-    )
+    # Each threshold is the setting of its name with `alert_` before it (VIDMESH_ALERT_LAG...).
+    t = Thresholds(**{f.name: getattr(settings, f"alert_{f.name}") for f in dataclasses.fields(Thresholds)})
     kv = await bus.kv(topology.KV_MONITOR)
     while True:
         try:
