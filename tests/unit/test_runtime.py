@@ -17,6 +17,7 @@ from services import provision
 from services.up import nats_config
 from shared import contracts, topology
 from shared.consumer import backoff
+from shared.declaration import matches
 from shared.settings import ConfigError, Settings
 
 
@@ -87,22 +88,12 @@ def test_every_message_type_has_one_subject_and_no_stream_captures_rpc():
     streams = provision.streams(1, 60)
     captured = [s for cfg in streams for s in cfg.subjects]
     for rpc in (topology.RPC_CATALOG_GET, topology.RPC_CATALOG_LIST, topology.RPC_PIPELINE_PROBE):
-        assert not any(_matches(pattern, rpc) for pattern in captured), rpc
+        assert not any(matches(pattern, rpc) for pattern in captured), rpc
     event = contracts.VideoReady(video_id="v1", tenant="acme")
     subject = topology.subject_for(event)
     assert subject == "pipeline.evt.video_ready.acme.v1"
-    assert _matches(topology.video_events_filter("acme", "v1"), subject)
-    assert sum(_matches(p, subject) for p in captured) == 1
-
-
-def _matches(pattern: str, subject: str) -> bool:
-    p, s = pattern.split("."), subject.split(".")
-    for i, token in enumerate(p):
-        if token == ">":
-            return len(s) > i
-        if i >= len(s) or (token != "*" and token != s[i]):
-            return False
-    return len(p) == len(s)
+    assert matches(topology.video_events_filter("acme", "v1"), subject)
+    assert sum(matches(p, subject) for p in captured) == 1
 
 
 def test_video_ids_sort_by_creation_and_are_unguessable():

@@ -15,6 +15,7 @@ from services.scheduler import jobs, schedules
 from services.scheduler.settings import SchedulerSettings
 from shared import topology
 from shared.contracts import Rendition, SourceInfo, Video
+from shared.declaration import matches
 from services.notifier.signature import SignatureError, parse, sign, verify
 from shared.settings import ConfigError
 
@@ -172,23 +173,13 @@ def test_usage_counts_the_previous_utc_day():
     }
 
 
-def _matches(pattern: str, subject: str) -> bool:
-    p, s = pattern.split("."), subject.split(".")
-    for i, token in enumerate(p):
-        if token == ">":
-            return len(s) > i
-        if i >= len(s) or (token != "*" and token != s[i]):
-            return False
-    return len(p) == len(s)
-
-
 def test_the_new_subjects_land_in_exactly_one_stream_and_no_stream_captures_rpc():
     streams = {cfg.name: cfg.subjects for cfg in provision.streams(1, 60)}
     captured = [(name, s) for name, subjects in streams.items() for s in subjects]
     rpcs = [v for k, v in vars(topology).items() if k.startswith("RPC_WEBHOOK_")]
     assert len(rpcs) == 5
     for rpc in rpcs:
-        assert not any(_matches(pattern, rpc) for _, pattern in captured), rpc
+        assert not any(matches(pattern, rpc) for _, pattern in captured), rpc
     for subject, stream in (
         (topology.schedule_subject("retention"), topology.SCHEDULES),
         (topology.tick_subject("retention"), topology.SCHEDULES),
@@ -196,7 +187,7 @@ def test_the_new_subjects_land_in_exactly_one_stream_and_no_stream_captures_rpc(
         (topology.usage_subject("acme", "2030-01-01"), topology.REPORTS),
         ("notifier.cmd.deliver_webhook.acme.v1", topology.TASKS_WEBHOOK),
     ):
-        assert [name for name, pattern in captured if _matches(pattern, subject)] == [stream], subject
+        assert [name for name, pattern in captured if matches(pattern, subject)] == [stream], subject
     specs = {(c.stream, c.durable) for c in mesh.consumers()}
     assert {("SCHEDULES", "scheduler"), ("EVENTS", "notifier"), ("TASKS_WEBHOOK", "notifier")} <= specs
 
@@ -210,7 +201,7 @@ def test_each_tick_is_taken_by_one_consumer_of_the_service_that_runs_its_job():
     ticks = [c for c in mesh.consumers() if c.stream == topology.SCHEDULES]
 
     def takers(name: str) -> list[str]:
-        return [c.durable for c in ticks if any(_matches(f, topology.tick_subject(name)) for f in c.filters)]
+        return [c.durable for c in ticks if any(matches(f, topology.tick_subject(name)) for f in c.filters)]
 
     assert set(pipeline.SCHEDULED_JOBS) == topology.PIPELINE_SCHEDULES == {"redrive"}
     for name in topology.PIPELINE_SCHEDULES:
