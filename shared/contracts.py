@@ -7,13 +7,16 @@ Commands are imperative, events past tense. Encoders/decoders are created once, 
 
 from __future__ import annotations
 
-from typing import Union
+from typing import Any, TypeVar, Union, overload
 
 import msgspec
 
 
 class Contract(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):
-    """Base of every bus message; the tag travels in the `type` field."""
+    """Base of every bus message; the tag travels in the `type` field.
+
+    Each message says `frozen=True` again: msgspec inherits it, but type checkers read it
+    from the class's own keywords only, and would take a message for a mutable dataclass."""
 
 
 # --- value objects carried inside messages -------------------------------------------------
@@ -91,18 +94,20 @@ class VideoPlan(msgspec.Struct, frozen=True, kw_only=True):
         segments: list[int] | None = None,
         audio_segments: list[int] | None = None,
         audio_priming: int = 0,
-    ):
+    ) -> MediaTask:
         """The message of task `name` of this plan (an EncodeChunk, EncodeAudio,
         ExtractThumbnail or StitchRenditions); the stitch needs the stored segments.
         Raises ValueError for a name the plan does not have."""
-        ids = {"video_id": video_id, "tenant": tenant}
         if name == THUMBNAIL_TASK:
-            return ExtractThumbnail(**ids, source=source)
+            return ExtractThumbnail(video_id=video_id, tenant=tenant, source=source)
         if name == AUDIO_TASK and self.audio:
-            return EncodeAudio(**ids, source=source, segment_s=self.segment_s, duration=self.duration)
+            return EncodeAudio(
+                video_id=video_id, tenant=tenant, source=source, segment_s=self.segment_s, duration=self.duration
+            )
         if name == STITCH_TASK:
             return StitchRenditions(
-                **ids,
+                video_id=video_id,
+                tenant=tenant,
                 renditions=self.renditions,
                 segments=list(segments or []),
                 audio_segments=list(audio_segments or []),
@@ -112,7 +117,8 @@ class VideoPlan(msgspec.Struct, frozen=True, kw_only=True):
         if index is not None:
             if index < len(self.chunks):
                 return EncodeChunk(
-                    **ids,
+                    video_id=video_id,
+                    tenant=tenant,
                     source=source,
                     chunk=self.chunks[index],
                     renditions=self.renditions,
@@ -171,7 +177,7 @@ class WarningInfo(msgspec.Struct, frozen=True, kw_only=True):
 # --- events (facts, on the events stream) ----------------------------------------------------
 
 
-class VideoUploaded(Contract, tag="gateway.video_uploaded.v1"):
+class VideoUploaded(Contract, frozen=True, tag="gateway.video_uploaded.v1"):
     video_id: str
     tenant: str
     object: str
@@ -181,7 +187,7 @@ class VideoUploaded(Contract, tag="gateway.video_uploaded.v1"):
     content_type: str | None = None
 
 
-class VideoPlanned(Contract, tag="pipeline.video_planned.v1"):
+class VideoPlanned(Contract, frozen=True, tag="pipeline.video_planned.v1"):
     video_id: str
     tenant: str
     renditions: list[RenditionSpec]
@@ -192,7 +198,7 @@ class VideoPlanned(Contract, tag="pipeline.video_planned.v1"):
     audio: bool = False
 
 
-class ChunkProgress(Contract, tag="transcoder.chunk_progress.v1"):
+class ChunkProgress(Contract, frozen=True, tag="transcoder.chunk_progress.v1"):
     """A chunk task finished `segments` segments (of every rendition) so far; sent at most
     about once a second while a chunk of several segments encodes."""
 
@@ -202,7 +208,7 @@ class ChunkProgress(Contract, tag="transcoder.chunk_progress.v1"):
     segments: int
 
 
-class ChunkEncoded(Contract, tag="transcoder.chunk_encoded.v1"):
+class ChunkEncoded(Contract, frozen=True, tag="transcoder.chunk_encoded.v1"):
     """Every rendition of one chunk is stored as CMAF fragments, one per segment, under
     topology.segment_key; the init segments under topology.init_key (written by chunk 0;
     `inits` lets the pipeline check that every chunk produced the same ones)."""
@@ -216,7 +222,7 @@ class ChunkEncoded(Contract, tag="transcoder.chunk_encoded.v1"):
     warnings: list[WarningInfo] = []
 
 
-class AudioEncoded(Contract, tag="transcoder.audio_encoded.v1"):
+class AudioEncoded(Contract, frozen=True, tag="transcoder.audio_encoded.v1"):
     """The whole audio track is stored as CMAF fragments on the same segment grid as the video
     (AAC-LC; each fragment starts with the first AAC frame at or after the segment's start)."""
 
@@ -228,7 +234,7 @@ class AudioEncoded(Contract, tag="transcoder.audio_encoded.v1"):
     warnings: list[WarningInfo] = []
 
 
-class RenditionStitched(Contract, tag="transcoder.rendition_stitched.v1"):
+class RenditionStitched(Contract, frozen=True, tag="transcoder.rendition_stitched.v1"):
     """One rendition's fragments and the audio remuxed (stream copy) into a faststart MP4."""
 
     video_id: str
@@ -242,7 +248,7 @@ class RenditionStitched(Contract, tag="transcoder.rendition_stitched.v1"):
     has_audio: bool = False
 
 
-class ThumbnailExtracted(Contract, tag="thumbnailer.thumbnail_extracted.v1"):
+class ThumbnailExtracted(Contract, frozen=True, tag="thumbnailer.thumbnail_extracted.v1"):
     video_id: str
     tenant: str
     object: str
@@ -251,14 +257,14 @@ class ThumbnailExtracted(Contract, tag="thumbnailer.thumbnail_extracted.v1"):
     size: int = 0
 
 
-class TaskFailed(Contract, tag="worker.task_failed.v1"):
+class TaskFailed(Contract, frozen=True, tag="worker.task_failed.v1"):
     video_id: str
     tenant: str
     task: str  # the failed task message's `.task` (see the task names above)
     error: ErrorInfo
 
 
-class VideoPlayable(Contract, tag="pipeline.video_playable.v1"):
+class VideoPlayable(Contract, frozen=True, tag="pipeline.video_playable.v1"):
     """The first segment of every rendition and the audio are stored: HLS can play from the
     start while the rest is encoded."""
 
@@ -266,19 +272,19 @@ class VideoPlayable(Contract, tag="pipeline.video_playable.v1"):
     tenant: str
 
 
-class VideoReady(Contract, tag="pipeline.video_ready.v1"):
+class VideoReady(Contract, frozen=True, tag="pipeline.video_ready.v1"):
     video_id: str
     tenant: str
     warnings: list[WarningInfo] = []  # every task's, in task order
 
 
-class VideoFailed(Contract, tag="pipeline.video_failed.v1"):
+class VideoFailed(Contract, frozen=True, tag="pipeline.video_failed.v1"):
     video_id: str
     tenant: str
     error: ErrorInfo
 
 
-class VideoDeleted(Contract, tag="catalog.video_deleted.v1"):
+class VideoDeleted(Contract, frozen=True, tag="catalog.video_deleted.v1"):
     video_id: str
     tenant: str
 
@@ -301,7 +307,7 @@ Event = Union[
 # --- commands (tasks, on work-queue streams) -------------------------------------------------
 
 
-class EncodeChunk(Contract, tag="transcoder.encode_chunk.v1"):
+class EncodeChunk(Contract, frozen=True, tag="transcoder.encode_chunk.v1"):
     """Decode one chunk of the source once and encode every rendition of it into CMAF
     fragments, with an IDR frame at every segment boundary."""
 
@@ -319,7 +325,7 @@ class EncodeChunk(Contract, tag="transcoder.encode_chunk.v1"):
         return chunk_task(self.chunk.index)
 
 
-class EncodeAudio(Contract, tag="transcoder.encode_audio.v1"):
+class EncodeAudio(Contract, frozen=True, tag="transcoder.encode_audio.v1"):
     """Encode the whole audio track once (AAC-LC, 48 kHz stereo) into CMAF fragments on the
     video's segment grid."""
 
@@ -335,7 +341,7 @@ class EncodeAudio(Contract, tag="transcoder.encode_audio.v1"):
         return AUDIO_TASK
 
 
-class StitchRenditions(Contract, tag="transcoder.stitch_renditions.v1"):
+class StitchRenditions(Contract, frozen=True, tag="transcoder.stitch_renditions.v1"):
     """Remux (stream copy) each rendition's stored fragments, with the audio's, into one
     faststart MP4 at topology.rendition_key."""
 
@@ -351,7 +357,7 @@ class StitchRenditions(Contract, tag="transcoder.stitch_renditions.v1"):
         return STITCH_TASK
 
 
-class ExtractThumbnail(Contract, tag="thumbnailer.extract_thumbnail.v1"):
+class ExtractThumbnail(Contract, frozen=True, tag="thumbnailer.extract_thumbnail.v1"):
     video_id: str
     tenant: str
     source: str
@@ -368,7 +374,7 @@ MediaTask = Union[EncodeChunk, EncodeAudio, StitchRenditions, ExtractThumbnail]
 # --- request-reply ---------------------------------------------------------------------------
 
 
-class GetVideo(Contract, tag="catalog.get_video.v1"):
+class GetVideo(Contract, frozen=True, tag="catalog.get_video.v1"):
     tenant: str
     video_id: str
     # The EVENTS stream sequence of a write the caller made (Bus.publish returns it): the
@@ -377,19 +383,19 @@ class GetVideo(Contract, tag="catalog.get_video.v1"):
     after_seq: int = 0
 
 
-class ListVideos(Contract, tag="catalog.list_videos.v1"):
+class ListVideos(Contract, frozen=True, tag="catalog.list_videos.v1"):
     tenant: str
     limit: int = 20
     cursor: str | None = None
 
 
-class DeleteVideo(Contract, tag="catalog.delete_video.v1"):
+class DeleteVideo(Contract, frozen=True, tag="catalog.delete_video.v1"):
     tenant: str
     video_id: str
     after_seq: int = 0  # as GetVideo's
 
 
-class ProbeSource(Contract, tag="pipeline.probe_source.v1"):
+class ProbeSource(Contract, frozen=True, tag="pipeline.probe_source.v1"):
     tenant: str
     video_id: str
     object: str
@@ -436,7 +442,7 @@ class Video(msgspec.Struct, frozen=True, kw_only=True):
     warnings: list[WarningInfo] = []  # the video is usable, but: damaged packets skipped, media ending early
 
 
-class GetPlaylist(Contract, tag="catalog.get_playlist.v1"):
+class GetPlaylist(Contract, frozen=True, tag="catalog.get_playlist.v1"):
     tenant: str
     video_id: str
     after_seq: int = 0  # as GetVideo's
@@ -487,7 +493,7 @@ class MaxDeliveriesAdvisory(msgspec.Struct, frozen=True, kw_only=True):
 # =============================================================================================
 
 
-class ScheduleTick(Contract, tag="scheduler.schedule_tick.v1"):
+class ScheduleTick(Contract, frozen=True, tag="scheduler.schedule_tick.v1"):
     """The body of a server-side schedule: the server copies it, unchanged, into every tick.
     `vidmesh schedules run NAME` sends one by hand (manual=True)."""
 
@@ -537,7 +543,7 @@ class RunRecord(msgspec.Struct, frozen=True, kw_only=True):
         return next((r for r in reversed(self.recent) if r.seq == seq), None)
 
 
-class UsageReported(Contract, tag="scheduler.usage_reported.v1"):
+class UsageReported(Contract, frozen=True, tag="scheduler.usage_reported.v1"):
     """One tenant's usage for one UTC day (published once a day, on the REPORTS stream)."""
 
     tenant: str
@@ -551,7 +557,7 @@ class UsageReported(Contract, tag="scheduler.usage_reported.v1"):
     generated_at: float = 0.0
 
 
-class DeliverWebhook(Contract, tag="notifier.deliver_webhook.v1"):
+class DeliverWebhook(Contract, frozen=True, tag="notifier.deliver_webhook.v1"):
     """One event to one webhook; retried through JetStream (nak with a growing delay)."""
 
     tenant: str
@@ -566,28 +572,28 @@ class DeliverWebhook(Contract, tag="notifier.deliver_webhook.v1"):
 WEBHOOK_EVENT_TYPES = ("video.ready", "video.failed", "video.deleted")
 
 
-class CreateWebhook(Contract, tag="notifier.create_webhook.v1"):
+class CreateWebhook(Contract, frozen=True, tag="notifier.create_webhook.v1"):
     tenant: str
     url: str
     events: list[str] = []  # empty: every type in WEBHOOK_EVENT_TYPES
     description: str | None = None
 
 
-class ListWebhooks(Contract, tag="notifier.list_webhooks.v1"):
+class ListWebhooks(Contract, frozen=True, tag="notifier.list_webhooks.v1"):
     tenant: str
 
 
-class GetWebhook(Contract, tag="notifier.get_webhook.v1"):
-    tenant: str
-    webhook_id: str
-
-
-class DeleteWebhook(Contract, tag="notifier.delete_webhook.v1"):
+class GetWebhook(Contract, frozen=True, tag="notifier.get_webhook.v1"):
     tenant: str
     webhook_id: str
 
 
-class ListDeliveries(Contract, tag="notifier.list_deliveries.v1"):
+class DeleteWebhook(Contract, frozen=True, tag="notifier.delete_webhook.v1"):
+    tenant: str
+    webhook_id: str
+
+
+class ListDeliveries(Contract, frozen=True, tag="notifier.list_deliveries.v1"):
     tenant: str
     webhook_id: str
     limit: int = 50
@@ -644,10 +650,15 @@ def encode(msg: msgspec.Struct) -> bytes:
     return encoder.encode(msg)
 
 
-_decoders: dict[type, msgspec.json.Decoder] = {}
+_decoders: dict[object, msgspec.json.Decoder[Any]] = {}
+T = TypeVar("T")
 
 
-def decoder(kind) -> msgspec.json.Decoder:
+@overload
+def decoder(kind: type[T]) -> msgspec.json.Decoder[T]: ...
+@overload
+def decoder(kind: object) -> msgspec.json.Decoder[Any]: ...  # a union (Event, MediaTask)
+def decoder(kind: object) -> msgspec.json.Decoder[Any]:
     """The cached decoder of a message type (or union of them)."""
     dec = _decoders.get(kind)
     if dec is None:
@@ -658,7 +669,7 @@ def decoder(kind) -> msgspec.json.Decoder:
 # --- logs, metrics and alerts as events ------------------------------------------
 
 
-class LogRecord(Contract, tag="ops.log_record.v1"):
+class LogRecord(Contract, frozen=True, tag="ops.log_record.v1"):
     service: str
     instance: str
     time: float
@@ -668,7 +679,7 @@ class LogRecord(Contract, tag="ops.log_record.v1"):
     trace_id: str | None = None
 
 
-class MetricSample(Contract, tag="ops.metric_sample.v1"):
+class MetricSample(Contract, frozen=True, tag="ops.metric_sample.v1"):
     """A service's counters at one instant; the monitor works on differences between samples."""
 
     service: str
@@ -692,7 +703,7 @@ class Alert(msgspec.Struct, frozen=True, kw_only=True):
     value: float = 0.0
 
 
-class AlertChanged(Contract, tag="monitor.alert_changed.v1"):
+class AlertChanged(Contract, frozen=True, tag="monitor.alert_changed.v1"):
     alert: Alert
     state: str  # firing | resolved
 
@@ -704,7 +715,7 @@ class LoadState(msgspec.Struct, frozen=True, kw_only=True):
     updated_at: float
 
 
-class GetAlerts(Contract, tag="monitor.get_alerts.v1"):
+class GetAlerts(Contract, frozen=True, tag="monitor.get_alerts.v1"):
     pass
 
 
@@ -716,7 +727,7 @@ class AlertList(msgspec.Struct, frozen=True, kw_only=True):
 # --- quotas: the gateway asks the catalog for a tenant's usage ----------------------
 
 
-class GetUsage(Contract, tag="catalog.get_usage.v1"):
+class GetUsage(Contract, frozen=True, tag="catalog.get_usage.v1"):
     tenant: str
 
 
