@@ -12,6 +12,8 @@ import inspect
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from contextlib import AbstractContextManager
+from typing import TYPE_CHECKING, TypeVar, cast
 
 import msgspec
 import nats
@@ -21,6 +23,7 @@ from nats.errors import TimeoutError as NatsTimeout
 from nats.js import JetStreamContext
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NotFoundError
 from opentelemetry import trace
+from nats.js.kv import KeyValue
 
 from . import contracts, permissions, telemetry, topology
 from .settings import Settings
@@ -28,10 +31,15 @@ from .contracts import VideoDeleted
 from .declaration import Declaration, UndeclaredSubject
 
 log = logging.getLogger("vidmesh.bus")
+if TYPE_CHECKING:
+    from .objects import MediaStore
+
 
 ERROR_CODE_HEADER = "Nats-Service-Error-Code"
 ERROR_HEADER = "Nats-Service-Error"
 
+
+Reply = TypeVar("Reply")
 
 class RpcError(Exception):
     """A request-reply call that the service answered with an error (or nobody answered)."""
@@ -52,8 +60,8 @@ class Bus:
         self.js: JetStreamContext = nc.jetstream(timeout=10.0)
         self.settings = settings
         self.service = service
-        self._kv: dict[str, object] = {}
-        self._objects = None
+        self._kv: dict[str, KeyValue] = {}
+        self._objects: MediaStore | None = None
 
     @classmethod
     async def connect(
@@ -61,16 +69,16 @@ class Bus:
     ) -> "Bus":
         quiet_until = 0.0  # while the server is away, each failed reconnect is not news
 
-        async def disconnected():
+        async def disconnected() -> None:
             if not nc.is_closed:  # an intended close is not news
                 log.warning("nats disconnected")
 
-        async def reconnected():
+        async def reconnected() -> None:
             nonlocal quiet_until
             quiet_until = 0.0
             log.warning("nats reconnected")
 
-        async def error(exc):
+        async def error(exc: Exception) -> None:
             nonlocal quiet_until
             now = time.monotonic()
             if isinstance(exc, OSError) and now < quiet_until:
@@ -100,13 +108,13 @@ class Bus:
         )
         return cls(nc, settings, service, declaration)
 
-    async def kv(self, bucket: str):
+    async def kv(self, bucket: str) -> KeyValue:
         if bucket not in self._kv:
             self._kv[bucket] = await self.js.key_value(bucket)
         return self._kv[bucket]
 
     @property
-    def media(self):
+    def media(self) -> MediaStore:
         from .objects import MediaStore  # local: objects imports bus types for hints only
 
         if self._objects is None:
@@ -116,36 +124,25 @@ class Bus:
     async def publish(self, msg: msgspec.Struct, *, msg_id: str, subject: str | None = None) -> int:
         """Publish an event or task to JetStream; returns the stream sequence. Raises
         UndeclaredSubject when the service's declaration does not name the subject."""
-        subject = subject or topology.subject_for(msg)
+        # Without a subject, `msg` is one of topology.SUBJECTS' types, which all carry the
+        # tenant and video id (subject_for raises KeyError for any other type).
+        subject = subject or topology.subject_for(cast(topology.Addressed, msg))
         if self.declaration is not None and not self.declaration.may_publish(subject):
             raise UndeclaredSubject(f"{self.service} does not declare that it publishes {subject}")
-        with telemetry.tracer.start_as_current_span(
-            f"send {subject.rsplit('.', 2)[0]}",
-            kind=trace.SpanKind.PRODUCER,
-            attributes=telemetry.messaging_attributes(
-                "send",
-                subject,
-                **{"messaging.message.id": msg_id, "vidmesh.video.id": getattr(msg, "video_id", None),
-                   "vidmesh.tenant": getattr(msg, "tenant", None)},
-            ),
-        ):
+        # the span is named after the subject's prefix: tenant and video id are attributes
+        with self._send_span(subject.rsplit(".", 2)[0], trace.SpanKind.PRODUCER, subject, msg, msg_id=msg_id):
             headers = telemetry.inject({"Nats-Msg-Id": msg_id})
             ack = await self.js.publish(subject, contracts.encode(msg), headers=headers)
             return ack.seq
 
-    async def request(self, subject: str, msg: msgspec.Struct, reply_type, *, timeout: float = 10.0):
+    async def request(
+        self, subject: str, msg: msgspec.Struct, reply_type: type[Reply], *, timeout: float = 10.0
+    ) -> Reply:
         """Request-reply to a `nats.micro` endpoint; decodes the reply or raises RpcError
         (UndeclaredSubject when the service's declaration does not name the subject)."""
         if self.declaration is not None and not self.declaration.may_call(subject):
             raise UndeclaredSubject(f"{self.service} does not declare that it calls {subject}")
-        with telemetry.tracer.start_as_current_span(
-            f"send {subject}",
-            kind=trace.SpanKind.CLIENT,
-            attributes=telemetry.messaging_attributes(
-                "send", subject, **{"vidmesh.video.id": getattr(msg, "video_id", None),
-                                    "vidmesh.tenant": getattr(msg, "tenant", None)}
-            ),
-        ):
+        with self._send_span(subject, trace.SpanKind.CLIENT, subject, msg):
             try:
                 reply = await self.nc.request(
                     subject, contracts.encode(msg), timeout=timeout, headers=telemetry.inject({})
@@ -158,6 +155,22 @@ class Bus:
             if ERROR_CODE_HEADER in headers:
                 raise RpcError(headers[ERROR_CODE_HEADER], headers.get(ERROR_HEADER, ""))
             return contracts.decoder(reply_type).decode(reply.data)
+
+    def _send_span(
+        self, name: str, kind: trace.SpanKind, subject: str, msg: msgspec.Struct, *, msg_id: str | None = None
+    ) -> AbstractContextManager[trace.Span]:
+        """The span of sending `msg` on `subject` ("send <name>", by the messaging
+        conventions), with the video it is about when it names one."""
+        return telemetry.tracer.start_as_current_span(
+            f"send {name}",
+            kind=kind,
+            attributes=telemetry.messaging_attributes(
+                "send",
+                subject,
+                **{"messaging.message.id": msg_id, "vidmesh.video.id": getattr(msg, "video_id", None),
+                   "vidmesh.tenant": getattr(msg, "tenant", None)},
+            ),
+        )
 
     async def video_deleted(self, tenant: str, video_id: str) -> bool:
         """Whether the video was deleted, asked of the events stream (the facts every service
@@ -187,7 +200,7 @@ class Bus:
             log.info("nats connection closed while the server was away: %s", exc)
 
 
-async def kv_write(kv, key: str, value: bytes, revision: int | None, *, ttl_s: float | None = None) -> int:
+async def kv_write(kv: KeyValue, key: str, value: bytes, revision: int | None, *, ttl_s: float | None = None) -> int:
     """Compare-and-set: create when `revision` is None, else update from `revision`. With
     `ttl_s` the server removes the entry after that long (a tombstone that must not stay
     forever); raises KeyWrongLastSequenceError when another writer got there first."""
@@ -210,7 +223,7 @@ Decision = bytes | tuple[bytes, float | None] | None
 
 
 async def kv_update(
-    kv,
+    kv: KeyValue,
     key: str,
     change: Callable[[bytes | None], Decision | Awaitable[Decision]],
     *,

@@ -16,14 +16,17 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import msgspec
 from nats.aio.msg import Msg
 from nats.errors import TimeoutError as NatsTimeout
+from nats.js import JetStreamContext
 from opentelemetry import trace
 from prometheus_client import Counter, Gauge, Histogram
 
 from . import contracts, telemetry, topology
+from .bus import Bus
 from .declaration import ConsumerSpec
 
 log = logging.getLogger("vidmesh.consumer")
@@ -61,7 +64,7 @@ class Delivery:
     """What a handler knows about the message in hand, besides its payload."""
 
     msg: Msg
-    bus: object
+    bus: Bus
     spec: ConsumerSpec
     max_deliver: int
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
@@ -84,15 +87,19 @@ class Delivery:
         return self.msg.metadata.sequence.stream
 
 
-Handler = Callable[[object, Delivery], Awaitable[None]]
+# The payload is what the consumer's kind decodes to (a message type or a union of them),
+# which a type checker cannot follow from the kind to the handler: Any.
+Handler = Callable[[Any, Delivery], Awaitable[None]]
+# Called with the payload, the delivery and why, before a message is dead-lettered.
+OnExhausted = Callable[[Any, Delivery, Exception], Awaitable[None]]
 
 
 def backoff(attempt: int, base: float = 1.0, cap: float = 60.0) -> float:
-    return min(cap, base * 2 ** max(0, attempt - 1))
+    return min(cap, base * 2.0 ** max(0, attempt - 1))
 
 
 async def dead_letter(
-    bus, *, data: bytes, headers: dict | None, subject: str, stream: str, consumer: str, seq: int, deliveries: int, reason: str
+    bus: Bus, *, data: bytes, headers: dict[str, str] | None, subject: str, stream: str, consumer: str, seq: int, deliveries: int, reason: str
 ) -> None:
     """Keep a copy of a message that will not be processed, with why, for `vidmesh dlq`.
 
@@ -116,7 +123,7 @@ async def dead_letter(
     DEAD_LETTERED.labels(stream, consumer).inc()
 
 
-async def dead_letter_msg(bus, msg: Msg, spec: ConsumerSpec, reason: str) -> None:
+async def dead_letter_msg(bus: Bus, msg: Msg, spec: ConsumerSpec, reason: str) -> None:
     meta = msg.metadata
     await dead_letter(
         bus,
@@ -134,16 +141,16 @@ async def dead_letter_msg(bus, msg: Msg, spec: ConsumerSpec, reason: str) -> Non
 class ConsumerLoop:
     def __init__(
         self,
-        bus,
+        bus: Bus,
         spec: ConsumerSpec,
-        kind,
+        kind: object,
         handler: Handler,
         *,
         concurrency: int = 1,
         max_deliver: int | None = None,
         ack_wait_s: float | None = None,
-        on_exhausted: Callable[[object, Delivery, str], Awaitable[None]] | None = None,
-    ):
+        on_exhausted: OnExhausted | None = None,
+    ) -> None:
         self.bus = bus
         self.spec = spec
         self.decoder = contracts.decoder(kind)
@@ -153,7 +160,7 @@ class ConsumerLoop:
         self.heartbeat_s = max(1.0, (ack_wait_s or spec.ack_wait_s) / 3)
         self.on_exhausted = on_exhausted
         self.stopping = asyncio.Event()
-        self.inflight: set[asyncio.Task] = set()
+        self.inflight: set[asyncio.Task[None]] = set()
 
     async def run(self) -> None:
         sub = await self.bus.js.pull_subscribe_bind(self.spec.durable, self.spec.stream)
@@ -172,7 +179,7 @@ class ConsumerLoop:
                 pass
             await asyncio.sleep(every)
 
-    async def _loop(self, sub) -> None:
+    async def _loop(self, sub: JetStreamContext.PullSubscription) -> None:
         while not self.stopping.is_set():
             free = self.concurrency - len(self.inflight)
             if free <= 0:
@@ -222,7 +229,7 @@ class ConsumerLoop:
             outcome = await self._handle(msg, delivery, span)
             PROCESSED.labels(self.spec.durable, outcome).inc()
 
-    async def _handle(self, msg: Msg, delivery: Delivery, span) -> str:
+    async def _handle(self, msg: Msg, delivery: Delivery, span: trace.Span) -> str:
         try:
             payload = self.decoder.decode(msg.data)
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
@@ -253,7 +260,7 @@ class ConsumerLoop:
                 await dead_letter_msg(self.bus, msg, self.spec, f"retries exhausted: {exc}")
                 await msg.term()
                 return "exhausted"
-            delay = exc.delay if retry and exc.delay is not None else backoff(delivery.attempt)
+            delay = exc.delay if isinstance(exc, Retry) and exc.delay is not None else backoff(delivery.attempt)
             span.add_event("retry", {"reason": str(exc), "delay_s": delay})
             await msg.nak(delay=delay)
             return "retried"
@@ -263,7 +270,7 @@ class ConsumerLoop:
         await msg.ack()
         return "ok"
 
-    async def _poison(self, msg: Msg, span, reason: str) -> str:
+    async def _poison(self, msg: Msg, span: trace.Span, reason: str) -> str:
         log.warning("terminating %s on %s: %s", self.spec.durable, msg.subject, reason)
         span.add_event("dead-lettered", {"reason": reason})
         await dead_letter_msg(self.bus, msg, self.spec, reason)
@@ -276,7 +283,7 @@ class ConsumerLoop:
             await _quietly(msg.in_progress())
 
 
-async def _quietly(coro) -> None:
+async def _quietly(coro: Awaitable[None]) -> None:
     try:
         await coro
     except Exception:

@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import datetime
 
+from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
 _DELETED = ("DEL", "PURGE")
@@ -29,7 +30,7 @@ class Entry:
     created: datetime
 
 
-async def entries(js, bucket: str, pattern: str = ">", *, meta_only: bool = False) -> AsyncIterator[Entry]:
+async def entries(js: JetStreamContext, bucket: str, pattern: str = ">", *, meta_only: bool = False) -> AsyncIterator[Entry]:
     """The live (not deleted) entries of `bucket` whose keys match `pattern`, in key order."""
     prefix = f"$KV.{bucket}."
     stream = f"KV_{bucket}"
@@ -42,6 +43,8 @@ async def entries(js, bucket: str, pattern: str = ">", *, meta_only: bool = Fals
         headers = msg.headers or {}
         if headers.get("KV-Operation") in _DELETED or "Nats-Marker-Reason" in headers:
             continue
+        # a stored message has both; nats-py types every field of the server's reply as optional
+        assert msg.seq is not None and msg.time is not None
         yield Entry(
             key=subject[len(prefix) :],
             value=b"" if meta_only else (msg.data or b""),

@@ -22,17 +22,22 @@ import io
 import json
 import logging
 import math
-import os
 from collections import OrderedDict
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
-from nats.js import api
+from nats.aio.client import Client
+from nats.js import JetStreamContext, api
 from prometheus_client import Counter
 from nats.js.errors import NotFoundError
 from nats.js.object_store import OBJ_CHUNKS_PRE_TEMPLATE, OBJ_META_PRE_TEMPLATE, OBJ_STREAM_TEMPLATE
+
+if TYPE_CHECKING:  # names that exist in the type stubs only
+    from _hashlib import HASH
+
+    from _typeshed import StrPath, WriteableBuffer
 
 log = logging.getLogger("vidmesh.objects")
 
@@ -54,7 +59,7 @@ RECONNECT_WAIT_S = 60.0  # how long an abandoned write waits for the server to c
 PURGE_ATTEMPTS = 5
 MAX_CHECKPOINTS = 1024  # seek index entries per object: ~8 KB of metadata at most
 CHECKPOINTS_KEY = "vidmesh-chunk-seqs"  # "<stride>:<seq>,<seq>,..."
-_ABANDONING: set[asyncio.Task] = set()  # purges of failed writes still running
+_ABANDONING: set[asyncio.Task[None]] = set()  # purges of failed writes still running
 
 
 @dataclass
@@ -62,7 +67,10 @@ class StoredObject(api.ObjectInfo):
     """ObjectInfo plus the object-store `metadata` map, which the Go client and the nats CLI
     know but nats-py does not model (its parser would drop it)."""
 
-    metadata: Optional[dict] = None
+    # A stored object's meta always has both (nats-py's ObjectInfo leaves them optional).
+    size: int = 0
+    chunks: int = 0
+    metadata: Optional[dict[str, str]] = None
 
     def checkpoint_before(self, offset: int) -> tuple[int, int]:
         """(chunk index, stream sequence) of the recorded chunk at or before `offset`;
@@ -87,13 +95,13 @@ def _chunk_size(info: api.ObjectInfo) -> int:
     return (info.options and info.options.max_chunk_size) or CHUNK_SIZE
 
 
-def _checkpoints(seqs: list[int]) -> dict:
+def _checkpoints(seqs: list[int]) -> dict[str, str]:
     """The seek index of an object whose every chunk sequence is `seqs`."""
     stride = max(1, math.ceil(len(seqs) / MAX_CHECKPOINTS))
     return _index_metadata(stride, seqs[::stride])
 
 
-def _index_metadata(stride: int, seqs: list[int]) -> dict:
+def _index_metadata(stride: int, seqs: list[int]) -> dict[str, str]:
     """The `metadata` entry of a seek index: the sequence of every `stride`-th chunk."""
     return {CHECKPOINTS_KEY: f"{stride}:" + ",".join(map(str, seqs))} if seqs else {}
 
@@ -103,7 +111,7 @@ class TooLarge(Exception):
 
 
 class MediaStore:
-    def __init__(self, js, bucket: str):
+    def __init__(self, js: JetStreamContext, bucket: str) -> None:
         self.js = js
         self.bucket = bucket
         self.stream = OBJ_STREAM_TEMPLATE.format(bucket=bucket)
@@ -116,17 +124,18 @@ class MediaStore:
             msg = await self.js.get_last_msg(self.stream, self._meta_subject(name))
         except NotFoundError:
             return None
+        assert msg.data is not None  # a meta message always has its JSON body
         info = StoredObject.from_response(json.loads(msg.data))
         return None if info.deleted else info
 
     async def put_stream(
-        self, name: str, chunks: AsyncIterator[bytes], *, max_bytes: int | None = None, headers: dict | None = None
+        self, name: str, chunks: AsyncIterator[bytes], *, max_bytes: int | None = None, headers: dict[str, str] | None = None
     ) -> StoredObject:
         """Store an object from an async byte iterator with bounded memory."""
         nuid = self.js._nc._nuid.next().decode()
         chunk_subject = self.chunk_subject(nuid)
         digest = hashlib.sha256()
-        pending: list[asyncio.Future] = []
+        pending: list[asyncio.Future[api.PubAck]] = []
         seqs: list[int] = []  # stream sequence of each chunk, in order (the seek index)
         buf = bytearray()
         total = 0
@@ -167,14 +176,23 @@ class MediaStore:
                 task.add_done_callback(_ABANDONING.discard)
             raise
 
-    async def put_file(self, name: str, path: str | os.PathLike, *, headers: dict | None = None) -> StoredObject:
+    async def put_file(self, name: str, path: StrPath, *, headers: dict[str, str] | None = None) -> StoredObject:
         return await self.put_stream(name, _read_file(path), headers=headers)
 
     def chunk_subject(self, nuid: str) -> str:
         return OBJ_CHUNKS_PRE_TEMPLATE.format(bucket=self.bucket, obj=nuid)
 
     async def commit_chunks(
-        self, name: str, nuid: str, size: int, chunks: int, digest, stride: int, seqs: list[int], *, headers=None
+        self,
+        name: str,
+        nuid: str,
+        size: int,
+        chunks: int,
+        digest: HASH,
+        stride: int,
+        seqs: list[int],
+        *,
+        headers: dict[str, str] | None = None,
     ) -> StoredObject:
         """Make `name` the object whose CHUNK_SIZE chunks someone wrote under `nuid` (a
         resumable upload, PATCH by PATCH): only the meta message is written, no byte is
@@ -186,7 +204,17 @@ class MediaStore:
         """Drop chunks that belong to no object (an abandoned resumable upload)."""
         await self._purge(self.chunk_subject(nuid))
 
-    async def _commit(self, name, nuid, size, seqs, digest, headers, chunks=None, metadata=None) -> StoredObject:
+    async def _commit(
+        self,
+        name: str,
+        nuid: str,
+        size: int,
+        seqs: list[int],
+        digest: HASH,
+        headers: dict[str, str] | None,
+        chunks: int | None = None,
+        metadata: dict[str, str] | None = None,
+    ) -> StoredObject:
         previous = await self.info(name)
         info = StoredObject(
             name=name,
@@ -208,7 +236,7 @@ class MediaStore:
             await self._purge(self.chunk_subject(previous.nuid))
         return info
 
-    async def _abandon(self, pending: list, chunk_subject: str, nc, epoch: int) -> None:
+    async def _abandon(self, pending: list[asyncio.Future[api.PubAck]], chunk_subject: str, nc: Client, epoch: int) -> None:
         for fut in pending:
             try:
                 await _acked(fut, nc, epoch)
@@ -269,6 +297,7 @@ class MediaStore:
                 # Direct Get may be answered by an R3 follower that has not caught up with a
                 # chunk written a moment ago: ask the stream leader instead.
                 raw = await self.js.get_msg(self.stream, seq=seq, subject=subject, next=True)
+                assert raw.seq is not None  # a stored message always has its sequence
                 seq, data = raw.seq, raw.data or b""
             else:
                 seq, data = int(headers["Nats-Sequence"]), msg.data
@@ -276,13 +305,14 @@ class MediaStore:
             yield index, seq, data
             seq += 1
 
-    async def download(self, name: str, path: str | os.PathLike, *, ends: int | None = None) -> StoredObject:
+    async def download(self, name: str, path: StrPath, *, ends: int | None = None) -> StoredObject:
         """Write the object to `path`. With `ends`, only its first and last `ends` bytes, at
         their offsets in a sparse file of the object's size: what a demuxer reads to find the
         streams and an index stored at the end, without fetching the middle."""
         info = await self.info(name)
         if info is None:
             raise FileNotFoundError(name)
+        ranges: list[tuple[int, int | None]]  # (start, inclusive end; None: to the end)
         if ends is None or info.size <= 2 * ends:
             ranges = [(0, None)]
         else:
@@ -339,7 +369,7 @@ class ObjectReader(io.RawIOBase):
         self.pos = max(0, base + offset)
         return self.pos
 
-    def readinto(self, buffer) -> int:
+    def readinto(self, buffer: WriteableBuffer) -> int:
         view, done = memoryview(buffer).cast("B"), 0
         while done < len(view) and self.pos < self.info.size:
             index, skip = divmod(self.pos, self._chunk_size)
@@ -372,14 +402,14 @@ class ObjectReader(io.RawIOBase):
         return data
 
 
-async def _reconnected(nc, timeout: float) -> None:
+async def _reconnected(nc: Client, timeout: float) -> None:
     """Until the client is connected again (or `timeout` seconds pass)."""
     deadline = asyncio.get_running_loop().time() + timeout
     while not nc.is_connected and asyncio.get_running_loop().time() < deadline:
         await asyncio.sleep(0.1)
 
 
-async def _acked(future: asyncio.Future, nc, epoch: int) -> api.PubAck:
+async def _acked(future: asyncio.Future[api.PubAck], nc: Client, epoch: int) -> api.PubAck:
     """The chunk's PubAck; ConnectionError when it does not come within ACK_TIMEOUT_S, or
     the connection dropped since the write began (what was sent before may be lost)."""
     deadline = asyncio.get_running_loop().time() + ACK_TIMEOUT_S
@@ -394,7 +424,7 @@ async def _acked(future: asyncio.Future, nc, epoch: int) -> api.PubAck:
             raise ConnectionError(f"no acknowledgement of a chunk within {ACK_TIMEOUT_S:g} s (connection lost?)")
 
 
-async def _read_file(path) -> AsyncIterator[bytes]:
+async def _read_file(path: StrPath) -> AsyncIterator[bytes]:
     loop = asyncio.get_running_loop()
     with open(path, "rb") as fh:
         while True:

@@ -15,7 +15,10 @@ import os
 import socket
 import time
 
+from nats.aio.msg import Msg
+
 from . import contracts, telemetry, topology
+from .bus import Bus
 
 LOG_LEVEL_SUBJECT = "ops.cmd.log_level"  # core request: {"service": "*"|name, "level": "DEBUG"}
 
@@ -25,7 +28,7 @@ class BusLogHandler(logging.Handler):
         super().__init__(level)
         self.service = service
         self.instance = f"{socket.gethostname()}:{os.getpid()}"
-        self.queue: collections.deque = collections.deque(maxlen=2000)  # drops the oldest under a storm
+        self.queue: collections.deque[contracts.LogRecord] = collections.deque(maxlen=2000)  # drops the oldest under a storm
         self.errors = 0
 
     def emit(self, record: logging.LogRecord) -> None:
@@ -65,10 +68,10 @@ def metric_sample(service: str, instance: str, errors: int) -> contracts.MetricS
     )
 
 
-async def publish_forever(bus, handler: BusLogHandler, interval_s: float) -> None:
+async def publish_forever(bus: Bus, handler: BusLogHandler, interval_s: float) -> None:
     """Pump queued log records out every half second and a metric sample every interval."""
 
-    async def set_level(msg) -> None:
+    async def set_level(msg: Msg) -> None:
         try:
             wanted = contracts.decoder(dict).decode(msg.data)
             if wanted.get("service", "*") in ("*", handler.service):

@@ -14,7 +14,10 @@ import os
 import secrets
 from pathlib import Path
 
+from nats.js import JetStreamContext
+
 from .declaration import Declaration
+from .settings import Settings
 
 ADMIN = "admin"  # vidmesh up / init (topology), the CLI (dlq, schedules), operators
 
@@ -56,7 +59,7 @@ def local_passwords(data_dir: Path, users: tuple[str, ...] = ()) -> dict[str, st
     return current
 
 
-def credentials(settings, user: str) -> tuple[str | None, str | None]:
+def credentials(settings: Settings, user: str) -> tuple[str | None, str | None]:
     """The NATS user and password to connect with: NATS_USER/NATS_PASSWORD when set, else
     `user`'s generated password from the data dir of a `vidmesh up` (so `vidmesh run X`
     and the CLI work against the embedded server without copying secrets around)."""
@@ -75,7 +78,7 @@ class TopologyMissing(Exception):
     """What a service needs is not there yet: `vidmesh init` (or `vidmesh up`) creates it."""
 
 
-async def verify(js, declaration: Declaration) -> None:
+async def verify(js: JetStreamContext, declaration: Declaration) -> None:
     """Check that the streams, buckets and consumers a service uses exist (a service may not
     create them). Raises TopologyMissing naming what is missing."""
     from nats.js.errors import NotFoundError

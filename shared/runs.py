@@ -16,6 +16,7 @@ import msgspec
 
 from . import topology
 from .bus import Bus, KvContention, kv_update
+from .consumer import Delivery
 from .contracts import RunRecord, RunResult, ScheduleTick, ScheduleRun
 from .kvscan import entries
 
@@ -23,8 +24,10 @@ log = logging.getLogger("vidmesh.schedules")
 
 H_NEXT = "Nats-Schedule-Next"  # on a tick: when the server fires the schedule again
 
+# What a job reports of its run (RunResult.summary): counts, mostly.
+Summary = dict[str, str | int | float]
 # `async def job(bus, now) -> summary`, `now` the tick's time (unix s), never the wall clock
-Job = Callable[[Bus, float], Awaitable[dict]]
+Job = Callable[[Bus, float], Awaitable[Summary]]
 
 
 run_encoder = msgspec.json.Encoder()
@@ -35,7 +38,7 @@ def run_key(name: str) -> str:
     return f"run.{name}"
 
 
-async def run_tick(tick: ScheduleTick, delivery, job: Job, bucket: str) -> dict:
+async def run_tick(tick: ScheduleTick, delivery: Delivery, job: Job, bucket: str) -> Summary:
     """Run `job` for one tick (at the tick's `as_of`, else when it fired) and record the run,
     ok or error, in `bucket`; an error is raised again after it is recorded."""
     meta = delivery.msg.metadata
@@ -61,7 +64,7 @@ async def run_tick(tick: ScheduleTick, delivery, job: Job, bucket: str) -> dict:
 
 
 async def record(
-    bus: Bus, bucket: str, run: ScheduleRun, *, outcome: str, summary: dict | None = None, error: str | None = None
+    bus: Bus, bucket: str, run: ScheduleRun, *, outcome: str, summary: Summary | None = None, error: str | None = None
 ) -> None:
     kv = await bus.kv(bucket)
 

@@ -25,21 +25,24 @@ import asyncio
 import logging
 import signal
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import msgspec
 from fastapi import APIRouter, FastAPI, Response
 from fastapi.responses import JSONResponse
 from nats.micro import add_service
 from nats.micro.request import Request, ServiceError
+from nats.micro.service import Service as MicroService
 from opentelemetry import trace
 from prometheus_client import CONTENT_TYPE_LATEST, Histogram, generate_latest
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from . import contracts, ops, permissions, telemetry, topology
 from .bus import Bus, RpcError
-from .consumer import ConsumerLoop
+from .consumer import ConsumerLoop, Handler, OnExhausted
 from .declaration import ConsumerSpec, Declaration, UndeclaredSubject
 from .settings import Settings
 
@@ -58,12 +61,20 @@ RPC_SECONDS = Histogram(
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1, 5),
 )
 
+# `async (request, bus) -> reply`: the request is what the endpoint's kind decodes to.
+RpcHandler = Callable[[Any, Bus], Awaitable[msgspec.Struct]]
+# The decorators return what they are given, so a handler keeps its own signature.
+R = TypeVar("R", bound=RpcHandler)
+H = TypeVar("H", bound=Handler)
+AppHook = TypeVar("AppHook", bound=Callable[[FastAPI], None])
+StartupHook = TypeVar("StartupHook", bound=Callable[[Bus], Awaitable[None]])
+
 
 @dataclass
 class _Endpoint:
     subject: str
     kind: type
-    handler: Callable
+    handler: RpcHandler
     concurrency: int
 
 
@@ -71,25 +82,25 @@ class _Endpoint:
 class _Consumer:
     spec: ConsumerSpec
     kind: object
-    handler: Callable
+    handler: Handler
     concurrency: int | None
-    on_exhausted: Callable | None
+    on_exhausted: OnExhausted | None
 
 
 class HttpMetrics:
     """vidmesh_http_request_seconds per method, route template and status, as pure ASGI
     middleware (Starlette's function middleware runs each request through a task group)."""
 
-    def __init__(self, app):
+    def __init__(self, app: ASGIApp) -> None:
         self.app = app
 
-    async def __call__(self, scope, receive, send):
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         started = time.perf_counter()
         status = [500]  # if the app raises before it answers
 
-        async def sending(message):
+        async def sending(message: Message) -> None:
             if message["type"] == "http.response.start":
                 status[0] = message["status"]
             await send(message)
@@ -115,15 +126,15 @@ class Service:
         self._consumers: list[_Consumer] = []
         self._startup: list[Callable[[Bus], Awaitable[None]]] = []
         self._loops: list[ConsumerLoop] = []
-        self._tasks: list[asyncio.Task] = []
-        self._micro = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._micro: MicroService | None = None
         self._log_events: logging.Handler | None = None
         self._app_hooks: list[Callable[[FastAPI], None]] = []
         self.http = APIRouter()  # the service's own routes, if it has any
 
     # --- declaration ---------------------------------------------------------------------
 
-    def endpoint(self, subject: str, kind: type | None = None, *, concurrency: int = 8):
+    def endpoint(self, subject: str, kind: type | None = None, *, concurrency: int = 8) -> Callable[[R], R]:
         """Register a request-reply handler `async (request, bus) -> reply`; the request type
         is the subject's in `topology.RPC_TYPES` unless `kind` is given. Raises
         UndeclaredSubject when the declaration does not serve the subject."""
@@ -131,32 +142,34 @@ class Service:
         if subject not in self.declaration.serves:
             raise UndeclaredSubject(f"{self.name} does not declare that it serves {subject}")
 
-        def register(fn):
+        def register(fn: R) -> R:
             self._endpoints.append(_Endpoint(subject, kind, fn, concurrency))
             return fn
 
         return register
 
-    def consumer(self, spec: ConsumerSpec, kind, *, concurrency: int | None = None, on_exhausted=None):
+    def consumer(
+        self, spec: ConsumerSpec, kind: object, *, concurrency: int | None = None, on_exhausted: OnExhausted | None = None
+    ) -> Callable[[H], H]:
         if spec not in self.declaration.consumes:
             raise UndeclaredSubject(f"{self.name} does not declare the consumer {spec.stream}/{spec.durable}")
 
-        def register(fn):
+        def register(fn: H) -> H:
             self._consumers.append(_Consumer(spec, kind, fn, concurrency, on_exhausted))
             return fn
 
         return register
 
-    def configure_app(self, fn):
+    def configure_app(self, fn: AppHook) -> AppHook:
         """Called with the FastAPI app when it is built (exception handlers, middleware)."""
         self._app_hooks.append(fn)
         return fn
 
-    def background(self, coro) -> None:
+    def background(self, coro: Coroutine[Any, Any, None]) -> None:
         """Run a coroutine for the life of the service (cancelled on stop)."""
         self._tasks.append(asyncio.create_task(coro))
 
-    def on_startup(self, fn):
+    def on_startup(self, fn: StartupHook) -> StartupHook:
         """Run after NATS is connected and the topology ensured, before readiness."""
         self._startup.append(fn)
         return fn
@@ -167,7 +180,7 @@ class Service:
         service = self
 
         @asynccontextmanager
-        async def lifespan(app: FastAPI):
+        async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             service.settings = settings or service.settings_class.load()
             telemetry.setup(service.name)
             starter = asyncio.create_task(service._start_logged())
@@ -180,18 +193,18 @@ class Service:
         app = FastAPI(title=f"vidmesh {self.name}", description=self.description, version=self.version, lifespan=lifespan)
 
         @app.get("/healthz", include_in_schema=False)
-        async def healthz():
+        async def healthz() -> dict[str, str]:
             return {"status": "ok", "service": self.name}
 
         @app.get("/readyz", include_in_schema=False)
-        async def readyz():
+        async def readyz() -> JSONResponse:
             connected = bool(self.bus and self.bus.nc.is_connected)
             ok = self.ready and connected
             body = {"ready": ok, "nats_connected": connected, "topology": self.ready}
             return JSONResponse(body, status_code=200 if ok else 503)
 
         @app.get("/metrics", include_in_schema=False)
-        async def metrics():
+        async def metrics() -> Response:
             return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
         app.include_router(self.http)
@@ -218,6 +231,7 @@ class Service:
 
     async def _start(self) -> None:
         settings = self.settings
+        assert settings is not None  # the app's lifespan loads them before it starts this
         delay = 0.2
         while True:  # NATS may not be up yet (containers start in any order)
             try:
@@ -260,6 +274,7 @@ class Service:
         log.info("%s ready", self.name)
 
     async def _start_endpoints(self) -> None:
+        assert self.bus is not None  # connected before any endpoint is served
         self._micro = await add_service(
             self.bus.nc, name=f"vidmesh-{self.name}", version=self.version, description=self.description
         )
@@ -268,11 +283,11 @@ class Service:
             # subscribers on the same subject give an endpoint real concurrency.
             for _ in range(ep.concurrency):
                 await self._micro.add_endpoint(
-                    name=ep.subject.replace(".", "_"), subject=ep.subject, handler=self._rpc_handler(ep)
+                    name=ep.subject.replace(".", "_"), subject=ep.subject, handler=self._rpc_handler(ep, self.bus)
                 )
 
-    def _rpc_handler(self, ep: _Endpoint):
-        decoder = contracts.decoder(ep.kind)
+    def _rpc_handler(self, ep: _Endpoint, bus: Bus) -> Callable[[Request], Awaitable[None]]:
+        decoder: msgspec.json.Decoder[Any] = contracts.decoder(ep.kind)
 
         async def handle(request: Request) -> None:
             started = time.perf_counter()
@@ -288,7 +303,7 @@ class Service:
                     for attr, field in (("vidmesh.video.id", "video_id"), ("vidmesh.tenant", "tenant")):
                         if value := getattr(req, field, None):
                             span.set_attribute(attr, value)
-                    reply = await ep.handler(req, self.bus)
+                    reply = await ep.handler(req, bus)
                     await request.respond(contracts.encode(reply))
                 except (msgspec.DecodeError, msgspec.ValidationError) as exc:
                     outcome = "bad_request"

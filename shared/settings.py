@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Annotated, Self
 
 from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic_core import ErrorDetails
 from pydantic_settings import BaseSettings, EnvSettingsSource, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 
 PREFIX = "VIDMESH_"
@@ -47,7 +48,7 @@ _ENVIRON: ContextVar[Mapping[str, str] | None] = ContextVar("vidmesh_environ", d
 
 
 class _Environment(EnvSettingsSource):
-    def _load_env_vars(self):
+    def _load_env_vars(self) -> Mapping[str, str | None]:
         env = _ENVIRON.get()
         if env is None:
             return super()._load_env_vars()
@@ -113,9 +114,9 @@ class Settings(BaseSettings):
         }
 
     @classmethod
-    def _problem(cls, error) -> str:
+    def _problem(cls, error: ErrorDetails) -> str:
         where = error["loc"][0] if error["loc"] else None
-        variable = cls.variables().get(where, where)
+        variable = cls.variables().get(where, where) if isinstance(where, str) else where
         if error["type"] == "value_error":  # a validator's message, already saying what it wants
             text = str(error["ctx"]["error"])
             return f"{variable} {text}" if variable else text
@@ -124,7 +125,12 @@ class Settings(BaseSettings):
 
     @classmethod
     def settings_customise_sources(
-        cls, settings_cls, init_settings, env_settings, dotenv_settings, file_secret_settings
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         return init_settings, _Environment(settings_cls)  # no .env file: compose reads that one
 
@@ -142,7 +148,7 @@ class Settings(BaseSettings):
 
     @field_validator("alpha_background", mode="before")
     @classmethod
-    def _rgb(cls, value):
+    def _rgb(cls, value: object) -> object:
         if not isinstance(value, str):
             return value
         m = re.match(r"^#?([0-9A-Fa-f]{2})([0-9A-Fa-f]{2})([0-9A-Fa-f]{2})$", value.strip())

@@ -14,6 +14,7 @@ from opentelemetry import context, propagate, trace
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from opentelemetry.util.types import AttributeValue
 
 log = logging.getLogger("vidmesh.telemetry")
 tracer = trace.get_tracer("vidmesh")
@@ -57,9 +58,9 @@ def current_trace_id() -> str | None:
     return format(ctx.trace_id, "032x") if ctx.is_valid else None
 
 
-def messaging_attributes(operation: str, subject: str, **extra) -> dict:
+def messaging_attributes(operation: str, subject: str, **extra: AttributeValue) -> dict[str, AttributeValue]:
     """Attributes by the OpenTelemetry messaging conventions, plus vidmesh's own."""
-    attrs = {
+    attrs: dict[str, AttributeValue] = {
         "messaging.system": "nats",
         "messaging.operation.name": operation,
         "messaging.destination.name": subject,

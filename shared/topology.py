@@ -13,6 +13,8 @@ buckets, keys.
 
 from __future__ import annotations
 
+from typing import Protocol
+
 from . import contracts as c
 
 
@@ -66,7 +68,17 @@ METRICS_PREFIX = "metrics.evt"  # + .<service>
 ALERT_PREFIX = "monitor.evt.alert"  # + .<rule>
 
 
-def subject_for(msg) -> str:
+class Addressed(Protocol):
+    """A message published on its type's subject prefix, then its tenant and video id."""
+
+    @property
+    def tenant(self) -> str: ...
+
+    @property
+    def video_id(self) -> str: ...
+
+
+def subject_for(msg: Addressed) -> str:
     """The subject a message is published on: its type's prefix, tenant, video id."""
     return f"{SUBJECTS[type(msg)]}.{msg.tenant}.{msg.video_id}"
 
