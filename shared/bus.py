@@ -22,24 +22,24 @@ from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
 from nats.js import JetStreamContext
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError, NotFoundError
-from opentelemetry import trace
 from nats.js.kv import KeyValue
+from opentelemetry import trace
 
 from . import contracts, permissions, telemetry, topology
 from .settings import Settings
 from .contracts import VideoDeleted
 from .declaration import Declaration, UndeclaredSubject
 
-log = logging.getLogger("vidmesh.bus")
 if TYPE_CHECKING:
     from .objects import MediaStore
 
+log = logging.getLogger("vidmesh.bus")
 
 ERROR_CODE_HEADER = "Nats-Service-Error-Code"
 ERROR_HEADER = "Nats-Service-Error"
 
-
 Reply = TypeVar("Reply")
+
 
 class RpcError(Exception):
     """A request-reply call that the service answered with an error (or nobody answered)."""
