@@ -185,9 +185,7 @@ def done(outputs: list[dict], *, video_id: str) -> None:
 
 
 def _probe(path: str, where: str):
-    limits = {"max_width": SETTINGS.max_width, "max_height": SETTINGS.max_height,
-              "max_duration_s": SETTINGS.max_duration_s, "max_streams": SETTINGS.max_streams,
-              "containers": SETTINGS.containers}
+    limits = SETTINGS.upload_limits()
     if where == "worker":
         return probe(path, **limits)
     if where == "process":

@@ -65,11 +65,7 @@ async def _probe(path: str, req: contracts.ProbeSource, settings) -> contracts.S
             path,
             timeout_s=settings.probe_timeout_s,
             max_memory_mb=settings.probe_max_memory_mb,
-            max_width=settings.max_width,
-            max_height=settings.max_height,
-            max_duration_s=settings.max_duration_s,
-            max_streams=settings.max_streams,
-            containers=settings.containers,
+            **settings.upload_limits(),
         )
 
 

@@ -26,6 +26,12 @@ class PipelineSettings(Settings):
     probe_max_memory_mb: int = Field(1024, gt=0)  # address-space bound of the probe process, MiB
     probe_window_mb: int = Field(8, gt=0)  # MiB from each end of an upload fetched for a first probe
 
+    def upload_limits(self) -> dict[str, object]:
+        """What an upload may be, as `probe` (and `probe_isolated`) take it: the settings of
+        the same names."""
+        names = ("max_width", "max_height", "max_duration_s", "max_streams", "containers")
+        return {name: getattr(self, name) for name in names}
+
     @field_validator("containers", mode="before")
     @classmethod
     def _containers(cls, value):
