@@ -10,7 +10,7 @@ the buffer is two seconds at the cap. The levels cover up to 60 frames/s at each
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 from shared.contracts import RenditionSpec
 
@@ -23,6 +23,13 @@ class Rung:
     bufsize_kbit: int
     profile: str
     level: str
+
+    def spec(self, name: str, width: int, height: int) -> RenditionSpec:
+        """This rung's rate control at one size: every field but `short_side` is a
+        RenditionSpec field of the same name."""
+        rate_control = asdict(self)
+        del rate_control["short_side"]
+        return RenditionSpec(name=name, width=width, height=height, **rate_control)
 
 
 LADDER = (
@@ -51,18 +58,7 @@ def plan_ladder(width: int, height: int) -> list[RenditionSpec]:
     for side, rung in zip(sides, rungs):
         other = _even(long_ * side / short)  # keep the aspect ratio
         w, h = (other, side) if width >= height else (side, other)
-        specs.append(
-            RenditionSpec(
-                name=f"{side}p",
-                width=w,
-                height=h,
-                crf=rung.crf,
-                maxrate_kbps=rung.maxrate_kbps,
-                bufsize_kbit=rung.bufsize_kbit,
-                profile=rung.profile,
-                level=rung.level,
-            )
-        )
+        specs.append(rung.spec(f"{side}p", w, h))
     return specs
 
 
