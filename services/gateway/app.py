@@ -121,12 +121,11 @@ async def announce(bus: Bus, tenant: str, video_id: str, key: str, filename: str
         await bus.media.delete(key)
         raise ApiError(422, probed.error.code, probed.error.message)
 
-    now = time.time()
     event = VideoUploaded(
         video_id=video_id,
         tenant=tenant,
         object=key,
-        created_at=now,
+        created_at=time.time(),
         source=probed.source,
         filename=filename,
         content_type=ctype,
@@ -136,6 +135,6 @@ async def announce(bus: Bus, tenant: str, video_id: str, key: str, filename: str
         return await fetch_video(bus, tenant, video_id, after_seq=seq)
     except RpcError as exc:  # the upload is stored and announced all the same: accept it
         log.warning("the catalog did not confirm upload %s (sequence %d): %s", video_id, seq, exc)
-        return Video(
-            id=video_id, status="processing", created_at=now, updated_at=now, source=probed.source, filename=filename
-        )
+        # the announced upload as the catalog first shows it
+        at = event.created_at
+        return Video(id=video_id, status="processing", created_at=at, updated_at=at, source=event.source, filename=filename)
