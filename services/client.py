@@ -15,8 +15,10 @@ Exit codes: 0 success, 1 the request failed (server error, unreachable, bad inpu
 
 from __future__ import annotations
 
+import functools
 import hashlib
-from contextlib import closing
+import inspect
+from contextlib import closing, contextmanager
 import json
 import math
 import mimetypes
@@ -335,6 +337,13 @@ ApiKey = Annotated[
     ),
 ]
 AsJson = Annotated[bool, typer.Option("--json", help="Print JSON on stdout (for scripts).")]
+VideoId = Annotated[str, typer.Argument(metavar="ID", help="Video id.")]
+
+# The options of every command that talks to the gateway, after the command's own parameters.
+GATEWAY_OPTIONS = [
+    inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation)
+    for name, annotation, default in (("url", Url, DEFAULT_URL), ("api_key", ApiKey, None), ("as_json", AsJson, False))
+]
 
 
 def _client(url: str, api_key: str | None, as_json: bool) -> Client:
@@ -345,6 +354,36 @@ def _client(url: str, api_key: str | None, as_json: bool) -> Client:
             as_json,
         )
     return Client(url, key)
+
+
+@contextmanager
+def _session(url: str, api_key: str | None, as_json: bool) -> Iterator[Client]:
+    """The client of one command; a refused request prints the server's answer and exits 1."""
+    with _client(url, api_key, as_json) as client:
+        try:
+            yield client
+        except ApiError as exc:
+            _fail(exc, as_json)
+
+
+def _gateway_command(cli: typer.Typer, name: str) -> Callable[[Callable[..., None]], Callable[..., None]]:
+    """Register `run(client, as_json, <its own parameters>)` as the command `name`, run in a
+    `_session`. Typer reads a command's parameters from its signature, so the registered
+    function's signature is `run`'s own parameters followed by GATEWAY_OPTIONS."""
+
+    def register(run: Callable[..., None]) -> Callable[..., None]:
+        own = list(inspect.signature(run, eval_str=True).parameters.values())[2:]
+
+        @functools.wraps(run)
+        def command(*, url: str, api_key: str | None, as_json: bool, **params: object) -> None:
+            with _session(url, api_key, as_json) as client:
+                run(client, as_json, **params)
+
+        command.__signature__ = inspect.Signature(own + GATEWAY_OPTIONS)  # type: ignore[attr-defined]
+        cli.command(name)(command)
+        return run
+
+    return register
 
 
 def _dev_key() -> str | None:
@@ -428,20 +467,15 @@ def register(cli: typer.Typer) -> None:
         if failed:
             raise typer.Exit(EXIT_VIDEO_FAILED)
 
-    @cli.command("ls")
+    @_gateway_command(cli, "ls")
     def ls_cmd(
+        client: Client,
+        as_json: bool,
         limit: Annotated[int, typer.Option("--limit", "-n", min=1, max=100, help="How many videos.")] = 20,
         cursor: Annotated[Optional[str], typer.Option("--cursor", help="next_cursor of the previous page.")] = None,
-        url: Url = DEFAULT_URL,
-        api_key: ApiKey = None,
-        as_json: AsJson = False,
     ) -> None:
         """List videos, newest first."""
-        with _client(url, api_key, as_json) as client:
-            try:
-                page = client.videos(limit, cursor)
-            except ApiError as exc:
-                _fail(exc, as_json)
+        page = client.videos(limit, cursor)
         if as_json:
             _emit(page)
             return
@@ -466,132 +500,94 @@ def register(cli: typer.Typer) -> None:
         if page.get("next_cursor"):
             out.print(f"more: vidmesh ls --cursor {page['next_cursor']}")
 
-    @cli.command("status")
-    def status_cmd(
-        video_id: Annotated[str, typer.Argument(metavar="ID", help="Video id.")],
-        url: Url = DEFAULT_URL,
-        api_key: ApiKey = None,
-        as_json: AsJson = False,
-    ) -> None:
+    @_gateway_command(cli, "status")
+    def status_cmd(client: Client, as_json: bool, video_id: VideoId) -> None:
         """A video's status, source facts, renditions and thumbnail."""
-        with _client(url, api_key, as_json) as client:
-            try:
-                video = client.video(video_id)
-            except ApiError as exc:
-                _fail(exc, as_json)
+        video = client.video(video_id)
         if as_json:
             _emit(video)
             return
         _print_video(video, client.url)
 
-    @cli.command("download")
+    @_gateway_command(cli, "download")
     def download_cmd(
-        video_id: Annotated[str, typer.Argument(metavar="ID", help="Video id.")],
+        client: Client,
+        as_json: bool,
+        video_id: VideoId,
         rendition: Annotated[
             Optional[str], typer.Option("--rendition", "-r", help="e.g. 720p (default: the largest one).")
         ] = None,
         output: Annotated[
             Optional[Path], typer.Option("--output", "-o", help="File or directory (default: ./<id>-<rendition>.mp4).")
         ] = None,
-        url: Url = DEFAULT_URL,
-        api_key: ApiKey = None,
-        as_json: AsJson = False,
     ) -> None:
         """Download a rendition with a progress bar; an interrupted download resumes (Range)."""
-        with _client(url, api_key, as_json) as client:
-            try:
-                video = client.video(video_id)
-                names = [r["name"] for r in sorted(video.get("renditions", []), key=lambda r: -r["height"])]
-                if rendition is None:
-                    if not names:
-                        raise ApiError("not_found", f"video {video_id} has no rendition yet (status {video['status']})")
-                    rendition = names[0]
-                elif rendition not in names:
-                    have = ", ".join(names) or "none yet"
-                    raise ApiError("not_found", f"video {video_id} has no rendition {rendition!r} (it has: {have})")
-                target = output or Path(f"{video_id}-{rendition}.mp4")
-                if target.is_dir():
-                    target = target / f"{video_id}-{rendition}.mp4"
-                with _bar_progress(as_json) as progress:
-                    task = progress.add_task(f"{rendition} {target.name}", total=None)
+        video = client.video(video_id)
+        names = [r["name"] for r in sorted(video.get("renditions", []), key=lambda r: -r["height"])]
+        if rendition is None:
+            if not names:
+                raise ApiError("not_found", f"video {video_id} has no rendition yet (status {video['status']})")
+            rendition = names[0]
+        elif rendition not in names:
+            have = ", ".join(names) or "none yet"
+            raise ApiError("not_found", f"video {video_id} has no rendition {rendition!r} (it has: {have})")
+        target = output or Path(f"{video_id}-{rendition}.mp4")
+        if target.is_dir():
+            target = target / f"{video_id}-{rendition}.mp4"
+        with _bar_progress(as_json) as progress:
+            task = progress.add_task(f"{rendition} {target.name}", total=None)
 
-                    def started(offset: int, total: int) -> None:
-                        progress.update(task, completed=offset, total=total)
+            def started(offset: int, total: int) -> None:
+                progress.update(task, completed=offset, total=total)
 
-                    result = download(
-                        client,
-                        video_id,
-                        rendition,
-                        target,
-                        on_start=started,
-                        on_progress=lambda done: progress.update(task, completed=done),
-                    )
-            except ApiError as exc:
-                _fail(exc, as_json)
+            result = download(
+                client,
+                video_id,
+                rendition,
+                target,
+                on_start=started,
+                on_progress=lambda done: progress.update(task, completed=done),
+            )
         if as_json:
             _emit(result)
         else:
             resumed = f", resumed at {result['resumed_from']} bytes" if result["resumed_from"] else ""
             out.print(f"saved {result['path']} ({_size(result['bytes'])}{resumed})")
 
-    @cli.command("url")
-    def url_cmd(
-        video_id: Annotated[str, typer.Argument(metavar="ID", help="Video id.")],
-        url: Url = DEFAULT_URL,
-        api_key: ApiKey = None,
-        as_json: AsJson = False,
-    ) -> None:
+    @_gateway_command(cli, "url")
+    def url_cmd(client: Client, as_json: bool, video_id: VideoId) -> None:
         """The video's HLS master playlist URL with a fresh read token, for any player:
         `ffplay "$(vidmesh url ID)"`. It works from the first segments on (while
         processing); the token is read-only and expires after an hour (--json: expires_at)."""
-        with _client(url, api_key, as_json) as client:
-            try:
-                link = client.playback_url(video_id)
-            except ApiError as exc:
-                _fail(exc, as_json)
+        link = client.playback_url(video_id)
         if as_json:
             _emit(link)
         else:
             typer.echo(link["url"])  # one plain line, for $(...)
 
-    @cli.command("rm")
+    @_gateway_command(cli, "rm")
     def rm_cmd(
-        video_ids: Annotated[list[str], typer.Argument(metavar="ID...", help="Video ids.")],
-        url: Url = DEFAULT_URL,
-        api_key: ApiKey = None,
-        as_json: AsJson = False,
+        client: Client, as_json: bool, video_ids: Annotated[list[str], typer.Argument(metavar="ID...", help="Video ids.")]
     ) -> None:
         """Delete videos: their media and state; they then read `deleted`."""
-        with _client(url, api_key, as_json) as client:
-            for video_id in video_ids:
-                try:
-                    video = client.delete(video_id)
-                except ApiError as exc:
-                    _fail(exc, as_json)
-                if as_json:
-                    _emit(video)
-                else:
-                    out.print(f"deleted {video_id}")
+        for video_id in video_ids:
+            video = client.delete(video_id)
+            if as_json:
+                _emit(video)
+            else:
+                out.print(f"deleted {video_id}")
 
-    @cli.command("events")
-    def events_cmd(
-        video_id: Annotated[str, typer.Argument(metavar="ID", help="Video id.")],
-        url: Url = DEFAULT_URL,
-        api_key: ApiKey = None,
-        as_json: AsJson = False,
-    ) -> None:
+    @_gateway_command(cli, "events")
+    def events_cmd(client: Client, as_json: bool, video_id: VideoId) -> None:
         """Tail a video's events (history, then live) until it is ready, failed or deleted."""
-        with _client(url, api_key, as_json) as client:
-            try:
-                for name, data, event_id in client.events(video_id):
-                    if as_json:
-                        _emit({"event": name, "id": event_id, "data": data})
-                    else:
-                        out.print(f"{event_id or '-':>6}  {name:<22} {_event_summary(name, data)}")
-            except ApiError as exc:
-                _fail(exc, as_json)
-            except KeyboardInterrupt:
-                raise typer.Exit(130) from None
+        try:
+            for name, data, event_id in client.events(video_id):
+                if as_json:
+                    _emit({"event": name, "id": event_id, "data": data})
+                else:
+                    out.print(f"{event_id or '-':>6}  {name:<22} {_event_summary(name, data)}")
+        except KeyboardInterrupt:
+            raise typer.Exit(130) from None
 
 
 # --- progress of one video, from its events --------------------------------------------------
