@@ -61,9 +61,11 @@ media-reference:
 	    echo "ERROR: Debian's ffmpeg is missing and could not be installed (apt-get install ffmpeg); CI=true needs the media tests to run" >&2; exit 1; \
 	  else echo "WARNING: Debian's ffmpeg is missing and could not be installed (apt-get install ffmpeg): the media reference tests will be skipped"; fi
 
-# Type-check shared/ first (strict, configured in pyproject.toml): the runtime and the
-# contracts every service imports; an error fails the build in seconds, before the suite.
+# Lint, format check and type-check first (ruff over the tree, mypy strict on shared/, both
+# configured in pyproject.toml): each fails the build in seconds, before the suite.
 test: install $(ASYNCAPI_STAMP) browser media-reference
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/mypy shared
 	$(BIN)/python -m pytest -q -p no:cacheprovider tests
 

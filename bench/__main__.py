@@ -12,17 +12,36 @@ import traceback
 
 from .common import console, write_result
 
-BENCHMARKS = ("upload", "probe", "status", "pipeline", "scale", "chunk_size", "transcoder_rss", "load", "playable", "broker_restart", "frame_filters", "tus_upload", "overhead")
+BENCHMARKS = (
+    "upload",
+    "probe",
+    "status",
+    "pipeline",
+    "scale",
+    "chunk_size",
+    "transcoder_rss",
+    "load",
+    "playable",
+    "broker_restart",
+    "frame_filters",
+    "tus_upload",
+    "overhead",
+)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
-    parser.add_argument("names", nargs="*", metavar="NAME",
-                        help=f"benchmarks to run, of {', '.join(BENCHMARKS)} (default: all)")
-    parser.add_argument("--n", type=int, metavar="N",
-                        help="load: how many clips to upload per run (default 40, or env BENCH_LOAD_N)")
-    parser.add_argument("--peer", choices=("celery",),
-                        help="load: also run the same load through a peer design (celery: Celery 5 + Redis)")
+    parser.add_argument(
+        "names", nargs="*", metavar="NAME", help=f"benchmarks to run, of {', '.join(BENCHMARKS)} (default: all)"
+    )
+    parser.add_argument(
+        "--n", type=int, metavar="N", help="load: how many clips to upload per run (default 40, or env BENCH_LOAD_N)"
+    )
+    parser.add_argument(
+        "--peer",
+        choices=("celery",),
+        help="load: also run the same load through a peer design (celery: Celery 5 + Redis)",
+    )
     args = parser.parse_args(argv)
     if args.n is not None:
         os.environ["BENCH_LOAD_N"] = str(args.n)
@@ -57,7 +76,9 @@ def main(argv: list[str] | None = None) -> int:
         console.rule("[bold]summary")
         for table in tables:
             console.print(table)
-    console.log(f"all done in {time.monotonic() - started:.0f} s" + (f"; FAILED: {', '.join(failed)}" if failed else ""))
+    console.log(
+        f"all done in {time.monotonic() - started:.0f} s" + (f"; FAILED: {', '.join(failed)}" if failed else "")
+    )
     return 1 if failed else 0
 
 

@@ -57,10 +57,12 @@ def run() -> dict:
                             row = asyncio.run(mesh_once(mesh, clips[seconds]))
                         row.update(round=n, chunk_s=chunk_s, clip_s=seconds)
                         rows.append(row)
-                        console.log(f"{chunk_s:g} s chunks, {seconds:g} s clip: {row['seconds']} s to ready, "
-                                    f"cpu {row['cpu_seconds']} s, {row['status']}, load {row['loadavg'][0]}, "
-                                    f"other work {row['other_share']:.0%}; "
-                                    f"{timeline_text(row['timeline'])}")
+                        console.log(
+                            f"{chunk_s:g} s chunks, {seconds:g} s clip: {row['seconds']} s to ready, "
+                            f"cpu {row['cpu_seconds']} s, {row['status']}, load {row['loadavg'][0]}, "
+                            f"other work {row['other_share']:.0%}; "
+                            f"{timeline_text(row['timeline'])}"
+                        )
     summary = []
     for seconds in CLIPS_S:
         for chunk_s in CHUNKS_S:
@@ -69,22 +71,28 @@ def run() -> dict:
                 continue
             ratios, cpu_ratios = [], []
             for r in mine:
-                base = next(b for b in rows if b["round"] == r["round"] and b["clip_s"] == seconds and b["chunk_s"] == CHUNKS_S[0])
+                base = next(
+                    b
+                    for b in rows
+                    if b["round"] == r["round"] and b["clip_s"] == seconds and b["chunk_s"] == CHUNKS_S[0]
+                )
                 ratios.append(r["seconds"] / base["seconds"])
                 cpu_ratios.append(r["cpu_seconds"] / base["cpu_seconds"])
-            summary.append({
-                "clip_s": seconds,
-                "chunk_s": chunk_s,
-                "chunks": mine[0]["plan"]["chunks"] if mine[0].get("plan") else None,
-                "seconds_median": round(median([r["seconds"] for r in mine]), 2),
-                "playable_median": _median_of(mine, "playable"),
-                "cpu_median": round(median([r["cpu_seconds"] for r in mine]), 2),
-                "other_share_median": round(median([r["other_share"] for r in mine]), 3),
-                "ratio_vs_6s": round(median(ratios), 3),
-                "cpu_ratio_vs_6s": round(median(cpu_ratios), 3),
-                "all_ok": all(r["ok"] for r in mine),
-                "runs": len(mine),
-            })
+            summary.append(
+                {
+                    "clip_s": seconds,
+                    "chunk_s": chunk_s,
+                    "chunks": mine[0]["plan"]["chunks"] if mine[0].get("plan") else None,
+                    "seconds_median": round(median([r["seconds"] for r in mine]), 2),
+                    "playable_median": _median_of(mine, "playable"),
+                    "cpu_median": round(median([r["cpu_seconds"] for r in mine]), 2),
+                    "other_share_median": round(median([r["other_share"] for r in mine]), 3),
+                    "ratio_vs_6s": round(median(ratios), 3),
+                    "cpu_ratio_vs_6s": round(median(cpu_ratios), 3),
+                    "all_ok": all(r["ok"] for r in mine),
+                    "runs": len(mine),
+                }
+            )
     return {
         "segment_s": SEGMENT_S,
         "rows": rows,
@@ -94,16 +102,36 @@ def run() -> dict:
 
 
 def table(result: dict) -> Table:
-    t = Table(title=f"chunk_size: mesh time to ready by VIDMESH_CHUNK_S (segments {result['segment_s']:g} s, "
-                    "2 transcoder processes, unpinned)")
-    for col in ("clip", "chunk", "tasks", "playable (median)", "time to ready (median)", "CPU s (median)", "time vs 6 s",
-                "CPU vs 6 s", "other work", "ok"):
+    t = Table(
+        title=f"chunk_size: mesh time to ready by VIDMESH_CHUNK_S (segments {result['segment_s']:g} s, "
+        "2 transcoder processes, unpinned)"
+    )
+    for col in (
+        "clip",
+        "chunk",
+        "tasks",
+        "playable (median)",
+        "time to ready (median)",
+        "CPU s (median)",
+        "time vs 6 s",
+        "CPU vs 6 s",
+        "other work",
+        "ok",
+    ):
         t.add_column(col, justify="right")
     for s in result["summary"]:
         playable = "-" if s["playable_median"] is None else f"{s['playable_median']:.1f} s"
-        t.add_row(f"{s['clip_s']:g} s", f"{s['chunk_s']:g} s", str(s["chunks"]), playable, f"{s['seconds_median']:.1f} s",
-                  f"{s['cpu_median']:.1f}", f"{s['ratio_vs_6s']:.2f}x", f"{s['cpu_ratio_vs_6s']:.2f}x",
-                  f"{s['other_share_median']:.0%}",
-                  "yes" if s["all_ok"] else "[bold red]NO[/]")
+        t.add_row(
+            f"{s['clip_s']:g} s",
+            f"{s['chunk_s']:g} s",
+            str(s["chunks"]),
+            playable,
+            f"{s['seconds_median']:.1f} s",
+            f"{s['cpu_median']:.1f}",
+            f"{s['ratio_vs_6s']:.2f}x",
+            f"{s['cpu_ratio_vs_6s']:.2f}x",
+            f"{s['other_share_median']:.0%}",
+            "yes" if s["all_ok"] else "[bold red]NO[/]",
+        )
     t.caption = f"{len(result['rows'])} runs; load average {result['loadavg']}"
     return t

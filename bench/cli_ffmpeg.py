@@ -23,7 +23,9 @@ def ensure_ffmpeg(say=print) -> str | None:
     for cmd in (["apt-get", "update"], ["apt-get", "install", "-y", "--no-install-recommends", "ffmpeg"]):
         say(f"[yellow]ffmpeg missing: running {' '.join(cmd)}[/]")
         try:
-            done = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=900)
+            done = subprocess.run(
+                cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=900
+            )
         except (OSError, subprocess.TimeoutExpired) as exc:
             say(f"[bold red]{' '.join(cmd)} failed: {exc}[/]")
             return None

@@ -120,7 +120,7 @@ class RssSampler:
                 self.samples.append((time.monotonic() - t0, rss))
             self._stop.wait(self.interval)
 
-    def __enter__(self) -> "RssSampler":
+    def __enter__(self) -> RssSampler:
         self._thread.start()
         return self
 
@@ -174,7 +174,7 @@ class OtherWork:
     of the machine over the wall time it says how loaded a run was, better than the load
     average (which counts runnable threads, ours included)."""
 
-    def __enter__(self) -> "OtherWork":
+    def __enter__(self) -> OtherWork:
         self.t0, self.busy0, self.own0 = time.perf_counter(), machine_busy_seconds(), own_cpu_seconds()
         return self
 
@@ -185,8 +185,10 @@ class OtherWork:
 
     def result(self, measured_cpu: float) -> dict:
         other = max(0.0, self.busy - self.own - measured_cpu)
-        return {"other_cpu_seconds": round(other, 2),
-                "other_share": round(other / (self.wall * (os.cpu_count() or 1)), 3) if self.wall else None}
+        return {
+            "other_cpu_seconds": round(other, 2),
+            "other_share": round(other / (self.wall * (os.cpu_count() or 1)), 3) if self.wall else None,
+        }
 
 
 def wait_for_quiet(label: str = "") -> dict:
@@ -206,7 +208,9 @@ def wait_for_quiet(label: str = "") -> dict:
         waited = time.perf_counter() - started
         if share < threshold or waited >= limit:
             if share >= threshold:
-                console.log(f"[yellow]{label}: the machine is still busy ({share:.0%} of it) after {waited:.0f} s; going on[/]")
+                console.log(
+                    f"[yellow]{label}: the machine is still busy ({share:.0%} of it) after {waited:.0f} s; going on[/]"
+                )
             return {"quiet_wait_s": round(waited, 1), "busy_share_before": round(share, 3)}
         console.log(f"{label}: other work uses {share:.0%} of the machine; waiting for it to settle")
 
@@ -261,7 +265,9 @@ def clip(seconds: float, width: int = 1920, height: int = 1080, fps: int = 30, g
         with console.status(f"generating a {seconds:g} s {width}x{height} {fps} fps H.264+AAC clip (GOP {gop})"):
             t0 = time.perf_counter()
             make_clip(path, width=width, height=height, seconds=seconds, fps=fps, audio=True, gop=gop)
-        console.log(f"clip {seconds:g} s {width}x{height} GOP {gop}: {os.path.getsize(path) / 1e6:.1f} MB in {time.perf_counter() - t0:.1f}s")
+        console.log(
+            f"clip {seconds:g} s {width}x{height} GOP {gop}: {os.path.getsize(path) / 1e6:.1f} MB in {time.perf_counter() - t0:.1f}s"
+        )
         _CLIPS[key] = path
     return _CLIPS[key]
 
@@ -313,9 +319,12 @@ def environment() -> dict:
         "pyav_ffmpeg": getattr(av, "ffmpeg_version_info", None),
     }
     try:
-        env["commit"] = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, timeout=5
-        ).stdout.strip() or None
+        env["commit"] = (
+            subprocess.run(
+                ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, timeout=5
+            ).stdout.strip()
+            or None
+        )
     except OSError:
         env["commit"] = None
     return env

@@ -41,7 +41,11 @@ def _before_package(tmp: str):
     (package / "__init__.py").write_text("")
     for name in ("chunk", "media", "cmaf"):
         source = subprocess.run(
-            ["git", "show", f"{BEFORE}:services/transcoder/{name}.py"], cwd=ROOT, capture_output=True, text=True, check=True
+            ["git", "show", f"{BEFORE}:services/transcoder/{name}.py"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
         ).stdout
         (package / f"{name}.py").write_text(source)
     sys.path.insert(0, tmp)
@@ -102,10 +106,33 @@ def hdr_4k(tmp: str) -> dict | None:
     src = os.path.join(tmp, "hlg-2160p.mp4")
     with console.status("making the 2 s 3840x2160 HLG clip (x265)"):
         subprocess.run(
-            [ffmpeg, "-v", "error", "-y", "-f", "lavfi", "-i", "testsrc2=s=3840x2160:r=30:d=2", "-vf", "format=yuv420p10le",
-             "-c:v", "libx265", "-preset", "ultrafast",
-             "-x265-params", "colorprim=bt2020:transfer=arib-std-b67:colormatrix=bt2020nc:log-level=error",
-             "-color_primaries", "bt2020", "-color_trc", "arib-std-b67", "-colorspace", "bt2020nc", "-tag:v", "hvc1", src],
+            [
+                ffmpeg,
+                "-v",
+                "error",
+                "-y",
+                "-f",
+                "lavfi",
+                "-i",
+                "testsrc2=s=3840x2160:r=30:d=2",
+                "-vf",
+                "format=yuv420p10le",
+                "-c:v",
+                "libx265",
+                "-preset",
+                "ultrafast",
+                "-x265-params",
+                "colorprim=bt2020:transfer=arib-std-b67:colormatrix=bt2020nc:log-level=error",
+                "-color_primaries",
+                "bt2020",
+                "-color_trc",
+                "arib-std-b67",
+                "-colorspace",
+                "bt2020nc",
+                "-tag:v",
+                "hvc1",
+                src,
+            ],
             check=True,
         )
     stages = {}
@@ -121,7 +148,9 @@ def hdr_4k(tmp: str) -> dict | None:
     for rung in plan.renditions:
         track = os.path.join(tmp, f"{rung.name}.cmaf")
         with open(track, "wb") as fh:
-            for part in [chunk.init_path(out, rung.name)] + [chunk.segment_path(out, rung.name, s.index) for s in result.segments]:
+            for part in [chunk.init_path(out, rung.name)] + [
+                chunk.segment_path(out, rung.name, s.index) for s in result.segments
+            ]:
                 fh.write(Path(part).read_bytes())
         stitch(track, os.path.join(tmp, f"{rung.name}.mp4"))
     stages["stitch"] = time.perf_counter() - t0

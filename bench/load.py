@@ -87,8 +87,9 @@ class Counters:
             self.by_status[what] = self.by_status.get(what, 0) + 1
 
 
-def upload_one(mesh, clip: bytes, index: int, deadline: float, counters: Counters, local: threading.local,
-               clients: list) -> dict:
+def upload_one(
+    mesh, clip: bytes, index: int, deadline: float, counters: Counters, local: threading.local, clients: list
+) -> dict:
     """POST one copy until it is accepted (202) or refused for good; retries keep the key."""
     client = getattr(local, "client", None)
     if client is None:
@@ -107,8 +108,12 @@ def upload_one(mesh, clip: bytes, index: int, deadline: float, counters: Counter
             time.sleep(1)
             continue
         if resp.status_code == 202:
-            row.update(id=resp.json()["id"], started=started, accepted=time.perf_counter(),
-                       replayed=resp.headers.get("Idempotent-Replayed") == "true")
+            row.update(
+                id=resp.json()["id"],
+                started=started,
+                accepted=time.perf_counter(),
+                replayed=resp.headers.get("Idempotent-Replayed") == "true",
+            )
             return row
         counters.add(str(resp.status_code))
         if resp.status_code in (429, 503, 409):  # back-pressure: wait as told, same key
@@ -138,8 +143,9 @@ def run_load(mesh, clip: bytes, n: int, label: str, chaos: bool) -> dict:
 
         rng = random.Random(4)
         while not stop_killing.wait(KILL_EVERY_S):
-            live = [(name, pid) for name, pid in service_pids(mesh).items()
-                    if name.startswith("transcoder-") and alive(pid)]
+            live = [
+                (name, pid) for name, pid in service_pids(mesh).items() if name.startswith("transcoder-") and alive(pid)
+            ]
             if not live:
                 kills.append({"t": round(time.perf_counter() - t0, 2), "skipped": "no transcoder alive"})
                 continue
@@ -170,8 +176,10 @@ def run_load(mesh, clip: bytes, n: int, label: str, chaos: bool) -> dict:
                 if resp.status_code == 200 and resp.json().get("status") in ("ready", "failed"):
                     final[vid] = resp.json()
                     done_at[vid] = time.perf_counter()
-            status.update(f"{label}: {len(rows)}/{n} accepted or refused, {len(final)} terminal"
-                          + (f", {len([k for k in kills if 'pid' in k])} kills" if chaos else ""))
+            status.update(
+                f"{label}: {len(rows)}/{n} accepted or refused, {len(final)} terminal"
+                + (f", {len([k for k in kills if 'pid' in k])} kills" if chaos else "")
+            )
             if len(rows) == n and len(final) == sum("id" in r for r in rows.values()):
                 break
             time.sleep(POLL_S)
@@ -191,15 +199,19 @@ def run_load(mesh, clip: bytes, n: int, label: str, chaos: bool) -> dict:
     for r in failed:
         code = (final[r["id"]].get("error") or {}).get("code", "?")
         failure_codes[code] = failure_codes.get(code, 0) + 1
-    complete = [r for r in ready
-                if len(final[r["id"]].get("renditions") or []) == 1 and final[r["id"]].get("thumbnail") is not None]
+    complete = [
+        r
+        for r in ready
+        if len(final[r["id"]].get("renditions") or []) == 1 and final[r["id"]].get("thumbnail") is not None
+    ]
     ttr = [done_at[r["id"]] - r["started"] for r in ready]
     upload_s = [r["accepted"] - r["started"] for r in accepted]
     first = min((r["started"] for r in accepted), default=t0)
     last = max((done_at[r["id"]] for r in ready), default=time.perf_counter())
     wall = max(1e-9, last - first)
-    tasks = sum(len(final[r["id"]].get("renditions") or []) + (final[r["id"]].get("thumbnail") is not None)
-                for r in ready)
+    tasks = sum(
+        len(final[r["id"]].get("renditions") or []) + (final[r["id"]].get("thumbnail") is not None) for r in ready
+    )
     queues = queue_counters(mesh)
     result = {
         "label": label,
@@ -239,9 +251,13 @@ def queue_counters(mesh) -> dict:
         for stream, durable in TASK_QUEUES.items():
             c = await js.consumer_info(stream, durable)
             published = (await js.stream_info(stream)).state.last_seq  # tasks ever queued (warm-up included)
-            out[stream] = {"published": published, "delivered": c.delivered.consumer_seq,
-                           "extra_deliveries": c.delivered.consumer_seq - published,  # redeliveries, e.g. after a kill
-                           "pending": c.num_pending, "ack_pending": c.num_ack_pending}
+            out[stream] = {
+                "published": published,
+                "delivered": c.delivered.consumer_seq,
+                "extra_deliveries": c.delivered.consumer_seq - published,  # redeliveries, e.g. after a kill
+                "pending": c.num_pending,
+                "ack_pending": c.num_ack_pending,
+            }
         return out
 
     try:
@@ -282,7 +298,9 @@ def load_clip() -> bytes:
 def run() -> dict:
     n = n_videos()
     clip = load_clip()
-    console.log(f"clip: {WIDTH}x{HEIGHT} {SECONDS:g} s {FPS} fps H.264+AAC, {len(clip) / 1e3:.0f} kB; N={n}, {CLIENTS} clients")
+    console.log(
+        f"clip: {WIDTH}x{HEIGHT} {SECONDS:g} s {FPS} fps H.264+AAC, {len(clip) / 1e3:.0f} kB; N={n}, {CLIENTS} clients"
+    )
     # Rounds alternate the systems (mesh, peer, mesh, peer, ...) so neither always runs first
     # on a machine that has just been idle or busy; each row is its median round.
     steady_rounds, peer_rounds = [], []
@@ -305,8 +323,9 @@ def run() -> dict:
             f"retries_exhausted with VIDMESH_TASK_MAX_DELIVER=5 (a task killed 5 times); running the chaos run "
             f"again with VIDMESH_TASK_MAX_DELIVER={CHAOS_MAX_DELIVER}[/]"
         )
-        chaos_runs.append(one_run(clip, n, "chaos", chaos=True,
-                                  extra_env={"VIDMESH_TASK_MAX_DELIVER": str(CHAOS_MAX_DELIVER)}))
+        chaos_runs.append(
+            one_run(clip, n, "chaos", chaos=True, extra_env={"VIDMESH_TASK_MAX_DELIVER": str(CHAOS_MAX_DELIVER)})
+        )
     chaos = chaos_runs[-1]
     summary = {
         "n": n,
@@ -321,7 +340,8 @@ def run() -> dict:
         "chaos_reruns": len(chaos_runs) - 1,
         # a chaos run over before its first kill proves nothing (raise --n)
         "met": (chaos["ready"] == chaos["accepted"] and chaos["accepted"] > 0 and not chaos["timed_out"])
-        if chaos["kills"] else None,
+        if chaos["kills"]
+        else None,
     }
     result = {
         "clip": {"width": WIDTH, "height": HEIGHT, "seconds": SECONDS, "fps": FPS, "bytes": len(clip)},
@@ -362,11 +382,23 @@ def peer_key(row: dict) -> str:
 
 def table(result: dict) -> Table:
     s = result["summary"]
-    t = Table(title=f"load: {s['n']} clips of 2 s 640x360 from {result['clients']} clients "
-                    f"(360p + thumbnail each), 2 transcoder processes"
-                    + ("; celery: 1 worker of 2 prefork processes" if result.get("peers") else ""))
-    for col in ("run", "ready / accepted", "failed", "videos/min", "time to ready p50 / p99", "tasks/s", "429s",
-                "kills", "redeliveries", "wall"):
+    t = Table(
+        title=f"load: {s['n']} clips of 2 s 640x360 from {result['clients']} clients "
+        f"(360p + thumbnail each), 2 transcoder processes"
+        + ("; celery: 1 worker of 2 prefork processes" if result.get("peers") else "")
+    )
+    for col in (
+        "run",
+        "ready / accepted",
+        "failed",
+        "videos/min",
+        "time to ready p50 / p99",
+        "tasks/s",
+        "429s",
+        "kills",
+        "redeliveries",
+        "wall",
+    ):
         t.add_column(col, justify="right")
     for row in [result["steady"], *result["chaos_runs"]]:
         label = row["label"] + (f" (max_deliver {row['max_deliver']})" if row["chaos"] else "")
@@ -388,9 +420,11 @@ def table(result: dict) -> Table:
         if row is result["steady"]:
             for p in result.get("peers", []):
                 add_peer_row(t, p)
-    t.caption = (f"chaos: SIGKILL one live transcoder every {result['kill_every_s']:g} s until every video is terminal; "
-                 f"all accepted videos ready: {verdict(s['met'])}"
-                 + ("" if s["chaos_kills"] else " (the run ended before the first kill: raise --n)"))
+    t.caption = (
+        f"chaos: SIGKILL one live transcoder every {result['kill_every_s']:g} s until every video is terminal; "
+        f"all accepted videos ready: {verdict(s['met'])}"
+        + ("" if s["chaos_kills"] else " (the run ended before the first kill: raise --n)")
+    )
     for p in result.get("peers", []):
         ratio = s.get("ratio_vs_" + peer_key(p))
         t.caption += f"\nvideos/min, vidmesh / {p['label']}: {ratio}x" if ratio else ""
@@ -406,6 +440,8 @@ def add_peer_row(t: Table, row: dict) -> None:
         f"{row['videos_per_min']:.1f}",
         f"{row['ttr_p50_s']} / {row['ttr_p99_s']} s",
         f"{row['tasks_per_s']:.2f}",
-        "-", "-", "-",
+        "-",
+        "-",
+        "-",
         f"{row['wall_s']:.0f} s" + (" [bold red]TIMED OUT[/]" if row["timed_out"] else ""),
     )

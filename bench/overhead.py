@@ -40,7 +40,10 @@ PROBES = 5  # probes timed each way
 # (category, pattern on "function (file)") tried innermost frame first: the first match names
 # the sample. Media libraries first, so a frame path that calls msgspec stays media work.
 CATEGORIES = [
-    ("media (PyAV, x264, frame path)", r"\(av/|/media/|services/transcoder/(chunk|audio|stitch|cmaf|timeline)\.py|thumbnailer/snapshot\.py|services/pipeline/probe\.py"),
+    (
+        "media (PyAV, x264, frame path)",
+        r"\(av/|/media/|services/transcoder/(chunk|audio|stitch|cmaf|timeline)\.py|thumbnailer/snapshot\.py|services/pipeline/probe\.py",
+    ),
     ("probe child start (fork server)", r"multiprocessing/"),
     # the send/recv system calls themselves: on loopback the kernel delivers to the
     # receiving socket in the sender's time, so a message costs mostly here
@@ -58,7 +61,9 @@ CATEGORIES = [
 
 
 # Innermost frames that wait rather than compute (py-spy cannot always tell with --nonblocking).
-IDLE = re.compile(r"^(\S+\.)?(select|poll|wait|_wait_for_tstate_lock|acquire|sleep|recv_into|accept|_worker) \(\S*?(selectors|threading|queue|socket|concurrent/futures/thread|multiprocessing/connection)\.py")
+IDLE = re.compile(
+    r"^(\S+\.)?(select|poll|wait|_wait_for_tstate_lock|acquire|sleep|recv_into|accept|_worker) \(\S*?(selectors|threading|queue|socket|concurrent/futures/thread|multiprocessing/connection)\.py"
+)
 
 
 def n_videos() -> int:
@@ -169,7 +174,9 @@ def run() -> dict:
     from .pipeline import warm_up
 
     n = n_videos()
-    py_spy = shutil.which("py-spy") or (str(Path(sys.executable).parent / "py-spy") if (Path(sys.executable).parent / "py-spy").exists() else None)
+    py_spy = shutil.which("py-spy") or (
+        str(Path(sys.executable).parent / "py-spy") if (Path(sys.executable).parent / "py-spy").exists() else None
+    )
     with tempfile.TemporaryDirectory(prefix="vidmesh-bench-overhead-") as tmp:
         clip = load_clip()
         with running_mesh(MESH_ENV, label="mesh for overhead") as mesh:
@@ -181,10 +188,29 @@ def run() -> dict:
                     if name == "nats":
                         continue
                     out = os.path.join(tmp, f"{name}.txt")
-                    spies[name] = (subprocess.Popen(
-                        [py_spy, "record", "-p", str(pid), "-r", str(SAMPLE_HZ), "-f", "raw", "-o", out, "--nonblocking",
-                         "--subprocesses", "-d", "600"],
-                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL), out)
+                    spies[name] = (
+                        subprocess.Popen(
+                            [
+                                py_spy,
+                                "record",
+                                "-p",
+                                str(pid),
+                                "-r",
+                                str(SAMPLE_HZ),
+                                "-f",
+                                "raw",
+                                "-o",
+                                out,
+                                "--nonblocking",
+                                "--subprocesses",
+                                "-d",
+                                "600",
+                            ],
+                            stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL,
+                        ),
+                        out,
+                    )
                 time.sleep(1.0)  # attached
             before, own0, busy0, t0 = cpu_by_root(procs), own_cpu_seconds(), machine_busy_seconds(), time.monotonic()
             row = run_load(mesh, clip, n, "overhead", chaos=False)
@@ -213,7 +239,7 @@ def run() -> dict:
         if total:
             split[name] = {cat: round(per_video_ms[name] * c / total, 1) for cat, c in counts.most_common()}
     by_category: Counter = Counter()
-    for name, cats in split.items():
+    for cats in split.values():
         for cat, ms in cats.items():
             by_category[cat] += ms
     return {
@@ -236,20 +262,27 @@ def run() -> dict:
 
 
 def table(result: dict) -> Table:
-    t = Table(title=f"overhead: CPU ms per video, {result['n']} clips of 2 s 640x360 from {result['clients']} clients "
-                    f"({result['videos_per_min']} videos/min, ttr p50/p99 {result['ttr_p50_s']}/{result['ttr_p99_s']} s, "
-                    f"CPUs {result['machine_busy_share']:.0%} busy)")
+    t = Table(
+        title=f"overhead: CPU ms per video, {result['n']} clips of 2 s 640x360 from {result['clients']} clients "
+        f"({result['videos_per_min']} videos/min, ttr p50/p99 {result['ttr_p50_s']}/{result['ttr_p99_s']} s, "
+        f"CPUs {result['machine_busy_share']:.0%} busy)"
+    )
     t.add_column("process")
     t.add_column("CPU ms / video", justify="right")
     t.add_column("where (py-spy, ms / video)")
     for name, ms in sorted(result["cpu_ms_per_video"].items(), key=lambda kv: -kv[1]):
         cats = result["split_ms_per_video"].get(name, {})
         t.add_row(name, f"{ms:.0f}", ", ".join(f"{c} {v:.0f}" for c, v in list(cats.items())[:5]))
-    t.add_row("all", f"{result['cpu_ms_per_video_total']:.0f}",
-              ", ".join(f"{c} {v:.0f}" for c, v in list(result["by_category_ms_per_video"].items())[:6]))
+    t.add_row(
+        "all",
+        f"{result['cpu_ms_per_video_total']:.0f}",
+        ", ".join(f"{c} {v:.0f}" for c, v in list(result["by_category_ms_per_video"].items())[:6]),
+    )
     g, p = result.get("status_get_cpu_ms"), result.get("probe_cpu_ms")
     if g and p:
-        t.caption = (f"a status GET: {g['all']:.2f} CPU ms (gateway {g.get('gateway', 0):.2f}, catalog "
-                     f"{g.get('catalog', 0):.2f}, nats {g.get('nats', 0):.2f}, client {g['client']:.2f}); a probe: "
-                     f"{p['fresh_python']:.0f} ms in a fresh Python vs {p['fork_server']:.0f} ms forked from the fork server")
+        t.caption = (
+            f"a status GET: {g['all']:.2f} CPU ms (gateway {g.get('gateway', 0):.2f}, catalog "
+            f"{g.get('catalog', 0):.2f}, nats {g.get('nats', 0):.2f}, client {g['client']:.2f}); a probe: "
+            f"{p['fresh_python']:.0f} ms in a fresh Python vs {p['fork_server']:.0f} ms forked from the fork server"
+        )
     return t

@@ -57,8 +57,12 @@ def redis_server_binary() -> str:
     found = shutil.which("redis-server")
     if found is None and os.geteuid() == 0:
         console.log("redis-server is missing: installing Debian's (tests/apt-install.sh redis-server)")
-        subprocess.run(["sh", str(ROOT / "tests" / "apt-install.sh"), "redis-server"], check=False,
-                       stdout=subprocess.DEVNULL, timeout=600)
+        subprocess.run(
+            ["sh", str(ROOT / "tests" / "apt-install.sh"), "redis-server"],
+            check=False,
+            stdout=subprocess.DEVNULL,
+            timeout=600,
+        )
         found = shutil.which("redis-server")
     if found is None:
         raise RuntimeError("redis-server is missing: install it (sh tests/apt-install.sh redis-server, or make bench)")
@@ -75,9 +79,24 @@ def redis_server(tmp: str):
     binary, port = redis_server_binary(), free_port()
     log = open(os.path.join(tmp, "redis.log"), "wb")
     proc = subprocess.Popen(
-        [binary, "--bind", "127.0.0.1", "--port", str(port), "--save", "", "--appendonly", "no",
-         "--dir", tmp, "--daemonize", "no"],
-        stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+        [
+            binary,
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            tmp,
+            "--daemonize",
+            "no",
+        ],
+        stdin=subprocess.DEVNULL,
+        stdout=log,
+        stderr=subprocess.STDOUT,
     )
     url = f"redis://127.0.0.1:{port}/0"
     try:
@@ -103,8 +122,9 @@ def _ping(app, node: str, deadline: float) -> bool:
     connection forever (seen once: a broadcast stuck for 15 minutes while Redis answered
     others), so the ping runs on a daemon thread that is given up at `deadline`."""
     answer: list = []
-    thread = threading.Thread(target=lambda: answer.append(app.control.ping(destination=[node], timeout=0.5)),
-                              daemon=True)
+    thread = threading.Thread(
+        target=lambda: answer.append(app.control.ping(destination=[node], timeout=0.5)), daemon=True
+    )
     thread.start()
     thread.join(max(0.0, deadline - time.monotonic()) + 1.0)
     if thread.is_alive():
@@ -120,12 +140,34 @@ def celery_worker(app, url: str, tmp: str, label: str):
     log = open(os.path.join(tmp, f"{node.split('@')[0]}.log"), "wb")
     env = {**os.environ, "BENCH_CELERY_REDIS_URL": url, "OTEL_SDK_DISABLED": "true"}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "celery", "-A", "bench.peer_celery_app", "worker", "--hostname", node,
-         "--pool", "prefork", "--concurrency", str(CONCURRENCY), "--queues", QUEUES, "--loglevel", "WARNING",
-         # one worker: no other worker to synchronise with at start (mingle), to follow
-         # (gossip) or to send heartbeats to; these save broker round trips, not media work
-         "--without-gossip", "--without-mingle", "--without-heartbeat"],
-        cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+        [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "bench.peer_celery_app",
+            "worker",
+            "--hostname",
+            node,
+            "--pool",
+            "prefork",
+            "--concurrency",
+            str(CONCURRENCY),
+            "--queues",
+            QUEUES,
+            "--loglevel",
+            "WARNING",
+            # one worker: no other worker to synchronise with at start (mingle), to follow
+            # (gossip) or to send heartbeats to; these save broker round trips, not media work
+            "--without-gossip",
+            "--without-mingle",
+            "--without-heartbeat",
+        ],
+        cwd=ROOT,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=log,
+        stderr=subprocess.STDOUT,
         start_new_session=True,  # its own process group: the pool processes are stopped with it
     )
     try:
@@ -192,8 +234,9 @@ def wait_done(store, vid: str, timeout_s: float) -> str | None:
     return None
 
 
-def run_load(app, store, media: str, clip: bytes, n: int, probe_in: str, clients: int, poll_s: float,
-             timeout_s: float) -> dict:
+def run_load(
+    app, store, media: str, clip: bytes, n: int, probe_in: str, clients: int, poll_s: float, timeout_s: float
+) -> dict:
     """N submissions from `clients` threads, polled every `poll_s` until every video is
     ready or failed, or `timeout_s` is over. The row has bench/load.py's keys where they apply."""
     label = PROBES[probe_in]
@@ -245,8 +288,9 @@ def run_load(app, store, media: str, clip: bytes, n: int, probe_in: str, clients
         "accepted": len(accepted),
         "submit_errors": errors,
         "ready": len(ready),
-        "ready_complete": sum(any("rendition" in o for o in out) and any("thumbnail" in o for o in out)
-                              for out in outputs.values()),
+        "ready_complete": sum(
+            any("rendition" in o for o in out) and any("thumbnail" in o for o in out) for out in outputs.values()
+        ),
         "failed": len(failed),
         "failures": [json.loads(final[r["id"]].get("error", "null")) for r in failed][:10],
         "not_terminal": [r["id"] for r in accepted if r["id"] not in final],
@@ -289,8 +333,19 @@ def session():
             app.close()  # the app's broker connections and result backend, before redis stops
 
 
-def one_row(app, store, url: str, tmp: str, warm: bytes, clip: bytes, n: int, probe_in: str, clients: int,
-            poll_s: float, timeout_s: float) -> dict:
+def one_row(
+    app,
+    store,
+    url: str,
+    tmp: str,
+    warm: bytes,
+    clip: bytes,
+    n: int,
+    probe_in: str,
+    clients: int,
+    poll_s: float,
+    timeout_s: float,
+) -> dict:
     import celery
 
     label = PROBES[probe_in]
@@ -310,11 +365,17 @@ def one_row(app, store, url: str, tmp: str, warm: bytes, clip: bytes, n: int, pr
             row = run_load(app, store, media, clip, n, probe_in, clients, poll_s, timeout_s)
     finally:
         shutil.rmtree(media, ignore_errors=True)
-    row.update(loadavg_at_start=load, loadavg_at_end=loadavg(),
-               worker={"pool": "prefork", "concurrency": CONCURRENCY, "queues": QUEUES},
-               celery=celery.__version__, redis_server=store.info("server")["redis_version"])
+    row.update(
+        loadavg_at_start=load,
+        loadavg_at_end=loadavg(),
+        worker={"pool": "prefork", "concurrency": CONCURRENCY, "queues": QUEUES},
+        celery=celery.__version__,
+        redis_server=store.info("server")["redis_version"],
+    )
     console.log(
         f"{label}: {row['ready']}/{row['accepted']} ready ({row['failed']} failed), "
         f"{row['videos_per_min']} videos/min, time to done p50 {row['ttr_p50_s']} s p99 {row['ttr_p99_s']} s, "
-        f"{row['tasks_per_s']} tasks/s, wall {row['wall_s']} s" + (" [bold red]TIMED OUT[/]" if row["timed_out"] else ""))
+        f"{row['tasks_per_s']} tasks/s, wall {row['wall_s']} s"
+        + (" [bold red]TIMED OUT[/]" if row["timed_out"] else "")
+    )
     return row

@@ -75,8 +75,11 @@ app.conf.update(
     worker_prefetch_multiplier=1,
     # `done` has a queue of its own: on the default queue, behind every upload still
     # waiting there, each video's few-millisecond callback would wait for the whole backlog
-    task_routes={"peer.resize": {"queue": "resize"}, "peer.thumbnail": {"queue": "thumbnail"},
-                 "peer.done": {"queue": "done"}},
+    task_routes={
+        "peer.resize": {"queue": "resize"},
+        "peer.thumbnail": {"queue": "thumbnail"},
+        "peer.done": {"queue": "done"},
+    },
     broker_connection_retry_on_startup=True,
     worker_hijack_root_logger=False,
 )
@@ -139,8 +142,14 @@ def upload(*, video_id: str, source: str, probe_in: str = "child") -> None:
             sound = {"track": _concat(parts, os.path.join(folder, "audio.cmaf")), "priming": result.priming}
     thumb = plan.task_message(THUMBNAIL_TASK, **ids)
     header = [
-        resize.s(video_id=video_id, source=source, rendition=msgspec.to_builtins(r), segment_s=plan.segment_s,
-                 rotation=plan.rotation, audio=sound)
+        resize.s(
+            video_id=video_id,
+            source=source,
+            rendition=msgspec.to_builtins(r),
+            segment_s=plan.segment_s,
+            rotation=plan.rotation,
+            audio=sound,
+        )
         for r in plan.renditions
     ]
     header.append(thumbnail.s(video_id=video_id, source=source, max_width=thumb.max_width))
@@ -148,8 +157,7 @@ def upload(*, video_id: str, source: str, probe_in: str = "child") -> None:
 
 
 @app.task(name="peer.resize", base=VideoTask)
-def resize(*, video_id: str, source: str, rendition: dict, segment_s: float, rotation: int,
-           audio: dict | None) -> dict:
+def resize(*, video_id: str, source: str, rendition: dict, segment_s: float, rotation: int, audio: dict | None) -> dict:
     """One rendition's MP4 (`<name>.mp4` beside the source): its rung encoded over the whole
     timeline as one chunk (CMAF fragments under `fragments/<name>/`), stitched with the
     audio track. Returns the rendition's name, size (pixels, bytes) and duration (seconds)."""
@@ -157,17 +165,32 @@ def resize(*, video_id: str, source: str, rendition: dict, segment_s: float, rot
     folder = os.path.dirname(source)
     fragments = os.path.join(folder, "fragments")
     result = chunk.encode_chunk(
-        source, fragments, rungs=[rung], segment_s=segment_s, first_segment=0, end_segment=None,
-        rotation=rotation, background=SETTINGS.alpha_background, preset=SETTINGS.transcode_preset,
+        source,
+        fragments,
+        rungs=[rung],
+        segment_s=segment_s,
+        first_segment=0,
+        end_segment=None,
+        rotation=rotation,
+        background=SETTINGS.alpha_background,
+        preset=SETTINGS.transcode_preset,
         threads=SETTINGS.x264_threads or cpu_budget(),
     )
-    parts = [chunk.init_path(fragments, rung.name)] + [chunk.segment_path(fragments, rung.name, s.index) for s in result.segments]
+    parts = [chunk.init_path(fragments, rung.name)] + [
+        chunk.segment_path(fragments, rung.name, s.index) for s in result.segments
+    ]
     track = _concat(parts, os.path.join(folder, f"{rung.name}.cmaf"))
     dst = os.path.join(folder, f"{rung.name}.mp4")
     out = stitch(track, dst, audio=audio["track"] if audio else None, audio_priming=audio["priming"] if audio else 0)
     os.remove(track)  # the fragments stay (HLS serves them); the joined copy was for the stitch
-    return {"rendition": rung.name, "path": dst, "width": out.width, "height": out.height, "size": out.size,
-            "duration": out.duration}
+    return {
+        "rendition": rung.name,
+        "path": dst,
+        "width": out.width,
+        "height": out.height,
+        "size": out.size,
+        "duration": out.duration,
+    }
 
 
 @app.task(name="peer.thumbnail", base=VideoTask)
@@ -190,8 +213,9 @@ def _probe(path: str, where: str):
         return probe(path, **limits)
     if where == "process":
         return _probe_in_fresh_python(path, limits)
-    return asyncio.run(probe_isolated(path, timeout_s=SETTINGS.probe_timeout_s,
-                                      max_memory_mb=SETTINGS.probe_max_memory_mb, **limits))
+    return asyncio.run(
+        probe_isolated(path, timeout_s=SETTINGS.probe_timeout_s, max_memory_mb=SETTINGS.probe_max_memory_mb, **limits)
+    )
 
 
 def _probe_in_fresh_python(path: str, limits: dict):
@@ -200,8 +224,12 @@ def _probe_in_fresh_python(path: str, limits: dict):
     the same memory, CPU and wall-clock limits."""
     args = child_args(path, timeout_s=SETTINGS.probe_timeout_s, max_memory_mb=SETTINGS.probe_max_memory_mb, **limits)
     try:
-        done = subprocess.run([sys.executable, "-m", "services.pipeline.probe", json.dumps(args)], capture_output=True,
-                              timeout=SETTINGS.probe_timeout_s, env={**os.environ, "MALLOC_ARENA_MAX": "2"})
+        done = subprocess.run(
+            [sys.executable, "-m", "services.pipeline.probe", json.dumps(args)],
+            capture_output=True,
+            timeout=SETTINGS.probe_timeout_s,
+            env={**os.environ, "MALLOC_ARENA_MAX": "2"},
+        )
     except subprocess.TimeoutExpired:
         raise MediaError("unreadable", f"probing took longer than {SETTINGS.probe_timeout_s:g} s") from None
     return read_result(done.stdout, done.returncode)

@@ -32,8 +32,18 @@ import httpx
 from rich.table import Table
 
 from .cli_ffmpeg import ensure_ffmpeg
-from .common import (OtherWork, clip, console, cpu_seconds, loadavg, median, mesh_processes, running_mesh, verdict,
-                     wait_for_quiet)
+from .common import (
+    OtherWork,
+    clip,
+    console,
+    cpu_seconds,
+    loadavg,
+    median,
+    mesh_processes,
+    running_mesh,
+    verdict,
+    wait_for_quiet,
+)
 
 NAME = "pipeline"
 WIDTH, HEIGHT, SECONDS, FPS = 1920, 1080, 10.0, 30
@@ -108,8 +118,10 @@ async def mesh_once(mesh, clip_bytes: bytes, *, renditions: int = 4) -> dict:
             accepted = time.perf_counter()
             resp.raise_for_status()
             video_id = box["id"] = resp.json()["id"]
-            if any(getattr(e, "video_id", None) == video_id and type(e).__name__ in ("VideoReady", "VideoFailed")
-                   for _, e, _ in events):
+            if any(
+                getattr(e, "video_id", None) == video_id and type(e).__name__ in ("VideoReady", "VideoFailed")
+                for _, e, _ in events
+            ):
                 ready.set()
             await asyncio.wait_for(ready.wait(), READY_TIMEOUT_S)
             done = time.perf_counter()
@@ -135,14 +147,25 @@ async def mesh_once(mesh, clip_bytes: bytes, *, renditions: int = 4) -> dict:
         label = event_label(e)
         if label:
             timeline.append([round(t - started, 3), label])
-            worker_cpu.append([label, {name: round(c - cpu0[name], 3) for name, c in clocks.items()
-                                       if c is not None and cpu0.get(name) is not None}])
+            worker_cpu.append(
+                [
+                    label,
+                    {
+                        name: round(c - cpu0[name], 3)
+                        for name, c in clocks.items()
+                        if c is not None and cpu0.get(name) is not None
+                    },
+                ]
+            )
         if type(e).__name__ == "VideoPlanned":
             planned = {"chunks": e.chunks, "segments": e.segments, "segment_s": e.segment_s, "audio": e.audio}
     names = sorted(r["name"] for r in video.get("renditions", []))
     ok = video.get("status") == "ready" and len(names) == renditions and video.get("thumbnail") is not None
-    cpu_by = {name: round(cpu1[name] - cpu0[name], 2) for name in procs
-              if cpu0.get(name) is not None and cpu1.get(name) is not None}
+    cpu_by = {
+        name: round(cpu1[name] - cpu0[name], 2)
+        for name in procs
+        if cpu0.get(name) is not None and cpu1.get(name) is not None
+    }
     return {
         "video_id": video_id,
         "ok": ok,
@@ -177,13 +200,19 @@ def warm_up(mesh, tmp: str) -> float:
         resp = client.post("/v1/videos", content=small, headers={"Content-Type": "video/mp4"})
         resp.raise_for_status()
         video_id = resp.json()["id"]
-        status = wait_for(lambda: (s := client.get(f"/v1/videos/{video_id}").json()["status"]) != "processing" and s,
-                          120, 0.1, "warm-up")
+        status = wait_for(
+            lambda: (s := client.get(f"/v1/videos/{video_id}").json()["status"]) != "processing" and s,
+            120,
+            0.1,
+            "warm-up",
+        )
         video = client.get(f"/v1/videos/{video_id}").json()
     if status != "ready":
         errors = [line for line in list(mesh.lines) if "ERROR" in line or "WARNING" in line or "Traceback" in line]
-        raise RuntimeError(f"the warm-up clip ended {status}, not ready: the mesh is not healthy; error "
-                           f"{video.get('error')}; mesh warnings:\n" + "\n".join(errors[-20:]))
+        raise RuntimeError(
+            f"the warm-up clip ended {status}, not ready: the mesh is not healthy; error "
+            f"{video.get('error')}; mesh warnings:\n" + "\n".join(errors[-20:])
+        )
     return time.perf_counter() - started
 
 
@@ -217,8 +246,18 @@ def rung_colours(src: str, ladder) -> list[tuple]:
     return result
 
 
-def cli_command(ffmpeg: str, src: str, out: str, ladder, *, width: int, height: int, preset: str,
-                segment_s: float, colours: list[tuple]) -> list[str]:
+def cli_command(
+    ffmpeg: str,
+    src: str,
+    out: str,
+    ladder,
+    *,
+    width: int,
+    height: int,
+    preset: str,
+    segment_s: float,
+    colours: list[tuple],
+) -> list[str]:
     """One ffmpeg command making what the mesh makes: the ladder's MP4s (video + AAC,
     faststart) and the first-frame JPEG. x264 options are the transcoder's own, per rung,
     and so are the colour tags (and a matrix conversion where the transcoder makes one)."""
@@ -233,7 +272,18 @@ def cli_command(ffmpeg: str, src: str, out: str, ladder, *, width: int, height: 
     tw = min(THUMB_MAX_WIDTH, width) // 2 * 2
     th = max(2, round(height * tw / width / 2) * 2)
     graph.append(f"[s{n}]scale={tw}:{th}:flags=bilinear[vt]")
-    cmd = [ffmpeg, "-nostdin", "-y", "-hide_banner", "-loglevel", "error", "-i", src, "-filter_complex", ";".join(graph)]
+    cmd = [
+        ffmpeg,
+        "-nostdin",
+        "-y",
+        "-hide_banner",
+        "-loglevel",
+        "error",
+        "-i",
+        src,
+        "-filter_complex",
+        ";".join(graph),
+    ]
     for i in range(n):
         cmd += ["-map", f"[v{i}]"]
     cmd += ["-map", "0:a:0"]
@@ -244,12 +294,22 @@ def cli_command(ffmpeg: str, src: str, out: str, ladder, *, width: int, height: 
         for key, value in x264_options(spec, preset).items():
             cmd += [f"-{key}:v:{i}", value]
         tags = colours[i][0]
-        cmd += [f"-color_primaries:v:{i}", _PRIMARIES[tags.primaries], f"-color_trc:v:{i}", _TRANSFER[tags.transfer],
-                f"-colorspace:v:{i}", _MATRIX[tags.matrix], f"-color_range:v:{i}", "tv"]
+        cmd += [
+            f"-color_primaries:v:{i}",
+            _PRIMARIES[tags.primaries],
+            f"-color_trc:v:{i}",
+            _TRANSFER[tags.transfer],
+            f"-colorspace:v:{i}",
+            _MATRIX[tags.matrix],
+            f"-color_range:v:{i}",
+            "tv",
+        ]
     # AAC encoded once; the tee muxer writes the same packets into every rung's MP4.
     cmd += ["-c:a", "aac", "-b:a", f"{AUDIO_KBPS}k", "-ar", "48000", "-ac", "2"]
-    slaves = [f"[f=mp4:movflags=+faststart:select=\\'{i},{n}\\']{os.path.join(out, spec.name + '.mp4')}"
-              for i, spec in enumerate(ladder)]
+    slaves = [
+        f"[f=mp4:movflags=+faststart:select=\\'{i},{n}\\']{os.path.join(out, spec.name + '.mp4')}"
+        for i, spec in enumerate(ladder)
+    ]
     cmd += ["-f", "tee", "|".join(slaves)]
     cmd += ["-map", "[vt]", "-frames:v", "1", "-q:v", "3", "-update", "1", os.path.join(out, "thumbnail.jpg")]
     return cmd
@@ -300,8 +360,10 @@ def run() -> dict:
     preset = TranscoderSettings.load().transcode_preset
     ffmpeg = ensure_ffmpeg(console.print)
     if ffmpeg is None:
-        console.print("[bold red]" + "!" * 80 + "\nNO ffmpeg CLI: the pipeline benchmark reports the MESH FIGURE ALONE "
-                      "(no baseline, no ratio)\n" + "!" * 80 + "[/]")
+        console.print(
+            "[bold red]" + "!" * 80 + "\nNO ffmpeg CLI: the pipeline benchmark reports the MESH FIGURE ALONE "
+            "(no baseline, no ratio)\n" + "!" * 80 + "[/]"
+        )
     ladder = plan_ladder(WIDTH, HEIGHT)
     src = clip(SECONDS, WIDTH, HEIGHT, FPS)
     clip_bytes = Path(src).read_bytes()
@@ -309,8 +371,17 @@ def run() -> dict:
     colours = rung_colours(src, ladder)
 
     def cmd_for(source: str, out: str, exe: str | None = ffmpeg) -> list[str]:
-        return cli_command(exe, source, out, ladder, width=WIDTH, height=HEIGHT,
-                           preset=preset, segment_s=settings.segment_s, colours=colours)
+        return cli_command(
+            exe,
+            source,
+            out,
+            ladder,
+            width=WIDTH,
+            height=HEIGHT,
+            preset=preset,
+            segment_s=settings.segment_s,
+            colours=colours,
+        )
 
     mesh_runs, cli_runs = [], []
     with tempfile.TemporaryDirectory(prefix="vidmesh-bench-pipeline-") as tmp:
@@ -332,9 +403,11 @@ def run() -> dict:
                     with console.status(f"run {n + 1}/{RUNS}: ffmpeg CLI"):
                         row = cli_once(cmd_for, src, len(ladder) + 1)
                     cli_runs.append(row)
-                    console.log(f"run {n + 1} CLI:  {row['seconds']} s, cpu {row['cpu_seconds']} s, "
-                                f"load {row['loadavg'][0]}, other work {row['other_share']:.0%} of the machine, "
-                                f"outputs {row['outputs']}")
+                    console.log(
+                        f"run {n + 1} CLI:  {row['seconds']} s, cpu {row['cpu_seconds']} s, "
+                        f"load {row['loadavg'][0]}, other work {row['other_share']:.0%} of the machine, "
+                        f"outputs {row['outputs']}"
+                    )
     mesh_t = [r["seconds"] for r in mesh_runs]
     summary = {
         "mesh_best_s": min(mesh_t),
@@ -369,8 +442,14 @@ def run() -> dict:
         summary["met_cpu"] = summary["mesh_all_ok"] and summary["ratio_cpu_median"] <= TARGET_CPU
         summary["met"] = summary["met_wall"] and summary["met_cpu"]
     return {
-        "clip": {"width": WIDTH, "height": HEIGHT, "seconds": SECONDS, "fps": FPS, "bytes": len(clip_bytes),
-                 "source_gop_frames": int(os.environ.get("BENCH_SOURCE_GOP_FRAMES") or FPS)},
+        "clip": {
+            "width": WIDTH,
+            "height": HEIGHT,
+            "seconds": SECONDS,
+            "fps": FPS,
+            "bytes": len(clip_bytes),
+            "source_gop_frames": int(os.environ.get("BENCH_SOURCE_GOP_FRAMES") or FPS),
+        },
         "ladder": [f"{s.name} {s.width}x{s.height}" for s in ladder],
         "ffmpeg": ffmpeg_version(ffmpeg) if ffmpeg else None,
         "cli_command": shlex.join(cmd_for("source.mp4", "out", "ffmpeg")) if ffmpeg else None,
@@ -382,23 +461,43 @@ def run() -> dict:
 
 def table(result: dict) -> Table:
     s = result["summary"]
-    t = Table(title=f"pipeline: 10 s 1080p30 clip -> 1080/720/480/360 ladder + thumbnail "
-                    f"({len(result['mesh_runs'])} runs each, chunks of {s['chunk_s']:g} s)")
+    t = Table(
+        title=f"pipeline: 10 s 1080p30 clip -> 1080/720/480/360 ladder + thumbnail "
+        f"({len(result['mesh_runs'])} runs each, chunks of {s['chunk_s']:g} s)"
+    )
     for col in ("path", "best", "median", "CPU s (median)", "other work", "split (median)"):
         t.add_column(col, justify="right")
     t.add_row(
-        "mesh (upload -> ready)", f"{s['mesh_best_s']:.2f} s", f"{s['mesh_median_s']:.2f} s", f"{s['mesh_cpu_median_s']:.1f}",
+        "mesh (upload -> ready)",
+        f"{s['mesh_best_s']:.2f} s",
+        f"{s['mesh_median_s']:.2f} s",
+        f"{s['mesh_cpu_median_s']:.1f}",
         f"{s['mesh_other_share_median']:.0%}",
         f"upload+probe {s['mesh_upload_probe_median_s']:.2f} s, then {s['mesh_after_202_median_s']:.2f} s to ready",
     )
     if s["baseline"]:
-        t.add_row("ffmpeg CLI (one command)", f"{s['cli_best_s']:.2f} s", f"{s['cli_median_s']:.2f} s",
-                  f"{s['cli_cpu_median_s']:.1f}", f"{s['cli_other_share_median']:.0%}", "")
-        t.add_row("mesh / CLI", f"{s['ratio_best']:.2f}x", f"{s['ratio_median']:.2f}x", f"{s['ratio_cpu_median']:.2f}x", "",
-                  f"wall <= {TARGET_WALL}x: {verdict(s['met_wall'])}; CPU <= {TARGET_CPU}x: {verdict(s['met_cpu'])}")
+        t.add_row(
+            "ffmpeg CLI (one command)",
+            f"{s['cli_best_s']:.2f} s",
+            f"{s['cli_median_s']:.2f} s",
+            f"{s['cli_cpu_median_s']:.1f}",
+            f"{s['cli_other_share_median']:.0%}",
+            "",
+        )
+        t.add_row(
+            "mesh / CLI",
+            f"{s['ratio_best']:.2f}x",
+            f"{s['ratio_median']:.2f}x",
+            f"{s['ratio_cpu_median']:.2f}x",
+            "",
+            f"wall <= {TARGET_WALL}x: {verdict(s['met_wall'])}; CPU <= {TARGET_CPU}x: {verdict(s['met_cpu'])}",
+        )
     else:
-        t.add_row("[bold red]ffmpeg CLI[/]", "[bold red]MISSING[/]", "", "", "", "[bold red]no baseline: mesh figure alone[/]")
+        t.add_row(
+            "[bold red]ffmpeg CLI[/]", "[bold red]MISSING[/]", "", "", "", "[bold red]no baseline: mesh figure alone[/]"
+        )
     last = result["mesh_runs"][-1]
-    t.caption = (f"last mesh run, seconds after POST: {timeline_text(last['timeline'])}; "
-                 f"load average {last['loadavg'][0]}")
+    t.caption = (
+        f"last mesh run, seconds after POST: {timeline_text(last['timeline'])}; load average {last['loadavg'][0]}"
+    )
     return t

@@ -26,7 +26,9 @@ TARGET = 0.20
 
 def run() -> dict:
     rows = []
-    data = Path(clip(SECONDS, WIDTH, HEIGHT, FPS, gop=FPS)).read_bytes()  # 1 s GOP: the 60 s clip scale, chunk_size and transcoder_rss use
+    data = Path(
+        clip(SECONDS, WIDTH, HEIGHT, FPS, gop=FPS)
+    ).read_bytes()  # 1 s GOP: the 60 s clip scale, chunk_size and transcoder_rss use
     with tempfile.TemporaryDirectory(prefix="vidmesh-bench-playable-") as tmp:
         with running_mesh(label="mesh") as mesh:
             with console.status("warm-up: one small clip through the mesh (not timed)"):
@@ -37,8 +39,10 @@ def run() -> dict:
                 times = {name: t for t, name in row["timeline"]}
                 row["playable_s"], row["ready_s"] = times.get("playable"), times.get("ready")
                 rows.append(row)
-                console.log(f"round {n + 1}: playable after {row['playable_s']} s, ready after {row['ready_s']} s, "
-                            f"load {row['loadavg'][0]}, other work {row['other_share']:.0%}")
+                console.log(
+                    f"round {n + 1}: playable after {row['playable_s']} s, ready after {row['ready_s']} s, "
+                    f"load {row['loadavg'][0]}, other work {row['other_share']:.0%}"
+                )
     playable = median([r["playable_s"] for r in rows])
     ready = median([r["ready_s"] for r in rows])
     return {
@@ -55,6 +59,11 @@ def table(result: dict) -> Table:
     t = Table(title=f"playable: a {SECONDS:g} s 1080p clip, upload accepted -> playable (HLS) and -> ready")
     for col in ("runs", "playable (median)", "ready (median)", "playable / ready", f"target <= {TARGET:.0%}"):
         t.add_column(col, justify="right")
-    t.add_row(str(len(result["rows"])), f"{result['playable_median_s']:.1f} s", f"{result['ready_median_s']:.1f} s",
-              f"{result['share']:.1%}", "met" if result["met"] else "[bold red]missed[/]")
+    t.add_row(
+        str(len(result["rows"])),
+        f"{result['playable_median_s']:.1f} s",
+        f"{result['ready_median_s']:.1f} s",
+        f"{result['share']:.1%}",
+        "met" if result["met"] else "[bold red]missed[/]",
+    )
     return t

@@ -57,16 +57,22 @@ def _fetched() -> float:
 
 
 async def measure(url: str, video: Path, tmp: str) -> dict:
-    from services.pipeline import service as pipeline
     from services import mesh, provision
+    from services.pipeline import service as pipeline
     from services.pipeline.settings import PipelineSettings
     from shared.bus import Bus
     from shared.contracts import ProbeSource
 
     buses = {}
     for mode, window in MODES.items():
-        settings = PipelineSettings.load({"NATS_URL": url, "VIDMESH_PROBE_WINDOW_MB": window, "VIDMESH_TMP_DIR": tmp,
-                                          "VIDMESH_MAX_UPLOAD_BYTES": str(2 * SIZE)})
+        settings = PipelineSettings.load(
+            {
+                "NATS_URL": url,
+                "VIDMESH_PROBE_WINDOW_MB": window,
+                "VIDMESH_TMP_DIR": tmp,
+                "VIDMESH_MAX_UPLOAD_BYTES": str(2 * SIZE),
+            }
+        )
         buses[mode] = await Bus.connect(settings, "bench")
     try:
         first = next(iter(buses.values()))
@@ -78,31 +84,43 @@ async def measure(url: str, video: Path, tmp: str) -> dict:
         for _ in range(ROUNDS):
             for mode, bus in buses.items():
                 before, t0 = _fetched(), time.perf_counter()
-                probed = await pipeline.probe_source(ProbeSource(tenant="bench", video_id="v", object="bench/probe/source"), bus)
+                probed = await pipeline.probe_source(
+                    ProbeSource(tenant="bench", video_id="v", object="bench/probe/source"), bus
+                )
                 seconds = time.perf_counter() - t0
                 if probed.error is not None:
                     raise RuntimeError(f"{mode}: the probe refused the video: {probed.error}")
                 runs[mode].append({"seconds": round(seconds, 3), "fetched_mib": round((_fetched() - before) / MiB, 1)})
                 console.log(f"{mode}: {seconds:.2f} s, fetched {runs[mode][-1]['fetched_mib']} MiB")
         info = await first.media.info("bench/probe/source")
-        reads = {"Range: last MiB, checkpoints": info,
-                 "Range: last MiB, scan (before)": dataclasses.replace(info, metadata=None)}
+        reads = {
+            "Range: last MiB, checkpoints": info,
+            "Range: last MiB, scan (before)": dataclasses.replace(info, metadata=None),
+        }
         runs.update({label: [] for label in reads})
         for _ in range(ROUNDS):
             for label, obj in reads.items():
                 before, t0 = _fetched(), time.perf_counter()
                 got = sum([len(p) async for p in first.media.read(obj, info.size - MiB, info.size - 1)])
                 assert got == MiB, got
-                runs[label].append({"seconds": round(time.perf_counter() - t0, 4),
-                                    "fetched_mib": round((_fetched() - before) / MiB, 1)})
+                runs[label].append(
+                    {
+                        "seconds": round(time.perf_counter() - t0, 4),
+                        "fetched_mib": round((_fetched() - before) / MiB, 1),
+                    }
+                )
         thumbnails = {"thumbnail: read from the store": True, "thumbnail: downloaded first (before)": False}
         runs.update({label: [] for label in thumbnails})
         for _ in range(ROUNDS):
             for label, direct in thumbnails.items():
                 before, t0 = _fetched(), time.perf_counter()
                 await thumbnail(first, info, Path(tmp), direct)
-                runs[label].append({"seconds": round(time.perf_counter() - t0, 3),
-                                    "fetched_mib": round((_fetched() - before) / MiB, 1)})
+                runs[label].append(
+                    {
+                        "seconds": round(time.perf_counter() - t0, 3),
+                        "fetched_mib": round((_fetched() - before) / MiB, 1),
+                    }
+                )
     finally:
         for bus in buses.values():
             await bus.close()
@@ -140,9 +158,12 @@ def run() -> dict:
     return {
         "video_bytes": size,
         "runs": runs,
-        "summary": {"median_s": medians, "ratio_two_ends_to_whole": round(now / before, 3),
-                    "ratio_range_checkpoints_to_scan": round(seek / scan, 4),
-                    "ratio_thumbnail_direct_to_downloaded": round(direct / downloaded, 3)},
+        "summary": {
+            "median_s": medians,
+            "ratio_two_ends_to_whole": round(now / before, 3),
+            "ratio_range_checkpoints_to_scan": round(seek / scan, 4),
+            "ratio_thumbnail_direct_to_downloaded": round(direct / downloaded, 3),
+        },
     }
 
 
@@ -151,10 +172,16 @@ def table(result: dict) -> Table:
     for col in ("fetch", "median", "runs", "fetched from the store"):
         t.add_column(col, justify="right")
     for mode, runs in result["runs"].items():
-        t.add_row(mode, f"{median([r['seconds'] for r in runs]):.3f} s", ", ".join(f"{r['seconds']:.3f}" for r in runs),
-                  f"{runs[-1]['fetched_mib']} MiB")
+        t.add_row(
+            mode,
+            f"{median([r['seconds'] for r in runs]):.3f} s",
+            ", ".join(f"{r['seconds']:.3f}" for r in runs),
+            f"{runs[-1]['fetched_mib']} MiB",
+        )
     s = result["summary"]
-    t.caption = (f"probe, two ends / whole upload: {s['ratio_two_ends_to_whole']}x; "
-                 f"Range read, checkpoints / scan: {s['ratio_range_checkpoints_to_scan']}x; "
-                 f"thumbnail, from the store / downloaded: {s['ratio_thumbnail_direct_to_downloaded']}x")
+    t.caption = (
+        f"probe, two ends / whole upload: {s['ratio_two_ends_to_whole']}x; "
+        f"Range read, checkpoints / scan: {s['ratio_range_checkpoints_to_scan']}x; "
+        f"thumbnail, from the store / downloaded: {s['ratio_thumbnail_direct_to_downloaded']}x"
+    )
     return t

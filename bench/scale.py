@@ -29,7 +29,7 @@ from pathlib import Path
 
 from rich.table import Table
 
-from .common import affinity_of, clip, console, loadavg, mesh_processes, median, pin, running_mesh, verdict
+from .common import affinity_of, clip, console, loadavg, median, mesh_processes, pin, running_mesh, verdict
 from .pipeline import mesh_once, timeline_text, warm_up
 
 NAME = "scale"
@@ -128,15 +128,17 @@ def model(costs: dict, key: str = "cpu_s") -> list[dict]:
         tasks = order if factor == 1 else merged(order, audio, factor)
         for w in MODEL_WORKERS:
             encode = makespan(tasks, w)
-            rows.append({
-                "chunk_factor": factor,
-                "workers": w,
-                "tasks": len(tasks),
-                "encode_s": round(encode, 2),
-                "stitch_s": costs["stitch_s"],
-                "fixed_s": costs["fixed_s"],
-                "ready_s": round(encode + costs["stitch_s"] + costs["fixed_s"], 2),
-            })
+            rows.append(
+                {
+                    "chunk_factor": factor,
+                    "workers": w,
+                    "tasks": len(tasks),
+                    "encode_s": round(encode, 2),
+                    "stitch_s": costs["stitch_s"],
+                    "fixed_s": costs["fixed_s"],
+                    "ready_s": round(encode + costs["stitch_s"] + costs["fixed_s"], 2),
+                }
+            )
     return rows
 
 
@@ -158,9 +160,11 @@ def one(procs: int, clip_bytes: bytes, tmp: str, cpus: list[int] | None) -> dict
     # means other work on the machine took the rest (compare runs only at a similar share).
     busy = sum(v for k, v in row["cpu_seconds_by_process"].items() if k.startswith("transcoder"))
     row["transcoder_core_share"] = round(busy / (procs * row["seconds_after_202_to_ready"]), 3)
-    console.log(f"{procs} transcoder(s): {row['seconds']} s to ready (after 202: {row['seconds_after_202_to_ready']} s), "
-                f"cpu {row['cpu_seconds']} s, {row['status']}, load {row['loadavg'][0]}, "
-                f"other work {row['other_share']:.0%} of the machine; {timeline_text(row['timeline'])}")
+    console.log(
+        f"{procs} transcoder(s): {row['seconds']} s to ready (after 202: {row['seconds_after_202_to_ready']} s), "
+        f"cpu {row['cpu_seconds']} s, {row['status']}, load {row['loadavg'][0]}, "
+        f"other work {row['other_share']:.0%} of the machine; {timeline_text(row['timeline'])}"
+    )
     return row
 
 
@@ -175,9 +179,16 @@ def run() -> dict:
         for n in range(ROUNDS):
             order = (1, 2) if n % 2 == 0 else (2, 1)
             rows = {procs: one(procs, clip_bytes, tmp, pinned) for procs in order}
-            rounds.append({"one": rows[1], "two": rows[2],
-                           "ratio": round(rows[2]["seconds"] / rows[1]["seconds"], 3),
-                           "ratio_after_202": round(rows[2]["seconds_after_202_to_ready"] / rows[1]["seconds_after_202_to_ready"], 3)})
+            rounds.append(
+                {
+                    "one": rows[1],
+                    "two": rows[2],
+                    "ratio": round(rows[2]["seconds"] / rows[1]["seconds"], 3),
+                    "ratio_after_202": round(
+                        rows[2]["seconds_after_202_to_ready"] / rows[1]["seconds_after_202_to_ready"], 3
+                    ),
+                }
+            )
     ok = all(r["one"]["ok"] and r["two"]["ok"] for r in rounds)
     ratios = [r["ratio"] for r in rounds]
     # The model from the least disturbed one-worker run: the one whose transcoder had most of
@@ -197,8 +208,13 @@ def run() -> dict:
         "cpus": pinned,
         "rounds": rounds,
         "costs": costs,
-        "chunk_cost_s": {"min": min(chunk_costs), "median": median(chunk_costs), "max": max(chunk_costs),
-                         "sum": round(sum(chunk_costs), 2), "count": len(chunk_costs)},
+        "chunk_cost_s": {
+            "min": min(chunk_costs),
+            "median": median(chunk_costs),
+            "max": max(chunk_costs),
+            "sum": round(sum(chunk_costs), 2),
+            "count": len(chunk_costs),
+        },
         "model": rows,  # from the tasks' CPU seconds
         "model_from_wall": wall_rows,  # the same from the wall-time gaps (inflated by other load)
         "summary": {
@@ -218,16 +234,33 @@ def run() -> dict:
 
 def table(result: dict) -> Table:
     s = result["summary"]
-    t = Table(title=f"scale: {SECONDS:g} s 1080p30 clip to ready, transcoders pinned to a core each "
-                    f"({len(result['rounds'])} round(s))")
+    t = Table(
+        title=f"scale: {SECONDS:g} s 1080p30 clip to ready, transcoders pinned to a core each "
+        f"({len(result['rounds'])} round(s))"
+    )
     for col in ("transcoders", "time to ready", "after 202", "CPU s", "core share", "other work", "2 / 1", "target"):
         t.add_column(col, justify="right")
     for n, r in enumerate(result["rounds"]):
-        t.add_row("1", f"{r['one']['seconds']:.1f} s", f"{r['one']['seconds_after_202_to_ready']:.1f} s",
-                  f"{r['one']['cpu_seconds']:.1f}", f"{r['one']['transcoder_core_share']:.2f}", f"{r['one']['other_share']:.0%}", "", "")
-        t.add_row("2", f"{r['two']['seconds']:.1f} s", f"{r['two']['seconds_after_202_to_ready']:.1f} s",
-                  f"{r['two']['cpu_seconds']:.1f}", f"{r['two']['transcoder_core_share']:.2f}", f"{r['two']['other_share']:.0%}", f"{r['ratio']:.2f}x ({r['ratio_after_202']:.2f}x after 202)",
-                  f"<= {TARGET_RATIO}x: {verdict(r['ratio'] <= TARGET_RATIO)}" if n == len(result["rounds"]) - 1 else "")
+        t.add_row(
+            "1",
+            f"{r['one']['seconds']:.1f} s",
+            f"{r['one']['seconds_after_202_to_ready']:.1f} s",
+            f"{r['one']['cpu_seconds']:.1f}",
+            f"{r['one']['transcoder_core_share']:.2f}",
+            f"{r['one']['other_share']:.0%}",
+            "",
+            "",
+        )
+        t.add_row(
+            "2",
+            f"{r['two']['seconds']:.1f} s",
+            f"{r['two']['seconds_after_202_to_ready']:.1f} s",
+            f"{r['two']['cpu_seconds']:.1f}",
+            f"{r['two']['transcoder_core_share']:.2f}",
+            f"{r['two']['other_share']:.0%}",
+            f"{r['ratio']:.2f}x ({r['ratio_after_202']:.2f}x after 202)",
+            f"<= {TARGET_RATIO}x: {verdict(r['ratio'] <= TARGET_RATIO)}" if n == len(result["rounds"]) - 1 else "",
+        )
     m = Table(title="modelled time to ready (list-scheduled measured task costs + stitch + fixed overhead)")
     m.add_column("chunks", justify="right")
     for w in MODEL_WORKERS:
@@ -238,9 +271,11 @@ def table(result: dict) -> Table:
         m.add_row(label, *[f"{r['ready_s']:.1f} s" for r in cells])
     c = result["costs"]
     cc = result["chunk_cost_s"]
-    t.caption = (f"model check: 1 worker {s['model_one_s']:.1f} s, 2 workers {s['model_two_s']:.1f} s predicted; "
-                 f"chunk CPU cost min/median/max {cc['min']:.1f}/{cc['median']:.1f}/{cc['max']:.1f} s, stitch {c['stitch_s']:.1f} s, "
-                 f"fixed {c['fixed_s']:.1f} s; load average {s['loadavg']}")
+    t.caption = (
+        f"model check: 1 worker {s['model_one_s']:.1f} s, 2 workers {s['model_two_s']:.1f} s predicted; "
+        f"chunk CPU cost min/median/max {cc['min']:.1f}/{cc['median']:.1f}/{cc['max']:.1f} s, stitch {c['stitch_s']:.1f} s, "
+        f"fixed {c['fixed_s']:.1f} s; load average {s['loadavg']}"
+    )
     outer = Table.grid()
     outer.add_row(t)
     outer.add_row(m)

@@ -116,7 +116,7 @@ async def compare(mesh, video_id: str) -> dict:
     rounds: list[dict] = []
     floors: list[dict] = []
     try:
-        for name, call in calls.items():  # warm both paths (connections, caches)
+        for call in calls.values():  # warm both paths (connections, caches)
             await measure(call, 8, WARMUP, MAX_SECONDS)
         for n in range(ROUNDS):
             for concurrency in CONCURRENCY:
@@ -155,29 +155,51 @@ def run() -> dict:
     for c in CONCURRENCY:
         nats, http = best[("nats", c)], best[("http", c)]
         ratio = round(nats["rps"] / http["rps"], 2) if http["rps"] else None
-        configs.append({"concurrency": c, "nats": nats, "http": http, "ratio_nats_over_http": ratio,
-                        "met": ratio is not None and ratio >= 1.0})
+        configs.append(
+            {
+                "concurrency": c,
+                "nats": nats,
+                "http": http,
+                "ratio_nats_over_http": ratio,
+                "met": ratio is not None and ratio >= 1.0,
+            }
+        )
     return {
         "video_id": video_id,
         "max_requests": MAX_REQUESTS,
         "max_seconds": MAX_SECONDS,
         **measured,
         "best": configs,
-        "summary": {"met": all(c["met"] for c in configs),
-                    "ratio_c1": configs[0]["ratio_nats_over_http"], "ratio_c64": configs[-1]["ratio_nats_over_http"],
-                    "median_ratio": median([c["ratio_nats_over_http"] for c in configs])},
+        "summary": {
+            "met": all(c["met"] for c in configs),
+            "ratio_c1": configs[0]["ratio_nats_over_http"],
+            "ratio_c64": configs[-1]["ratio_nats_over_http"],
+            "median_ratio": median([c["ratio_nats_over_http"] for c in configs]),
+        },
     }
 
 
 def table(result: dict) -> Table:
     t = Table(title="status: GET one video, NATS request-reply vs HTTP (best of rounds)")
-    for col in ("in flight", "NATS req/s", "NATS p50 / p99", "HTTP req/s", "HTTP p50 / p99", "NATS/HTTP", "target >= 1"):
+    for col in (
+        "in flight",
+        "NATS req/s",
+        "NATS p50 / p99",
+        "HTTP req/s",
+        "HTTP p50 / p99",
+        "NATS/HTTP",
+        "target >= 1",
+    ):
         t.add_column(col, justify="right")
     for c in result["best"]:
         n, h = c["nats"], c["http"]
         t.add_row(
-            str(c["concurrency"]), f"{n['rps']:.0f}", f"{n['p50_ms']:.2f} / {n['p99_ms']:.2f} ms",
-            f"{h['rps']:.0f}", f"{h['p50_ms']:.2f} / {h['p99_ms']:.2f} ms", f"{c['ratio_nats_over_http']:.2f}x",
+            str(c["concurrency"]),
+            f"{n['rps']:.0f}",
+            f"{n['p50_ms']:.2f} / {n['p99_ms']:.2f} ms",
+            f"{h['rps']:.0f}",
+            f"{h['p50_ms']:.2f} / {h['p99_ms']:.2f} ms",
+            f"{c['ratio_nats_over_http']:.2f}x",
             verdict(c["met"]),
         )
     floors = {(r["path"], r["concurrency"]): r for r in result.get("references", [])}

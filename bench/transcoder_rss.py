@@ -77,8 +77,21 @@ print(json.dumps({
 
 def measure(src: str, out: str, first: int, end: int | None) -> dict:
     proc = subprocess.Popen(
-        [sys.executable, "-c", CHILD, src, out, str(first), "none" if end is None else str(end), str(WIDTH), str(HEIGHT)],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-c",
+            CHILD,
+            src,
+            out,
+            str(first),
+            "none" if end is None else str(end),
+            str(WIDTH),
+            str(HEIGHT),
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
         env={**os.environ, "OTEL_SDK_DISABLED": "true"},
     )
     with RssSampler(proc.pid, 0.05) as sampler:
@@ -121,9 +134,11 @@ def run() -> dict:
             with console.status(f"encode_chunk: {label}, into 4 rungs in a child process"):
                 row = measure(src, os.path.join(tmp, f"out-{n}"), first, end)
             row.update(case=label, clip_seconds=seconds, first_segment=first, end_segment=end, loadavg=loadavg())
-            console.log(f"{label}: {row['frames']} frames in {row['seconds']} s (cpu {row['cpu_seconds']} s), "
-                        f"VmHWM {row['vm_hwm_mib']} MiB (after imports {row['rss_after_imports_mib']} MiB), "
-                        f"sampled peak {row['rss_peak_sampled_mib']} MiB")
+            console.log(
+                f"{label}: {row['frames']} frames in {row['seconds']} s (cpu {row['cpu_seconds']} s), "
+                f"VmHWM {row['vm_hwm_mib']} MiB (after imports {row['rss_after_imports_mib']} MiB), "
+                f"sampled peak {row['rss_peak_sampled_mib']} MiB"
+            )
             runs.append(row)
     short, long_ = runs[0], runs[1]
     peak = max(r["vm_hwm_mib"] for r in runs)
@@ -149,15 +164,28 @@ def run() -> dict:
 
 def table(result: dict) -> Table:
     t = Table(title="transcoder_rss: encode_chunk() of a 1080p30 clip into 4 rungs, in a child process")
-    for col in ("case", "frames", "time (CPU)", "RSS after imports", "VmHWM", "sampled peak by 25/50/75/100% of the run"):
+    for col in (
+        "case",
+        "frames",
+        "time (CPU)",
+        "RSS after imports",
+        "VmHWM",
+        "sampled peak by 25/50/75/100% of the run",
+    ):
         t.add_column(col, justify="right")
     for r in result["runs"]:
         t.add_row(
-            r["case"], str(r["frames"]), f"{r['seconds']} s ({r['cpu_seconds']} s)", f"{r['rss_after_imports_mib']} MiB",
-            f"{r['vm_hwm_mib']} MiB", " / ".join(str(r.get(f"peak_to_{q}pct_mib")) for q in (25, 50, 75, 100)),
+            r["case"],
+            str(r["frames"]),
+            f"{r['seconds']} s ({r['cpu_seconds']} s)",
+            f"{r['rss_after_imports_mib']} MiB",
+            f"{r['vm_hwm_mib']} MiB",
+            " / ".join(str(r.get(f"peak_to_{q}pct_mib")) for q in (25, 50, 75, 100)),
         )
     s = result["summary"]
-    t.caption = (f"peak {s['peak_mib']} MiB (<= {s['bound_mib']} MiB: {verdict(s['met_bounded'])}); whole clip 15 s -> 60 s: "
-                 f"{s['growth_15s_to_60s_mib']:+} MiB, {100 * s['growth_share']:+.1f} % (within 5 %: {verdict(s['met_flat'])}); "
-                 f"{result['cpus']} CPUs; load average {s['loadavg']}")
+    t.caption = (
+        f"peak {s['peak_mib']} MiB (<= {s['bound_mib']} MiB: {verdict(s['met_bounded'])}); whole clip 15 s -> 60 s: "
+        f"{s['growth_15s_to_60s_mib']:+} MiB, {100 * s['growth_share']:+.1f} % (within 5 %: {verdict(s['met_flat'])}); "
+        f"{result['cpus']} CPUs; load average {s['loadavg']}"
+    )
     return t

@@ -34,7 +34,8 @@ TUS = {"Tus-Resumable": "1.0.0"}
 def post_once(client: httpx.Client, path: Path, size: int) -> tuple[float, httpx.Response]:
     started = time.perf_counter()
     resp = client.post(
-        "/v1/videos", content=_pieces(path, 0, size, piece=1 * MiB),
+        "/v1/videos",
+        content=_pieces(path, 0, size, piece=1 * MiB),
         headers={"Content-Type": "video/mp4", "Content-Length": str(size), "X-Filename": path.name},
     )
     return time.perf_counter() - started, resp
@@ -51,8 +52,11 @@ def tus_once(client: httpx.Client, path: Path, size: int, patch_bytes: int) -> t
         with path.open("rb") as f:
             f.seek(offset)
             data = f.read(n)
-        resp = client.patch(url, content=data, headers={
-            **TUS, "Upload-Offset": str(offset), "Content-Type": "application/offset+octet-stream"})
+        resp = client.patch(
+            url,
+            content=data,
+            headers={**TUS, "Upload-Offset": str(offset), "Content-Type": "application/offset+octet-stream"},
+        )
         if resp.status_code != 204:
             break
         offset = int(resp.headers["upload-offset"])
@@ -87,7 +91,8 @@ def measure(mesh, pid: int, label: str, fn) -> dict:
     row = {
         "path": label,
         "status": resp.status_code,
-        "video_id": resp.headers.get("vidmesh-video-id") or (resp.json().get("id") if resp.status_code == 202 else None),
+        "video_id": resp.headers.get("vidmesh-video-id")
+        or (resp.json().get("id") if resp.status_code == 202 else None),
         "seconds": round(seconds, 3),
         "rss_idle_mib": mib(idle),
         "rss_peak_sampled_mib": mib(sampler.peak_kib),
@@ -109,17 +114,26 @@ def run(size: int = 1 * GiB, patch_bytes: int = 8 * MiB) -> dict:
         env = {"VIDMESH_MAX_UPLOAD_BYTES": str(2 * GiB), "VIDMESH_TRANSCODER_PROCS": "1"}
         with running_mesh(env, label="mesh for tus_upload") as mesh:
             pid = service_pid(mesh, "gateway")
-            client = httpx.Client(base_url=mesh.url, headers={"Authorization": f"Bearer {mesh.KEYS['alice']}"},
-                                  timeout=httpx.Timeout(TIMEOUT_S, connect=10))
+            client = httpx.Client(
+                base_url=mesh.url,
+                headers={"Authorization": f"Bearer {mesh.KEYS['alice']}"},
+                timeout=httpx.Timeout(TIMEOUT_S, connect=10),
+            )
             with client:
                 post = measure(mesh, pid, "POST /v1/videos", lambda: post_once(client, path, size))
-                tus = measure(mesh, pid, f"tus, {patch_bytes // MiB} MiB PATCHes",
-                              lambda: tus_once(client, path, size, patch_bytes))
+                tus = measure(
+                    mesh,
+                    pid,
+                    f"tus, {patch_bytes // MiB} MiB PATCHes",
+                    lambda: tus_once(client, path, size, patch_bytes),
+                )
     for row in (post, tus):
         row["mb_per_s"] = round(size / row["seconds"] / 1e6, 1)
-        console.log(f"{row['path']}: {row['status']} in {row['seconds']} s = {row['mb_per_s']} MB/s, "
-                    f"peak RSS {row['rss_peak_sampled_mib']} MiB (VmHWM {row['vm_hwm_mib']} MiB), "
-                    f"CPU: gateway {row['gateway_cpu_s']} s, nats-server {row['nats_cpu_s']} s")
+        console.log(
+            f"{row['path']}: {row['status']} in {row['seconds']} s = {row['mb_per_s']} MB/s, "
+            f"peak RSS {row['rss_peak_sampled_mib']} MiB (VmHWM {row['vm_hwm_mib']} MiB), "
+            f"CPU: gateway {row['gateway_cpu_s']} s, nats-server {row['nats_cpu_s']} s"
+        )
     ratio = tus["mb_per_s"] / post["mb_per_s"]
     peak = max(max(r["vm_hwm_mib"] or 0, r["rss_peak_sampled_mib"] or 0) for r in (post, tus))
     summary = {

@@ -16,7 +16,18 @@ import httpx
 from rich.progress import BarColumn, DownloadColumn, Progress, TimeElapsedColumn, TransferSpeedColumn
 from rich.table import Table
 
-from .common import GiB, MiB, RssSampler, console, mib, proc_status_kib, reset_peak_rss, running_mesh, service_pid, verdict
+from .common import (
+    GiB,
+    MiB,
+    RssSampler,
+    console,
+    mib,
+    proc_status_kib,
+    reset_peak_rss,
+    running_mesh,
+    service_pid,
+    verdict,
+)
 
 NAME = "upload"
 SIZES = (256 * MiB, 1 * GiB)  # the small one first: VmHWM is reset between bodies
@@ -45,13 +56,19 @@ def upload_once(mesh, pid: int, size: int) -> dict:
     idle_kib = proc_status_kib(pid, "VmRSS")
     marks: dict = {}
     with Progress(
-        "[progress.description]{task.description}", BarColumn(), DownloadColumn(), TransferSpeedColumn(),
-        TimeElapsedColumn(), console=console, transient=True,
+        "[progress.description]{task.description}",
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
     ) as progress:
         task = progress.add_task(f"upload {size // MiB} MiB", total=size)
         headers = {"Content-Type": "application/octet-stream", "Content-Length": str(size), "X-Filename": "noise.bin"}
         client = httpx.Client(
-            base_url=mesh.url, headers={"Authorization": f"Bearer {mesh.KEYS['alice']}"},
+            base_url=mesh.url,
+            headers={"Authorization": f"Bearer {mesh.KEYS['alice']}"},
             timeout=httpx.Timeout(TIMEOUT_S, connect=10),
         )
         with client, RssSampler(pid, 0.05) as sampler:
@@ -79,9 +96,7 @@ def upload_once(mesh, pid: int, size: int) -> dict:
         "vm_hwm_reset_before": reset,
         "samples": len(sampler.samples),
         # The RSS trace, thinned to at most ~200 points for plotting.
-        "rss_trace_mib": [
-            [round(t, 2), mib(k)] for t, k in sampler.samples[:: max(1, len(sampler.samples) // 200)]
-        ],
+        "rss_trace_mib": [[round(t, 2), mib(k)] for t, k in sampler.samples[:: max(1, len(sampler.samples) // 200)]],
     }
     ok = resp.status_code == 422 and code == "not_media"
     console.log(
@@ -121,9 +136,13 @@ def table(result: dict) -> Table:
         t.add_column(col, justify="right")
     for r in result["runs"]:
         t.add_row(
-            f"{r['bytes'] // MiB} MiB", f"{r['status']} {r['code']}",
-            f"{r['mb_per_s']} MB/s ({r['seconds_to_response']} s)", f"{r['mb_per_s_body']} MB/s",
-            f"{r['seconds_after_body']} s", f"{r['rss_idle_mib']} MiB", f"{r['rss_peak_sampled_mib']} MiB",
+            f"{r['bytes'] // MiB} MiB",
+            f"{r['status']} {r['code']}",
+            f"{r['mb_per_s']} MB/s ({r['seconds_to_response']} s)",
+            f"{r['mb_per_s_body']} MB/s",
+            f"{r['seconds_after_body']} s",
+            f"{r['rss_idle_mib']} MiB",
+            f"{r['rss_peak_sampled_mib']} MiB",
             f"{r['vm_hwm_mib']} MiB",
         )
     s = result["summary"]

@@ -24,7 +24,7 @@ def has_alpha(fmt: av.VideoFormat) -> bool:
 
 
 def parse_colour(text: str) -> tuple[int, int, int]:
-    """"#rrggbb" (or "rrggbb") -> (r, g, b); ValueError otherwise."""
+    """ "#rrggbb" (or "rrggbb") -> (r, g, b); ValueError otherwise."""
     value = text.strip().lstrip("#")
     if len(value) != 6:
         raise ValueError(f"a colour is #rrggbb, got {text!r}")

@@ -21,7 +21,7 @@ BOTTOM_FIRST = (3, 5)  # AV_FIELD_BB, AV_FIELD_BT
 
 
 def declared_field_order(stream) -> str | None:
-    """"tff" or "bff" when the stream says its frames are interlaced, else None."""
+    """ "tff" or "bff" when the stream says its frames are interlaced, else None."""
     order = int(stream.codec_context.field_order or 0)
     if order in TOP_FIRST:
         return "tff"

@@ -49,7 +49,10 @@ class FilterChain:
     def _build(self, frame: av.VideoFrame) -> None:
         graph = av.filter.Graph()
         node = graph.add_buffer(
-            width=frame.width, height=frame.height, format=frame.format.name, time_base=frame.time_base or _DEFAULT_TIME_BASE
+            width=frame.width,
+            height=frame.height,
+            format=frame.format.name,
+            time_base=frame.time_base or _DEFAULT_TIME_BASE,
         )
         for name, args in self.steps:
             nxt = graph.add(name, args)

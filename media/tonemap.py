@@ -123,7 +123,11 @@ def lut(kind: str, size: int = LUT_SIZE) -> np.ndarray:
     out = np.power(np.clip(linear, 0.0, 1.0), 1 / 2.4)
     y, cb, cr = _to_ycbcr(out, kr=0.2126, kb=0.0722)  # BT.709
     entries = np.stack(
-        [(cr * 224 * scale + 128 * scale) / code, (y * 219 * scale + 16 * scale) / code, (cb * 224 * scale + 128 * scale) / code],
+        [
+            (cr * 224 * scale + 128 * scale) / code,
+            (y * 219 * scale + 16 * scale) / code,
+            (cb * 224 * scale + 128 * scale) / code,
+        ],
         axis=-1,
     )
     return np.clip(entries, 0.0, 1.0).reshape(-1, 3)

@@ -199,24 +199,55 @@ class Family:
 
 # The subjects that are a prefix rather than a message type's subject: what travels on each.
 PREFIXES = (
-    Family(topology.LOG_PREFIX, ("service",), (message(contracts.LogRecord, "A log record of a service"),),
-           "Log records (warning and above) of every service"),
-    Family(topology.METRICS_PREFIX, ("service",), (message(contracts.MetricSample),),
-           "Periodic metric samples of every service"),
-    Family(topology.ALERT_PREFIX, ("rule",), (message(contracts.AlertChanged, "An alert fired or resolved"),),
-           "Alert changes announced by the monitor"),
-    Family(topology.SCHEDULE_PREFIX, ("schedule",), (SCHEDULE_DEFINITION,),
-           "Server-side schedule definitions (the server fires them; never consumed)"),
-    Family(topology.USAGE_REPORTED_PREFIX, ("tenant", "day"), (message(contracts.UsageReported),),
-           "Daily usage reports, one per tenant and day"),
-    Family(topology.DEADLETTER_SUBJECT, ("stream", "consumer"), (DEAD_LETTER,),
-           "Dead letters: messages a consumer will not process, per stream and consumer"),
-    Family(topology.MAX_DELIVERIES_ADVISORY, ("stream", "consumer"),
-           (message(contracts.MaxDeliveriesAdvisory),),
-           "Published by nats-server when a message ran out of deliveries on a media work queue"),
-    Family(topology.RPC_GATEWAY_RELEASE_UPLOAD, ("instance",), (RELEASE_KEY,),
-           "Request-reply: the gateway holding a resumable upload's lock hands it over",
-           reply=(RELEASED,)),
+    Family(
+        topology.LOG_PREFIX,
+        ("service",),
+        (message(contracts.LogRecord, "A log record of a service"),),
+        "Log records (warning and above) of every service",
+    ),
+    Family(
+        topology.METRICS_PREFIX,
+        ("service",),
+        (message(contracts.MetricSample),),
+        "Periodic metric samples of every service",
+    ),
+    Family(
+        topology.ALERT_PREFIX,
+        ("rule",),
+        (message(contracts.AlertChanged, "An alert fired or resolved"),),
+        "Alert changes announced by the monitor",
+    ),
+    Family(
+        topology.SCHEDULE_PREFIX,
+        ("schedule",),
+        (SCHEDULE_DEFINITION,),
+        "Server-side schedule definitions (the server fires them; never consumed)",
+    ),
+    Family(
+        topology.USAGE_REPORTED_PREFIX,
+        ("tenant", "day"),
+        (message(contracts.UsageReported),),
+        "Daily usage reports, one per tenant and day",
+    ),
+    Family(
+        topology.DEADLETTER_SUBJECT,
+        ("stream", "consumer"),
+        (DEAD_LETTER,),
+        "Dead letters: messages a consumer will not process, per stream and consumer",
+    ),
+    Family(
+        topology.MAX_DELIVERIES_ADVISORY,
+        ("stream", "consumer"),
+        (message(contracts.MaxDeliveriesAdvisory),),
+        "Published by nats-server when a message ran out of deliveries on a media work queue",
+    ),
+    Family(
+        topology.RPC_GATEWAY_RELEASE_UPLOAD,
+        ("instance",),
+        (RELEASE_KEY,),
+        "Request-reply: the gateway holding a resumable upload's lock hands it over",
+        reply=(RELEASED,),
+    ),
 )
 KINDS = {"evt": "Event", "cmd": "Task (work queue)"}
 
@@ -236,8 +267,12 @@ def tick_families(streams: list) -> list[Family]:
     schedules = next(cfg for cfg in streams if cfg.name == topology.SCHEDULES)
     prefixes = [s.removesuffix(".>") for s in schedules.subjects if s != topology.SCHEDULE_PREFIX + ".>"]
     return [
-        Family(p, ("schedule",), (message(contracts.ScheduleTick),),
-               f"Ticks the server writes when a schedule of {p.split('.')[0]}'s jobs fires")
+        Family(
+            p,
+            ("schedule",),
+            (message(contracts.ScheduleTick),),
+            f"Ticks the server writes when a schedule of {p.split('.')[0]}'s jobs fires",
+        )
         for p in prefixes
     ]
 
@@ -259,8 +294,13 @@ def families(streams: list) -> list[Family]:
                 request, reply = served[subject]
                 asked = message(request)
                 found.append(
-                    Family(subject, (), (asked,), f"Request-reply: {asked.summary or request.__name__}",
-                           reply=(message(reply), SERVICE_ERROR))
+                    Family(
+                        subject,
+                        (),
+                        (asked,),
+                        f"Request-reply: {asked.summary or request.__name__}",
+                        reply=(message(reply), SERVICE_ERROR),
+                    )
                 )
                 placed.add(subject)
     return found
@@ -413,17 +453,30 @@ class _Builder:
         who = f"services/{name}/declaration.py"
         for subject in declaration.publish_subjects():
             family = family_of(subject, self.families, who)
-            self.operation(f"{name}.send.{family.id}", name, "send", family, [subject],
-                           summary=f"{name} publishes {family.prefix}")
+            self.operation(
+                f"{name}.send.{family.id}", name, "send", family, [subject], summary=f"{name} publishes {family.prefix}"
+            )
         for subject in declaration.calls:
             family = family_of(subject, self.families, who)
-            self.operation(f"{name}.send.{family.id}", name, "send", family, [subject],
-                           summary=f"{name} requests {family.prefix} and waits for the reply")
+            self.operation(
+                f"{name}.send.{family.id}",
+                name,
+                "send",
+                family,
+                [subject],
+                summary=f"{name} requests {family.prefix} and waits for the reply",
+            )
         for subject in declaration.serves:
             family = family_of(subject, self.families, who)
-            self.operation(f"{name}.receive.{family.id}", name, "receive", family, [subject],
-                           summary=f"{name} answers {family.prefix}",
-                           bindings={"nats": {"queue": DEFAULT_QUEUE_GROUP, "bindingVersion": NATS_BINDING_VERSION}})
+            self.operation(
+                f"{name}.receive.{family.id}",
+                name,
+                "receive",
+                family,
+                [subject],
+                summary=f"{name} answers {family.prefix}",
+                bindings={"nats": {"queue": DEFAULT_QUEUE_GROUP, "bindingVersion": NATS_BINDING_VERSION}},
+            )
         for spec in declaration.consumes:
             self.consumer(name, spec, who)
         for stream in declaration.follows:
@@ -436,26 +489,51 @@ class _Builder:
             subjects = [f for f in spec.filters if overlaps(f, family.pattern)]
             if subjects:
                 hit = True
-                self.operation(f"{name}.receive.{family.id}", name, "receive", family, subjects,
-                               summary=f"{name} pulls {family.prefix} through the durable consumer {spec.durable} "
-                               f"on {spec.stream}",
-                               **{"x-jetstream-consumer": facts})
+                self.operation(
+                    f"{name}.receive.{family.id}",
+                    name,
+                    "receive",
+                    family,
+                    subjects,
+                    summary=f"{name} pulls {family.prefix} through the durable consumer {spec.durable} "
+                    f"on {spec.stream}",
+                    **{"x-jetstream-consumer": facts},
+                )
         if not hit:
             raise Unplaced(f"{who}: the consumer {spec.stream}/{spec.durable} filters no channel of {spec.stream}")
         # a poison message, or one out of deliveries, goes to the dead-letter stream
         dlq = facts["dead_letter_subject"]
         family = family_of(dlq, self.families, who)
-        self.operation(f"{name}.send.{family.id}", name, "send", family, [dlq],
-                       summary=f"{name} dead-letters what its consumers will not process")
+        self.operation(
+            f"{name}.send.{family.id}",
+            name,
+            "send",
+            family,
+            [dlq],
+            summary=f"{name} dead-letters what its consumers will not process",
+        )
 
     def follower(self, name: str, stream: str) -> None:
         """Ephemeral ordered consumers (the gateway's SSE): one video's history, then live."""
         filter_ = topology.video_events_filter("{tenant}", "{video_id}")
-        facts = {"stream": stream, "ephemeral": True, "ordered": True, "filters": [filter_], "ack_policy": "none",
-                 "deliver_policy": "all"}
+        facts = {
+            "stream": stream,
+            "ephemeral": True,
+            "ordered": True,
+            "filters": [filter_],
+            "ack_policy": "none",
+            "deliver_policy": "all",
+        }
         for family in self.in_stream(stream):
-            self.operation(f"{name}.receive.{family.id}", name, "receive", family, [filter_],
-                           summary=f"{name} tails one video's messages on {stream}", **{"x-jetstream-consumer": facts})
+            self.operation(
+                f"{name}.receive.{family.id}",
+                name,
+                "receive",
+                family,
+                [filter_],
+                summary=f"{name} tails one video's messages on {stream}",
+                **{"x-jetstream-consumer": facts},
+            )
 
     def in_stream(self, stream: str) -> list[Family]:
         return [f for f in self.families if getattr(stream_of(f, self.streams), "name", None) == stream]

@@ -18,7 +18,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import inspect
-from contextlib import closing, contextmanager
 import json
 import math
 import mimetypes
@@ -26,14 +25,16 @@ import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import closing, contextmanager
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 from urllib.parse import quote, urlencode
 
 import httpx
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     DownloadColumn,
@@ -43,7 +44,6 @@ from rich.progress import (
     TimeRemainingColumn,
     TransferSpeedColumn,
 )
-from rich.markup import escape
 from rich.table import Table
 
 from shared.contracts import AUDIO_TASK, THUMBNAIL_TASK
@@ -86,7 +86,7 @@ class Client:
     def close(self) -> None:
         self.http.close()
 
-    def __enter__(self) -> "Client":
+    def __enter__(self) -> Client:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -145,13 +145,15 @@ class Client:
         attempt = 0
         while True:
             try:
-                with closing(self._send(
-                    "GET",
-                    f"/v1/videos/{_segment(video_id)}/events",
-                    stream=True,
-                    headers={"Accept": "text/event-stream"},
-                    timeout=httpx.Timeout(60.0, connect=10.0),  # keep-alives come every 15 s
-                )) as response:
+                with closing(
+                    self._send(
+                        "GET",
+                        f"/v1/videos/{_segment(video_id)}/events",
+                        stream=True,
+                        headers={"Accept": "text/event-stream"},
+                        timeout=httpx.Timeout(60.0, connect=10.0),  # keep-alives come every 15 s
+                    )
+                ) as response:
                     for name, data, event_id in parse_sse(response.iter_lines()):
                         attempt = 0
                         if event_id is not None:
@@ -313,7 +315,8 @@ def download(
                             on_progress(offset)
                 except httpx.TransportError as exc:
                     raise ApiError(
-                        "interrupted", f"the download stopped at {offset} of {total} bytes ({exc}); run the same command to resume"
+                        "interrupted",
+                        f"the download stopped at {offset} of {total} bytes ({exc}); run the same command to resume",
                     ) from None
     elif on_start:
         on_start(offset, total)
@@ -328,7 +331,7 @@ def download(
 
 Url = Annotated[str, typer.Option("--url", envvar="VIDMESH_URL", help="The gateway's URL.")]
 ApiKey = Annotated[
-    Optional[str],
+    str | None,
     typer.Option(
         "--api-key",
         envvar="VIDMESH_API_KEY",
@@ -417,14 +420,29 @@ def register(cli: typer.Typer) -> None:
 
     @cli.command("upload")
     def upload_cmd(
-        files: Annotated[list[Path], typer.Argument(metavar="FILE...", help="Video files to upload.", exists=True, dir_okay=False, readable=True)],
+        files: Annotated[
+            list[Path],
+            typer.Argument(
+                metavar="FILE...", help="Video files to upload.", exists=True, dir_okay=False, readable=True
+            ),
+        ],
         wait: Annotated[bool, typer.Option("--wait", help="Follow processing live until ready or failed.")] = False,
-        chunk_size: Annotated[str, typer.Option(
-            "--chunk-size", help="Files larger than this are sent resumably (tus), one PATCH of this size at a time "
-            "(64M, 512K, 1G).")] = "64M",
-        resume: Annotated[bool, typer.Option(
-            "--resume", help="Continue an interrupted resumable upload of the same file (same path, size and "
-            "modification time) where the gateway stopped.")] = False,
+        chunk_size: Annotated[
+            str,
+            typer.Option(
+                "--chunk-size",
+                help="Files larger than this are sent resumably (tus), one PATCH of this size at a time "
+                "(64M, 512K, 1G).",
+            ),
+        ] = "64M",
+        resume: Annotated[
+            bool,
+            typer.Option(
+                "--resume",
+                help="Continue an interrupted resumable upload of the same file (same path, size and "
+                "modification time) where the gateway stopped.",
+            ),
+        ] = False,
         url: Url = DEFAULT_URL,
         api_key: ApiKey = None,
         as_json: AsJson = False,
@@ -472,7 +490,7 @@ def register(cli: typer.Typer) -> None:
         client: Client,
         as_json: bool,
         limit: Annotated[int, typer.Option("--limit", "-n", min=1, max=100, help="How many videos.")] = 20,
-        cursor: Annotated[Optional[str], typer.Option("--cursor", help="next_cursor of the previous page.")] = None,
+        cursor: Annotated[str | None, typer.Option("--cursor", help="next_cursor of the previous page.")] = None,
     ) -> None:
         """List videos, newest first."""
         page = client.videos(limit, cursor)
@@ -515,10 +533,10 @@ def register(cli: typer.Typer) -> None:
         as_json: bool,
         video_id: VideoId,
         rendition: Annotated[
-            Optional[str], typer.Option("--rendition", "-r", help="e.g. 720p (default: the largest one).")
+            str | None, typer.Option("--rendition", "-r", help="e.g. 720p (default: the largest one).")
         ] = None,
         output: Annotated[
-            Optional[Path], typer.Option("--output", "-o", help="File or directory (default: ./<id>-<rendition>.mp4).")
+            Path | None, typer.Option("--output", "-o", help="File or directory (default: ./<id>-<rendition>.mp4).")
         ] = None,
     ) -> None:
         """Download a rendition with a progress bar; an interrupted download resumes (Range)."""
@@ -567,7 +585,9 @@ def register(cli: typer.Typer) -> None:
 
     @_gateway_command(cli, "rm")
     def rm_cmd(
-        client: Client, as_json: bool, video_ids: Annotated[list[str], typer.Argument(metavar="ID...", help="Video ids.")]
+        client: Client,
+        as_json: bool,
+        video_ids: Annotated[list[str], typer.Argument(metavar="ID...", help="Video ids.")],
     ) -> None:
         """Delete videos: their media and state; they then read `deleted`."""
         for video_id in video_ids:
@@ -727,8 +747,9 @@ def _bar_progress(quiet: bool) -> Progress:
 UPLOAD_ATTEMPTS = 4
 
 
-def _upload_one(client: Client, path: Path, as_json: bool, chunk_size: int = 64 * 1024 * 1024,
-                resume: bool = False) -> dict:
+def _upload_one(
+    client: Client, path: Path, as_json: bool, chunk_size: int = 64 * 1024 * 1024, resume: bool = False
+) -> dict:
     """Upload one file: larger than `chunk_size`, resumably (tus, services/tusclient.py);
     else in one POST, retried when the gateway sheds load (429) or the connection drops.
 
@@ -773,8 +794,13 @@ def _upload_resumable(client: Client, path: Path, as_json: bool, chunk_size: int
 
         try:
             video_id = tusclient.upload(
-                send, client.url, path, chunk_size=chunk_size, resume=resume,
-                on_progress=lambda done: progress.update(task, completed=done), say=say,
+                send,
+                client.url,
+                path,
+                chunk_size=chunk_size,
+                resume=resume,
+                on_progress=lambda done: progress.update(task, completed=done),
+                say=say,
             )
         except KeyboardInterrupt:
             say(f"{path.name}: interrupted; `vidmesh upload --resume {path}` continues where it stopped")
@@ -816,7 +842,10 @@ def _follow(client: Client, video: dict, as_json: bool) -> dict:
             seen.apply(name, data)
             redraw()
             if name == "task_failed" and not as_json:
-                progress.console.print(f"{video_id}: task {data.get('task')} failed: {_error_text(data.get('error'), data.get('task'))}", markup=False)
+                progress.console.print(
+                    f"{video_id}: task {data.get('task')} failed: {_error_text(data.get('error'), data.get('task'))}",
+                    markup=False,
+                )
             if name in TERMINAL_EVENTS or name == "video":
                 outcome = name
                 break
@@ -868,7 +897,7 @@ def _error_text(error: dict | None, task: str | None = None) -> str:
     code, message = str(error.get("code")), str(error.get("message") or "")
     head, sep, rest = message.partition(": ")
     if sep and rest.startswith(f"{code}: "):
-        message = f"{head}: {rest[len(code) + 2:]}"
+        message = f"{head}: {rest[len(code) + 2 :]}"
     if task and message.startswith(f"{task}: "):
         message = message[len(task) + 2 :]
     return f"{code}: {message}"
@@ -925,7 +954,8 @@ def _print_video(v: dict, base: str) -> None:
         table.add_row(
             "progress",
             ", ".join(
-                f"{name} {'done' if name in done else _percent(v.get('progress', {}).get(name, 0))}" for name in v["planned"]
+                f"{name} {'done' if name in done else _percent(v.get('progress', {}).get(name, 0))}"
+                for name in v["planned"]
             ),
         )
     for r in v.get("renditions", []):

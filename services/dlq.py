@@ -115,7 +115,7 @@ def show(letter_id: int, as_json: bool = typer.Option(False, "--json")):
         letter = _run(lambda js: js.get_msg(topology.DEADLETTER, letter_id))
     except NotFoundError:
         console.print(f"[red]no dead letter {letter_id}[/red]")
-        raise typer.Exit(1)
+        raise typer.Exit(1) from None
     d = _letter(letter)
     if as_json:
         print(json.dumps(msgspec.to_builtins(d)))

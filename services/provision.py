@@ -98,7 +98,6 @@ def streams(replicas: int, events_max_age_s: float) -> list[api.StreamConfig]:
     ]
 
 
-
 def consumer_config(spec, max_deliver: int | None = None, ack_wait_s: float | None = None):
     multi = len(spec.filters) > 1
     return api.ConsumerConfig(
@@ -111,7 +110,6 @@ def consumer_config(spec, max_deliver: int | None = None, ack_wait_s: float | No
         filter_subject=None if multi else spec.filters[0],
         filter_subjects=list(spec.filters) if multi else None,
     )
-
 
 
 def buckets(settings) -> list[tuple[str, float | None]]:
@@ -129,9 +127,6 @@ def buckets(settings) -> list[tuple[str, float | None]]:
         (t.KV_PIPELINE, None),
         (t.KV_RESUMABLE, None),
     ]
-
-
-
 
 
 async def ensure(js, settings, consumers) -> None:

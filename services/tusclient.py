@@ -29,8 +29,17 @@ TUS = {"Tus-Resumable": "1.0.0"}
 OFFSET_TYPE = "application/offset+octet-stream"
 PIECE = 256 * 1024
 RETRIES = 8  # failures in a row before giving up (each resumes from HEAD's offset)
-RETRYABLE = ("connection_lost", "unreachable", "unavailable", "not_ready", "request_timeout", "upload_locked",
-             "offset_mismatch", "timeout", "incomplete_body")
+RETRYABLE = (
+    "connection_lost",
+    "unreachable",
+    "unavailable",
+    "not_ready",
+    "request_timeout",
+    "upload_locked",
+    "offset_mismatch",
+    "timeout",
+    "incomplete_body",
+)
 
 
 def parse_size(text: str) -> int:
@@ -106,8 +115,14 @@ def _pieces(path: Path, offset: int, length: int, on_piece: Callable[[int], None
 
 
 def upload(
-    send: Callable, server: str, path: Path, *, chunk_size: int, resume: bool,
-    on_progress: Callable[[int], None] | None = None, say: Callable[[str], None] | None = None,
+    send: Callable,
+    server: str,
+    path: Path,
+    *,
+    chunk_size: int,
+    resume: bool,
+    on_progress: Callable[[int], None] | None = None,
+    say: Callable[[str], None] | None = None,
     sleep: Callable[[float], None] = time.sleep,
 ) -> str:
     """Upload `path` with tus; returns the id of the video it became. `send(method, path,
@@ -135,8 +150,9 @@ def upload(
             url = None
     if url is None:
         ctype = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
-        meta = ",".join(f"{k} {base64.b64encode(v.encode()).decode()}" for k, v in
-                        (("filename", path.name), ("filetype", ctype)))
+        meta = ",".join(
+            f"{k} {base64.b64encode(v.encode()).decode()}" for k, v in (("filename", path.name), ("filetype", ctype))
+        )
         created = send("POST", "/v1/uploads", headers={**TUS, "Upload-Length": str(size), "Upload-Metadata": meta})
         url = created.headers["location"]
         saved.save(url)
@@ -163,10 +179,16 @@ def upload(
                     on_progress(offset + sent[0])
 
             answer = send(
-                "PATCH", url,
+                "PATCH",
+                url,
                 content=_pieces(path, offset, length, progressed),
-                headers={**TUS, "Upload-Offset": str(offset), "Content-Type": OFFSET_TYPE,
-                         "Content-Length": str(length), "Upload-Checksum": _checksum(path, offset, length)},
+                headers={
+                    **TUS,
+                    "Upload-Offset": str(offset),
+                    "Content-Type": OFFSET_TYPE,
+                    "Content-Length": str(length),
+                    "Upload-Checksum": _checksum(path, offset, length),
+                },
             )
             offset = int(answer.headers["upload-offset"])
             failures = 0

@@ -106,8 +106,7 @@ def nats_config(data_dir: Path, port: int, monitor_port: int, passwords: dict[st
         f'  store_dir: "{store}"\n'
         "  # fsync every write: the lazy default lost acknowledged writes in Jepsen's 2025 tests\n"
         "  sync_interval: always\n"
-        "}\n"
-        + auth
+        "}\n" + auth
     )
 
 
@@ -209,7 +208,7 @@ class Supervisor:
                 self.say("vidmesh", f"cannot ensure the topology yet ({type(exc).__name__}: {exc}); retrying")
                 try:
                     await asyncio.wait_for(self.stopping.wait(), delay)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     pass
                 delay = min(delay * 2, 5.0)
         return False
@@ -283,13 +282,15 @@ class Supervisor:
             try:
                 await asyncio.wait_for(self.stopping.wait(), delay)
                 return
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
             delay = min(delay * 2, 10.0)
             down_at = time.monotonic()
             await self.spawn_nats("(restarted)")
             if await self.nats_healthy(NATS_START_TIMEOUT_S):
-                self.say("nats", f"healthy again after {time.monotonic() - down_at:.1f}s; services reconnect by themselves")
+                self.say(
+                    "nats", f"healthy again after {time.monotonic() - down_at:.1f}s; services reconnect by themselves"
+                )
 
     async def stop_nats(self) -> None:
         if self.nats_watch is not None:
@@ -298,7 +299,7 @@ class Supervisor:
             self.nats.send_signal(signal.SIGTERM)
             try:
                 await asyncio.wait_for(self.nats.wait(), 15)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 self.nats.kill()
                 await self.nats.wait()
 
@@ -356,7 +357,7 @@ class Supervisor:
             self.say(name, f"exited with {proc.returncode}; restarting in {delay:.1f}s")
             try:
                 await asyncio.wait_for(self.stopping.wait(), delay)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
             delay = min(delay * 2, 10.0)
 
@@ -366,7 +367,7 @@ class Supervisor:
         proc.send_signal(signal.SIGTERM)
         try:
             await asyncio.wait_for(proc.wait(), self.settings.drain_timeout_s + 10)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             self.say(name, "did not stop in time: killing")
             proc.kill()
             await proc.wait()
@@ -387,8 +388,14 @@ async def ensure_topology(settings: Settings, url: str | None = None, admin_pass
         pass
 
     nc = await nats.connect(
-        [u.strip() for u in servers if u.strip()], name="vidmesh-init", user=user, password=password,
-        connect_timeout=3, allow_reconnect=False, max_reconnect_attempts=0, error_cb=quiet,
+        [u.strip() for u in servers if u.strip()],
+        name="vidmesh-init",
+        user=user,
+        password=password,
+        connect_timeout=3,
+        allow_reconnect=False,
+        max_reconnect_attempts=0,
+        error_cb=quiet,
     )
     try:
         await provision.ensure(nc.jetstream(timeout=10.0), settings, mesh.consumers())

@@ -7,7 +7,6 @@ to `RpcError`, so callers see the service's own code and message.
 
 from __future__ import annotations
 
-import asyncio
 import inspect
 import logging
 import time
@@ -26,9 +25,9 @@ from nats.js.kv import KeyValue
 from opentelemetry import trace
 
 from . import contracts, permissions, telemetry, topology
-from .settings import Settings
 from .contracts import VideoDeleted
 from .declaration import Declaration, UndeclaredSubject
+from .settings import Settings
 
 if TYPE_CHECKING:
     from .objects import MediaStore
@@ -66,7 +65,7 @@ class Bus:
     @classmethod
     async def connect(
         cls, settings: Settings, service: str, url: str | None = None, declaration: Declaration | None = None
-    ) -> "Bus":
+    ) -> Bus:
         quiet_until = 0.0  # while the server is away, each failed reconnect is not news
 
         async def disconnected() -> None:
@@ -149,7 +148,7 @@ class Bus:
                 )
             except NoRespondersError:
                 raise RpcError("unavailable", f"no service answers {subject}") from None
-            except (NatsTimeout, asyncio.TimeoutError):
+            except (TimeoutError, NatsTimeout):
                 raise RpcError("timeout", f"{subject} did not answer within {timeout:g}s") from None
             headers = reply.headers or {}
             if ERROR_CODE_HEADER in headers:
@@ -167,8 +166,11 @@ class Bus:
             attributes=telemetry.messaging_attributes(
                 "send",
                 subject,
-                **{"messaging.message.id": msg_id, "vidmesh.video.id": getattr(msg, "video_id", None),
-                   "vidmesh.tenant": getattr(msg, "tenant", None)},
+                **{
+                    "messaging.message.id": msg_id,
+                    "vidmesh.video.id": getattr(msg, "video_id", None),
+                    "vidmesh.tenant": getattr(msg, "tenant", None),
+                },
             ),
         )
 

@@ -32,7 +32,9 @@ from .declaration import ConsumerSpec
 log = logging.getLogger("vidmesh.consumer")
 
 PROCESSED = Counter("vidmesh_messages_total", "Messages handled by outcome", ["consumer", "outcome"])
-DEAD_LETTERED = Counter("vidmesh_dead_letters_total", "Messages moved to the dead-letter stream", ["stream", "consumer"])
+DEAD_LETTERED = Counter(
+    "vidmesh_dead_letters_total", "Messages moved to the dead-letter stream", ["stream", "consumer"]
+)
 LAG = Gauge("vidmesh_consumer_lag", "Messages waiting for a durable consumer (pending + unacked)", ["consumer"])
 DURATION = Histogram(
     "vidmesh_message_seconds",
@@ -99,7 +101,16 @@ def backoff(attempt: int, base: float = 1.0, cap: float = 60.0) -> float:
 
 
 async def dead_letter(
-    bus: Bus, *, data: bytes, headers: dict[str, str] | None, subject: str, stream: str, consumer: str, seq: int, deliveries: int, reason: str
+    bus: Bus,
+    *,
+    data: bytes,
+    headers: dict[str, str] | None,
+    subject: str,
+    stream: str,
+    consumer: str,
+    seq: int,
+    deliveries: int,
+    reason: str,
 ) -> None:
     """Keep a copy of a message that will not be processed, with why, for `vidmesh dlq`.
 
@@ -187,7 +198,7 @@ class ConsumerLoop:
                 continue
             try:
                 msgs = await sub.fetch(free, timeout=1.0)
-            except (NatsTimeout, asyncio.TimeoutError):
+            except (TimeoutError, NatsTimeout):
                 continue
             except Exception as exc:  # disconnected, server restarting: keep trying
                 log.warning("fetch from %s failed: %s", self.spec.durable, exc)

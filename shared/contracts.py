@@ -7,7 +7,7 @@ Commands are imperative, events past tense. Encoders/decoders are created once, 
 
 from __future__ import annotations
 
-from typing import Any, TypeVar, Union, overload
+from typing import Any, TypeVar, overload
 
 import msgspec
 
@@ -289,20 +289,20 @@ class VideoDeleted(Contract, frozen=True, tag="catalog.video_deleted.v1"):
     tenant: str
 
 
-Event = Union[
-    VideoUploaded,
-    VideoPlanned,
-    ChunkProgress,
-    ChunkEncoded,
-    AudioEncoded,
-    RenditionStitched,
-    ThumbnailExtracted,
-    TaskFailed,
-    VideoPlayable,
-    VideoReady,
-    VideoFailed,
-    VideoDeleted,
-]
+Event = (
+    VideoUploaded
+    | VideoPlanned
+    | ChunkProgress
+    | ChunkEncoded
+    | AudioEncoded
+    | RenditionStitched
+    | ThumbnailExtracted
+    | TaskFailed
+    | VideoPlayable
+    | VideoReady
+    | VideoFailed
+    | VideoDeleted
+)
 
 # --- commands (tasks, on work-queue streams) -------------------------------------------------
 
@@ -368,7 +368,7 @@ class ExtractThumbnail(Contract, frozen=True, tag="thumbnailer.extract_thumbnail
         return THUMBNAIL_TASK
 
 
-MediaTask = Union[EncodeChunk, EncodeAudio, StitchRenditions, ExtractThumbnail]
+MediaTask = EncodeChunk | EncodeAudio | StitchRenditions | ExtractThumbnail
 
 
 # --- request-reply ---------------------------------------------------------------------------
@@ -691,7 +691,7 @@ class MetricSample(Contract, frozen=True, tag="ops.metric_sample.v1"):
     errors_logged: float = 0.0
 
 
-OpsEvent = Union[LogRecord, MetricSample]
+OpsEvent = LogRecord | MetricSample
 
 
 class Alert(msgspec.Struct, frozen=True, kw_only=True):

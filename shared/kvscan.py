@@ -30,7 +30,9 @@ class Entry:
     created: datetime
 
 
-async def entries(js: JetStreamContext, bucket: str, pattern: str = ">", *, meta_only: bool = False) -> AsyncIterator[Entry]:
+async def entries(
+    js: JetStreamContext, bucket: str, pattern: str = ">", *, meta_only: bool = False
+) -> AsyncIterator[Entry]:
     """The live (not deleted) entries of `bucket` whose keys match `pattern`, in key order."""
     prefix = f"$KV.{bucket}."
     stream = f"KV_{bucket}"

@@ -25,14 +25,14 @@ import math
 from collections import OrderedDict
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Optional
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 from nats.aio.client import Client
 from nats.js import JetStreamContext, api
-from prometheus_client import Counter
 from nats.js.errors import NotFoundError
 from nats.js.object_store import OBJ_CHUNKS_PRE_TEMPLATE, OBJ_META_PRE_TEMPLATE, OBJ_STREAM_TEMPLATE
+from prometheus_client import Counter
 
 if TYPE_CHECKING:  # names that exist in the type stubs only
     from _hashlib import HASH
@@ -70,7 +70,7 @@ class StoredObject(api.ObjectInfo):
     # A stored object's meta always has both (nats-py's ObjectInfo leaves them optional).
     size: int = 0
     chunks: int = 0
-    metadata: Optional[dict[str, str]] = None
+    metadata: dict[str, str] | None = None
 
     def checkpoint_before(self, offset: int) -> tuple[int, int]:
         """(chunk index, stream sequence) of the recorded chunk at or before `offset`;
@@ -129,7 +129,12 @@ class MediaStore:
         return None if info.deleted else info
 
     async def put_stream(
-        self, name: str, chunks: AsyncIterator[bytes], *, max_bytes: int | None = None, headers: dict[str, str] | None = None
+        self,
+        name: str,
+        chunks: AsyncIterator[bytes],
+        *,
+        max_bytes: int | None = None,
+        headers: dict[str, str] | None = None,
     ) -> StoredObject:
         """Store an object from an async byte iterator with bounded memory."""
         nuid = self.js._nc._nuid.next().decode()
@@ -198,7 +203,9 @@ class MediaStore:
         resumable upload, PATCH by PATCH): only the meta message is written, no byte is
         copied. `digest`: a hashlib sha256 of the whole content; `seqs`: the stream sequence
         of every `stride`-th chunk (the seek index)."""
-        return await self._commit(name, nuid, size, seqs, digest, headers, chunks=chunks, metadata=_index_metadata(stride, seqs))
+        return await self._commit(
+            name, nuid, size, seqs, digest, headers, chunks=chunks, metadata=_index_metadata(stride, seqs)
+        )
 
     async def purge_chunks(self, nuid: str) -> None:
         """Drop chunks that belong to no object (an abandoned resumable upload)."""
@@ -222,7 +229,7 @@ class MediaStore:
             nuid=nuid,
             size=size,
             chunks=len(seqs) if chunks is None else chunks,
-            mtime=datetime.now(timezone.utc).isoformat(),
+            mtime=datetime.now(UTC).isoformat(),
             digest="SHA-256=" + base64.urlsafe_b64encode(digest.digest()).decode(),
             headers=headers,
             options=api.ObjectMetaOptions(max_chunk_size=CHUNK_SIZE),
@@ -236,7 +243,9 @@ class MediaStore:
             await self._purge(self.chunk_subject(previous.nuid))
         return info
 
-    async def _abandon(self, pending: list[asyncio.Future[api.PubAck]], chunk_subject: str, nc: Client, epoch: int) -> None:
+    async def _abandon(
+        self, pending: list[asyncio.Future[api.PubAck]], chunk_subject: str, nc: Client, epoch: int
+    ) -> None:
         for fut in pending:
             try:
                 await _acked(fut, nc, epoch)
@@ -267,7 +276,9 @@ class MediaStore:
                     await asyncio.sleep(2.0**attempt)
                 else:
                     # best effort: an orphaned chunk subject wastes space, not correctness
-                    log.warning("left %s in %s after %d purges failed: %r", chunk_subject, self.stream, PURGE_ATTEMPTS, exc)
+                    log.warning(
+                        "left %s in %s after %d purges failed: %r", chunk_subject, self.stream, PURGE_ATTEMPTS, exc
+                    )
 
     async def read(self, info: StoredObject, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
         """Yield bytes [start, end] (inclusive end, as in HTTP Range) one chunk at a time."""
@@ -286,7 +297,7 @@ class MediaStore:
         `index` is stored at sequence `seq` or later (a checkpoint, or a chunk read before)."""
         subject = self.chunk_subject(info.nuid)
         stop = info.chunks if last is None else min(info.chunks, last + 1)
-        for index in range(index, stop):
+        for i in range(index, stop):
             msg = await self.js._nc.request(
                 f"$JS.API.DIRECT.GET.{self.stream}",
                 json.dumps({"seq": seq, "next_by_subj": subject}).encode(),
@@ -302,7 +313,7 @@ class MediaStore:
             else:
                 seq, data = int(headers["Nats-Sequence"]), msg.data
             MEDIA_BYTES.labels("out").inc(len(data))
-            yield index, seq, data
+            yield i, seq, data
             seq += 1
 
     async def download(self, name: str, path: StrPath, *, ends: int | None = None) -> StoredObject:
@@ -397,8 +408,9 @@ class ObjectReader(io.RawIOBase):
         known = max((i for i in self._seqs if start <= i <= index), default=None)
         if known is not None:
             start, seq = known, self._seqs[known]
-        async for i, seq, data in self.store.chunks(self.info, start, seq, last=index):
-            self._seqs[i] = seq
+        data = b""
+        async for i, at, data in self.store.chunks(self.info, start, seq, last=index):  # noqa: B007 (the last is the chunk asked for)
+            self._seqs[i] = at
         return data
 
 
@@ -416,7 +428,7 @@ async def _acked(future: asyncio.Future[api.PubAck], nc: Client, epoch: int) -> 
     while True:
         try:
             return await asyncio.wait_for(asyncio.shield(future), ACK_POLL_S)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             pass
         if not nc.is_connected or nc.stats["reconnects"] != epoch:
             raise ConnectionError("the connection to NATS dropped during the write")

@@ -28,7 +28,9 @@ class BusLogHandler(logging.Handler):
         super().__init__(level)
         self.service = service
         self.instance = f"{socket.gethostname()}:{os.getpid()}"
-        self.queue: collections.deque[contracts.LogRecord] = collections.deque(maxlen=2000)  # drops the oldest under a storm
+        self.queue: collections.deque[contracts.LogRecord] = collections.deque(
+            maxlen=2000
+        )  # drops the oldest under a storm
         self.errors = 0
 
     def emit(self, record: logging.LogRecord) -> None:
@@ -63,7 +65,11 @@ def metric_sample(service: str, instance: str, errors: int) -> contracts.MetricS
                 messages[s.labels["consumer"]][s.labels["outcome"]] = s.value
     dead = sum(s.value for family in DEAD_LETTERED.collect() for s in family.samples if s.name.endswith("_total"))
     return contracts.MetricSample(
-        service=service, instance=instance, time=time.time(), messages=dict(messages), dead_letters=dead,
+        service=service,
+        instance=instance,
+        time=time.time(),
+        messages=dict(messages),
+        dead_letters=dead,
         errors_logged=errors,
     )
 

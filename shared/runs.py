@@ -17,7 +17,7 @@ import msgspec
 from . import topology
 from .bus import Bus, KvContention, kv_update
 from .consumer import Delivery
-from .contracts import RunRecord, RunResult, ScheduleTick, ScheduleRun
+from .contracts import RunRecord, RunResult, ScheduleRun, ScheduleTick
 from .kvscan import entries
 
 log = logging.getLogger("vidmesh.schedules")

@@ -149,7 +149,12 @@ class Service:
         return register
 
     def consumer(
-        self, spec: ConsumerSpec, kind: object, *, concurrency: int | None = None, on_exhausted: OnExhausted | None = None
+        self,
+        spec: ConsumerSpec,
+        kind: object,
+        *,
+        concurrency: int | None = None,
+        on_exhausted: OnExhausted | None = None,
     ) -> Callable[[H], H]:
         if spec not in self.declaration.consumes:
             raise UndeclaredSubject(f"{self.name} does not declare the consumer {spec.stream}/{spec.durable}")
@@ -190,7 +195,9 @@ class Service:
                 starter.cancel()
                 await service.stop()
 
-        app = FastAPI(title=f"vidmesh {self.name}", description=self.description, version=self.version, lifespan=lifespan)
+        app = FastAPI(
+            title=f"vidmesh {self.name}", description=self.description, version=self.version, lifespan=lifespan
+        )
 
         @app.get("/healthz", include_in_schema=False)
         async def healthz() -> dict[str, str]:

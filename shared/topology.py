@@ -17,7 +17,6 @@ from typing import Protocol
 
 from . import contracts as c
 
-
 # --- subjects ------------------------------------------------------------------------------
 
 # Each message type has exactly one subject prefix; `subject_for` appends tenant and video.

@@ -211,7 +211,12 @@ def make_vfr_clip(
         vs.time_base = tb
         vs.codec_context.time_base = tb
         # Keyframes only where a frame is marked as one (below).
-        vs.options = {"preset": "ultrafast", "crf": "28", "forced-idr": "1", "x264-params": "keyint=infinite:scenecut=0"}
+        vs.options = {
+            "preset": "ultrafast",
+            "crf": "28",
+            "forced-idr": "1",
+            "x264-params": "keyint=infinite:scenecut=0",
+        }
         as_ = out.add_stream("aac", rate=AUDIO_RATE, layout="stereo") if audio else None
         sound = _audio_frames(seconds) if as_ is not None else iter(())
         pending = next(sound, None)

@@ -18,10 +18,10 @@ from typing import NoReturn
 import httpx
 import pytest
 
-from services.up import nats_server_binary
-
-
-from services.up import free_ports  # noqa: E402  (distinct ports in one call)
+from services.up import (
+    free_ports,  # noqa: E402  (distinct ports in one call)
+    nats_server_binary,
+)
 
 
 def wait_for(condition, timeout: float = 30.0, interval: float = 0.05, what: str = "condition"):
@@ -68,7 +68,7 @@ class NatsServer:
     def url(self) -> str:
         return f"nats://127.0.0.1:{self.port}"
 
-    def start(self) -> "NatsServer":
+    def start(self) -> NatsServer:
         conf = self.store / "nats.conf"
         self.store.mkdir(parents=True, exist_ok=True)
         conf.write_text(
@@ -81,7 +81,10 @@ class NatsServer:
 
         def healthy():
             try:
-                return httpx.get(f"http://127.0.0.1:{self.monitor}/healthz?js-enabled-only=true", timeout=1).status_code == 200
+                return (
+                    httpx.get(f"http://127.0.0.1:{self.monitor}/healthz?js-enabled-only=true", timeout=1).status_code
+                    == 200
+                )
             except httpx.HTTPError:
                 return False
 
@@ -133,7 +136,7 @@ class Mesh:
         (data_dir / "tmp").mkdir(parents=True, exist_ok=True)
         self.proc: subprocess.Popen | None = None
 
-    def start(self) -> "Mesh":
+    def start(self) -> Mesh:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "services", "up"],
             env=self.env,
@@ -295,8 +298,11 @@ def wait_terminal(client: httpx.Client, ids, timeout: float = 120.0, statuses=("
     try:
         wait_for(done, timeout, 0.2, f"{len(ids)} videos to reach {statuses}")
     except AssertionError:
-        stuck = {v: {k: last[v].get(k) for k in ("status", "progress", "planned", "renditions", "error")}
-                 for v in ids if last.get(v, {}).get("status") not in statuses}
+        stuck = {
+            v: {k: last[v].get(k) for k in ("status", "progress", "planned", "renditions", "error")}
+            for v in ids
+            if last.get(v, {}).get("status") not in statuses
+        }
         raise AssertionError(f"not terminal after {timeout}s: {stuck}") from None
     return {v: last[v] for v in ids}
 
@@ -340,7 +346,11 @@ def wait_mid_chunk(mesh: Mesh, tenant: str, video_id: str, timeout: float = 60) 
         events = mesh_events(mesh, tenant, video_id, ("chunk_progress", "chunk_encoded"))
         last[:] = events
         encoded = {e["chunk"] for _, kind, e in events if kind == "chunk_encoded"}
-        busy = [(e["chunk"], e["segments"]) for _, kind, e in events if kind == "chunk_progress" and e["chunk"] not in encoded]
+        busy = [
+            (e["chunk"], e["segments"])
+            for _, kind, e in events
+            if kind == "chunk_progress" and e["chunk"] not in encoded
+        ]
         return busy[-1] if busy else None
 
     try:
@@ -383,7 +393,11 @@ async def delivery_state(js, tenant: str, video_ids) -> dict:
 
     def held(prefix: str) -> dict:
         return {
-            name[len(prefix):]: {"chunks": o.chunks, "chunks_stored": chunks.get(f"$O.media.C.{o.nuid}", 0), "size": o.size}
+            name[len(prefix) :]: {
+                "chunks": o.chunks,
+                "chunks_stored": chunks.get(f"$O.media.C.{o.nuid}", 0),
+                "size": o.size,
+            }
             for name, o in live.items()
             if name.startswith(prefix)
         }
@@ -406,12 +420,18 @@ async def delivery_state(js, tenant: str, video_ids) -> dict:
     for stream, durable in TASK_QUEUES.items():
         s = await js.stream_info(stream)
         c = await js.consumer_info(stream, durable)
-        state["queues"][stream] = {"messages": s.state.messages, "pending": c.num_pending,
-                                   "ack_pending": c.num_ack_pending}
+        state["queues"][stream] = {
+            "messages": s.state.messages,
+            "pending": c.num_pending,
+            "ack_pending": c.num_ack_pending,
+        }
     for durable in EVENT_CONSUMERS:
         c = await js.consumer_info("EVENTS", durable)
-        state["queues"][f"EVENTS/{durable}"] = {"messages": 0, "pending": c.num_pending,
-                                               "ack_pending": c.num_ack_pending}
+        state["queues"][f"EVENTS/{durable}"] = {
+            "messages": 0,
+            "pending": c.num_pending,
+            "ack_pending": c.num_ack_pending,
+        }
     return state
 
 
@@ -502,7 +522,9 @@ def assert_delivered_once(
             if obj is None:
                 problems.append(f"{where}: rendition {name} listed but not in the object store")
             elif obj["chunks_stored"] != obj["chunks"]:
-                problems.append(f"{where}: rendition {name} object has {obj['chunks_stored']} of {obj['chunks']} chunks")
+                problems.append(
+                    f"{where}: rendition {name} object has {obj['chunks_stored']} of {obj['chunks']} chunks"
+                )
         ev = held["events"]
         if video.get("status") == "ready":
             if sorted(names) != sorted(video.get("planned", [])):
@@ -511,7 +533,9 @@ def assert_delivered_once(
             if extra:
                 problems.append(f"{where}: rendition objects not listed in the JSON: {sorted(extra)}")
             if ev["rendition_stitched"] != len(names):
-                problems.append(f"{where}: {ev['rendition_stitched']} rendition_stitched events for {len(names)} renditions")
+                problems.append(
+                    f"{where}: {ev['rendition_stitched']} rendition_stitched events for {len(names)} renditions"
+                )
             problems += fragment_problems(where, held, names)
             if ev["video_ready"] != 1 or ev["video_failed"] != 0 or ev["thumbnail_extracted"] != 1:
                 problems.append(f"{where}: events {ev}")

@@ -26,7 +26,19 @@ import numpy as np
 from tests.conftest import missing_tool
 
 NEEDED_FILTERS = ("zscale", "tonemap", "idet", "tinterlace", "palettegen")
-NEEDED_ENCODERS = ("libx265", "libx264", "libvpx-vp9", "prores_ks", "qtrle", "png", "gif", "apng", "libwebp_anim", "ac3", "mpeg4")
+NEEDED_ENCODERS = (
+    "libx265",
+    "libx264",
+    "libvpx-vp9",
+    "prores_ks",
+    "qtrle",
+    "png",
+    "gif",
+    "apng",
+    "libwebp_anim",
+    "ac3",
+    "mpeg4",
+)
 
 
 @functools.cache
@@ -48,15 +60,20 @@ def ffmpeg_path() -> str:
     path, why = _find()
     if path is None:
         missing_tool(
-            "Debian's ffmpeg", "`apt-get install ffmpeg` (`make test` does, as root or with passwordless "
-            "sudo), or set VIDMESH_REFERENCE_FFMPEG to another ffmpeg binary", why, untested="REFERENCE FFMPEG MISSING",
+            "Debian's ffmpeg",
+            "`apt-get install ffmpeg` (`make test` does, as root or with passwordless "
+            "sudo), or set VIDMESH_REFERENCE_FFMPEG to another ffmpeg binary",
+            why,
+            untested="REFERENCE FFMPEG MISSING",
         )
     return path
 
 
 def ffmpeg(*args: str) -> str:
     """Run the reference ffmpeg; its log (stderr) is returned."""
-    done = subprocess.run([ffmpeg_path(), "-hide_banner", "-nostdin", "-y", *map(str, args)], capture_output=True, text=True)
+    done = subprocess.run(
+        [ffmpeg_path(), "-hide_banner", "-nostdin", "-y", *map(str, args)], capture_output=True, text=True
+    )
     if done.returncode:
         raise AssertionError(f"ffmpeg {' '.join(map(str, args))} failed:\n{done.stderr[-2000:]}")
     return done.stderr
@@ -65,8 +82,21 @@ def ffmpeg(*args: str) -> str:
 def raw_frame(src, filters: str, pix_fmt: str = "yuv420p", index: int = 0) -> bytes:
     """Frame `index` of `src` through the reference's `filters`, as raw `pix_fmt` bytes."""
     done = subprocess.run(
-        [ffmpeg_path(), "-v", "error", "-nostdin", "-i", str(src), "-vf", f"select=eq(n\\,{index}),{filters},format={pix_fmt}",
-         "-frames:v", "1", "-f", "rawvideo", "-"],
+        [
+            ffmpeg_path(),
+            "-v",
+            "error",
+            "-nostdin",
+            "-i",
+            str(src),
+            "-vf",
+            f"select=eq(n\\,{index}),{filters},format={pix_fmt}",
+            "-frames:v",
+            "1",
+            "-f",
+            "rawvideo",
+            "-",
+        ],
         capture_output=True,
     )
     assert done.returncode == 0, done.stderr.decode()[-2000:]
@@ -90,10 +120,27 @@ def hdr_clip(path, kind: str, *, size: str = "640x360", seconds: float = 0.2) ->
     """10-bit HEVC, BT.2020, HLG or PQ, as a current phone records (the issue's recipe)."""
     t = TRANSFERS[kind]
     ffmpeg(
-        "-f", "lavfi", "-i", f"testsrc2=s={size}:r=30:d={seconds}", "-vf", "format=yuv420p10le",
-        "-c:v", "libx265", "-preset", "ultrafast",
-        "-x265-params", f"colorprim=bt2020:transfer={t}:colormatrix=bt2020nc:log-level=error",
-        "-color_primaries", "bt2020", "-color_trc", t, "-colorspace", "bt2020nc", "-tag:v", "hvc1", path,
+        "-f",
+        "lavfi",
+        "-i",
+        f"testsrc2=s={size}:r=30:d={seconds}",
+        "-vf",
+        "format=yuv420p10le",
+        "-c:v",
+        "libx265",
+        "-preset",
+        "ultrafast",
+        "-x265-params",
+        f"colorprim=bt2020:transfer={t}:colormatrix=bt2020nc:log-level=error",
+        "-color_primaries",
+        "bt2020",
+        "-color_trc",
+        t,
+        "-colorspace",
+        "bt2020nc",
+        "-tag:v",
+        "hvc1",
+        path,
     )
     return str(path)
 
@@ -102,21 +149,38 @@ def hdr_clip(path, kind: str, *, size: str = "640x360", seconds: float = 0.2) ->
 # FFmpeg users run for HDR -> SDR; then R'G'B' clipped to what a display shows (gbrp) and
 # made Y'CbCr BT.709, limited range (a rendition) or BT.601, full range (JFIF, a thumbnail).
 _TONEMAP = (
-    "zscale=t=linear:npl=100,format=gbrpf32le,zscale=p=bt709,tonemap=tonemap=hable:desat=0,"
-    "zscale=t=bt709,format=gbrp"
+    "zscale=t=linear:npl=100,format=gbrpf32le,zscale=p=bt709,tonemap=tonemap=hable:desat=0,zscale=t=bt709,format=gbrp"
 )
 TONEMAP_REFERENCE = _TONEMAP + ",scale=out_color_matrix=bt709:out_range=tv"
 TONEMAP_REFERENCE_JFIF = _TONEMAP + ",scale=out_color_matrix=bt470bg:out_range=pc"
 
 
-def interlaced_clip(path, order: str, *, size: str = "640x360", seconds: float = 1.0, container: str = "mpegts", gop: int = 12) -> str:
+def interlaced_clip(
+    path, order: str, *, size: str = "640x360", seconds: float = 1.0, container: str = "mpegts", gop: int = 12
+) -> str:
     """H.264 coded interlaced (PAFF/MBAFF flags) at 25 frames (50 fields) a second, top or
     bottom field first, as a camcorder or a broadcast writes it (the issue's recipe)."""
     mode = "interleave_top" if order == "tff" else "interleave_bottom"
     ffmpeg(
-        "-f", "lavfi", "-i", f"testsrc2=s={size}:r=50:d={seconds}", "-vf", f"tinterlace=mode={mode},setfield={order}",
-        "-c:v", "libx264", "-preset", "ultrafast", "-flags", "+ildct+ilme", "-g", str(gop),
-        "-x264-params", f"{order}=1", "-f", container, path,
+        "-f",
+        "lavfi",
+        "-i",
+        f"testsrc2=s={size}:r=50:d={seconds}",
+        "-vf",
+        f"tinterlace=mode={mode},setfield={order}",
+        "-c:v",
+        "libx264",
+        "-preset",
+        "ultrafast",
+        "-flags",
+        "+ildct+ilme",
+        "-g",
+        str(gop),
+        "-x264-params",
+        f"{order}=1",
+        "-f",
+        container,
+        path,
     )
     return str(path)
 
@@ -190,8 +254,20 @@ def damaged_avi(path, *, seconds: float = 6.0) -> str:
     word and header kept): FFmpeg's AC-3 decoder refuses that packet."""
     clean = Path(path).with_suffix(".clean.avi")
     ffmpeg(
-        "-f", "lavfi", "-i", f"testsrc2=s=160x90:r=25:d={seconds}", "-f", "lavfi", "-i", f"sine=f=440:d={seconds}:r=48000",
-        "-c:v", "mpeg4", "-c:a", "ac3", "-shortest", clean,
+        "-f",
+        "lavfi",
+        "-i",
+        f"testsrc2=s=160x90:r=25:d={seconds}",
+        "-f",
+        "lavfi",
+        "-i",
+        f"sine=f=440:d={seconds}:r=48000",
+        "-c:v",
+        "mpeg4",
+        "-c:a",
+        "ac3",
+        "-shortest",
+        clean,
     )
     data = clean.read_bytes()
     at = data.rfind(b"01wb", 0, data.rfind(b"idx1"))  # the last audio chunk: one AC-3 frame
@@ -257,9 +333,27 @@ def late_start_fmp4(directory, *, seconds: int = 72, hls_time: int = 6) -> str:
     (FFmpeg's hls muxer): a complete file whose timeline starts at seconds - hls_time."""
     directory = Path(directory)
     ffmpeg(
-        "-f", "lavfi", "-i", f"testsrc2=s=160x90:r=30:d={seconds}", "-c:v", "libx264", "-preset", "ultrafast", "-g", "30",
-        "-f", "hls", "-hls_segment_type", "fmp4", "-hls_time", str(hls_time), "-hls_playlist_type", "vod",
-        "-hls_segment_filename", str(directory / "seg%03d.m4s"), directory / "index.m3u8",
+        "-f",
+        "lavfi",
+        "-i",
+        f"testsrc2=s=160x90:r=30:d={seconds}",
+        "-c:v",
+        "libx264",
+        "-preset",
+        "ultrafast",
+        "-g",
+        "30",
+        "-f",
+        "hls",
+        "-hls_segment_type",
+        "fmp4",
+        "-hls_time",
+        str(hls_time),
+        "-hls_playlist_type",
+        "vod",
+        "-hls_segment_filename",
+        str(directory / "seg%03d.m4s"),
+        directory / "index.m3u8",
     )
     last = sorted(directory.glob("seg*.m4s"))[-1]
     path = directory / "late.mp4"

@@ -67,8 +67,9 @@ def create(client: httpx.Client, length: int, endpoint: str = "/v1/uploads", **h
 
 
 def patch(client: httpx.Client, url: str, offset: int, data, **headers) -> httpx.Response:
-    return client.patch(url, content=data, headers={**TUS, "Upload-Offset": str(offset), "Content-Type": OFFSET_TYPE,
-                                                     **headers})
+    return client.patch(
+        url, content=data, headers={**TUS, "Upload-Offset": str(offset), "Content-Type": OFFSET_TYPE, **headers}
+    )
 
 
 def head(client: httpx.Client, url: str) -> httpx.Response:
@@ -126,7 +127,7 @@ class CuttingProxy:
         self._closed = True
         self.server.close()
 
-    def __enter__(self) -> "CuttingProxy":
+    def __enter__(self) -> CuttingProxy:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -197,6 +198,8 @@ class CuttingProxy:
             if data.startswith(method):
                 head_end = data.find(b"\r\n\r\n")
                 lines = data[: head_end if head_end > 0 else 2048].decode("latin-1").split("\r\n")
-                keep = [lines[0]] + [ln for ln in lines[1:] if ln.lower().startswith(("upload-offset", "upload-length"))]
+                keep = [lines[0]] + [
+                    ln for ln in lines[1:] if ln.lower().startswith(("upload-offset", "upload-length"))
+                ]
                 self.requests.append(" | ".join(keep))
                 return

@@ -99,7 +99,9 @@ class VideoRecord(msgspec.Struct, frozen=True, kw_only=True):
         if self.thumbnail:
             names.append(self.thumbnail.object)
         tracks = {name for seg in self.segments.values() for name in seg.sizes} | {spec.name for spec in self.planned}
-        for track, segments in [(t, self.segments) for t in sorted(tracks)] + [(topology.AUDIO_TRACK, self.audio_segments)]:
+        for track, segments in [(t, self.segments) for t in sorted(tracks)] + [
+            (topology.AUDIO_TRACK, self.audio_segments)
+        ]:
             if segments or track in self.codecs:
                 names.append(topology.init_key(self.tenant, self.id, track))
             names += [topology.segment_key(self.tenant, self.id, track, int(i)) for i in segments]
@@ -145,7 +147,11 @@ def _fold(r: VideoRecord, e) -> VideoRecord:
     if isinstance(e, contracts.VideoPlanned):
         return _with_progress(
             replace(
-                r, planned=list(e.renditions), segments_planned=e.segments, chunks_planned=e.chunks, segment_s=e.segment_s
+                r,
+                planned=list(e.renditions),
+                segments_planned=e.segments,
+                chunks_planned=e.chunks,
+                segment_s=e.segment_s,
             )
         )
     if isinstance(e, contracts.ChunkProgress):
@@ -202,9 +208,7 @@ def _fold(r: VideoRecord, e) -> VideoRecord:
     return r
 
 
-def _with_warnings(
-    known: list[contracts.WarningInfo], new: list[contracts.WarningInfo]
-) -> list[contracts.WarningInfo]:
+def _with_warnings(known: list[contracts.WarningInfo], new: list[contracts.WarningInfo]) -> list[contracts.WarningInfo]:
     return known + [w for w in new if w not in known]
 
 

@@ -33,7 +33,6 @@ from shared.kvscan import entries
 from shared.service import Service
 
 from . import declaration
-
 from .projection import Incomplete, VideoRecord, apply, record_decoder, record_encoder, to_playlist, to_view
 
 service = Service(declaration.DECLARATION)

@@ -54,7 +54,9 @@ def _tenant_of_key(request: Request) -> str:
         _keys = ApiKeys(service.settings.api_keys)
     found = _keys.tenant_for(request.headers.get("authorization"))
     if found is None:
-        raise ApiError(401, "unauthorized", "missing or invalid API key", {"WWW-Authenticate": 'Bearer realm="vidmesh"'})
+        raise ApiError(
+            401, "unauthorized", "missing or invalid API key", {"WWW-Authenticate": 'Bearer realm="vidmesh"'}
+        )
     return found
 
 
@@ -68,7 +70,9 @@ async def authenticate_read(request: Request) -> str:
     if token and request.method in ("GET", "HEAD") and "authorization" not in request.headers:
         tenant = tokens.verify(service.settings.api_keys, token)
         if tenant is None:
-            raise ApiError(401, "unauthorized", "invalid or expired token", {"WWW-Authenticate": 'Bearer realm="vidmesh"'})
+            raise ApiError(
+                401, "unauthorized", "invalid or expired token", {"WWW-Authenticate": 'Bearer realm="vidmesh"'}
+            )
         return tenant
     return _tenant_of_key(request)
 
@@ -137,4 +141,6 @@ async def announce(bus: Bus, tenant: str, video_id: str, key: str, filename: str
         log.warning("the catalog did not confirm upload %s (sequence %d): %s", video_id, seq, exc)
         # the announced upload as the catalog first shows it
         at = event.created_at
-        return Video(id=video_id, status="processing", created_at=at, updated_at=at, source=event.source, filename=filename)
+        return Video(
+            id=video_id, status="processing", created_at=at, updated_at=at, source=event.source, filename=filename
+        )

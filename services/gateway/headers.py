@@ -30,7 +30,9 @@ class ResponseHeaders:
         if scope["type"] != "http" or not (headers := self.rule(scope)):
             return await self.app(scope, receive, send)
         if self.preflight is not None and scope["method"] == "OPTIONS":
-            await send({"type": "http.response.start", "status": 204, "headers": _encoded({**headers, **self.preflight})})
+            await send(
+                {"type": "http.response.start", "status": 204, "headers": _encoded({**headers, **self.preflight})}
+            )
             await send({"type": "http.response.body", "body": b""})
             return
         extra = _encoded(headers)

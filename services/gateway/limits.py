@@ -37,8 +37,11 @@ def _error(status: int, code: str, message: str) -> tuple[dict, dict]:
     start = {
         "type": "http.response.start",
         "status": status,
-        "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                    (b"connection", b"close")],
+        "headers": [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+            (b"connection", b"close"),
+        ],
     }
     return start, {"type": "http.response.body", "body": body}
 

@@ -22,9 +22,19 @@ router = APIRouter()
 TERMINAL_EVENTS = (VideoReady, VideoFailed, VideoDeleted)
 
 
-@router.get("/v1/videos/{video_id}/renditions/{name}", responses=schemas.RENDITION, summary="Download a rendition (Range)")
-@router.head("/v1/videos/{video_id}/renditions/{name}", responses=schemas.RENDITION, summary="Download a rendition (Range)")  # the size without the body
-async def rendition(video_id: str, name: str, request: Request, tenant: str = Depends(authenticate_read), bus: Bus = Depends(connected_bus)):
+@router.get(
+    "/v1/videos/{video_id}/renditions/{name}", responses=schemas.RENDITION, summary="Download a rendition (Range)"
+)
+@router.head(
+    "/v1/videos/{video_id}/renditions/{name}", responses=schemas.RENDITION, summary="Download a rendition (Range)"
+)  # the size without the body
+async def rendition(
+    video_id: str,
+    name: str,
+    request: Request,
+    tenant: str = Depends(authenticate_read),
+    bus: Bus = Depends(connected_bus),
+):
     video = await fetch_video(bus, tenant, video_id)
     if not any(r.name == name for r in video.renditions):
         raise ApiError(404, "not_found", f"video {video_id} has no rendition {name!r} (yet)")
@@ -32,8 +42,12 @@ async def rendition(video_id: str, name: str, request: Request, tenant: str = De
 
 
 @router.get("/v1/videos/{video_id}/thumbnail", responses=schemas.THUMBNAIL, summary="The first frame as a JPEG")
-@router.head("/v1/videos/{video_id}/thumbnail", responses=schemas.THUMBNAIL, summary="The first frame as a JPEG")  # the size without the body
-async def thumbnail(video_id: str, request: Request, tenant: str = Depends(authenticate_read), bus: Bus = Depends(connected_bus)):
+@router.head(
+    "/v1/videos/{video_id}/thumbnail", responses=schemas.THUMBNAIL, summary="The first frame as a JPEG"
+)  # the size without the body
+async def thumbnail(
+    video_id: str, request: Request, tenant: str = Depends(authenticate_read), bus: Bus = Depends(connected_bus)
+):
     video = await fetch_video(bus, tenant, video_id)
     if video.thumbnail is None:
         raise ApiError(404, "not_found", f"video {video_id} has no thumbnail (yet)")
@@ -41,7 +55,13 @@ async def thumbnail(video_id: str, request: Request, tenant: str = Depends(authe
 
 
 async def serve(
-    bus: Bus, request: Request, key: str, media_type: str, *, cache: str = "private, max-age=3600", headers: dict | None = None
+    bus: Bus,
+    request: Request,
+    key: str,
+    media_type: str,
+    *,
+    cache: str = "private, max-age=3600",
+    headers: dict | None = None,
 ) -> Response:
     """An object from the store, with Range, ETag and If-None-Match (404 when it is gone)."""
     info = await bus.media.info(key)
@@ -64,11 +84,19 @@ async def serve(
     headers["Content-Length"] = str(end - start + 1 if info.size else 0)
     if request.method == "HEAD" or info.size == 0:
         return Response(status_code=status, headers=headers, media_type=media_type)
-    return StreamingResponse(bus.media.read(info, start, end), status_code=status, headers=headers, media_type=media_type)
+    return StreamingResponse(
+        bus.media.read(info, start, end), status_code=status, headers=headers, media_type=media_type
+    )
 
 
-@router.get("/v1/videos/{video_id}/events", responses=schemas.EVENTS, summary="Server-Sent Events: history, then live, until a terminal state")
-async def events(video_id: str, request: Request, tenant: str = Depends(authenticate_read), bus: Bus = Depends(connected_bus)):
+@router.get(
+    "/v1/videos/{video_id}/events",
+    responses=schemas.EVENTS,
+    summary="Server-Sent Events: history, then live, until a terminal state",
+)
+async def events(
+    video_id: str, request: Request, tenant: str = Depends(authenticate_read), bus: Bus = Depends(connected_bus)
+):
     video = await fetch_video(bus, tenant, video_id)
     return StreamingResponse(
         _event_stream(bus, tenant, video),

@@ -129,7 +129,9 @@ async def _admit(bus, tenant, video_id, incoming, max_processing, max_bytes, unt
         await kv_update(kv, tenant, admit, attempts=CAS_ATTEMPTS)
     except KvContention:
         raise QuotaExceeded(
-            429, "quota_busy", "too many uploads of this tenant start at once; retry",
+            429,
+            "quota_busy",
+            "too many uploads of this tenant start at once; retry",
             {"Retry-After": str(bus.settings.retry_after_s)},
         ) from None
     return budget

@@ -230,7 +230,7 @@ class Uploads:
             held.release.set()
             try:
                 await asyncio.wait_for(held.done.wait(), RELEASE_TIMEOUT_S - 1)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 return  # no answer: the asker treats it as held
         try:
             await msg.respond(b"released")
@@ -260,8 +260,16 @@ class Uploads:
         return revision
 
     async def create(
-        self, tenant: str, upload_id: str, length: int, *, metadata: dict[str, str], raw_metadata: str | None,
-        expires_at: float, direct: str | None = None, lock_token: str | None = None,
+        self,
+        tenant: str,
+        upload_id: str,
+        length: int,
+        *,
+        metadata: dict[str, str],
+        raw_metadata: str | None,
+        expires_at: float,
+        direct: str | None = None,
+        lock_token: str | None = None,
     ) -> tuple[UploadState, int]:
         now = time.time()
         state = UploadState(
@@ -285,8 +293,9 @@ class Uploads:
     # --- the lock ------------------------------------------------------------------------------
 
     @contextlib.asynccontextmanager
-    async def hold(self, tenant: str, upload_id: str, token: str | None = None,
-                   created: tuple[UploadState, int] | None = None) -> AsyncIterator[Held]:
+    async def hold(
+        self, tenant: str, upload_id: str, token: str | None = None, created: tuple[UploadState, int] | None = None
+    ) -> AsyncIterator[Held]:
         """Hold the upload's lock for the block (`created`: an upload just created with its
         lease already ours). UploadProblem 404 when it is gone, 423 when its holder does not
         let go. Leaving the block lets go of the lock (if it is still ours)."""
@@ -349,7 +358,7 @@ class Uploads:
                 except KeyWrongLastSequenceError:
                     pass
             return True
-        except (NatsTimeout, asyncio.TimeoutError):
+        except (TimeoutError, NatsTimeout):
             return False
         return True
 
@@ -382,8 +391,9 @@ class Uploads:
             return kept[2].copy()
         hasher = hashlib.sha256()
         if state.chunks:
-            info = StoredObject(name=state.source, bucket=topology.OBJ_MEDIA, nuid=state.nuid, size=state.offset,
-                                chunks=state.chunks)
+            info = StoredObject(
+                name=state.source, bucket=topology.OBJ_MEDIA, nuid=state.nuid, size=state.offset, chunks=state.chunks
+            )
             first = state.seqs[0] if state.seqs else 1
             async for _, _, data in self.bus.media.chunks(info, 0, first):
                 hasher.update(data)
@@ -407,20 +417,24 @@ class Uploads:
         chunks are deleted and the PATCH fails. Returns the chunks' sequences."""
         js = self.bus.js
         try:
-            first = await js.publish(subject, chunks[0], headers={"Nats-Expected-Last-Subject-Sequence": str(after)},
-                                     timeout=COMMIT_TIMEOUT_S)
+            first = await js.publish(
+                subject,
+                chunks[0],
+                headers={"Nats-Expected-Last-Subject-Sequence": str(after)},
+                timeout=COMMIT_TIMEOUT_S,
+            )
         except APIError as exc:
             if exc.err_code == WRONG_LAST_SEQUENCE:
                 raise _Fenced(exc.description or "wrong last sequence") from None
             raise StoreFailed(f"the object store refused a chunk: {exc.description}") from None
-        except (NatsTimeout, asyncio.TimeoutError, NoRespondersError) as exc:
+        except (TimeoutError, NatsTimeout, NoRespondersError) as exc:
             raise StoreFailed(f"no acknowledgement of a chunk ({exc!r})") from None
         seqs = [first.seq]
         pending = [await js.publish_async(subject, data) for data in chunks[1:]]
         try:
             for fut in pending:
                 seqs.append((await asyncio.wait_for(fut, COMMIT_TIMEOUT_S)).seq)
-        except (APIError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, APIError) as exc:
             await self._delete_seqs(seqs)
             raise StoreFailed(f"a chunk was not stored ({exc!r})") from None
         info = await js.stream_info(self.bus.media.stream, subjects_filter=subject)
@@ -465,7 +479,8 @@ class Uploads:
         state = held.state
         if state.lease is not None:  # the probe may take longer than a lease: hold it that long
             busy = msgspec.structs.replace(
-                state, lease=msgspec.structs.replace(state.lease, until=time.time() + FINISH_LEASE_S))
+                state, lease=msgspec.structs.replace(state.lease, until=time.time() + FINISH_LEASE_S)
+            )
             held.revision = await self.save(busy, held.revision)
             held.state = state = busy
         store = self.bus.media
@@ -482,8 +497,12 @@ class Uploads:
                 raise
             await store.delete(state.source)
             refused = msgspec.structs.replace(
-                state, status="refused", error=UploadError(code=exc.code, message=exc.message), lease=None,
-                finished_at=time.time(), tail=b"",
+                state,
+                status="refused",
+                error=UploadError(code=exc.code, message=exc.message),
+                lease=None,
+                finished_at=time.time(),
+                tail=b"",
             )
             held.revision = await self.save(refused, held.revision)
             held.state = refused
@@ -512,12 +531,17 @@ class Uploads:
 
     # --- direct uploads ------------------------------------------------------------------------
 
-    async def create_direct(self, tenant: str, *, expires_at: float, max_size: int,
-                            metadata: dict[str, str]) -> tuple[str, DirectUpload]:
+    async def create_direct(
+        self, tenant: str, *, expires_at: float, max_size: int, metadata: dict[str, str]
+    ) -> tuple[str, DirectUpload]:
         token = secrets.token_urlsafe(32)
         record = DirectUpload(
-            id="du_" + secrets.token_hex(10), tenant=tenant, created_at=time.time(), expires_at=expires_at,
-            max_size=max_size, metadata=metadata,
+            id="du_" + secrets.token_hex(10),
+            tenant=tenant,
+            created_at=time.time(),
+            expires_at=expires_at,
+            max_size=max_size,
+            metadata=metadata,
         )
         await kv_write(await self.kv(), direct_key(token), _encode(record), None)
         return token, record
@@ -594,7 +618,7 @@ class _Patch:
             while True:
                 try:
                     kind, payload = await asyncio.wait_for(windows.get(), LEASE_S / 3)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     if reader.last_byte > last_renew:  # a slow body: keep the lock while it flows
                         await self._record(hasher, renew_only=True)
                         last_renew = time.monotonic()
@@ -677,7 +701,7 @@ class _Patch:
     async def _ack(self, future) -> int:
         try:
             return (await asyncio.wait_for(future, COMMIT_TIMEOUT_S)).seq
-        except (APIError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, APIError) as exc:
             raise StoreFailed(f"a chunk was not stored ({exc!r})") from None
 
     async def _checkpoint(self) -> None:
@@ -698,8 +722,9 @@ class _Patch:
         self.index_at = []
         self.last_seq = self.unrecorded[-1]
 
-    async def _record(self, hasher, *, tail: bytes = b"", complete: bool = False, renew_only: bool = False,
-                      unlock: bool = False) -> None:
+    async def _record(
+        self, hasher, *, tail: bytes = b"", complete: bool = False, renew_only: bool = False, unlock: bool = False
+    ) -> None:
         """Write the state: what is stored so far (all of it with a checksum: only at the end)."""
         s = self.state
         if renew_only:

@@ -48,8 +48,18 @@ class DirectUploadCreated(msgspec.Struct, frozen=True, kw_only=True):
 
 _REF = "#/components/schemas/{name}"
 _, COMPONENTS = msgspec.json.schema_components(
-    [Video, VideoPage, Webhook, WebhookPage, DeliveryPage, AlertList, Error, Token, DirectUploadRequest,
-     DirectUploadCreated],
+    [
+        Video,
+        VideoPage,
+        Webhook,
+        WebhookPage,
+        DeliveryPage,
+        AlertList,
+        Error,
+        Token,
+        DirectUploadRequest,
+        DirectUploadCreated,
+    ],
     ref_template=_REF,
 )
 
@@ -107,10 +117,17 @@ RENDITION = responses(
     {200: _binary("video/mp4", "The rendition"), 206: _binary("video/mp4", "A byte range of it"), **MEDIA_OK}, 404, 416
 )
 THUMBNAIL = responses(
-    {200: _binary("image/jpeg", "The first frame"), 206: _binary("image/jpeg", "A byte range of it"), **MEDIA_OK}, 404, 416
+    {200: _binary("image/jpeg", "The first frame"), 206: _binary("image/jpeg", "A byte range of it"), **MEDIA_OK},
+    404,
+    416,
 )
 PLAYLIST = responses(
-    {200: {"description": "An HLS playlist (RFC 8216)", "content": {"application/vnd.apple.mpegurl": {"schema": {"type": "string"}}}}},
+    {
+        200: {
+            "description": "An HLS playlist (RFC 8216)",
+            "content": {"application/vnd.apple.mpegurl": {"schema": {"type": "string"}}},
+        }
+    },
     404,
 )
 INIT_SEGMENT = responses({200: _binary("video/mp4", "A CMAF init segment"), **MEDIA_OK}, 404, 416)
@@ -174,29 +191,58 @@ _OFFSET_BODY = {"schema": {"type": "string", "format": "binary"}}
 TUS_CREATE_BODY = {"requestBody": {"required": False, "content": {"application/offset+octet-stream": _OFFSET_BODY}}}
 TUS_PATCH_BODY = {"requestBody": {"required": True, "content": {"application/offset+octet-stream": _OFFSET_BODY}}}
 DIRECT_UPLOAD_BODY = {
-    "requestBody": {"required": False, "content": {"application/json": {"schema": {"$ref": _REF.format(name="DirectUploadRequest")}}}}
+    "requestBody": {
+        "required": False,
+        "content": {"application/json": {"schema": {"$ref": _REF.format(name="DirectUploadRequest")}}},
+    }
 }
 TUS_OPTIONS = responses(
-    {204: {"description": "What the server supports",
-           "headers": _headers("Tus-Resumable", "Tus-Version", "Tus-Extension", "Tus-Max-Size", "Tus-Checksum-Algorithm")}}
+    {
+        204: {
+            "description": "What the server supports",
+            "headers": _headers(
+                "Tus-Resumable", "Tus-Version", "Tus-Extension", "Tus-Max-Size", "Tus-Checksum-Algorithm"
+            ),
+        }
+    }
 )
-_CREATED = {201: {"description": "Created: `Location` is the upload's URL; with a body, `Upload-Offset` (and "
-                  "`Vidmesh-Video-Id` when the body completed it)",
-                  "headers": _headers("Location", "Upload-Expires", "Upload-Offset", "Vidmesh-Video-Id")}}
+_CREATED = {
+    201: {
+        "description": "Created: `Location` is the upload's URL; with a body, `Upload-Offset` (and "
+        "`Vidmesh-Video-Id` when the body completed it)",
+        "headers": _headers("Location", "Upload-Expires", "Upload-Offset", "Vidmesh-Video-Id"),
+    }
+}
 _WRITE_ERRORS = (403, 408, 409, 410, 412, 413, 415, 422, 423, 429, 460)
 TUS_CREATE = responses(_CREATED, *_WRITE_ERRORS)
 DIRECT_CREATE = responses(_CREATED, 404, *_WRITE_ERRORS)
-_HEAD_OK = {200: {"description": "The upload's offset (no body); once complete, the video it became",
-                  "headers": _headers("Upload-Offset", "Upload-Length", "Upload-Expires", "Upload-Metadata",
-                                      "Vidmesh-Video-Id", "Vidmesh-Upload-Error")}}
+_HEAD_OK = {
+    200: {
+        "description": "The upload's offset (no body); once complete, the video it became",
+        "headers": _headers(
+            "Upload-Offset",
+            "Upload-Length",
+            "Upload-Expires",
+            "Upload-Metadata",
+            "Vidmesh-Video-Id",
+            "Vidmesh-Upload-Error",
+        ),
+    }
+}
 TUS_HEAD = responses(_HEAD_OK, 404, 410, 412, 423)
 TUS_HEAD_DIRECT = TUS_HEAD
-_PATCHED = {204: {"description": "Stored: `Upload-Offset`; the PATCH that completes the upload names the video "
-                  "(`Location`, `Vidmesh-Video-Id`)",
-                  "headers": _headers("Upload-Offset", "Upload-Expires", "Location", "Vidmesh-Video-Id")}}
+_PATCHED = {
+    204: {
+        "description": "Stored: `Upload-Offset`; the PATCH that completes the upload names the video "
+        "(`Location`, `Vidmesh-Video-Id`)",
+        "headers": _headers("Upload-Offset", "Upload-Expires", "Location", "Vidmesh-Video-Id"),
+    }
+}
 TUS_PATCH = responses(_PATCHED, 404, 408, 409, 410, 412, 413, 415, 422, 423, 460)
 TUS_PATCH_DIRECT = TUS_PATCH
-TUS_DELETE = responses({204: {"description": "Terminated: its bytes are gone, the URL answers 410"}}, 404, 410, 412, 423)
+TUS_DELETE = responses(
+    {204: {"description": "Terminated: its bytes are gone, the URL answers 410"}}, 404, 410, 412, 423
+)
 TUS_DELETE_DIRECT = TUS_DELETE
 DIRECT_UPLOAD = responses({201: _json("DirectUploadCreated", "A one-time upload URL (`url`) for a browser")})
 # Routes a one-time URL opens (its secret is the credential) and tus discovery: no API key.

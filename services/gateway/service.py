@@ -23,21 +23,20 @@ from nats.errors import Error as NatsError
 from nats.js.errors import KeyNotFoundError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from services import asyncapi, mesh
 from shared import telemetry, topology
 from shared.bus import Bus, RpcError
 from shared.contracts import (
     AlertList,
-    GetAlerts,
-    LoadState,
     DeleteVideo,
+    GetAlerts,
     ListVideos,
+    LoadState,
     Video,
     VideoPage,
     decoder,
 )
 from shared.objects import TooLarge
-
-from services import asyncapi, mesh
 
 from . import declaration, idempotency, quotas, schemas, tokens
 from .app import (
@@ -60,8 +59,8 @@ from .playback import router as playback_router
 from .streaming import PREFLIGHT as HLS_PREFLIGHT
 from .streaming import cors as hls_cors
 from .streaming import router as streaming_router
-from .uploads import MultipartFile, accepted, new_video_id
 from .tus import router as tus_router
+from .uploads import MultipartFile, accepted, new_video_id
 from .webhooks import router as webhooks_router
 
 log = logging.getLogger("vidmesh.gateway")
@@ -69,6 +68,7 @@ log = logging.getLogger("vidmesh.gateway")
 # /openapi.json lists paths in the order routes are registered: webhooks first, then this
 # module's routes, then playback's (included below the video routes).
 api.include_router(webhooks_router)  # /v1/webhooks: services/gateway/webhooks.py
+
 
 class Load:
     """The transcode backlog as last seen; refreshed in the background, read per upload."""
@@ -201,14 +201,18 @@ async def upload(request: Request, tenant: str = Depends(authenticate), bus: Bus
             raise ApiError(413, "too_large", f"uploads are limited to {settings.max_upload_bytes} bytes")
     key = request.headers.get("idempotency-key")
     if key is not None and not (0 < len(key) <= idempotency.MAX_KEY_LENGTH):
-        raise ApiError(400, "bad_idempotency_key", f"Idempotency-Key must be 1 to {idempotency.MAX_KEY_LENGTH} characters")
+        raise ApiError(
+            400, "bad_idempotency_key", f"Idempotency-Key must be 1 to {idempotency.MAX_KEY_LENGTH} characters"
+        )
 
     video_id = new_video_id()
     if key is not None:
         try:
             first = await idempotency.claim(bus, tenant, key, video_id, wait_s=PROBE_TIMEOUT_S)
         except idempotency.StillUploading:
-            raise ApiError(409, "upload_in_progress", "an upload with this Idempotency-Key is still in progress") from None
+            raise ApiError(
+                409, "upload_in_progress", "an upload with this Idempotency-Key is still in progress"
+            ) from None
         if first is not None:  # a retry: answer with the first upload, start nothing
             video = await fetch_video(bus, tenant, first)
             return json_response(video, 202, {"Location": f"/v1/videos/{first}", "Idempotent-Replayed": "true"})
@@ -242,7 +246,9 @@ def _shed_load(settings) -> None:
         )
 
 
-async def _accept(request: Request, bus: Bus, tenant: str, video_id: str, ctype: str, budget: int | None = None) -> Video:
+async def _accept(
+    request: Request, bus: Bus, tenant: str, video_id: str, ctype: str, budget: int | None = None
+) -> Video:
     """Stream the body into the object store, have it probed, announce the upload.
     `budget`: the bytes the tenant may still store (None: no storage quota)."""
     settings = bus.settings
@@ -282,7 +288,9 @@ async def _accept(request: Request, bus: Bus, tenant: str, video_id: str, ctype:
 @api.post("/v1/tokens", responses=schemas.TOKEN, summary="A short-lived read token for media and events URLs (?token=)")
 async def mint_token(tenant: str = Depends(authenticate)):
     token, expires = tokens.mint(service.settings.api_keys, tenant)
-    return JSONResponse({"token": token, "expires_at": expires, "tenant": tenant}, headers={"Cache-Control": "no-store"})
+    return JSONResponse(
+        {"token": token, "expires_at": expires, "tenant": tenant}, headers={"Cache-Control": "no-store"}
+    )
 
 
 @api.get("/v1/alerts", responses=schemas.ALERTS, summary="Alerts firing now, and the load state behind backpressure")
@@ -297,11 +305,15 @@ async def list_videos(
     tenant: str = Depends(authenticate),
     bus: Bus = Depends(connected_bus),
 ):
-    page = await bus.request(topology.RPC_CATALOG_LIST, ListVideos(tenant=tenant, limit=limit, cursor=cursor), VideoPage)
+    page = await bus.request(
+        topology.RPC_CATALOG_LIST, ListVideos(tenant=tenant, limit=limit, cursor=cursor), VideoPage
+    )
     return json_response(page)
 
 
-@api.get("/v1/videos/{video_id}", responses=schemas.GET, summary="A video's status, source facts, renditions and thumbnail")
+@api.get(
+    "/v1/videos/{video_id}", responses=schemas.GET, summary="A video's status, source facts, renditions and thumbnail"
+)
 async def get_video(video_id: str, tenant: str = Depends(authenticate), bus: Bus = Depends(connected_bus)):
     return json_response(await fetch_video(bus, tenant, video_id))
 
@@ -360,12 +372,16 @@ class BrowserPackage:
 BROWSER_PACKAGES = {
     # the HLS player, its worker, their source maps
     "hls.js": BrowserPackage(
-        "hlsjs_dir", "VIDMESH_HLSJS_DIR", ("hls.min.js", "hls.worker.js", "hls.min.js.map", "hls.worker.js.map"),
+        "hlsjs_dir",
+        "VIDMESH_HLSJS_DIR",
+        ("hls.min.js", "hls.worker.js", "hls.min.js.map", "hls.worker.js.map"),
         "the dashboard plays HLS only where the browser has its own player, else the MP4 renditions",
     ),
     # the resumable uploader
     "tus-js-client": BrowserPackage(
-        "tusjs_dir", "VIDMESH_TUSJS_DIR", ("tus.min.js", "tus.min.js.map"),
+        "tusjs_dir",
+        "VIDMESH_TUSJS_DIR",
+        ("tus.min.js", "tus.min.js.map"),
         "the dashboard uploads each file in one POST, without resuming",
     ),
 }
@@ -389,7 +405,10 @@ async def _check_browser_packages(bus: Bus) -> None:
         if not (directory / found.files[0]).is_file():
             log.warning(
                 "%s is not installed at %s (`make install` runs npm ci in web/; or set %s): %s",
-                package, directory, found.env, found.without,
+                package,
+                directory,
+                found.env,
+                found.without,
             )
 
 

@@ -49,7 +49,9 @@ def cors(scope) -> dict | None:
 
 @router.get("/v1/videos/{video_id}/hls/master.m3u8", responses=schemas.PLAYLIST, summary="HLS master playlist")
 @router.head("/v1/videos/{video_id}/hls/master.m3u8", responses=schemas.PLAYLIST, summary="HLS master playlist")
-async def master(video_id: str, request: Request, tenant: str = Depends(authenticate_read), bus: Bus = Depends(connected_bus)):
+async def master(
+    video_id: str, request: Request, tenant: str = Depends(authenticate_read), bus: Bus = Depends(connected_bus)
+):
     playlist = await _playlist(bus, tenant, video_id)
     variants = [
         hls.Variant(r.name, r.width, r.height, r.codec, _track_segments(playlist.segments, r.name))
@@ -57,14 +59,32 @@ async def master(video_id: str, request: Request, tenant: str = Depends(authenti
     ]
     audio = _track_segments(playlist.audio_segments, topology.AUDIO_TRACK) if playlist.audio_codec else None
     text = hls.master_playlist(
-        variants, audio=audio, audio_codec=playlist.audio_codec or "", frame_rate=playlist.frame_rate, query=_query(request)
+        variants,
+        audio=audio,
+        audio_codec=playlist.audio_codec or "",
+        frame_rate=playlist.frame_rate,
+        query=_query(request),
     )
     return _playlist_response(request, text, playlist)
 
 
-@router.get("/v1/videos/{video_id}/hls/{track}/playlist.m3u8", responses=schemas.PLAYLIST, summary="HLS media playlist of a rendition or the audio")
-@router.head("/v1/videos/{video_id}/hls/{track}/playlist.m3u8", responses=schemas.PLAYLIST, summary="HLS media playlist of a rendition or the audio")
-async def media(video_id: str, track: str, request: Request, tenant: str = Depends(authenticate_read), bus: Bus = Depends(connected_bus)):
+@router.get(
+    "/v1/videos/{video_id}/hls/{track}/playlist.m3u8",
+    responses=schemas.PLAYLIST,
+    summary="HLS media playlist of a rendition or the audio",
+)
+@router.head(
+    "/v1/videos/{video_id}/hls/{track}/playlist.m3u8",
+    responses=schemas.PLAYLIST,
+    summary="HLS media playlist of a rendition or the audio",
+)
+async def media(
+    video_id: str,
+    track: str,
+    request: Request,
+    tenant: str = Depends(authenticate_read),
+    bus: Bus = Depends(connected_bus),
+):
     playlist = await _playlist(bus, tenant, video_id)
     if track == topology.AUDIO_TRACK and playlist.audio_codec:
         segments = _track_segments(playlist.audio_segments, track)
@@ -76,16 +96,45 @@ async def media(video_id: str, track: str, request: Request, tenant: str = Depen
     return _playlist_response(request, text, playlist)
 
 
-@router.get("/v1/videos/{video_id}/hls/{track}/init.mp4", responses=schemas.INIT_SEGMENT, summary="CMAF init segment of a rendition or the audio")
-@router.head("/v1/videos/{video_id}/hls/{track}/init.mp4", responses=schemas.INIT_SEGMENT, summary="CMAF init segment of a rendition or the audio")
-async def init_segment(video_id: str, track: str, request: Request, tenant: str = Depends(authenticate_read), bus: Bus = Depends(connected_bus)):
+@router.get(
+    "/v1/videos/{video_id}/hls/{track}/init.mp4",
+    responses=schemas.INIT_SEGMENT,
+    summary="CMAF init segment of a rendition or the audio",
+)
+@router.head(
+    "/v1/videos/{video_id}/hls/{track}/init.mp4",
+    responses=schemas.INIT_SEGMENT,
+    summary="CMAF init segment of a rendition or the audio",
+)
+async def init_segment(
+    video_id: str,
+    track: str,
+    request: Request,
+    tenant: str = Depends(authenticate_read),
+    bus: Bus = Depends(connected_bus),
+):
     await _live_video(bus, tenant, video_id, track)
     return await serve(bus, request, topology.init_key(tenant, video_id, track), "video/mp4", cache=FRAGMENT_CACHE)
 
 
-@router.get("/v1/videos/{video_id}/hls/{track}/{segment}.m4s", responses=schemas.MEDIA_SEGMENT, summary="CMAF fragment of one segment")
-@router.head("/v1/videos/{video_id}/hls/{track}/{segment}.m4s", responses=schemas.MEDIA_SEGMENT, summary="CMAF fragment of one segment")
-async def fragment(video_id: str, track: str, segment: str, request: Request, tenant: str = Depends(authenticate_read), bus: Bus = Depends(connected_bus)):
+@router.get(
+    "/v1/videos/{video_id}/hls/{track}/{segment}.m4s",
+    responses=schemas.MEDIA_SEGMENT,
+    summary="CMAF fragment of one segment",
+)
+@router.head(
+    "/v1/videos/{video_id}/hls/{track}/{segment}.m4s",
+    responses=schemas.MEDIA_SEGMENT,
+    summary="CMAF fragment of one segment",
+)
+async def fragment(
+    video_id: str,
+    track: str,
+    segment: str,
+    request: Request,
+    tenant: str = Depends(authenticate_read),
+    bus: Bus = Depends(connected_bus),
+):
     if not (segment.isascii() and segment.isdigit() and len(segment) <= 6):
         raise ApiError(404, "not_found", f"no segment {segment!r}")
     await _live_video(bus, tenant, video_id, track)
@@ -100,7 +149,9 @@ async def _playlist(bus: Bus, tenant: str, video_id: str) -> Playlist:
         if playlist.status in ("failed", "deleted"):  # for good
             why = "it failed" if playlist.status == "failed" else "it was deleted"
             raise ApiError(404, "not_found", f"video {video_id} is not playable: {why}")
-        raise ApiError(404, "not_found", f"video {video_id} is not playable (yet): its first segments are still encoding")
+        raise ApiError(
+            404, "not_found", f"video {video_id} is not playable (yet): its first segments are still encoding"
+        )
     return playlist
 
 

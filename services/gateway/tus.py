@@ -29,13 +29,14 @@ from email.utils import formatdate
 import msgspec
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
+
 from shared.bus import Bus, RpcError
 
 from . import quotas, schemas
-from .schemas import DirectUploadCreated, DirectUploadRequest
 from .app import ApiError, announce, authenticate, connected_bus, fetch_video, json_response, service
-from .resumable import DirectUpload, Held, UploadProblem, Uploads, UploadState, StoreFailed
 from .headers import ResponseHeaders
+from .resumable import DirectUpload, Held, StoreFailed, UploadProblem, Uploads, UploadState
+from .schemas import DirectUploadCreated, DirectUploadRequest
 from .uploads import new_video_id
 
 log = logging.getLogger("vidmesh.gateway.tus")
@@ -103,8 +104,11 @@ def check_version(request: Request) -> None:
     version = request.headers.get("tus-resumable")
     if version != TUS_VERSION:
         raise ApiError(
-            412, "unsupported_version",
-            f"Tus-Resumable must be {TUS_VERSION} (got {version!r})" if version else f"Tus-Resumable: {TUS_VERSION} is required",
+            412,
+            "unsupported_version",
+            f"Tus-Resumable must be {TUS_VERSION} (got {version!r})"
+            if version
+            else f"Tus-Resumable: {TUS_VERSION} is required",
             {"Tus-Version": TUS_VERSION},
         )
 
@@ -124,7 +128,9 @@ def parse_metadata(raw: str | None) -> dict[str, str]:
         try:
             found[key] = base64.b64decode(value, validate=True).decode("utf-8") if value else ""
         except (binascii.Error, UnicodeDecodeError, ValueError):
-            raise ApiError(400, "invalid_metadata", f"Upload-Metadata: the value of {key!r} is not base64 of UTF-8") from None
+            raise ApiError(
+                400, "invalid_metadata", f"Upload-Metadata: the value of {key!r} is not base64 of UTF-8"
+            ) from None
     return found
 
 
@@ -228,7 +234,10 @@ async def options_upload(upload_id: str):
 
 
 @router.post(
-    "/v1/uploads", status_code=201, openapi_extra=schemas.TUS_CREATE_BODY, responses=schemas.TUS_CREATE,
+    "/v1/uploads",
+    status_code=201,
+    openapi_extra=schemas.TUS_CREATE_BODY,
+    responses=schemas.TUS_CREATE,
     summary="Create a resumable upload (tus creation, creation-with-upload)",
 )
 async def create_upload(request: Request, tenant: str = Depends(authenticate), bus: Bus = Depends(connected_bus)):
@@ -236,32 +245,43 @@ async def create_upload(request: Request, tenant: str = Depends(authenticate), b
 
 
 @router.head("/v1/uploads/{upload_id}", responses=schemas.TUS_HEAD, summary="An upload's offset (tus HEAD)")
-async def head_upload(upload_id: str, request: Request, tenant: str = Depends(authenticate),
-                      bus: Bus = Depends(connected_bus)):
+async def head_upload(
+    upload_id: str, request: Request, tenant: str = Depends(authenticate), bus: Bus = Depends(connected_bus)
+):
     check_version(request)
     return await _head(tenant, upload_id)
 
 
 @router.patch(
-    "/v1/uploads/{upload_id}", status_code=204, openapi_extra=schemas.TUS_PATCH_BODY, responses=schemas.TUS_PATCH,
+    "/v1/uploads/{upload_id}",
+    status_code=204,
+    openapi_extra=schemas.TUS_PATCH_BODY,
+    responses=schemas.TUS_PATCH,
     summary="Append bytes at Upload-Offset (tus PATCH)",
 )
-async def patch_upload(upload_id: str, request: Request, tenant: str = Depends(authenticate),
-                       bus: Bus = Depends(connected_bus)):
+async def patch_upload(
+    upload_id: str, request: Request, tenant: str = Depends(authenticate), bus: Bus = Depends(connected_bus)
+):
     return await _patch(request, bus, tenant, upload_id)
 
 
-@router.delete("/v1/uploads/{upload_id}", status_code=204, responses=schemas.TUS_DELETE,
-               summary="Terminate an upload (tus termination)")
-async def delete_upload(upload_id: str, request: Request, tenant: str = Depends(authenticate),
-                        bus: Bus = Depends(connected_bus)):
+@router.delete(
+    "/v1/uploads/{upload_id}",
+    status_code=204,
+    responses=schemas.TUS_DELETE,
+    summary="Terminate an upload (tus termination)",
+)
+async def delete_upload(
+    upload_id: str, request: Request, tenant: str = Depends(authenticate), bus: Bus = Depends(connected_bus)
+):
     check_version(request)
     return await _terminate(bus, tenant, upload_id)
 
 
 @router.post("/v1/uploads/{upload_id}", include_in_schema=False)
-async def override_upload(upload_id: str, request: Request, tenant: str = Depends(authenticate),
-                          bus: Bus = Depends(connected_bus)):
+async def override_upload(
+    upload_id: str, request: Request, tenant: str = Depends(authenticate), bus: Bus = Depends(connected_bus)
+):
     """X-HTTP-Method-Override: PATCH/DELETE/HEAD through a POST (clients behind proxies
     that allow only GET and POST)."""
     return await _override(request, bus, tenant, upload_id)
@@ -324,8 +344,14 @@ async def _create(request: Request, bus: Bus, tenant: str, direct: tuple[str, Di
                 raise ApiError(403, "already_used", "this one-time upload URL has been used already")
         token = secrets.token_hex(8)
         created = await u.create(
-            tenant, upload_id, length, metadata=metadata, raw_metadata=raw_metadata, expires_at=expires_at,
-            direct=record.id if record else None, lock_token=token if body else None,
+            tenant,
+            upload_id,
+            length,
+            metadata=metadata,
+            raw_metadata=raw_metadata,
+            expires_at=expires_at,
+            direct=record.id if record else None,
+            lock_token=token if body else None,
         )
     except BaseException:
         await quotas.release(bus, tenant, upload_id)
@@ -413,11 +439,16 @@ def _check_offset(state: UploadState, offset: int, content_length: int | None) -
     if state.status in ("done", "refused"):
         if offset == state.length and not content_length:
             return  # a repeat of the final PATCH: answered with its outcome, nothing redone
-        raise ApiError(409, "offset_mismatch", f"upload {state.id} is complete ({state.length} bytes)",
-                       upload_headers(state))
+        raise ApiError(
+            409, "offset_mismatch", f"upload {state.id} is complete ({state.length} bytes)", upload_headers(state)
+        )
     if offset != state.offset:
-        raise ApiError(409, "offset_mismatch", f"Upload-Offset is {offset}, the upload is at {state.offset}",
-                       {"Upload-Offset": str(state.offset)})
+        raise ApiError(
+            409,
+            "offset_mismatch",
+            f"Upload-Offset is {offset}, the upload is at {state.offset}",
+            {"Upload-Offset": str(state.offset)},
+        )
     if content_length is not None and offset + content_length > state.length:
         raise ApiError(413, "too_large", f"the body passes Upload-Length ({state.length} bytes)")
 
@@ -435,20 +466,40 @@ async def _write(request: Request, bus: Bus, held: Held, checksum: bytes | None)
             raise _problem(exc) from None
         except StoreFailed as exc:
             log.warning("upload %s: %s", state.key, exc)
-            raise ApiError(503, "unavailable", f"the object store did not take the bytes ({exc}); resume from HEAD's offset",
-                           {"Retry-After": str(bus.settings.retry_after_s)}) from None
+            raise ApiError(
+                503,
+                "unavailable",
+                f"the object store did not take the bytes ({exc}); resume from HEAD's offset",
+                {"Retry-After": str(bus.settings.retry_after_s)},
+            ) from None
         if result.checksum_ok is False:
             if result.ended != "eof":
-                raise ApiError(400, "incomplete_body", "the body ended early; nothing of it was kept (Upload-Checksum)",
-                               {"Upload-Offset": str(held.state.offset)})
-            raise ApiError(460, "checksum_mismatch", "the body does not match Upload-Checksum; nothing of it was kept",
-                           {"Upload-Offset": str(held.state.offset)})
+                raise ApiError(
+                    400,
+                    "incomplete_body",
+                    "the body ended early; nothing of it was kept (Upload-Checksum)",
+                    {"Upload-Offset": str(held.state.offset)},
+                )
+            raise ApiError(
+                460,
+                "checksum_mismatch",
+                "the body does not match Upload-Checksum; nothing of it was kept",
+                {"Upload-Offset": str(held.state.offset)},
+            )
         if result.ended == "released":
-            raise ApiError(423, "upload_locked", "another request took this upload over; what arrived is kept",
-                           {"Upload-Offset": str(held.state.offset), "Retry-After": "1"})
+            raise ApiError(
+                423,
+                "upload_locked",
+                "another request took this upload over; what arrived is kept",
+                {"Upload-Offset": str(held.state.offset), "Retry-After": "1"},
+            )
         if result.ended in ("idle", "disconnect") and held.state.status == "uploading":
-            raise ApiError(408, "request_timeout", "the body stopped coming; what arrived is kept",
-                           {"Upload-Offset": str(held.state.offset)})
+            raise ApiError(
+                408,
+                "request_timeout",
+                "the body stopped coming; what arrived is kept",
+                {"Upload-Offset": str(held.state.offset)},
+            )
     if held.state.status == "complete":
         await _finish(bus, held)
     return _outcome(held.state, completed_by_patch=True)
@@ -457,8 +508,9 @@ async def _write(request: Request, bus: Bus, held: Held, checksum: bytes | None)
 def _outcome(state: UploadState, completed_by_patch: bool = False) -> Response:
     headers = upload_headers(state, completed_by_patch=completed_by_patch)
     if state.status == "refused" and state.error is not None:
-        return JSONResponse({"code": state.error.code, "message": state.error.message}, status_code=422,
-                            headers=headers)
+        return JSONResponse(
+            {"code": state.error.code, "message": state.error.message}, status_code=422, headers=headers
+        )
     return Response(status_code=204, headers=headers)
 
 
@@ -472,8 +524,14 @@ async def _finish(bus: Bus, held: Held) -> None:
             if exc.code != "not_found":
                 raise
         try:
-            return await announce(bus, state.tenant, state.id, state.source, state.filename,
-                                  state.metadata.get("filetype") or "application/octet-stream")
+            return await announce(
+                bus,
+                state.tenant,
+                state.id,
+                state.source,
+                state.filename,
+                state.metadata.get("filetype") or "application/octet-stream",
+            )
         except ApiError as exc:
             raise UploadProblem(exc.status, exc.code, exc.message) from None
 
@@ -501,9 +559,16 @@ async def _terminate(bus: Bus, tenant: str, upload_id: str, direct: DirectUpload
 _direct_request = msgspec.json.Decoder(DirectUploadRequest)
 
 
-@router.post("/v1/direct-uploads", status_code=201, openapi_extra=schemas.DIRECT_UPLOAD_BODY,
-             responses=schemas.DIRECT_UPLOAD, summary="A one-time upload URL for a browser (no API key needed there)")
-async def create_direct_upload(request: Request, tenant: str = Depends(authenticate), bus: Bus = Depends(connected_bus)):
+@router.post(
+    "/v1/direct-uploads",
+    status_code=201,
+    openapi_extra=schemas.DIRECT_UPLOAD_BODY,
+    responses=schemas.DIRECT_UPLOAD,
+    summary="A one-time upload URL for a browser (no API key needed there)",
+)
+async def create_direct_upload(
+    request: Request, tenant: str = Depends(authenticate), bus: Bus = Depends(connected_bus)
+):
     settings = bus.settings
     raw = await request.body()
     try:
@@ -543,14 +608,22 @@ async def _direct_upload(token: str) -> tuple[DirectUpload, str]:
     return record, record.upload_id
 
 
-@router.options("/v1/direct-uploads/{token}", responses=schemas.TUS_OPTIONS,
-                summary="tus discovery and CORS preflight of a direct-upload URL")
+@router.options(
+    "/v1/direct-uploads/{token}",
+    responses=schemas.TUS_OPTIONS,
+    summary="tus discovery and CORS preflight of a direct-upload URL",
+)
 async def options_direct(token: str):
     return options_response(direct=True)
 
 
-@router.post("/v1/direct-uploads/{token}", status_code=201, openapi_extra=schemas.TUS_CREATE_BODY,
-             responses=schemas.DIRECT_CREATE, summary="tus creation through a one-time URL (no API key)")
+@router.post(
+    "/v1/direct-uploads/{token}",
+    status_code=201,
+    openapi_extra=schemas.TUS_CREATE_BODY,
+    responses=schemas.DIRECT_CREATE,
+    summary="tus creation through a one-time URL (no API key)",
+)
 async def create_through_direct(token: str, request: Request, bus: Bus = Depends(connected_bus)):
     if request.headers.get("x-http-method-override"):
         record, upload_id = await _direct_upload(token)
@@ -561,25 +634,36 @@ async def create_through_direct(token: str, request: Request, bus: Bus = Depends
     return await _create(request, bus, record.tenant, (token, record, revision))
 
 
-@router.head("/v1/direct-uploads/{token}", responses=schemas.TUS_HEAD_DIRECT,
-             summary="The offset of the upload a direct-upload URL created")
+@router.head(
+    "/v1/direct-uploads/{token}",
+    responses=schemas.TUS_HEAD_DIRECT,
+    summary="The offset of the upload a direct-upload URL created",
+)
 async def head_direct(token: str, request: Request, bus: Bus = Depends(connected_bus)):
     record, upload_id = await _direct_upload(token)
     check_version(request)
     return await _head(record.tenant, upload_id, record)
 
 
-@router.patch("/v1/direct-uploads/{token}", status_code=204, openapi_extra=schemas.TUS_PATCH_BODY,
-              responses=schemas.TUS_PATCH_DIRECT, summary="Append bytes through a direct-upload URL")
+@router.patch(
+    "/v1/direct-uploads/{token}",
+    status_code=204,
+    openapi_extra=schemas.TUS_PATCH_BODY,
+    responses=schemas.TUS_PATCH_DIRECT,
+    summary="Append bytes through a direct-upload URL",
+)
 async def patch_direct(token: str, request: Request, bus: Bus = Depends(connected_bus)):
     record, upload_id = await _direct_upload(token)
     return await _patch(request, bus, record.tenant, upload_id, record)
 
 
-@router.delete("/v1/direct-uploads/{token}", status_code=204, responses=schemas.TUS_DELETE_DIRECT,
-               summary="Terminate the upload a direct-upload URL created")
+@router.delete(
+    "/v1/direct-uploads/{token}",
+    status_code=204,
+    responses=schemas.TUS_DELETE_DIRECT,
+    summary="Terminate the upload a direct-upload URL created",
+)
 async def delete_direct(token: str, request: Request, bus: Bus = Depends(connected_bus)):
     record, upload_id = await _direct_upload(token)
     check_version(request)
     return await _terminate(bus, record.tenant, upload_id, record)
-

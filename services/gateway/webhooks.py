@@ -16,7 +16,6 @@ from fastapi.responses import Response
 
 from shared import topology
 from shared.bus import Bus, RpcError
-
 from shared.contracts import (
     WEBHOOK_EVENT_TYPES,
     CreateWebhook,
@@ -68,7 +67,12 @@ CREATE_BODY = {
                     "required": ["url"],
                     "additionalProperties": False,
                     "properties": {
-                        "url": {"type": "string", "format": "uri", "maxLength": 2048, "example": "https://example.com/hooks/vidmesh"},
+                        "url": {
+                            "type": "string",
+                            "format": "uri",
+                            "maxLength": 2048,
+                            "example": "https://example.com/hooks/vidmesh",
+                        },
                         "events": {
                             "type": "array",
                             "maxItems": len(WEBHOOK_EVENT_TYPES),
@@ -92,11 +96,19 @@ async def _ask(bus: Bus, subject: str, msg, reply_type):
 
 
 def _check_id(webhook_id: str) -> None:
-    if not (webhook_id.startswith("wh_") and len(webhook_id) <= 40 and webhook_id.isascii() and webhook_id[3:].isalnum()):
+    if not (
+        webhook_id.startswith("wh_") and len(webhook_id) <= 40 and webhook_id.isascii() and webhook_id[3:].isalnum()
+    ):
         raise ApiError(404, "not_found", f"no webhook {webhook_id}")
 
 
-@router.post("/v1/webhooks", status_code=201, openapi_extra=CREATE_BODY, responses=schemas.WEBHOOK_CREATE, summary="Register a webhook (the secret is shown once)")
+@router.post(
+    "/v1/webhooks",
+    status_code=201,
+    openapi_extra=CREATE_BODY,
+    responses=schemas.WEBHOOK_CREATE,
+    summary="Register a webhook (the secret is shown once)",
+)
 async def create_webhook(request: Request, tenant: str = Depends(authenticate), bus: Bus = Depends(connected_bus)):
     try:
         body = _new_webhook.decode(await request.body())
@@ -115,17 +127,28 @@ async def list_webhooks(tenant: str = Depends(authenticate), bus: Bus = Depends(
 @router.get("/v1/webhooks/{webhook_id}", responses=schemas.WEBHOOK_GET, summary="One webhook (without its secret)")
 async def get_webhook(webhook_id: str, tenant: str = Depends(authenticate), bus: Bus = Depends(connected_bus)):
     _check_id(webhook_id)
-    return json_response(await _ask(bus, topology.RPC_WEBHOOK_GET, GetWebhook(tenant=tenant, webhook_id=webhook_id), Webhook))
+    return json_response(
+        await _ask(bus, topology.RPC_WEBHOOK_GET, GetWebhook(tenant=tenant, webhook_id=webhook_id), Webhook)
+    )
 
 
-@router.delete("/v1/webhooks/{webhook_id}", status_code=204, responses=schemas.WEBHOOK_DELETE, summary="Delete a webhook; queued deliveries are cancelled")
+@router.delete(
+    "/v1/webhooks/{webhook_id}",
+    status_code=204,
+    responses=schemas.WEBHOOK_DELETE,
+    summary="Delete a webhook; queued deliveries are cancelled",
+)
 async def delete_webhook(webhook_id: str, tenant: str = Depends(authenticate), bus: Bus = Depends(connected_bus)):
     _check_id(webhook_id)
     await _ask(bus, topology.RPC_WEBHOOK_DELETE, DeleteWebhook(tenant=tenant, webhook_id=webhook_id), Webhook)
     return Response(status_code=204)
 
 
-@router.get("/v1/webhooks/{webhook_id}/deliveries", responses=schemas.WEBHOOK_DELIVERIES, summary="Recent deliveries with every attempt, newest first")
+@router.get(
+    "/v1/webhooks/{webhook_id}/deliveries",
+    responses=schemas.WEBHOOK_DELIVERIES,
+    summary="Recent deliveries with every attempt, newest first",
+)
 async def list_deliveries(
     webhook_id: str,
     limit: int = Query(50, ge=1, le=200),

@@ -15,15 +15,13 @@ import dataclasses
 import logging
 import time
 
+from services import mesh
 from shared import contracts, topology
 from shared.bus import Bus
 from shared.consumer import Delivery
 from shared.service import Service
 
-from services import mesh
-
 from . import declaration
-
 from .rules import Observations, Thresholds, diff, evaluate
 from .settings import MonitorSettings
 
@@ -85,7 +83,10 @@ async def evaluate_once(bus: Bus, kv, t: Thresholds) -> list[tuple[contracts.Ale
 
     backlog = sum(state.obs.lag.get(s.durable, 0) for s in mesh.consumers() if s.stream == topology.TASKS_TRANSCODE)
     state.load = contracts.LoadState(
-        backlog=backlog, max_backlog=bus.settings.max_backlog, overloaded=backlog > bus.settings.max_backlog, updated_at=now
+        backlog=backlog,
+        max_backlog=bus.settings.max_backlog,
+        overloaded=backlog > bus.settings.max_backlog,
+        updated_at=now,
     )
     await kv.put("load", contracts.encode(state.load))
 

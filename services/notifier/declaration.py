@@ -5,7 +5,9 @@ from shared import contracts as c
 from shared import topology as t
 from shared.declaration import ConsumerSpec, Declaration, every
 
-EVENTS = ConsumerSpec(t.EVENTS, "notifier", tuple(every(k) for k in (c.VideoReady, c.VideoFailed, c.VideoDeleted)), max_deliver=20)
+EVENTS = ConsumerSpec(
+    t.EVENTS, "notifier", tuple(every(k) for k in (c.VideoReady, c.VideoFailed, c.VideoDeleted)), max_deliver=20
+)
 # The notifier stops a delivery after VIDMESH_WEBHOOK_MAX_ATTEMPTS itself (it knows the
 # setting); the server's max_deliver is only a backstop for a handler that keeps crashing.
 DELIVERIES = ConsumerSpec(t.TASKS_WEBHOOK, "notifier", (every(c.DeliverWebhook),), max_deliver=100)

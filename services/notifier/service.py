@@ -27,7 +27,6 @@ from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from shared import telemetry, topology
 from shared.bus import Bus, KvContention, RpcError, kv_update
 from shared.consumer import Delivery, Poison, Retry, backoff
-from shared.kvscan import entries
 from shared.contracts import (
     WEBHOOK_EVENT_TYPES,
     CreateWebhook,
@@ -49,6 +48,7 @@ from shared.contracts import (
     WebhookPage,
     encode,
 )
+from shared.kvscan import entries
 from shared.service import Service
 from shared.settings import ConfigError
 
@@ -204,7 +204,9 @@ async def deliver(task: DeliverWebhook, delivery: Delivery) -> None:
     settings = bus.settings
     hook = await _webhook(bus, task.tenant, task.webhook_id)
     if hook is None:  # deleted since the event: nothing to deliver to
-        await _update_delivery(bus, task, lambda r: msgspec.structs.replace(r, status="cancelled", updated_at=time.time()))
+        await _update_delivery(
+            bus, task, lambda r: msgspec.structs.replace(r, status="cancelled", updated_at=time.time())
+        )
         return
     attempt = delivery.attempt
     at = time.time()

@@ -28,7 +28,10 @@ class WebhookKeySettings(Settings):
     @model_validator(mode="after")
     def _webhook_keys_from_file(self) -> Self:
         if self.webhook_keys_file:
-            self.webhook_keys = (*self.webhook_keys, *items(read_file("VIDMESH_WEBHOOK_KEYS_FILE", self.webhook_keys_file)))
+            self.webhook_keys = (
+                *self.webhook_keys,
+                *items(read_file("VIDMESH_WEBHOOK_KEYS_FILE", self.webhook_keys_file)),
+            )
         return self
 
 

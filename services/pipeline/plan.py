@@ -30,7 +30,9 @@ def plan_video(source: SourceInfo, *, chunk_s: float, segment_s: float) -> Video
         raise ValueError("chunk and segment durations must be positive")
     per_chunk = round(chunk_s / segment_s)
     if per_chunk < 1 or abs(per_chunk * segment_s - chunk_s) > 1e-6:
-        raise ValueError(f"the chunk duration ({chunk_s:g} s) must be a multiple of the segment duration ({segment_s:g} s)")
+        raise ValueError(
+            f"the chunk duration ({chunk_s:g} s) must be a multiple of the segment duration ({segment_s:g} s)"
+        )
     renditions = plan_ladder(source.width or 0, source.height or 0)
     duration = source.video_duration or source.duration
     count = 1

@@ -42,7 +42,20 @@ from shared.contracts import SourceInfo
 # further files. Animated images (GIF, APNG, animated WebP) become silent videos; still
 # images are refused.
 DEFAULT_CONTAINERS = (
-    "mov", "mp4", "matroska", "webm", "avi", "mpegts", "mpeg", "flv", "ogg", "asf", "mxf", "gif", "apng", "webp",
+    "mov",
+    "mp4",
+    "matroska",
+    "webm",
+    "avi",
+    "mpegts",
+    "mpeg",
+    "flv",
+    "ogg",
+    "asf",
+    "mxf",
+    "gif",
+    "apng",
+    "webp",
 )
 
 # Demuxers that open files which are not videos: ANSI/text art ("tty" takes any .txt)
@@ -142,9 +155,7 @@ def _fits(size: tuple[int, int], max_width: int, max_height: int) -> bool:
 
 def _check_size(size: tuple[int, int], max_width: int, max_height: int) -> None:
     if not _fits(size, max_width, max_height):
-        raise MediaError(
-            "too_large", f"{size[0]}x{size[1]} is over the limit of {max_width}x{max_height}"
-        )
+        raise MediaError("too_large", f"{size[0]}x{size[1]} is over the limit of {max_width}x{max_height}")
 
 
 def _duration(container, video_end: float | None, audio_end: float | None) -> float | None:
@@ -217,9 +228,7 @@ def _fork_context():
     return _context
 
 
-async def probe_isolated(
-    path: str, *, timeout_s: float = 30.0, max_memory_mb: int = 1024, **limits
-) -> SourceInfo:
+async def probe_isolated(path: str, *, timeout_s: float = 30.0, max_memory_mb: int = 1024, **limits) -> SourceInfo:
     """`probe` in a child process of its own: address space at most `max_memory_mb` MiB
     (RLIMIT_AS), CPU time at most `timeout_s` + 1 s (RLIMIT_CPU), and killed after `timeout_s`
     seconds of wall-clock time. Raises MediaError as `probe` does (a child that dies or is
@@ -237,7 +246,7 @@ async def probe_isolated(
         loop.add_reader(receiver.fileno(), lambda: readable.done() or readable.set_result(None))
         try:
             await asyncio.wait_for(readable, timeout_s)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise MediaError("unreadable", f"probing took longer than {timeout_s:g} s") from None
         finally:
             loop.remove_reader(receiver.fileno())
@@ -267,7 +276,9 @@ def read_result(out: bytes, exitcode: int | None) -> SourceInfo:
         result = _result_decoder.decode(out)
     except msgspec.DecodeError:
         why = f"exit {exitcode}" if exitcode is not None and exitcode >= 0 else f"signal {-(exitcode or 0)}"
-        raise MediaError("unreadable", f"the probe failed ({why}): the file needs more than the probe may use") from None
+        raise MediaError(
+            "unreadable", f"the probe failed ({why}): the file needs more than the probe may use"
+        ) from None
     if "error" in result:
         raise MediaError(result["error"]["code"], result["error"]["message"])
     return msgspec.convert(result["source"], SourceInfo)

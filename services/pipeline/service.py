@@ -45,7 +45,9 @@ async def probe_source(req: contracts.ProbeSource, bus: Bus) -> contracts.Probed
         path = os.path.join(tmp, "source")
         for ends in (window, None):
             try:
-                with telemetry.tracer.start_as_current_span("download upload", attributes={"vidmesh.probe.ends": ends or 0}):
+                with telemetry.tracer.start_as_current_span(
+                    "download upload", attributes={"vidmesh.probe.ends": ends or 0}
+                ):
                     info = await bus.media.download(req.object, path, ends=ends)
             except FileNotFoundError:
                 missing = contracts.ErrorInfo(code="not_found", message="the upload is not in the object store")
@@ -210,7 +212,9 @@ async def _announce(bus: Bus, job: jobs.Job, event) -> None:
         for name in jobs.media_of(job) + _written_by(event, job):
             await bus.media.delete(name)
         return
-    opens = isinstance(event, contracts.AudioEncoded) or (isinstance(event, contracts.ChunkEncoded) and event.chunk == 0)
+    opens = isinstance(event, contracts.AudioEncoded) or (
+        isinstance(event, contracts.ChunkEncoded) and event.chunk == 0
+    )
     if opens and jobs.playable(job):
         # Chunk 0 and the audio make it playable, whichever comes second.
         playable = contracts.VideoPlayable(video_id=job.video_id, tenant=job.tenant)

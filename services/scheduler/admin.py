@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import nats
 import typer
@@ -19,8 +19,7 @@ from rich.table import Table
 
 from shared import permissions, topology
 from shared.bus import Bus
-from shared.contracts import ScheduleTick
-from shared.contracts import RunRecord, RunResult
+from shared.contracts import RunRecord, RunResult, ScheduleTick
 from shared.runs import last_runs
 
 from . import schedules
@@ -85,7 +84,7 @@ def parse_as_of(text: str | None) -> float | None:
     except ValueError:
         raise typer.BadParameter(f"--as-of must be a unix time or an ISO date, got {text!r}") from None
     if when.tzinfo is None:
-        when = when.replace(tzinfo=timezone.utc)
+        when = when.replace(tzinfo=UTC)
     return when.timestamp()
 
 
@@ -99,8 +98,13 @@ async def _connected() -> Bus:
     admin_user, admin_password = permissions.credentials(settings, permissions.ADMIN)  # or `vidmesh up`'s admin
     try:
         nc = await nats.connect(
-            url.split(","), user=admin_user, password=admin_password, connect_timeout=3,
-            max_reconnect_attempts=1, allow_reconnect=False, error_cb=quiet,
+            url.split(","),
+            user=admin_user,
+            password=admin_password,
+            connect_timeout=3,
+            max_reconnect_attempts=1,
+            allow_reconnect=False,
+            error_cb=quiet,
         )
     except Exception as exc:
         console.print(f"cannot reach NATS at {url} ({type(exc).__name__}); is the mesh up? (NATS_URL)")
@@ -109,7 +113,7 @@ async def _connected() -> Bus:
 
 
 def _when(ts: float) -> str:
-    return datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%d %H:%M:%SZ")
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%SZ")
 
 
 @app.callback()

@@ -18,16 +18,16 @@ import logging
 import math
 import time
 from collections.abc import AsyncIterator
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import msgspec
 from nats.js.errors import KeyWrongLastSequenceError
 
 from shared import topology
-from shared.kvscan import entries
 from shared.bus import Bus, RpcError
 from shared.consumer import Retry
 from shared.contracts import DeleteVideo, ListVideos, UsageReported, Video, VideoPage
+from shared.kvscan import entries
 
 log = logging.getLogger("vidmesh.scheduler")
 
@@ -75,7 +75,7 @@ def report_day(now: float) -> tuple[str, float, float]:
     """The UTC day that ended last before `now`: (YYYY-MM-DD, start, end)."""
     end = math.floor(now / DAY_S) * DAY_S
     start = end - DAY_S
-    return datetime.fromtimestamp(start, timezone.utc).strftime("%Y-%m-%d"), start, end
+    return datetime.fromtimestamp(start, UTC).strftime("%Y-%m-%d"), start, end
 
 
 def usage(videos: list[Video], start: float, end: float) -> dict:
@@ -188,8 +188,9 @@ async def upload_expiry(bus: Bus, now: float) -> dict:
             if not await _delete_entry(kv, entry):
                 continue
             await bus.media.purge_chunks(upload.nuid)
-            await bus.js.purge_stream(bus.media.stream, subject=bus.media._meta_subject(
-                topology.source_key(upload.tenant, upload.id)))
+            await bus.js.purge_stream(
+                bus.media.stream, subject=bus.media._meta_subject(topology.source_key(upload.tenant, upload.id))
+            )
             summary["expired"] += 1
             log.info("upload_expiry: removed %s/%s (expired)", upload.tenant, upload.id)
         elif (upload.finished_at or 0) + bus.settings.upload_expiry_s <= now:

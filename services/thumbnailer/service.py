@@ -14,7 +14,6 @@ from shared.objects import ObjectReader
 from shared.service import Service
 
 from . import declaration
-
 from .snapshot import first_frame_jpeg
 
 service = Service(declaration.DECLARATION)
@@ -24,7 +23,10 @@ async def report_failure(task: ExtractThumbnail, delivery: Delivery, exc: Except
     code = exc.code if isinstance(exc, Poison) else "retries_exhausted"
     reason = exc.reason if isinstance(exc, Poison) else str(exc)
     failed = TaskFailed(
-        video_id=task.video_id, tenant=task.tenant, task=task.task, error=ErrorInfo(code=code, message=f"{task.task}: {reason}")
+        video_id=task.video_id,
+        tenant=task.tenant,
+        task=task.task,
+        error=ErrorInfo(code=code, message=f"{task.task}: {reason}"),
     )
     await delivery.bus.publish(failed, msg_id=f"{task.video_id}:{task.task}:failed")
 

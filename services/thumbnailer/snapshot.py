@@ -59,7 +59,9 @@ def first_frame_jpeg(
     return size
 
 
-def _encode(frame: av.VideoFrame, colour: Colour, sar: Fraction, rotation: int, max_width: int) -> tuple[bytes, tuple[int, int]]:
+def _encode(
+    frame: av.VideoFrame, colour: Colour, sar: Fraction, rotation: int, max_width: int
+) -> tuple[bytes, tuple[int, int]]:
     turned = rotation in (90, 270)
     shown_w, shown_h = shown_size(frame.width, frame.height, sar, rotation)
     width = even(min(max_width, shown_w))
@@ -69,9 +71,15 @@ def _encode(frame: av.VideoFrame, colour: Colour, sar: Fraction, rotation: int, 
     w, h = (height, width) if turned else (width, height)
     src_cs, dst_cs = reformat_colorspaces(colour, _JFIF)
     small = VideoReformatter().reformat(
-        frame, width=w, height=h, format="yuvj420p", interpolation=Interpolation.BILINEAR,
-        src_colorspace=src_cs, dst_colorspace=dst_cs or Colorspace.ITU601,
-        src_color_range=frame.color_range, dst_color_range=ColorRange.JPEG,
+        frame,
+        width=w,
+        height=h,
+        format="yuvj420p",
+        interpolation=Interpolation.BILINEAR,
+        src_colorspace=src_cs,
+        dst_colorspace=dst_cs or Colorspace.ITU601,
+        src_color_range=frame.color_range,
+        dst_color_range=ColorRange.JPEG,
     )
     if rotation:
         small.pts = 0

@@ -141,7 +141,11 @@ class _Track:
         short = shortfall(end, expected_end(self.inp, self.stream), "audio")
         warnings += [short] if short else []
         return AudioResult(
-            segments=self.segments, init_size=len(self.init or b""), priming=self.priming or 0, end=end, warnings=warnings
+            segments=self.segments,
+            init_size=len(self.init or b""),
+            priming=self.priming or 0,
+            end=end,
+            warnings=warnings,
         )
 
     def _encode(self, frame: av.AudioFrame) -> None:

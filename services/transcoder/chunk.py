@@ -126,7 +126,9 @@ def encode_chunk(
     inp, fmt = open_media(src)
     try:
         with inp:
-            job = _Chunk(inp, out_dir, rungs, segment_grid(segment_s), first_segment, end_segment, rotation % 360, background)
+            job = _Chunk(
+                inp, out_dir, rungs, segment_grid(segment_s), first_segment, end_segment, rotation % 360, background
+            )
             job.on_progress = on_progress or (lambda _n: None)
             job.should_stop = should_stop or (lambda: False)
             # An animation's frame delays are irregular by design (10 ms to seconds): x264
@@ -181,7 +183,9 @@ class _Chunk:
                 # last frame reports how much is missing). A chunk inside a still stretch of
                 # a VFR video (a screen recording writes no frame while nothing changes) is
                 # empty too: the frame before it lasts until the one after it.
-                return ChunkResult(segments=[], inits={}, codecs={}, frames=0, end=float(self.start), warnings=self._warnings())
+                return ChunkResult(
+                    segments=[], inits={}, codecs={}, frames=0, end=float(self.start), warnings=self._warnings()
+                )
             self._emit(self.pending, end_pts)
             for out, stream in self.outputs.values():
                 out.mux(self._timed(stream.encode(None)))
@@ -338,8 +342,12 @@ class _Chunk:
         segments = []
         starts = [float(pts * self.tb) for _, pts in self.segments] + [end_s]
         for n, (index, _) in enumerate(self.segments):
-            segments.append(Segment(index=index, start=starts[n], duration=starts[n + 1] - starts[n], sizes=sizes[index]))
-        return ChunkResult(segments=segments, inits=inits, codecs=codecs, frames=self.frames, end=end_s, warnings=warnings)
+            segments.append(
+                Segment(index=index, start=starts[n], duration=starts[n + 1] - starts[n], sizes=sizes[index])
+            )
+        return ChunkResult(
+            segments=segments, inits=inits, codecs=codecs, frames=self.frames, end=end_s, warnings=warnings
+        )
 
 
 def x264_options(r: Rung, preset: str, *, bframes: bool = True, threads: int = 0) -> dict[str, str]:

@@ -5,7 +5,9 @@ from shared import contracts as c
 from shared import topology as t
 from shared.declaration import ConsumerSpec, Declaration, every
 
-TASKS = ConsumerSpec(t.TASKS_TRANSCODE, "transcoder", tuple(every(k) for k in (c.EncodeChunk, c.EncodeAudio, c.StitchRenditions)))
+TASKS = ConsumerSpec(
+    t.TASKS_TRANSCODE, "transcoder", tuple(every(k) for k in (c.EncodeChunk, c.EncodeAudio, c.StitchRenditions))
+)
 
 DECLARATION = Declaration(
     "transcoder",

@@ -21,7 +21,6 @@ import tempfile
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Union
 
 from opentelemetry import context as otel_context
 
@@ -41,7 +40,7 @@ service = Service(declaration.DECLARATION, settings=TranscoderSettings)
 
 CANCEL_POLL_S = 0.5
 UPLOADS_IN_FLIGHT = 8  # object-store writes of one task at once
-Task = Union[contracts.EncodeChunk, contracts.EncodeAudio, contracts.StitchRenditions]
+Task = contracts.EncodeChunk | contracts.EncodeAudio | contracts.StitchRenditions
 
 
 async def report_failure(task: Task, delivery: Delivery, exc: Exception) -> None:
@@ -144,7 +143,9 @@ async def encode_audio(task: contracts.EncodeAudio, delivery: Delivery) -> None:
         if result.segments:
             uploads.append((topology.init_key(task.tenant, task.video_id, track), audio.init_path(tmp)))
         for seg in result.segments:
-            uploads.append((topology.segment_key(task.tenant, task.video_id, track, seg.index), audio.segment_path(tmp, seg.index)))
+            uploads.append(
+                (topology.segment_key(task.tenant, task.video_id, track, seg.index), audio.segment_path(tmp, seg.index))
+            )
         with telemetry.tracer.start_as_current_span("upload fragments", attributes={"vidmesh.objects": len(uploads)}):
             await _put_files(bus, uploads)
     done = contracts.AudioEncoded(

@@ -55,8 +55,10 @@ def browser_packages():
 def browser(browser_packages):
     if not os.path.exists(CHROMIUM):
         no_browser(
-            "Chromium", "`apt-get install chromium` (`make test` does, as root or with passwordless sudo), "
-            "or set VIDMESH_CHROMIUM to a Chromium binary", f"nothing at {CHROMIUM}",
+            "Chromium",
+            "`apt-get install chromium` (`make test` does, as root or with passwordless sudo), "
+            "or set VIDMESH_CHROMIUM to a Chromium binary",
+            f"nothing at {CHROMIUM}",
         )
     try:
         from playwright.sync_api import sync_playwright

@@ -66,7 +66,7 @@ def test_multipart_without_a_file_part_is_400(mesh):
         # an empty "other" file is a file part, so send a form with fields only
         r = c.post(
             "/v1/videos",
-            content=b"--b\r\nContent-Disposition: form-data; name=\"title\"\r\n\r\nhello\r\n--b--\r\n",
+            content=b'--b\r\nContent-Disposition: form-data; name="title"\r\n\r\nhello\r\n--b--\r\n',
             headers={"Content-Type": "multipart/form-data; boundary=b"},
         )
         assert r.status_code == 400

@@ -151,7 +151,10 @@ def test_a_truncated_mp4_becomes_a_ready_video_of_what_is_there_with_a_warning(m
     assert final["error"] is None
     (warning,) = [w for w in final["warnings"] if w["message"].startswith("chunk:")]
     assert warning["code"] == "truncated", final["warnings"]
-    assert re.fullmatch(r"chunk:0: the video ends at [\d.]+ s of the 4\.0\d s its file declares \([\d.]+ s missing\)", warning["message"])
+    assert re.fullmatch(
+        r"chunk:0: the video ends at [\d.]+ s of the 4\.0\d s its file declares \([\d.]+ s missing\)",
+        warning["message"],
+    )
     assert final["renditions"], "what is there is a video"
     with mesh.client() as c:
         for rendition in final["renditions"]:
@@ -168,7 +171,10 @@ def test_chunks_past_the_cut_are_empty_and_the_chunk_at_the_cut_says_how_much_is
     # the warning names the chunk that holds the cut and how much of the 20 s is missing
     (warning,) = final["warnings"]
     assert warning["code"] == "truncated"
-    m = re.fullmatch(r"chunk:1: the video ends at ([\d.]+) s of the 20\.00 s its file declares \(([\d.]+) s missing\)", warning["message"])
+    m = re.fullmatch(
+        r"chunk:1: the video ends at ([\d.]+) s of the 20\.00 s its file declares \(([\d.]+) s missing\)",
+        warning["message"],
+    )
     assert m, warning
     kinds = ("video_planned", "chunk_encoded", "rendition_stitched", "video_ready")
     events = mesh_events(mesh, "alice", final["id"], kinds)
@@ -190,8 +196,12 @@ def test_a_poison_task_is_kept_in_the_dead_letter_stream(mesh, outcomes):
 
     video_id = "01poison0000000000000000000"
     task = EncodeChunk(
-        video_id=video_id, tenant="alice", source=f"alice/{video_id}/source", chunk=ChunkSpan(index=0, start=0.0),
-        renditions=[RenditionSpec(name="240p", width=320, height=240)], segment_s=6.0,
+        video_id=video_id,
+        tenant="alice",
+        source=f"alice/{video_id}/source",
+        chunk=ChunkSpan(index=0, start=0.0),
+        renditions=[RenditionSpec(name="240p", width=320, height=240)],
+        segment_s=6.0,
     )
 
     async def publish(js):

@@ -77,7 +77,7 @@ def top_level_boxes(data: bytes) -> list[tuple[bytes, int, int]]:
 
 def flip_bits_in_mdat(src: str, rng: np.random.Generator) -> bytes:
     data = bytearray(Path(src).read_bytes())
-    (_, off, size), = [b for b in top_level_boxes(bytes(data)) if b[0] == b"mdat"]
+    ((_, off, size),) = [b for b in top_level_boxes(bytes(data)) if b[0] == b"mdat"]
     lo, hi = off + size // 3, off + 2 * size // 3  # the middle third of the media data
     for pos in rng.integers(lo, hi, 200):
         data[pos] ^= 1 << int(rng.integers(0, 8))
@@ -86,7 +86,7 @@ def flip_bits_in_mdat(src: str, rng: np.random.Generator) -> bytes:
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory) -> dict[str, tuple[object, str]]:
-    """"<kind>#<copy>" -> (body, content type); a callable body gives a fresh iterator."""
+    """ "<kind>#<copy>" -> (body, content type); a callable body gives a fresh iterator."""
     d = tmp_path_factory.mktemp("corpus")
     items = {}
     for copy in range(COPIES):
@@ -107,8 +107,10 @@ def _kinds(d: Path, rng: np.random.Generator) -> dict[str, tuple[object, str]]:
         "random_1k": (rng.bytes(1024), "video/mp4"),
         "random_300k": (rng.bytes(300 * 1024), "video/mp4"),
         "text": (("Not a video at all.\n" * 300).encode(), "video/mp4"),
-        "html": (b"<!DOCTYPE html><html><head><title>x</title></head><body>" + b"<p>hello</p>" * 500
-                 + b"</body></html>", "video/mp4"),
+        "html": (
+            b"<!DOCTYPE html><html><head><title>x</title></head><body>" + b"<p>hello</p>" * 500 + b"</body></html>",
+            "video/mp4",
+        ),
         "json": (b'{"video": ' + b"[1, 2, 3], " * 300 + b'"end": true}', "application/octet-stream"),
         "png": (read(make_image(d / "still.png", width=64, height=48)), "video/mp4"),
         "jpeg": (read(make_image(d / "still.jpg", width=64, height=48)), "video/mp4"),
@@ -117,8 +119,9 @@ def _kinds(d: Path, rng: np.random.Generator) -> dict[str, tuple[object, str]]:
         "truncated_faststart": (read(make_truncated(d / "cut.mp4", seconds=2.0, keep=0.5)), "video/mp4"),
         "truncated_moov_at_end": (moov_at_end[: len(moov_at_end) // 2], "video/mp4"),
         "flipped_bits_in_mdat": (
-            flip_bits_in_mdat(make_clip(d / "flip.mp4", width=320, height=240, seconds=2.0, container="mp4",
-                                        faststart=True), rng),
+            flip_bits_in_mdat(
+                make_clip(d / "flip.mp4", width=320, height=240, seconds=2.0, container="mp4", faststart=True), rng
+            ),
             "video/mp4",
         ),
         "too_wide": (read(make_clip(d / "wide.mp4", width=LIMIT + 160, height=240, seconds=0.5)), "video/mp4"),
@@ -168,8 +171,11 @@ def test_a_corpus_of_bad_media_sent_at_once_ends_cleanly_and_the_mesh_survives(l
     def send(item):
         name, (body, ctype) = item
         with mesh.client() as c:
-            return name, c.post("/v1/videos", content=body() if callable(body) else body,
-                                headers={"Content-Type": ctype, "X-Filename": f"{name}.bin"})
+            return name, c.post(
+                "/v1/videos",
+                content=body() if callable(body) else body,
+                headers={"Content-Type": ctype, "X-Filename": f"{name}.bin"},
+            )
 
     started = time.monotonic()
     with ThreadPoolExecutor(max_workers=24) as pool:
@@ -216,11 +222,11 @@ def test_a_corpus_of_bad_media_sent_at_once_ends_cleanly_and_the_mesh_survives(l
 
     # every service survived: same processes, none restarted, gateway ready
     logged = mesh.lines[mark:]
-    assert not [l for l in logged if "exited with" in l], "\n".join(logged[-60:])
+    assert not [line for line in logged if "exited with" in line], "\n".join(logged[-60:])
     assert service_pids(mesh) == pids, "a service was restarted"
     assert all(alive(p) for p in pids.values()), pids
     assert httpx.get(mesh.url + "/readyz", timeout=5).status_code == 200
-    crashes = [l for l in logged if "Traceback" in l or " CRITICAL " in l]
+    crashes = [line for line in logged if "Traceback" in line or " CRITICAL " in line]
     assert not crashes, "\n".join(logged[-80:])
 
     # and a good clip still goes all the way through

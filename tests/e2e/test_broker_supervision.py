@@ -25,7 +25,12 @@ from tests.conftest import Mesh, alive, assert_delivered_once, service_pids, wai
 
 pytestmark = pytest.mark.e2e
 
-ENV = {"VIDMESH_TRANSCODER_PROCS": "2", "VIDMESH_DRAIN_TIMEOUT_S": "3", "VIDMESH_SEGMENT_S": "1", "VIDMESH_CHUNK_S": "2"}
+ENV = {
+    "VIDMESH_TRANSCODER_PROCS": "2",
+    "VIDMESH_DRAIN_TIMEOUT_S": "3",
+    "VIDMESH_SEGMENT_S": "1",
+    "VIDMESH_CHUNK_S": "2",
+}
 
 
 def nats_pid(mesh: Mesh) -> int:
@@ -43,7 +48,7 @@ def upload(client: httpx.Client, path: Path) -> httpx.Response:
 
 
 def tracebacks(lines: list[str]) -> list[str]:
-    return [l for l in lines if "Traceback" in l or "shutdown failed" in l.lower()]
+    return [line for line in lines if "Traceback" in line or "shutdown failed" in line.lower()]
 
 
 @pytest.fixture()
@@ -80,14 +85,16 @@ def test_killed_while_idle_the_server_comes_back_and_an_upload_is_ready(supervis
     assert alive(nats_pid(mesh))
     assert workers(mesh) == before, "no service was restarted: they reconnected by themselves"
     since = mesh.lines[mark:]
-    assert any(re.match(r"^nats\s*\| exited with -9; restarting", l) for l in since), since[-20:]
-    assert not [l for l in since if "exited with" in l and not l.startswith("nats")]
+    assert any(re.match(r"^nats\s*\| exited with -9; restarting", line) for line in since), since[-20:]
+    assert not [line for line in since if "exited with" in line and not line.startswith("nats")]
     print(f"kill -> first accepted upload: {back:.2f} s; answers while away: {sorted(set(answers))}")
 
 
 def test_killed_while_ten_uploads_process_every_one_ends_ready_once(supervised, tmp_path):
     mesh = supervised
-    clips = [Path(make_clip(tmp_path / f"c{i}.mp4", width=320, height=240, seconds=4.0, codec="mpeg4")) for i in range(10)]
+    clips = [
+        Path(make_clip(tmp_path / f"c{i}.mp4", width=320, height=240, seconds=4.0, codec="mpeg4")) for i in range(10)
+    ]
     before = workers(mesh)
     with mesh.client() as c:
         ids = []
@@ -123,7 +130,7 @@ def test_stopped_while_the_server_is_down_every_process_ends_cleanly(tmp_path):
             mesh.proc.kill()
     assert code == 0, "\n".join(mesh.lines[-40:])
     assert took < 3 + 10 + 5, f"stopping took {took:.1f} s"  # the drain timeout and the supervisor's grace
-    assert not any("(restarted)" in l for l in mesh.lines), "the server came back before the stop"
+    assert not any("(restarted)" in line for line in mesh.lines), "the server came back before the stop"
     wait_for(lambda: not [p for p in pids if alive(p)], 10, 0.1, "every process gone")
     assert not tracebacks(mesh.lines), "\n".join(tracebacks(mesh.lines))
-    assert any(re.match(r"^vidmesh\s*\| stopped", l) for l in mesh.lines)
+    assert any(re.match(r"^vidmesh\s*\| stopped", line) for line in mesh.lines)

@@ -98,7 +98,11 @@ def test_a_video_in_several_chunks_reports_each_chunk(mesh, tmp_path):
     events = [json.loads(line) for line in ok(vidmesh(mesh, "events", final["id"], "--json")).stdout.splitlines()]
     planned = next(e["data"] for e in events if e["event"] == "video_planned")
     assert (planned["chunks"], planned["segments"], planned["segment_s"], planned["audio"]) == (2, 3, 6.0, True)
-    encoded = sorted((e["data"]["chunk"], [s["index"] for s in e["data"]["segments"]]) for e in events if e["event"] == "chunk_encoded")
+    encoded = sorted(
+        (e["data"]["chunk"], [s["index"] for s in e["data"]["segments"]])
+        for e in events
+        if e["event"] == "chunk_encoded"
+    )
     assert encoded == [(0, [0]), (1, [1, 2])]
     assert [e["data"]["rendition"] for e in events if e["event"] == "rendition_stitched"] == ["240p"]
 
@@ -112,7 +116,13 @@ def test_download_decodes_and_resumes_by_range(mesh, ready_id, tmp_path):
     target = tmp_path / "out.mp4"
     result = ok(vidmesh(mesh, "download", ready_id, "--rendition", "360p", "-o", str(target), "--json"))
     info = json.loads(result.stdout)
-    assert info == {"id": ready_id, "rendition": "360p", "path": str(target), "bytes": target.stat().st_size, "resumed_from": 0}
+    assert info == {
+        "id": ready_id,
+        "rendition": "360p",
+        "path": str(target),
+        "bytes": target.stat().st_size,
+        "resumed_from": 0,
+    }
     with av.open(str(target)) as container:
         stream = container.streams.video[0]
         assert (stream.codec_context.width, stream.codec_context.height) == (640, 360)
@@ -143,14 +153,20 @@ def test_ls_status_and_events(mesh, ready_id):
     assert ready_id in [v["id"] for v in page["items"]]
 
     status = ok(vidmesh(mesh, "status", ready_id))
-    assert "ready" in status.stdout and "640x360" in status.stdout and f"/v1/videos/{ready_id}/renditions/360p" in status.stdout
+    assert (
+        "ready" in status.stdout
+        and "640x360" in status.stdout
+        and f"/v1/videos/{ready_id}/renditions/360p" in status.stdout
+    )
     video = json.loads(ok(vidmesh(mesh, "status", ready_id, "--json")).stdout)
     assert video["id"] == ready_id and video["renditions"][0]["name"] == "360p"
 
     lines = ok(vidmesh(mesh, "events", ready_id, "--json")).stdout.strip().splitlines()
     names = [json.loads(line)["event"] for line in lines]
     assert names[0] == "video_uploaded" and names[-1] == "video_ready"
-    assert {"video_planned", "chunk_encoded", "audio_encoded", "rendition_stitched", "thumbnail_extracted"} <= set(names)
+    assert {"video_planned", "chunk_encoded", "audio_encoded", "rendition_stitched", "thumbnail_extracted"} <= set(
+        names
+    )
     tail = ok(vidmesh(mesh, "events", ready_id))
     assert "rendition_stitched" in tail.stdout and "360p 640x360" in tail.stdout
     assert "chunk 0: segments 0-0, every rendition" in tail.stdout
@@ -212,16 +228,35 @@ def test_a_failed_video_exits_non_zero_with_its_reason(mesh, clip, tmp_path):
     lost = tmp_path / f"lost-{uuid.uuid4().hex[:8]}.mp4"
     shutil.copy(clip, lost)
     env = {k: v for k, v in os.environ.items() if not k.startswith("VIDMESH_")}
-    env.update({"VIDMESH_URL": mesh.url, "VIDMESH_API_KEY": mesh.KEYS["alice"], "VIDMESH_DATA_DIR": "/nonexistent", "COLUMNS": "200"})
+    env.update(
+        {
+            "VIDMESH_URL": mesh.url,
+            "VIDMESH_API_KEY": mesh.KEYS["alice"],
+            "VIDMESH_DATA_DIR": "/nonexistent",
+            "COLUMNS": "200",
+        }
+    )
     with workers_held(mesh):
         proc = subprocess.Popen(
-            [sys.executable, "-m", "services", "upload", str(lost), "--wait"], env=env, stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE, text=True,
+            [sys.executable, "-m", "services", "upload", str(lost), "--wait"],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
         )
         with mesh.client() as c:
             video_id = wait_for(
-                lambda: next((v["id"] for v in c.get("/v1/videos", params={"limit": 50}).json()["items"] if v["filename"] == lost.name), None),
-                60, 0.1, "the upload to be accepted",
+                lambda: next(
+                    (
+                        v["id"]
+                        for v in c.get("/v1/videos", params={"limit": 50}).json()["items"]
+                        if v["filename"] == lost.name
+                    ),
+                    None,
+                ),
+                60,
+                0.1,
+                "the upload to be accepted",
             )
         lose_source(mesh, "alice", video_id)
     out, err = proc.communicate(timeout=120)

@@ -111,7 +111,7 @@ class Cluster:
     def url(self) -> str:
         return ",".join(n.url for n in self.nodes)
 
-    def start(self) -> "Cluster":
+    def start(self) -> Cluster:
         routes = [n.route for n in self.nodes]
         for n in self.nodes:
             n.start(routes)
@@ -236,7 +236,7 @@ def test_losing_the_task_stream_leader_mid_run_loses_nothing(cluster, tmp_path):
     )
     try:
         mesh.start()
-        assert not any(l.startswith("nats ") for l in mesh.lines), "vidmesh up must not start its own nats-server"
+        assert not any(line.startswith("nats ") for line in mesh.lines), "vidmesh up must not start its own nats-server"
 
         # every stream and bucket is replicated on all three nodes
         facts = stream_facts(mesh)
@@ -250,15 +250,18 @@ def test_losing_the_task_stream_leader_mid_run_loses_nothing(cluster, tmp_path):
                 assert r.status_code == 202, (
                     f"upload answered {r.status_code} {r.text} (a 502 NotFoundError is the probe failing to "
                     "read the upload back: see test_an_object_reads_back_right_after_it_is_written_on_every_node)\n"
-                    + "\n".join(l for l in mesh.lines if l.startswith(("gateway", "pipeline")) and " INFO " not in l)[-3000:]
+                    + "\n".join(
+                        line for line in mesh.lines if line.startswith(("gateway", "pipeline")) and " INFO " not in line
+                    )[-3000:]
                 )
                 ids.append(r.json()["id"])
 
             def working():
                 videos = [c.get(f"/v1/videos/{v}").json() for v in ids]
                 # a chunk encoded (progress moved) or a rendition stitched, and work left
-                started = any(any(p > 0 for p in (v.get("progress") or {}).values()) or v.get("renditions")
-                              for v in videos)
+                started = any(
+                    any(p > 0 for p in (v.get("progress") or {}).values()) or v.get("renditions") for v in videos
+                )
                 return started and not all(v["status"] == "ready" for v in videos)
 
             wait_for(working, 60, 0.1, "the pipeline to be working")
@@ -278,20 +281,25 @@ def test_losing_the_task_stream_leader_mid_run_loses_nothing(cluster, tmp_path):
         # product bug pinned by test_faults.py::test_ready_is_not_shown_before_a_rendition_
         # held_by_a_dead_catalog_replica. Here the invariants are checked once the queues
         # and event consumers have caught up: nothing lost, nothing twice.
-        early = {v: (sorted(r["name"] for r in f["renditions"]), f["planned"]) for v, f in finals.items()
-                 if len(f["renditions"]) != len(f["planned"])}
+        early = {
+            v: (sorted(r["name"] for r in f["renditions"]), f["planned"])
+            for v, f in finals.items()
+            if len(f["renditions"]) != len(f["planned"])
+        }
         assert list(statuses_at_kill.values()).count("ready") < len(ids), "the kill must land mid-run"
         # a new leader for the work queue, still R3 (two of three up: quorum)
         after = stream_facts(mesh)
         assert after["TASKS_TRANSCODE"][1] not in (None, leader), after
         # the services failed over to the surviving nodes by themselves
         assert service_pids(mesh) == before, "a service had to be restarted"
-        assert not [l for l in mesh.lines if "exited with" in l]
+        assert not [line for line in mesh.lines if "exited with" in line]
         assert httpx.get(mesh.url + "/readyz", timeout=5).status_code == 200
         assert_delivered_once(mesh, "alice", finals, queue_timeout=60, reread=True)
         print(f"ready before all renditions were listed (catalog bug): {early or 'none this run'}")
-        print(f"killed {leader} (TASKS_TRANSCODE leader) with {statuses_at_kill}; all ready {took:.1f}s later; "
-              f"a GET right after the kill: {right_after.status_code} {right_after.text[:120]}")
+        print(
+            f"killed {leader} (TASKS_TRANSCODE leader) with {statuses_at_kill}; all ready {took:.1f}s later; "
+            f"a GET right after the kill: {right_after.status_code} {right_after.text[:120]}"
+        )
     finally:
         pids = mesh.child_pids() if mesh.proc else []
         code = mesh.stop() if mesh.proc else 0

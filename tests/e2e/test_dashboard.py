@@ -78,8 +78,17 @@ def test_upload_watch_and_play_in_the_browser(mesh, browser, tmp_path):
         expect(page.locator("#uploads li progress")).to_have_count(2)
         with mesh.client() as c:
             lost = wait_for(
-                lambda: next((v["id"] for v in c.get("/v1/videos", params={"limit": 50}).json()["items"] if v["filename"] == bad), None),
-                60, 0.1, "the second upload to be accepted",
+                lambda: next(
+                    (
+                        v["id"]
+                        for v in c.get("/v1/videos", params={"limit": 50}).json()["items"]
+                        if v["filename"] == bad
+                    ),
+                    None,
+                ),
+                60,
+                0.1,
+                "the second upload to be accepted",
             )
         lose_source(mesh, "alice", lost)
 
@@ -159,12 +168,34 @@ STEPS = [
     [
         ("chunk_encoded", {"chunk": 1, "segments": _segments(2, 3)}),
         ("audio_encoded", {"segments": _segments(0, 1, 2, 3, 4, 5), "codec": "mp4a.40.2", "priming": 1024}),
-        ("rendition_stitched", {"rendition": "720p", "object": "o", "width": 1280, "height": 720, "size": 9000,
-                                "duration": 12.0, "has_audio": True}),
+        (
+            "rendition_stitched",
+            {
+                "rendition": "720p",
+                "object": "o",
+                "width": 1280,
+                "height": 720,
+                "size": 9000,
+                "duration": 12.0,
+                "has_audio": True,
+            },
+        ),
     ],
-    [("task_failed", {"task": "stitch", "error": {
-        "code": "retries_exhausted", "message": "stitch: no worker finished it in 5 attempts"}})],
-    [("video_failed", {"error": {"code": "retries_exhausted", "message": "stitch: no worker finished it in 5 attempts"}})],
+    [
+        (
+            "task_failed",
+            {
+                "task": "stitch",
+                "error": {"code": "retries_exhausted", "message": "stitch: no worker finished it in 5 attempts"},
+            },
+        )
+    ],
+    [
+        (
+            "video_failed",
+            {"error": {"code": "retries_exhausted", "message": "stitch: no worker finished it in 5 attempts"}},
+        )
+    ],
 ]
 
 
@@ -181,11 +212,26 @@ def test_progress_bars_follow_the_chunk_events(mesh, browser):
         failed = step["n"] >= len(STEPS) - 1
         stitched = step["n"] >= 2
         return {
-            "id": FAKE, "status": "failed" if failed else "processing", "created_at": now, "updated_at": now,
-            "filename": "chunks.mp4", "source": {"size": 1000, "width": 1280, "height": 720, "duration": 12.0},
-            "renditions": [{"name": "720p", "width": 1280, "height": 720, "url": f"/v1/videos/{FAKE}/renditions/720p",
-                            "size": 9000, "has_audio": True}] if stitched else [],
-            "planned": ["720p", "360p"], "progress": {},
+            "id": FAKE,
+            "status": "failed" if failed else "processing",
+            "created_at": now,
+            "updated_at": now,
+            "filename": "chunks.mp4",
+            "source": {"size": 1000, "width": 1280, "height": 720, "duration": 12.0},
+            "renditions": [
+                {
+                    "name": "720p",
+                    "width": 1280,
+                    "height": 720,
+                    "url": f"/v1/videos/{FAKE}/renditions/720p",
+                    "size": 9000,
+                    "has_audio": True,
+                }
+            ]
+            if stitched
+            else [],
+            "planned": ["720p", "360p"],
+            "progress": {},
             "error": STEPS[-1][0][1]["error"] if failed else None,
         }
 
@@ -237,12 +283,16 @@ def test_progress_bars_follow_the_chunk_events(mesh, browser):
     expect(bar(row, "360p").locator(".pct")).to_have_text("failed")
     expect(bar(row, "360p")).to_have_attribute("title", "failed: stitch retries_exhausted")
     expect(bar(row, "720p").locator(".pct")).to_have_text("100%")
-    expect(detail.locator(".error")).to_have_text("stitch failed: retries_exhausted: no worker finished it in 5 attempts")
+    expect(detail.locator(".error")).to_have_text(
+        "stitch failed: retries_exhausted: no worker finished it in 5 attempts"
+    )
 
     step["n"] = 4  # and the video failed, with the task's name in the reason
     expect(row).to_have_attribute("data-status", "failed")
     expect(row.locator(".error")).to_have_text("retries_exhausted: stitch: no worker finished it in 5 attempts")
-    expect(page.locator("#d-error")).to_have_text("Failed: retries_exhausted: stitch: no worker finished it in 5 attempts")
+    expect(page.locator("#d-error")).to_have_text(
+        "Failed: retries_exhausted: stitch: no worker finished it in 5 attempts"
+    )
 
     assert not page_errors, page_errors
     context.close()
@@ -254,17 +304,31 @@ def test_warnings_of_a_video_made_from_a_damaged_source_are_shown(mesh, browser)
 
     vid = "warned" + uuid.uuid4().hex[:10]
     now = time.time()
-    warnings = [{"code": "truncated", "message": "chunk:1: the video stops at 4.00 s of 8.00 s"},
-                {"code": "damaged_packets", "message": "audio: 1 undecodable packet skipped"}]
-    video = {"id": vid, "status": "ready", "created_at": now, "updated_at": now, "filename": "cut.mkv",
-             "renditions": [], "planned": ["360p"], "progress": {}, "warnings": warnings}
+    warnings = [
+        {"code": "truncated", "message": "chunk:1: the video stops at 4.00 s of 8.00 s"},
+        {"code": "damaged_packets", "message": "audio: 1 undecodable packet skipped"},
+    ]
+    video = {
+        "id": vid,
+        "status": "ready",
+        "created_at": now,
+        "updated_at": now,
+        "filename": "cut.mkv",
+        "renditions": [],
+        "planned": ["360p"],
+        "progress": {},
+        "warnings": warnings,
+    }
     context = browser.new_context(viewport={"width": 1280, "height": 860})
     page = context.new_page()
     page_errors: list[str] = []
     page.on("pageerror", lambda exc: page_errors.append(str(exc)))
     page.route(re.compile(r"/v1/videos\?limit="), lambda r: r.fulfill(json={"items": [video], "next_cursor": None}))
     page.route(re.compile(f"/v1/videos/{vid}$"), lambda r: r.fulfill(json=video))
-    page.route(re.compile(f"/v1/videos/{vid}/events"), lambda r: r.fulfill(status=404, json={"code": "not_found", "message": "x"}))
+    page.route(
+        re.compile(f"/v1/videos/{vid}/events"),
+        lambda r: r.fulfill(status=404, json={"code": "not_found", "message": "x"}),
+    )
     page.goto(mesh.url + "/")
     page.fill("#key", mesh.KEYS["alice"])
     page.click("#login button[type=submit]")
@@ -300,7 +364,12 @@ def test_read_tokens_open_media_and_events_only(mesh, tmp_path):
         assert anon.get(f"/v1/videos/{vid}", params={"token": token}).status_code == 401
         assert anon.get("/v1/videos", params={"token": token}).status_code == 401
         assert anon.delete(f"/v1/videos/{vid}", params={"token": token}).status_code == 401
-        assert anon.post("/v1/videos", params={"token": token}, content=b"x", headers={"Content-Type": "video/mp4"}).status_code == 401
+        assert (
+            anon.post(
+                "/v1/videos", params={"token": token}, content=b"x", headers={"Content-Type": "video/mp4"}
+            ).status_code
+            == 401
+        )
         assert anon.post("/v1/tokens", params={"token": token}).status_code == 401
         # forged, altered or another tenant's
         bad = anon.get(f"/v1/videos/{vid}/thumbnail", params={"token": token[:-2] + "xx"})

@@ -50,7 +50,9 @@ def clip(tmp_path_factory) -> Path:
 def uploaded(hls_mesh, clip) -> dict:
     """The clip, uploaded once for the module: {"id": ..., "at": monotonic time of the upload}."""
     with hls_mesh.client() as c:
-        r = c.post("/v1/videos", content=clip.read_bytes(), headers={"Content-Type": "video/mp4", "X-Filename": clip.name})
+        r = c.post(
+            "/v1/videos", content=clip.read_bytes(), headers={"Content-Type": "video/mp4", "X-Filename": clip.name}
+        )
         assert r.status_code == 202, r.text
         return {"id": r.json()["id"], "at": time.monotonic()}
 
@@ -186,7 +188,9 @@ def test_plays_to_the_end_and_switches_levels(hls_mesh, browser, uploaded):
             v.currentTime = 0;
         }})"""
     )
-    page.js(f"() => {{ window.__ended = false; {PLAYER}.addEventListener('ended', () => {{ window.__ended = true; }}); {PLAYER}.playbackRate = 4; }}")
+    page.js(
+        f"() => {{ window.__ended = false; {PLAYER}.addEventListener('ended', () => {{ window.__ended = true; }}); {PLAYER}.playbackRate = 4; }}"
+    )
     page.wait("() => window.__ended", timeout=60)
     end, duration = page.js(f"() => [{PLAYER}.currentTime, {PLAYER}.duration]")
     assert abs(end - duration) <= FRAME and abs(duration - SECONDS) <= 2 * FRAME, (end, duration)

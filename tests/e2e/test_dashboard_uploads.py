@@ -76,8 +76,7 @@ def test_the_dashboard_resumes_an_upload_after_the_connection_drops(bmesh, brows
         patches = [r for r in proxy.requests if r.startswith("PATCH /v1/uploads/")]
         offsets = [int(m.group(1)) for r in patches if (m := re.search(r"(?i)upload-offset:\s*(\d+)", r))]
         assert offsets[0] == 0 and offsets[-1] >= 4 * MiB, proxy.requests  # resumed, not restarted
-        video_id = page.evaluate(
-            "() => window.vidmeshUploads[0].url.split('/').pop()")
+        video_id = page.evaluate("() => window.vidmeshUploads[0].url.split('/').pop()")
         ARTIFACTS.mkdir(parents=True, exist_ok=True)
         page.screenshot(path=str(ARTIFACTS / "dashboard-resumed-upload.png"), full_page=True)
         assert not errors, errors

@@ -92,5 +92,7 @@ def test_a_crashing_task_is_dead_lettered_and_replay_recovers_the_video(fragile_
         assert sorted(e["chunk"] for _, kind, e in events if kind == "chunk_encoded") == [0, 1]
         replayed_at = next(seq for seq, kind, e in events if kind == "chunk_encoded" and e["chunk"] == chunk)
         assert all(seq > replayed_at for seq, kind, _ in events if kind == "rendition_stitched")
-        assert [d for d in json.loads(vidmesh(fragile_mesh, "dlq", "list", "--json").stdout) if video_id in d["subject"]] == []
+        assert [
+            d for d in json.loads(vidmesh(fragile_mesh, "dlq", "list", "--json").stdout) if video_id in d["subject"]
+        ] == []
         assert vidmesh(fragile_mesh, "dlq", "show", str(letter["id"])).returncode == 1

@@ -14,8 +14,8 @@ from pathlib import Path
 import nats
 import pytest
 
-from tests.clips import make_clip
 from services.up import free_port
+from tests.clips import make_clip
 from tests.conftest import Mesh, wait_for
 
 pytestmark = pytest.mark.e2e
@@ -118,6 +118,7 @@ def test_concurrent_retries_start_one_video(mesh, tiny):
         wait_for(lambda: c.get(f"/v1/videos/{video_id}").json()["status"] == "ready", 60, 0.2, "ready")
         listed = [v["id"] for v in c.get("/v1/videos", params={"limit": 100}).json()["items"]]
     assert listed.count(video_id) == 1
+
     # one pipeline run: one upload event for the video
     async def uploads(js):
         subject = f"gateway.evt.video_uploaded.alice.{video_id}"
@@ -177,9 +178,17 @@ def test_tasks_of_a_deleted_video_are_dropped_not_run(stalled_mesh, tiny):
         queued = lambda: queued_for(stalled_mesh, "TASKS_TRANSCODE", "bob", video_id)  # noqa: E731
         wait_for(lambda: queued() == 2, 20, what="its chunk and audio tasks queued")
         assert c.delete(f"/v1/videos/{video_id}").status_code == 200
-    env = {**stalled_mesh.env, "NATS_URL": f"nats://127.0.0.1:{stalled_mesh.nats_port}", "VIDMESH_HTTP_PORT": str(free_port())}
+    env = {
+        **stalled_mesh.env,
+        "NATS_URL": f"nats://127.0.0.1:{stalled_mesh.nats_port}",
+        "VIDMESH_HTTP_PORT": str(free_port()),
+    }
     worker = subprocess.Popen(
-        [sys.executable, "-m", "services", "run", "transcoder"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        [sys.executable, "-m", "services", "run", "transcoder"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     try:
         # the late worker takes the deleted video's tasks off the queue without running them

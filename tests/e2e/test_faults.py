@@ -30,7 +30,6 @@ import httpx
 import pytest
 
 from tests.clips import make_clip
-from tests.conftest import mesh_events as video_events
 from tests.conftest import (
     Mesh,
     MeshOn,
@@ -46,6 +45,7 @@ from tests.conftest import (
     wait_mid_chunk,
     wait_terminal,
 )
+from tests.conftest import mesh_events as video_events
 
 pytestmark = pytest.mark.e2e
 
@@ -120,9 +120,7 @@ def clip_720(tmp_path_factory) -> str:
     several segments, long enough to catch a worker mid-chunk (and the first chunk takes
     about the drain timeout or longer). MPEG-4 Part 2 is quick to generate (1.6 s) and has
     a keyframe every 12 frames, so the pipeline can cut it."""
-    return make_clip(
-        tmp_path_factory.mktemp("faults") / "720.mp4", width=1280, height=720, seconds=10.0, codec="mpeg4"
-    )
+    return make_clip(tmp_path_factory.mktemp("faults") / "720.mp4", width=1280, height=720, seconds=10.0, codec="mpeg4")
 
 
 @pytest.fixture(scope="module")
@@ -223,8 +221,9 @@ def test_sigterm_transcoder_mid_chunk_drains_in_time_exits_0_and_loses_nothing(f
         exit_s = time.monotonic() - started
         exited_at = events_last_seq(mesh)
         exited = wait_for(
-            lambda: [l for l in lines_since(mesh, mark) if re.match(r"transcoder\s+\| exited with", l)],
-            10, what="the supervisor to report the exit",
+            lambda: [line for line in lines_since(mesh, mark) if re.match(r"transcoder\s+\| exited with", line)],
+            10,
+            what="the supervisor to report the exit",
         )
         wait_restarted(mesh, "transcoder", victim)
         final = wait_terminal(c, [vid], 120)[vid]
@@ -242,7 +241,11 @@ def test_sigterm_transcoder_mid_chunk_drains_in_time_exits_0_and_loses_nothing(f
         assert exit_s >= DRAIN_S - 0.2, exit_s
     assert_delivered_once(mesh, "alice", {vid: final})
     # No traceback from the stopping transcoder: a drain is not a crash.
-    dying = [l for l in lines_since(mesh, mark) if l.startswith("transcoder") and ("Traceback" in l or " ERROR " in l)]
+    dying = [
+        line
+        for line in lines_since(mesh, mark)
+        if line.startswith("transcoder") and ("Traceback" in line or " ERROR " in line)
+    ]
     assert not dying, "\n".join(lines_since(mesh, mark)[-40:])
     how = "redone after the exit" if done[0] > exited_at else "finished within the drain"
     print(f"SIGTERM at chunk {chunk}: exited 0 after {exit_s:.1f}s; chunk {chunk} {how}")
@@ -284,7 +287,9 @@ def test_a_duplicate_delivery_of_a_chunk_and_the_stitch_makes_no_duplicate_outpu
         assert [job.tasks[t] for t in ("chunk:1", "stitch")] == ["done", "done"], job.tasks
         for name in ("chunk:1", "stitch"):
             task = jobs.task_message(job, name)
-            await js.publish(topology.subject_for(task), contracts.encode(task), headers={"Nats-Msg-Id": f"{vid}:{name}:again"})
+            await js.publish(
+                topology.subject_for(task), contracts.encode(task), headers={"Nats-Msg-Id": f"{vid}:{name}:again"}
+            )
 
     async def queued(js):
         info = await js.stream_info("TASKS_TRANSCODE", subjects_filter=f"*.cmd.*.alice.{vid}")
@@ -296,7 +301,9 @@ def test_a_duplicate_delivery_of_a_chunk_and_the_stitch_makes_no_duplicate_outpu
     wait_for(lambda: js_run(servers, queued) == 0, 60, 0.2, "the duplicate tasks to be done")
     after = wait_for(
         lambda: (n := js_run(servers, nuids)) and all(n[k] != before[k] for k in rewritten) and n,
-        30, 0.2, "the duplicate tasks to rewrite their objects",
+        30,
+        0.2,
+        "the duplicate tasks to rewrite their objects",
     )
     assert set(after) == set(rewritten)
     with mesh.client() as c:
@@ -320,7 +327,7 @@ def test_nats_server_restart_mid_pipeline(tmp_path, how):
     clips = [make_clip(tmp_path / f"c{i}.mp4", width=854, height=480, seconds=6.0, codec="mpeg4") for i in range(3)]
     mesh = MeshOn(tmp_path / "mesh", server.url, FAULT_ENV).start()
     try:
-        assert not any(l.startswith("nats ") for l in mesh.lines), "vidmesh up must not start its own nats-server"
+        assert not any(line.startswith("nats ") for line in mesh.lines), "vidmesh up must not start its own nats-server"
         before = service_pids(mesh)
         with mesh.client() as c:
             ids = [upload(c, p) for p in clips]
@@ -328,8 +335,10 @@ def test_nats_server_restart_mid_pipeline(tmp_path, how):
             def started():
                 videos = [c.get(f"/v1/videos/{v}").json() for v in ids]
                 # a chunk encoded (progress moved) or a rendition stitched
-                return any(any(p > 0 for p in (v.get("progress") or {}).values()) or v.get("renditions")
-                           for v in videos) and videos
+                return (
+                    any(any(p > 0 for p in (v.get("progress") or {}).values()) or v.get("renditions") for v in videos)
+                    and videos
+                )
 
             at_stop = wait_for(started, 60, 0.05, "the pipeline to be working")
             # mid-pipeline: some work is left (on a busy machine the first video may be done)
@@ -365,8 +374,8 @@ def test_nats_server_restart_mid_pipeline(tmp_path, how):
         assert [f["status"] for f in finals.values()] == ["ready"] * 3, finals
         # they reconnected by themselves: no process was restarted by the supervisor
         assert service_pids(mesh) == before
-        assert not [l for l in lines_since(mesh, mark) if "exited with" in l]
-        reconnected = {l.split("|")[0].strip() for l in lines_since(mesh, mark) if "nats reconnected" in l}
+        assert not [line for line in lines_since(mesh, mark) if "exited with" in line]
+        reconnected = {line.split("|")[0].strip() for line in lines_since(mesh, mark) if "nats reconnected" in line}
         assert {"catalog", "pipeline", "transcoder", "thumbnailer", "gateway"} <= reconnected, reconnected
         checked = time.monotonic()
         state = assert_delivered_once(mesh, "alice", finals, queue_timeout=45)
@@ -393,19 +402,25 @@ def test_an_upload_while_nats_does_not_answer_is_a_503_and_the_mesh_recovers(tmp
         with mesh.client() as c:
             os.kill(server.proc.pid, signal.SIGSTOP)
             try:
-                r = c.post("/v1/videos", content=Path(clip).read_bytes(),
-                           headers={"Content-Type": "video/mp4", "Idempotency-Key": "frozen-1"})
+                r = c.post(
+                    "/v1/videos",
+                    content=Path(clip).read_bytes(),
+                    headers={"Content-Type": "video/mp4", "Idempotency-Key": "frozen-1"},
+                )
             finally:
                 os.kill(server.proc.pid, signal.SIGCONT)
             assert r.status_code == 503, r.text
             assert r.json()["code"] == "unavailable" and int(r.headers["retry-after"]) > 0
             # the retry with the same key is a fresh upload: the first one was never accepted
-            again = c.post("/v1/videos", content=Path(clip).read_bytes(),
-                           headers={"Content-Type": "video/mp4", "Idempotency-Key": "frozen-1"})
+            again = c.post(
+                "/v1/videos",
+                content=Path(clip).read_bytes(),
+                headers={"Content-Type": "video/mp4", "Idempotency-Key": "frozen-1"},
+            )
             assert again.status_code == 202, again.text
             final = wait_terminal(c, [again.json()["id"]], 90)[again.json()["id"]]
         assert final["status"] == "ready", final
-        assert not [l for l in mesh.lines if "exited with" in l], "no service died"
+        assert not [line for line in mesh.lines if "exited with" in line], "no service died"
     finally:
         code = mesh.stop()
         server.stop()
@@ -504,7 +519,9 @@ async def test_an_unexpected_handler_exception_is_redelivered_not_lost(nats_serv
 
         task = contracts.ExtractThumbnail(video_id=f"boom{time.time_ns()}", tenant="t", source="t/x/source")
         await bus.publish(task, msg_id=f"{task.video_id}:thumbnail")
-        loop = ConsumerLoop(bus, thumbnailer_declaration.TASKS, contracts.ExtractThumbnail, flaky, max_deliver=3, ack_wait_s=2)
+        loop = ConsumerLoop(
+            bus, thumbnailer_declaration.TASKS, contracts.ExtractThumbnail, flaky, max_deliver=3, ack_wait_s=2
+        )
         run = asyncio.create_task(loop.run())
         try:
             deadline = time.monotonic() + 15

@@ -21,9 +21,9 @@ from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode
 from schemathesis.checks import (
     content_type_conformance,
+    ignored_auth,
     not_a_server_error,
     response_headers_conformance,
-    ignored_auth,
     response_schema_conformance,
     status_code_conformance,
 )
@@ -36,6 +36,7 @@ pytestmark = pytest.mark.e2e
 
 # tus PATCH bodies (and creation with upload) are raw bytes, like application/octet-stream.
 schemathesis.serializer.alias("application/offset+octet-stream", "application/octet-stream")
+
 
 class FuzzMesh(Mesh):
     KEYS = {"fuzz": "key-fuzz-0123456789"}

@@ -80,8 +80,8 @@ class Source:
     path: str
     data: bytes
     duration: float  # the container's
-    video: "Track"
-    audio: "Track | None"  # None: silent
+    video: Track
+    audio: Track | None  # None: silent
 
 
 def decode_source(path: str) -> Source:
@@ -529,9 +529,15 @@ def test_ffmpeg_plays_every_variant_and_the_audio_from_start_to_end(hls_mesh, re
 
     def check_video(label: str, track: Track) -> None:
         assert track.frames == pytest.approx(source.video.frames, abs=1), (label, track.frames, source.video.frames)
-        assert not same_pictures(track, source.video), f"{label}: frames out of place: {same_pictures(track, source.video)}"
+        assert not same_pictures(track, source.video), (
+            f"{label}: frames out of place: {same_pictures(track, source.video)}"
+        )
         slack = ffmpeg_shift(files, by_size[(track.width, track.height)])
-        assert source.video.span - FRAME_S <= track.span <= source.video.span + FRAME_S + slack + 1e-6, (label, track.span, slack)
+        assert source.video.span - FRAME_S <= track.span <= source.video.span + FRAME_S + slack + 1e-6, (
+            label,
+            track.span,
+            slack,
+        )
         steps = [b - a for a, b in zip(track.starts, track.starts[1:])]
         assert all(FRAME_S - 1e-6 <= step <= FRAME_S + slack + 1e-6 for step in steps), (label, sorted(set(steps)))
 
@@ -675,7 +681,9 @@ def test_media_playlists_of_a_ready_video(watched, watched_files, sources, token
         assert sum(durations) == pytest.approx(source.duration, abs=FRAME_S), (track, sum(durations))
         assert all(len(f) > 0 for f in watched_files.fragments[track])
     # the renditions switch cleanly: the same segments, the same durations
-    assert [(s.uri, s.duration) for s in media["480p"].segments] == [(s.uri, s.duration) for s in media["360p"].segments]
+    assert [(s.uri, s.duration) for s in media["480p"].segments] == [
+        (s.uri, s.duration) for s in media["360p"].segments
+    ]
     assert len(media["480p"].segments) == round(source.duration / SEGMENT_S)
     assert len(media["audio"].segments) == len(media["480p"].segments)
 
@@ -737,7 +745,9 @@ def test_a_deleted_videos_playlists_and_fragments_are_gone(hls_mesh, ready_ids, 
     files = download(hls_mesh.url, video_id, token)
     urls = ["master.m3u8"]
     for track, pl in files.media.items():
-        urls += [f"{track}/playlist.m3u8", f"{track}/init.mp4"] + [f"{track}/{s.uri.split('?')[0]}" for s in pl.segments]
+        urls += [f"{track}/playlist.m3u8", f"{track}/init.mp4"] + [
+            f"{track}/{s.uri.split('?')[0]}" for s in pl.segments
+        ]
     assert len(urls) == 1 + 2 * (2 + 2), urls  # 240p and audio: playlist, init, two fragments
     with hls_mesh.client() as c, httpx.Client(base_url=hls_mesh.url, timeout=60) as bare:
         for path in urls:

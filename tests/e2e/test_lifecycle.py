@@ -46,7 +46,9 @@ def test_streamed_oversize_upload_is_413(small_mesh):
 
 def test_a_killed_service_is_restarted(small_mesh):
     def pid_of(name):
-        found = [int(m.group(1)) for line in small_mesh.lines if (m := re.match(rf"{name}\s+\| started pid=(\d+)", line))]
+        found = [
+            int(m.group(1)) for line in small_mesh.lines if (m := re.match(rf"{name}\s+\| started pid=(\d+)", line))
+        ]
         return found[-1] if found else None
 
     before = pid_of("catalog")

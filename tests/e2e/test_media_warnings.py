@@ -44,14 +44,18 @@ def videos(warned_mesh, receiver, tmp_path_factory):
         r = c.post("/v1/webhooks", json={"url": receiver.url + "/ok", "events": ["video.ready", "video.failed"]})
         assert r.status_code == 201, r.text
         ids = {}
-        for name, (path, ctype) in files.items():
-            r = c.post("/v1/videos", content=Path(path).read_bytes(), headers={"Content-Type": "application/octet-stream"})
+        for name, (path, _ctype) in files.items():
+            r = c.post(
+                "/v1/videos", content=Path(path).read_bytes(), headers={"Content-Type": "application/octet-stream"}
+            )
             assert r.status_code == 202, (name, r.text)
             ids[name] = r.json()["id"]
         for name, video_id in ids.items():
             finals[name] = wait_for(
                 lambda: (v := c.get(f"/v1/videos/{video_id}").json())["status"] in ("ready", "failed") and v,
-                120, 0.3, f"{name} to finish",
+                120,
+                0.3,
+                f"{name} to finish",
             )
     return finals
 
@@ -59,7 +63,9 @@ def videos(warned_mesh, receiver, tmp_path_factory):
 def test_a_damaged_packet_gives_a_ready_video_with_a_warning(videos):
     video = videos["damaged"]
     assert video["status"] == "ready", video
-    assert video["warnings"] == [{"code": "damaged_packets", "message": "audio: 1 undecodable audio packet was skipped"}]
+    assert video["warnings"] == [
+        {"code": "damaged_packets", "message": "audio: 1 undecodable audio packet was skipped"}
+    ]
     assert all(r["duration"] == pytest.approx(6.0, abs=0.1) and r["has_audio"] for r in video["renditions"])
 
 

@@ -24,7 +24,9 @@ def scrape(port: int) -> dict[tuple, float]:
 
 
 def total(samples: dict, name: str, **labels) -> float:
-    return sum(v for (n, ls), v in samples.items() if n == name and all(dict(ls).get(k) == w for k, w in labels.items()))
+    return sum(
+        v for (n, ls), v in samples.items() if n == name and all(dict(ls).get(k) == w for k, w in labels.items())
+    )
 
 
 def ports(mesh) -> dict[str, int]:
@@ -56,11 +58,18 @@ def test_metrics_move_with_an_upload(mesh, tmp_path):
     assert moved("gateway", "vidmesh_media_bytes_total", direction="in")
     assert moved("pipeline", "vidmesh_media_bytes_total", direction="out")
     # tasks processed and their duration, by consumer; the catalog projected the events
-    wait_for(lambda: moved("thumbnailer", "vidmesh_messages_total", consumer="thumbnailer", outcome="ok"), 10, 0.2, "thumbnailer")
+    wait_for(
+        lambda: moved("thumbnailer", "vidmesh_messages_total", consumer="thumbnailer", outcome="ok"),
+        10,
+        0.2,
+        "thumbnailer",
+    )
     assert moved("thumbnailer", "vidmesh_message_seconds_count", consumer="thumbnailer")
     assert moved("catalog", "vidmesh_messages_total", consumer="catalog", outcome="ok")
     # consumer lag per durable consumer is reported (and is back to zero once idle)
-    wait_for(lambda: ("vidmesh_consumer_lag", (("consumer", "pipeline"),)) in scrape(p["pipeline"]), 15, 0.5, "lag gauge")
+    wait_for(
+        lambda: ("vidmesh_consumer_lag", (("consumer", "pipeline"),)) in scrape(p["pipeline"]), 15, 0.5, "lag gauge"
+    )
     wait_for(lambda: total(scrape(p["pipeline"]), "vidmesh_consumer_lag", consumer="pipeline") == 0, 15, 0.5, "lag 0")
 
 

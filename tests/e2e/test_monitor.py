@@ -13,9 +13,9 @@ from pathlib import Path
 import nats
 import pytest
 
+from services.up import free_port
 from shared import contracts
 from tests.clips import make_clip
-from services.up import free_port
 from tests.conftest import Mesh, wait_for
 
 pytestmark = pytest.mark.e2e
@@ -86,9 +86,16 @@ def test_lag_alert_and_backpressure_follow_the_monitor(watched_mesh, tmp_path):
         assert r.json()["code"] == "overloaded" and r.headers["vidmesh-load-source"] == "monitor"
 
         # the worker kind comes back: the backlog drains, the alert clears, uploads flow again
-        env = {**watched_mesh.env, "NATS_URL": f"nats://127.0.0.1:{watched_mesh.nats_port}", "VIDMESH_HTTP_PORT": str(free_port())}
+        env = {
+            **watched_mesh.env,
+            "NATS_URL": f"nats://127.0.0.1:{watched_mesh.nats_port}",
+            "VIDMESH_HTTP_PORT": str(free_port()),
+        }
         worker = subprocess.Popen(
-            [sys.executable, "-m", "services", "run", "transcoder"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT
+            [sys.executable, "-m", "services", "run", "transcoder"],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.STDOUT,
         )
         try:
             wait_for(lambda: c.get(f"/v1/videos/{video_id}").json()["status"] == "ready", 60, 0.2, "ready")
@@ -103,13 +110,18 @@ def test_lag_alert_and_backpressure_follow_the_monitor(watched_mesh, tmp_path):
         wait_for(lambda: firing(c, "service_silent", "transcoder"), 20, 0.3, "the silence alert")
 
     # alert changes are events on the bus, and so are log records and metric samples
-    changes = [contracts.decoder(contracts.AlertChanged).decode(m) for m in ops_messages(watched_mesh, "monitor.evt.alert.consumer_lag")]
+    changes = [
+        contracts.decoder(contracts.AlertChanged).decode(m)
+        for m in ops_messages(watched_mesh, "monitor.evt.alert.consumer_lag")
+    ]
     states = [(ch.alert.subject, ch.state) for ch in changes]
     assert ("transcoder", "firing") in states and ("transcoder", "resolved") in states
     assert states.index(("transcoder", "firing")) < states.index(("transcoder", "resolved"))
     logs = [contracts.decoder(contracts.LogRecord).decode(m) for m in ops_messages(watched_mesh, "logs.evt.monitor")]
     assert any(rec.level == "WARNING" and "consumer_lag" in rec.message for rec in logs)
-    samples = [contracts.decoder(contracts.MetricSample).decode(m) for m in ops_messages(watched_mesh, "metrics.evt.catalog")]
+    samples = [
+        contracts.decoder(contracts.MetricSample).decode(m) for m in ops_messages(watched_mesh, "metrics.evt.catalog")
+    ]
     assert samples and samples[-1].messages.get("catalog", {}).get("ok", 0) > 0
 
 

@@ -244,7 +244,11 @@ def read_sse(client: httpx.Client, url: str, deadline_s: float = 90.0, on_open=N
                 if current:
                     data = "\n".join(current.get("data", []))
                     events.append(
-                        {"event": current.get("event"), "id": current.get("id"), "data": json.loads(data) if data else None}
+                        {
+                            "event": current.get("event"),
+                            "id": current.get("id"),
+                            "data": json.loads(data) if data else None,
+                        }
                     )
                 current = {}
                 continue
@@ -408,7 +412,9 @@ def test_a_long_clip_is_encoded_in_chunks_and_stitched_whole(mesh, uploads, read
     assert all(set(s["sizes"]) == {"240p"} and s["sizes"]["240p"] > 0 for s in segments)
     names = [e["event"] for e in events]
     assert names.count("audio_encoded") == 1 and names.count("rendition_stitched") == 1
-    assert max(i for i, n in enumerate(names) if n in ("chunk_encoded", "audio_encoded")) < names.index("rendition_stitched")
+    assert max(i for i, n in enumerate(names) if n in ("chunk_encoded", "audio_encoded")) < names.index(
+        "rendition_stitched"
+    )
 
 
 # --- Range, HEAD and ETag --------------------------------------------------------------------
@@ -574,8 +580,11 @@ def test_sse_follows_a_fresh_upload_to_ready_then_closes(mesh, live_events):
     for _, result in encoded.values():
         assert all(set(s["sizes"]) == {"480p", "360p"} for s in result["segments"]), result
     for chunk, (at, result) in encoded.items():
-        reported = [(i, e["data"]["segments"]) for i, e in enumerate(events)
-                    if e["event"] == "chunk_progress" and e["data"]["chunk"] == chunk]
+        reported = [
+            (i, e["data"]["segments"])
+            for i, e in enumerate(events)
+            if e["event"] == "chunk_progress" and e["data"]["chunk"] == chunk
+        ]
         assert all(i < at for i, _ in reported), "progress of a chunk comes before its result"
         counts = [n for _, n in reported]
         assert counts == sorted(counts) and all(0 < n < len(result["segments"]) for n in counts), counts

@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import asyncio
 import re
-from concurrent.futures import ThreadPoolExecutor
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -34,7 +34,15 @@ from tests.conftest import Mesh, js_run, nats_servers, service_pids, wait_for
 pytestmark = pytest.mark.e2e
 
 OPEN = (
-    "/healthz", "/readyz", "/metrics", "/docs", "/openapi.json", "/asyncapi.json", "/", "/static/app.js", "/static/style.css"
+    "/healthz",
+    "/readyz",
+    "/metrics",
+    "/docs",
+    "/openapi.json",
+    "/asyncapi.json",
+    "/",
+    "/static/app.js",
+    "/static/style.css",
 )
 MEDIA_ROUTES = {
     "/v1/videos/{video_id}/renditions/{name}",
@@ -71,7 +79,9 @@ def clips(tmp_path_factory) -> dict[str, bytes]:
         "long": Path(make_clip(str(d / "long.mp4"), width=640, height=480, seconds=4.0, audio=False)).read_bytes(),
         "with_audio": Path(make_clip(str(d / "audio.mp4"), width=320, height=240, seconds=0.5)).read_bytes(),
         "mkv": Path(
-            make_clip(str(d / "c.mkv"), width=320, height=240, seconds=0.5, audio=False, codec="mpeg4", container="matroska")
+            make_clip(
+                str(d / "c.mkv"), width=320, height=240, seconds=0.5, audio=False, codec="mpeg4", container="matroska"
+            )
         ).read_bytes(),
     }
 
@@ -120,7 +130,13 @@ def fill(path: str, **values) -> str:
 def test_every_api_route_needs_a_key_and_only_the_open_ones_are_open(sec):
     api = routes(sec)
     documented = {p for _, p in api}
-    assert {"/v1/videos", "/v1/webhooks", "/v1/webhooks/{webhook_id}/deliveries", "/v1/alerts", "/v1/tokens"} <= documented
+    assert {
+        "/v1/videos",
+        "/v1/webhooks",
+        "/v1/webhooks/{webhook_id}/deliveries",
+        "/v1/alerts",
+        "/v1/tokens",
+    } <= documented
     assert all(p.startswith("/v1/") for p in documented), "everything documented is API"
     with httpx.Client(base_url=sec.url, timeout=30) as anon:
         for method, path in api:
@@ -192,7 +208,9 @@ def test_uploads_starting_together_cannot_pass_the_processing_quota_together(sec
     accepted = [r.json()["id"] for r in results if r.status_code == 202]
     refused = [r for r in results if r.status_code != 202]
     assert len(accepted) == 2, [(r.status_code, r.text) for r in results]
-    assert all(r.status_code == 429 and r.json()["code"] == "quota_processing" for r in refused), [r.text for r in refused]
+    assert all(r.status_code == 429 and r.json()["code"] == "quota_processing" for r in refused), [
+        r.text for r in refused
+    ]
     with sec.client("erin") as erin:
         for vid in accepted:
             assert wait_status(erin, vid)["status"] == "ready"
@@ -232,8 +250,14 @@ def alices(sec, clips):
         name = video["renditions"][0]["name"]
         resumable = alice.post("/v1/uploads", headers={**TUS, "Upload-Length": "1000"})
         assert resumable.status_code == 201, resumable.text
-        return {"video_id": vid, "name": name, "track": name, "segment": "00000", "webhook_id": hook.json()["id"],
-                "upload_id": resumable.headers["location"].rsplit("/", 1)[1]}
+        return {
+            "video_id": vid,
+            "name": name,
+            "track": name,
+            "segment": "00000",
+            "webhook_id": hook.json()["id"],
+            "upload_id": resumable.headers["location"].rsplit("/", 1)[1],
+        }
 
 
 def test_another_tenants_things_are_404_on_every_route(sec, alices):
@@ -383,16 +407,16 @@ def test_vidmesh_up_gives_each_service_its_own_generated_nats_user(sec):
     pids = {name.split("-")[0]: pid for name, pid in service_pids(sec).items() if name != "nats"}
     assert set(pids) >= {"gateway", "catalog", "pipeline", "transcoder"}
     for service, pid in pids.items():
-        env = dict(
-            item.split("=", 1) for item in Path(f"/proc/{pid}/environ").read_text().split("\0") if "=" in item
-        )
+        env = dict(item.split("=", 1) for item in Path(f"/proc/{pid}/environ").read_text().split("\0") if "=" in item)
         assert env["NATS_USER"] == service and env["NATS_PASSWORD"] == passwords[service], service
 
     async def anonymous():
         async def quiet(exc):
             pass
 
-        await nats.connect(f"nats://127.0.0.1:{sec.nats_port}", allow_reconnect=False, connect_timeout=3, error_cb=quiet)
+        await nats.connect(
+            f"nats://127.0.0.1:{sec.nats_port}", allow_reconnect=False, connect_timeout=3, error_cb=quiet
+        )
 
     with pytest.raises(Exception, match="(?i)authorization"):  # and no way in without a user
         asyncio.run(anonymous())

@@ -18,8 +18,13 @@ from tests.conftest import Mesh, wait_for
 
 pytestmark = pytest.mark.e2e
 
-KIND = {Span.SPAN_KIND_SERVER: "server", Span.SPAN_KIND_CLIENT: "client", Span.SPAN_KIND_PRODUCER: "producer",
-        Span.SPAN_KIND_CONSUMER: "consumer", Span.SPAN_KIND_INTERNAL: "internal"}
+KIND = {
+    Span.SPAN_KIND_SERVER: "server",
+    Span.SPAN_KIND_CLIENT: "client",
+    Span.SPAN_KIND_PRODUCER: "producer",
+    Span.SPAN_KIND_CONSUMER: "consumer",
+    Span.SPAN_KIND_INTERNAL: "internal",
+}
 
 
 class Collector:
@@ -146,12 +151,17 @@ def test_one_upload_is_one_trace_through_every_service(traced_mesh, tmp_path):
     def complete():
         spans = collector.trace(trace_id)
         services = {s["service"] for s in spans}
-        consumed = {s["attrs"].get("messaging.destination.name", "").split(".")[2] for s in spans
-                    if s["kind"] == "consumer" and s["service"] == "vidmesh-catalog"}
+        consumed = {
+            s["attrs"].get("messaging.destination.name", "").split(".")[2]
+            for s in spans
+            if s["kind"] == "consumer" and s["service"] == "vidmesh-catalog"
+        }
         ids = {s["span_id"] for s in spans}
         settled = all(not s["parent"] or s["parent"] in ids for s in spans)  # batches arrive in any order
-        delivered = any(s["service"] == "vidmesh-notifier" and "deliver_webhook" in s["name"] and s["kind"] == "consumer"
-                        for s in spans)
+        delivered = any(
+            s["service"] == "vidmesh-notifier" and "deliver_webhook" in s["name"] and s["kind"] == "consumer"
+            for s in spans
+        )
         return spans if EXPECTED_SERVICES <= services and "video_ready" in consumed and delivered and settled else None
 
     try:
@@ -195,7 +205,9 @@ def test_one_upload_is_one_trace_through_every_service(traced_mesh, tmp_path):
         if s["kind"] == "consumer" and s["service"] == "vidmesh-transcoder":
             tasks[s["attrs"]["messaging.destination.name"].split(".")[2]].append(s)
     assert {kind: len(found) for kind, found in tasks.items()} == {
-        "encode_chunk": 2, "encode_audio": 1, "stitch_renditions": 1
+        "encode_chunk": 2,
+        "encode_audio": 1,
+        "stitch_renditions": 1,
     }, tasks
     expected = {
         "encode_chunk": {"encode chunk", "upload fragments"},

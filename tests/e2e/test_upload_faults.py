@@ -28,7 +28,14 @@ import pytest
 from shared.objects import CHUNK_SIZE
 from tests.conftest import Mesh, js_run, nats_servers, service_pids, wait_for
 from tests.uploads import (
-    CuttingProxy, create, head, make_padded_clip, patch, sha256_file, source_sha256, wait_ready,
+    CuttingProxy,
+    create,
+    head,
+    make_padded_clip,
+    patch,
+    sha256_file,
+    source_sha256,
+    wait_ready,
 )
 
 pytestmark = pytest.mark.e2e
@@ -120,8 +127,9 @@ def test_tuspy_resumes_a_200_mb_upload_after_its_connection_is_cut(fmesh, tmp_pa
     with CuttingProxy(fmesh.http_port) as proxy:
         proxy.cut_after(100 * 1000 * 1000)  # about half of the body, then the link drops
         tus = tus_client.TusClient(proxy.url + "/v1/uploads", headers={"Authorization": f"Bearer {Mesh.KEYS['alice']}"})
-        uploader = tus.uploader(str(path), metadata={"filename": "tuspy.mp4", "filetype": "video/mp4"},
-                                retries=5, retry_delay=1)
+        uploader = tus.uploader(
+            str(path), metadata={"filename": "tuspy.mp4", "filetype": "video/mp4"}, retries=5, retry_delay=1
+        )
         uploader.upload()
         assert proxy.cuts == 1
         patches = [r for r in proxy.requests if r.startswith("PATCH ")]
@@ -144,7 +152,18 @@ def test_the_cli_resumes_an_interrupted_upload_of_the_same_file(fmesh, tmp_path)
     env.pop("VIDMESH_URL", None)
     with CuttingProxy(fmesh.http_port) as proxy:
         proxy.delay_s = 0.01  # a slow link: about 6 MB/s
-        cmd = [sys.executable, "-m", "services", "upload", str(path), "--chunk-size", "4M", "--json", "--url", proxy.url]
+        cmd = [
+            sys.executable,
+            "-m",
+            "services",
+            "upload",
+            str(path),
+            "--chunk-size",
+            "4M",
+            "--json",
+            "--url",
+            proxy.url,
+        ]
         first = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         saved = data_dir / "uploads"
 

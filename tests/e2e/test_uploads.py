@@ -105,7 +105,12 @@ def test_options_tells_version_extensions_and_limits_without_a_key(umesh, doomed
         assert r.status_code == 204, r.text
         assert r.headers["tus-version"] == "1.0.0" and r.headers["tus-resumable"] == "1.0.0"
         assert set(r.headers["tus-extension"].split(",")) == {
-            "creation", "creation-with-upload", "termination", "expiration", "checksum"}
+            "creation",
+            "creation-with-upload",
+            "termination",
+            "expiration",
+            "checksum",
+        }
         assert r.headers["tus-checksum-algorithm"] == "sha256"
         assert r.headers["tus-max-size"] == str(64 * 1024 * 1024)
 
@@ -120,8 +125,11 @@ def test_creation_checks_version_length_metadata_and_key(umesh):
         r = c.post("/v1/uploads", headers={"Tus-Resumable": "0.2.2", "Upload-Length": "10"})
         assert r.status_code == 412
         for length, status, code in (
-            (None, 400, "invalid_request"), ("ten", 400, "invalid_request"), ("-5", 400, "invalid_request"),
-            ("0", 400, "empty_body"), (str(64 * 1024 * 1024 + 1), 413, "too_large"),
+            (None, 400, "invalid_request"),
+            ("ten", 400, "invalid_request"),
+            ("-5", 400, "invalid_request"),
+            ("0", 400, "empty_body"),
+            (str(64 * 1024 * 1024 + 1), 413, "too_large"),
         ):
             headers = {**TUS} if length is None else {**TUS, "Upload-Length": length}
             r = c.post("/v1/uploads", headers=headers)
@@ -152,7 +160,10 @@ def test_patches_become_a_video_and_a_repeat_makes_no_second_one(umesh, clip):
         assert r.status_code == 412 and r.headers["tus-version"] == "1.0.0"
         r = patch(c, url, 5, b"x")
         assert r.status_code == 409 and r.json()["code"] == "offset_mismatch" and r.headers["upload-offset"] == "0"
-        assert c.patch(url, content=b"x", headers={**TUS, "Content-Type": "application/offset+octet-stream"}).status_code == 400
+        assert (
+            c.patch(url, content=b"x", headers={**TUS, "Content-Type": "application/offset+octet-stream"}).status_code
+            == 400
+        )
         assert patch(c, url, 0, b"x" * (len(clip) + 1)).status_code == 413
         assert patch(c, "/v1/uploads/01m8nosuchupload000000000", 0, b"x").status_code == 404
         assert patch(bob, url, 0, b"x").status_code == 404 and head(bob, url).status_code == 404
@@ -188,8 +199,11 @@ def test_patches_become_a_video_and_a_repeat_makes_no_second_one(umesh, clip):
 
 def test_creation_with_upload_and_method_override(umesh, clip):
     with umesh.client() as c:
-        r = c.post("/v1/uploads", content=clip, headers={**TUS, "Upload-Length": str(len(clip)),
-                                                         "Content-Type": "application/offset+octet-stream"})
+        r = c.post(
+            "/v1/uploads",
+            content=clip,
+            headers={**TUS, "Upload-Length": str(len(clip)), "Content-Type": "application/offset+octet-stream"},
+        )
         assert r.status_code == 201, r.text
         assert r.headers["upload-offset"] == str(len(clip)) and r.headers["location"].startswith("/v1/uploads/")
         assert wait_ready(c, r.headers["vidmesh-video-id"], 90)["status"] == "ready"
@@ -197,8 +211,16 @@ def test_creation_with_upload_and_method_override(umesh, clip):
         assert r.status_code == 415
         # X-HTTP-Method-Override: PATCH and HEAD through POST
         url = create(c, len(clip)).headers["location"]
-        r = c.post(url, content=clip[:500], headers={**TUS, "X-HTTP-Method-Override": "PATCH", "Upload-Offset": "0",
-                                                     "Content-Type": "application/offset+octet-stream"})
+        r = c.post(
+            url,
+            content=clip[:500],
+            headers={
+                **TUS,
+                "X-HTTP-Method-Override": "PATCH",
+                "Upload-Offset": "0",
+                "Content-Type": "application/offset+octet-stream",
+            },
+        )
         assert r.status_code == 204 and r.headers["upload-offset"] == "500"
         r = c.post(url, headers={**TUS, "X-HTTP-Method-Override": "HEAD"})
         assert r.status_code == 200 and r.headers["upload-offset"] == "500"
@@ -296,7 +318,9 @@ def test_direct_upload_urls_are_one_time_and_need_no_key(umesh, clip):
         r = create(anon, len(clip), endpoint=url, Origin="https://customer.example")
         assert r.status_code == 201, r.text
         assert r.headers["location"] == f"/v1/direct-uploads/{token}"
-        assert r.headers["access-control-allow-origin"] == "*" and "Location" in r.headers["access-control-expose-headers"]
+        assert (
+            r.headers["access-control-allow-origin"] == "*" and "Location" in r.headers["access-control-expose-headers"]
+        )
         again = create(anon, len(clip), endpoint=url)
         assert again.status_code == 403 and again.json()["code"] == "already_used"
         assert anon.get(url).status_code == 405  # it reads nothing
@@ -329,8 +353,20 @@ def test_an_expired_upload_is_410_then_removed_by_the_scheduled_job(umesh, doome
         assert head(c, url).status_code == 410
         # the clean-up job, run now as if its grace period had passed (vidmesh schedules run)
         run = subprocess.run(
-            [sys.executable, "-m", "services", "schedules", "run", "upload_expiry", "--as-of", str(int(time.time()) + 600)],
-            env=umesh.env, capture_output=True, text=True, timeout=60,
+            [
+                sys.executable,
+                "-m",
+                "services",
+                "schedules",
+                "run",
+                "upload_expiry",
+                "--as-of",
+                str(int(time.time()) + 600),
+            ],
+            env=umesh.env,
+            capture_output=True,
+            text=True,
+            timeout=60,
         )
         assert run.returncode == 0, run.stdout + run.stderr
         assert head(c, url).status_code == 404

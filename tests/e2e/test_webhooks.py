@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from shared import topology
 from services.notifier.signature import verify
+from shared import topology
 from tests.clips import make_clip
 from tests.conftest import Mesh, js_run, nats_servers, wait_for
 
@@ -81,7 +81,11 @@ def delivered(hooks_mesh, receiver, tmp_path_factory):
     clip = make_clip(str(tmp_path_factory.mktemp("clips") / "tiny.mp4"), width=160, height=120, seconds=0.5)
     hooks = {}
     with hooks_mesh.client() as c:
-        for path, events in (("/ok", ["video.ready", "video.deleted"]), ("/flaky", ["video.ready"]), ("/down", ["video.ready"])):
+        for path, events in (
+            ("/ok", ["video.ready", "video.deleted"]),
+            ("/flaky", ["video.ready"]),
+            ("/down", ["video.ready"]),
+        ):
             r = c.post("/v1/webhooks", json={"url": receiver.url + path, "events": events, "description": path})
             assert r.status_code == 201, r.text
             hooks[path] = r.json()
@@ -196,7 +200,9 @@ def test_a_receiver_that_always_fails_ends_in_the_dead_letter_stream(hooks_mesh,
     assert len(receiver.got("/down")) == MAX_ATTEMPTS
 
     async def letter(js):
-        return await js.get_last_msg(topology.DEADLETTER, f"{topology.DEADLETTER_SUBJECT}.{topology.TASKS_WEBHOOK}.notifier")
+        return await js.get_last_msg(
+            topology.DEADLETTER, f"{topology.DEADLETTER_SUBJECT}.{topology.TASKS_WEBHOOK}.notifier"
+        )
 
     msg = js_run(nats_servers(hooks_mesh), letter)
     assert msg.headers["Vidmesh-Dead-Reason"].startswith("retries_exhausted")
@@ -207,7 +213,12 @@ def test_a_receiver_that_always_fails_ends_in_the_dead_letter_stream(hooks_mesh,
 def test_a_private_address_is_refused_without_the_opt_in(mesh):
     """The session mesh runs without VIDMESH_WEBHOOK_ALLOW_PRIVATE."""
     with mesh.client() as c:
-        for url in ("http://127.0.0.1:9/hook", "http://localhost/hook", "http://169.254.169.254/latest", "http://[::1]/"):
+        for url in (
+            "http://127.0.0.1:9/hook",
+            "http://localhost/hook",
+            "http://169.254.169.254/latest",
+            "http://[::1]/",
+        ):
             r = c.post("/v1/webhooks", json={"url": url})
             assert r.status_code == 422 and r.json()["code"] == "private_address", (url, r.text)
         assert c.get("/v1/webhooks").json()["items"] == []

@@ -8,16 +8,14 @@ import time
 
 import pytest
 from nats.js import api
-
-from services import mesh, provision
-from shared import contracts, topology
-from shared.bus import Bus, RpcError
-from shared.consumer import ConsumerLoop, Poison, Retry
-from shared.declaration import ConsumerSpec, Declaration
-from shared.contracts import GetVideo, Video, VideoReady
 from prometheus_client import REGISTRY
 
-from shared import objects
+from services import mesh, provision
+from shared import contracts, objects, topology
+from shared.bus import Bus, RpcError
+from shared.consumer import ConsumerLoop, Poison, Retry
+from shared.contracts import GetVideo, Video, VideoReady
+from shared.declaration import ConsumerSpec, Declaration
 from shared.objects import CHUNK_SIZE, TooLarge
 from shared.service import Service
 from shared.settings import Settings
@@ -269,7 +267,12 @@ async def test_reads_seek_through_the_checkpoint_index_past_interleaved_chunks(b
     await bus.media.put_stream("t/v/seek", with_another_upload_in_the_middle())
     info = await bus.media.info("t/v/seek")
     assert other_done and info.metadata[objects.CHECKPOINTS_KEY].startswith("4:")
-    for start, end in [(0, 9), (CHUNK_SIZE * 5 - 3, CHUNK_SIZE * 6 + 3), (CHUNK_SIZE * 9, CHUNK_SIZE * 11), (size - 5, size - 1)]:
+    for start, end in [
+        (0, 9),
+        (CHUNK_SIZE * 5 - 3, CHUNK_SIZE * 6 + 3),
+        (CHUNK_SIZE * 9, CHUNK_SIZE * 11),
+        (size - 5, size - 1),
+    ]:
         before = _bytes_read()
         assert b"".join([p async for p in bus.media.read(info, start, end)]) == expected[start : end + 1]
         # from the checkpoint before `start`: at most 3 chunks ahead of it plus the range

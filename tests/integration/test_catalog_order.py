@@ -30,7 +30,9 @@ RUNGS = [RenditionSpec(name="360p", width=640, height=360), RenditionSpec(name="
 async def _planned_video(bus) -> str:
     video_id = new_video_id()
     source = SourceInfo(size=1, container="mp4", duration=2.0, width=640, height=360, fps=30.0, video_codec="h264")
-    await catalog.project(bus, VideoUploaded(video_id=video_id, tenant=TENANT, object="x", created_at=time.time(), source=source))
+    await catalog.project(
+        bus, VideoUploaded(video_id=video_id, tenant=TENANT, object="x", created_at=time.time(), source=source)
+    )
     await catalog.project(bus, VideoPlanned(video_id=video_id, tenant=TENANT, renditions=RUNGS))
     thumb = ThumbnailExtracted(video_id=video_id, tenant=TENANT, object="t", width=640, height=360, size=9)
     await catalog.project(bus, thumb)
@@ -38,8 +40,17 @@ async def _planned_video(bus) -> str:
 
 
 def _stitched(video_id: str, rung: RenditionSpec) -> RenditionStitched:
-    return RenditionStitched(video_id=video_id, tenant=TENANT, rendition=rung.name, object=f"{rung.name}.mp4",
-                             width=rung.width, height=rung.height, size=100, duration=2.0, has_audio=True)
+    return RenditionStitched(
+        video_id=video_id,
+        tenant=TENANT,
+        rendition=rung.name,
+        object=f"{rung.name}.mp4",
+        width=rung.width,
+        height=rung.height,
+        size=100,
+        duration=2.0,
+        has_audio=True,
+    )
 
 
 async def test_ready_handled_with_its_results_is_applied_after_them(bus):

@@ -47,7 +47,12 @@ def test_the_generated_users_carry_bcrypt_hashes_of_the_passwords(tmp_path):
 
 async def connect(url: str, user: str, password: str):
     return await nats.connect(
-        url, user=user, password=password, allow_reconnect=False, max_reconnect_attempts=0, connect_timeout=3,
+        url,
+        user=user,
+        password=password,
+        allow_reconnect=False,
+        max_reconnect_attempts=0,
+        connect_timeout=3,
         inbox_prefix=permissions.inbox_prefix(user),
     )
 

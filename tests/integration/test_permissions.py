@@ -19,13 +19,13 @@ import nats
 import pytest
 
 from services import mesh, nats_auth, up
-from shared import contracts, permissions, topology
 from services.nats_auth import nats_users_conf
+from shared import contracts, permissions, topology
 from shared.permissions import ADMIN
 from shared.settings import Settings
+from tests.conftest import free_ports, wait_for
 
 SERVICES = mesh.names()
-from tests.conftest import free_ports, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 COMMITTED = ("deploy/nats/auth.conf", "k8s/base/nats/auth.conf")
@@ -61,7 +61,9 @@ def secured(tmp_path_factory):
     port, monitor = free_ports(2)
     conf = store / "nats.conf"
     conf.write_text(up.nats_config(store, port, monitor, passwords))
-    proc = subprocess.Popen([up.nats_server_binary(), "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [up.nats_server_binary(), "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
 
     def healthy():
         try:
@@ -92,7 +94,11 @@ class Client:
             self.errors.append(str(exc))
 
         self.nc = await nats.connect(
-            url, user=user, password=password, error_cb=on_error, allow_reconnect=False,
+            url,
+            user=user,
+            password=password,
+            error_cb=on_error,
+            allow_reconnect=False,
             inbox_prefix=inbox or permissions.inbox_prefix(user or "anonymous"),
         )
         return self
@@ -155,8 +161,12 @@ async def test_each_service_has_what_it_needs_and_nothing_else(secured, service)
             await c.nc.publish("gateway.evt.video_uploaded.alice.x", b"{}")
             assert await c.refused("gateway.evt.video_uploaded.alice.x")
         # - ... changing or deleting the topology ...
-        for api in ("$JS.API.STREAM.DELETE.EVENTS", "$JS.API.STREAM.PURGE.EVENTS", "$JS.API.STREAM.CREATE.EVIL",
-                    "$JS.API.CONSUMER.DURABLE.CREATE.EVENTS.evil"):
+        for api in (
+            "$JS.API.STREAM.DELETE.EVENTS",
+            "$JS.API.STREAM.PURGE.EVENTS",
+            "$JS.API.STREAM.CREATE.EVIL",
+            "$JS.API.CONSUMER.DURABLE.CREATE.EVENTS.evil",
+        ):
             await c.nc.publish(api, b"{}")
             assert await c.refused(api), api
         # - ... reading a bucket it has no business in (the webhooks' signing secrets) ...
@@ -169,7 +179,12 @@ async def test_each_service_has_what_it_needs_and_nothing_else(secured, service)
             await c.nc.publish("$JS.API.CONSUMER.MSG.NEXT.TASKS_TRANSCODE.transcoder", b"{}")
             assert await c.refused("$JS.API.CONSUMER.MSG.NEXT.TASKS_TRANSCODE.transcoder")
         # - ... listening to everything, or to another service's replies and endpoints.
-        for subject in (">", "gateway.evt.>", "_INBOX.>", "_INBOX.gateway.>" if service != "gateway" else "_INBOX.catalog.>"):
+        for subject in (
+            ">",
+            "gateway.evt.>",
+            "_INBOX.>",
+            "_INBOX.gateway.>" if service != "gateway" else "_INBOX.catalog.>",
+        ):
             await c.nc.subscribe(subject)
             assert await c.refused(subject), subject
         if service != "catalog":
@@ -185,6 +200,7 @@ async def test_a_service_answers_requests_only_through_allow_responses(secured):
     gateway = await as_user(secured, "gateway")
     catalog = await as_user(secured, "catalog")
     try:
+
         async def answer(msg):
             await msg.respond(b"pong")
 
@@ -217,7 +233,10 @@ async def test_the_chunked_pipeline_s_subjects_are_open_to_exactly_their_owners(
     """Each kind of transcode task (chunk, audio, stitch) may be published by the pipeline
     alone (fan-out, and re-drive of its stuck jobs), and each transcoder result by the
     transcoder; a worker cannot hand itself work, nor forge another worker's results."""
-    tasks = [topology.SUBJECTS[k] + ".alice.v1" for k in (contracts.EncodeChunk, contracts.EncodeAudio, contracts.StitchRenditions)]
+    tasks = [
+        topology.SUBJECTS[k] + ".alice.v1"
+        for k in (contracts.EncodeChunk, contracts.EncodeAudio, contracts.StitchRenditions)
+    ]
     results = [
         topology.SUBJECTS[k] + ".alice.v1"
         for k in (contracts.ChunkProgress, contracts.ChunkEncoded, contracts.AudioEncoded, contracts.RenditionStitched)

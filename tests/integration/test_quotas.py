@@ -8,10 +8,10 @@ import asyncio
 
 import pytest
 
+from services import mesh, provision
 from services.catalog import declaration as catalog_declaration
 from services.catalog import service as catalog
 from services.gateway import quotas
-from services import mesh, provision
 from services.gateway.settings import GatewaySettings
 from shared import telemetry, topology
 from shared.bus import Bus

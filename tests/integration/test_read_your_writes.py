@@ -79,8 +79,12 @@ async def bus(server):
 
 def uploaded(video_id: str) -> VideoUploaded:
     return VideoUploaded(
-        video_id=video_id, tenant=TENANT, object=f"{TENANT}/{video_id}/source", created_at=time.time(),
-        source=SOURCE, filename="clip.mp4",
+        video_id=video_id,
+        tenant=TENANT,
+        object=f"{TENANT}/{video_id}/source",
+        created_at=time.time(),
+        source=SOURCE,
+        filename="clip.mp4",
     )
 
 
@@ -103,7 +107,9 @@ async def watched(bus, video_id: str, timeout: float = 10.0) -> None:
 
 
 async def get(bus, video_id: str, after_seq: int = 0) -> Video:
-    return await bus.request(topology.RPC_CATALOG_GET, GetVideo(tenant=TENANT, video_id=video_id, after_seq=after_seq), Video)
+    return await bus.request(
+        topology.RPC_CATALOG_GET, GetVideo(tenant=TENANT, video_id=video_id, after_seq=after_seq), Video
+    )
 
 
 async def stored(bus, video_id: str):
@@ -181,7 +187,9 @@ async def test_delete_then_get_reads_deleted_and_the_record_holds_the_delete(bus
 async def test_the_notifier_snapshots_the_video_as_the_catalog_shows_it_with_the_event(bus):
     await bus.replica(projects=False)
     video_id = new_video_id()
-    stitched = RenditionStitched(video_id=video_id, tenant=TENANT, rendition=RUNG.name, object="o", width=640, height=360, size=9)
+    stitched = RenditionStitched(
+        video_id=video_id, tenant=TENANT, rendition=RUNG.name, object="o", width=640, height=360, size=9
+    )
     history = [
         uploaded(video_id),
         VideoPlanned(video_id=video_id, tenant=TENANT, renditions=[RUNG]),

@@ -16,10 +16,10 @@ import time
 import pytest
 from nats.js.errors import KeyNotFoundError
 
+from services import mesh, provision
 from services.gateway import resumable
 from services.gateway.resumable import UploadProblem, Uploads
 from services.scheduler import jobs
-from services import mesh, provision
 from shared import telemetry, topology
 from shared.bus import Bus
 from shared.objects import CHUNK_SIZE

@@ -16,22 +16,21 @@ from nats.js import api
 from nats.js.errors import NotFoundError
 from typer.testing import CliRunner
 
+from services import mesh, provision
 from services.catalog import service as catalog
 from services.gateway.uploads import new_video_id
 from services.pipeline import jobs as pipeline_jobs
 from services.pipeline import redrive
 from services.pipeline import service as pipeline
 from services.scheduler import admin, jobs, schedules
+from services.scheduler import declaration as scheduler_declaration
 from services.scheduler import service as scheduler
+from services.thumbnailer import declaration as thumbnailer_declaration
 from services.thumbnailer import service as thumbnailer
 from services.transcoder import service as transcoder
-from services import mesh, provision
-from services.scheduler import declaration as scheduler_declaration
-from services.thumbnailer import declaration as thumbnailer_declaration
 from shared import contracts, runs, topology
 from shared.bus import Bus
 from shared.consumer import ConsumerLoop
-from shared.kvscan import entries
 from shared.contracts import (
     AUDIO_TASK,
     STITCH_TASK,
@@ -45,6 +44,7 @@ from shared.contracts import (
     VideoUploaded,
     chunk_task,
 )
+from shared.kvscan import entries
 from tests.clips import make_clip
 from tests.conftest import NatsServer
 from tests.settings import MeshSettings
@@ -105,7 +105,9 @@ async def loops(settings, spec, kind, handler, count=1, **kw):
 @pytest.fixture(scope="module")
 async def replicas(settings, bus):
     """Two scheduler replicas pulling ticks from the one work-queue consumer."""
-    async with loops(settings, scheduler_declaration.TICKS, ScheduleTick, scheduler.on_tick, count=2, concurrency=4) as b:
+    async with loops(
+        settings, scheduler_declaration.TICKS, ScheduleTick, scheduler.on_tick, count=2, concurrency=4
+    ) as b:
         yield b
 
 
@@ -145,7 +147,14 @@ async def upload(bus: Bus, tenant: str, clip: str, created_at: float | None = No
     key = topology.source_key(tenant, video_id)
     info = await bus.media.put_file(key, clip)
     source = SourceInfo(
-        size=info.size, container="mp4", duration=1.0, width=320, height=240, fps=30.0, video_codec="h264", audio_codec="aac"
+        size=info.size,
+        container="mp4",
+        duration=1.0,
+        width=320,
+        height=240,
+        fps=30.0,
+        video_codec="h264",
+        audio_codec="aac",
     )
     event = VideoUploaded(
         video_id=video_id, tenant=tenant, object=key, created_at=created_at or time.time(), source=source

@@ -57,9 +57,14 @@ async def test_a_deleted_video_holds_off_late_events_then_its_records_expire(bus
     (tmp_path / "fragment").write_bytes(b"moof")
     await bus.media.put_file(fragment, tmp_path / "fragment")
     late_chunk = ChunkEncoded(
-        video_id=gone, tenant="tomb", chunk=0, segments=[SegmentInfo(index=0, start=0.0, duration=1.0, sizes={"240p": 4})]
+        video_id=gone,
+        tenant="tomb",
+        chunk=0,
+        segments=[SegmentInfo(index=0, start=0.0, duration=1.0, sizes={"240p": 4})],
     )
-    stitched = RenditionStitched(video_id=gone, tenant="tomb", rendition="240p", object="y", width=320, height=240, size=1)
+    stitched = RenditionStitched(
+        video_id=gone, tenant="tomb", rendition="240p", object="y", width=320, height=240, size=1
+    )
     for late in (late_chunk, stitched):
         await catalog.project(bus, late)
     await pipeline.fan_in(bus, late_chunk, lambda job: jobs.chunk_done(job, late_chunk))
@@ -68,11 +73,16 @@ async def test_a_deleted_video_holds_off_late_events_then_its_records_expire(bus
     assert await bus.media.info(fragment) is None
 
     deadline = time.monotonic() + TTL_S + 10
-    while await _value(bus, topology.KV_VIDEOS, key) is not None or await _value(bus, topology.KV_JOBS, key) is not None:
+    while (
+        await _value(bus, topology.KV_VIDEOS, key) is not None or await _value(bus, topology.KV_JOBS, key) is not None
+    ):
         assert time.monotonic() < deadline, "the tombstones did not expire"
         await asyncio.sleep(0.2)
     # a live video's record has no TTL
-    assert record_decoder.decode(await _value(bus, topology.KV_VIDEOS, topology.state_key("tomb", kept))).status != "deleted"
+    assert (
+        record_decoder.decode(await _value(bus, topology.KV_VIDEOS, topology.state_key("tomb", kept))).status
+        != "deleted"
+    )
 
 
 def test_tombstones_outlive_every_event_by_default():

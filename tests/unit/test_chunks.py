@@ -31,6 +31,7 @@ import numpy as np
 import pytest
 from av.video.reformatter import ColorRange, Interpolation, VideoReformatter
 
+from media.problems import Cancelled, MediaError
 from services.pipeline.ladder import plan_ladder
 from services.pipeline.plan import plan_video
 from services.pipeline.probe import probe
@@ -39,7 +40,6 @@ from services.transcoder import chunk as chunk_mod
 from services.transcoder import cmaf
 from services.transcoder.audio import encode_audio
 from services.transcoder.chunk import encode_chunk
-from media.problems import Cancelled, MediaError
 from services.transcoder.stitch import stitch
 from tests.clips import make_audio_only, make_clip, make_truncated, make_vfr_clip
 
@@ -116,7 +116,10 @@ def run_pipeline(src, out: Path, *, chunk_s: float, segment_s: float = SEGMENT_S
         _concat(parts, track)
         dst = out / f"{rung.name}.mp4"
         run.stitched[rung.name] = stitch(
-            str(track), str(dst), audio=str(audio_track) if audio_track else None, audio_priming=sound.priming if sound else 0
+            str(track),
+            str(dst),
+            audio=str(audio_track) if audio_track else None,
+            audio_priming=sound.priming if sound else 0,
         )
         run.outputs[rung.name] = dst
     run.seconds = time.monotonic() - started
@@ -324,21 +327,31 @@ class Case:
 CLIPS = {
     "landscape 640x480 b-frames, 2 rungs, veryfast": Case(
         lambda p: make_clip(p / "src.mp4", width=640, height=480, seconds=3.4, gop=20, bframes=2),
-        1.0, 3, [(640, 480), (480, 360)], "top-left", preset="veryfast",
+        1.0,
+        3,
+        [(640, 480), (480, 360)],
+        "top-left",
+        preset="veryfast",
     ),
     "portrait (rotation 90)": Case(
         lambda p: make_clip(p / "src.mp4", seconds=2.5, rotation=90, gop=20), 1.0, 2, [(240, 320)], "top-right"
     ),
     "portrait (rotation 270), 2 rungs": Case(
         lambda p: make_clip(p / "src.mp4", width=640, height=480, seconds=2.5, rotation=270, gop=20, audio=False),
-        1.0, 2, [(480, 640), (360, 480)], "bottom-left",
+        1.0,
+        2,
+        [(480, 640), (360, 480)],
+        "bottom-left",
     ),
     "anamorphic (SAR 4:3)": Case(
         lambda p: make_clip(p / "src.mp4", seconds=2.5, sar=(4, 3), gop=20), 1.0, 2, [(426, 240)], "top-left"
     ),
     "29.97 fps b-frames in mkv (audio priming as a negative start)": Case(
         lambda p: make_clip(p / "src.mkv", fps=Fraction(30000, 1001), seconds=3.3, gop=20, bframes=2),
-        1.0, 3, [(320, 240)], "top-left",
+        1.0,
+        3,
+        [(320, 240)],
+        "top-left",
     ),
     "vfr mp4": Case(lambda p: make_vfr_clip(p / "src.mp4", seconds=3.3), 1.0, 3, [(320, 240)], "top-left"),
     "vfr mp4, veryfast": Case(
@@ -350,14 +363,20 @@ CLIPS = {
     "vfr with a still stretch longer than a chunk": Case(
         # 1 s of frames, none for 2.5 s (a screen recording of a still screen), 1 s again
         lambda p: make_vfr_clip(p / "src.mp4", seconds=4.5, intervals_ms=(33,) * 30 + (2500,) + (33,) * 29),
-        1.0, 5, [(320, 240)], "top-left",
+        1.0,
+        5,
+        [(320, 240)],
+        "top-left",
     ),
     "no audio": Case(
         lambda p: make_clip(p / "src.mp4", seconds=2.5, audio=False, gop=20), 1.0, 2, [(320, 240)], "top-left"
     ),
     "odd size 333x199 (mpeg4 in mkv)": Case(
         lambda p: make_clip(p / "src.mkv", width=333, height=199, seconds=2.6, codec="mpeg4", gop=20),
-        1.0, 3, [(332, 198)], "top-left",
+        1.0,
+        3,
+        [(332, 198)],
+        "top-left",
     ),
     "single frame": Case(lambda p: make_clip(p / "src.mp4", seconds=1 / 30), 1.0, 1, [(320, 240)], "top-left"),
     "5.3 s in 2 s chunks, veryfast": Case(
@@ -368,7 +387,10 @@ CLIPS = {
     ),
     "webm vp9 (one keyframe: one chunk)": Case(
         lambda p: make_clip(p / "src.webm", seconds=2.5, codec="libvpx-vp9", audio=False),
-        1.0, 1, [(320, 240)], "top-left",
+        1.0,
+        1,
+        [(320, 240)],
+        "top-left",
     ),
 }
 
@@ -441,7 +463,11 @@ def test_chunks_meet_without_gap_or_overlap(clip_run):
     assert [s.index for s in segments] == sorted(starts)
     assert max(starts) == run.plan.segments - 1
     for c in run.chunks:
-        mine = [t for t in source.times if (c.span.index == 0 or t >= c.span.start) and (c.span.end is None or t < c.span.end)]
+        mine = [
+            t
+            for t in source.times
+            if (c.span.index == 0 or t >= c.span.start) and (c.span.end is None or t < c.span.end)
+        ]
         assert c.result.frames == len(mine)
         assert [s.index for s in c.result.segments] == [i for i in sorted(starts) if starts[i] in mine]
     assert [s.start for s in segments] == pytest.approx([float(starts[i]) for i in sorted(starts)], abs=float(EXACT))
@@ -613,7 +639,9 @@ def test_codec_strings_name_the_profile_and_level_of_each_rung(tmp_path):
     """The HLS CODECS attribute comes from each rung's avcC: profile from the ladder (high
     for 720p, main below), level from the ladder; at the product's preset."""
     src = make_clip(tmp_path / "hd.mp4", width=1280, height=720, seconds=0.4, audio=False)
-    result = encode_chunk(src, str(tmp_path / "out"), rungs=plan_ladder(1280, 720), segment_s=SEGMENT_S, preset="veryfast")
+    result = encode_chunk(
+        src, str(tmp_path / "out"), rungs=plan_ladder(1280, 720), segment_s=SEGMENT_S, preset="veryfast"
+    )
     assert result.codecs == {"720p": "avc1.640020", "480p": "avc1.4d401f", "360p": "avc1.4d401f"}
 
 
@@ -697,11 +725,15 @@ def test_a_truncated_source_gives_what_is_there_and_says_how_much_is_missing(tmp
         if c.span.end is not None and c.span.end <= cut - 0.1:
             assert (result.frames, result.warnings) == (30, []), f"chunk {c.span.index} before the cut"
         elif c.span.start >= cut:
-            assert (result.frames, result.segments, result.warnings) == (0, [], []), f"chunk {c.span.index} past the cut"
+            assert (result.frames, result.segments, result.warnings) == (0, [], []), (
+                f"chunk {c.span.index} past the cut"
+            )
         else:
             (warning,) = result.warnings
             assert warning.code == "truncated"
-            assert re.fullmatch(r"the video ends at [\d.]+ s of the 4\.0\d s its file declares \([\d.]+ s missing\)", warning.message)
+            assert re.fullmatch(
+                r"the video ends at [\d.]+ s of the 4\.0\d s its file declares \([\d.]+ s missing\)", warning.message
+            )
             assert result.end == pytest.approx(float(cut), abs=1 / 30)
     assert sum(c.result.frames for c in run.chunks) == round(cut * 30)
     assert [w.code for w in run.audio.warnings] == ["truncated"]
@@ -772,7 +804,12 @@ def test_progress_counts_finished_segments(tmp_path, monkeypatch):
     src = make_clip(tmp_path / "src.mp4", seconds=3.0, audio=False, gop=15)
     seen = []
     result = encode_chunk(
-        src, str(tmp_path / "out"), rungs=plan_ladder(320, 240), segment_s=SEGMENT_S, preset="ultrafast", on_progress=seen.append
+        src,
+        str(tmp_path / "out"),
+        rungs=plan_ladder(320, 240),
+        segment_s=SEGMENT_S,
+        preset="ultrafast",
+        on_progress=seen.append,
     )
     assert len(result.segments) == 3
     assert seen == [1, 2]  # the last segment is finished when the chunk returns
@@ -788,7 +825,9 @@ def test_should_stop_cancels_quickly(tmp_path):
 
     started = time.monotonic()
     with pytest.raises(Cancelled):
-        encode_chunk(src, str(tmp_path / "out"), rungs=plan_ladder(320, 240), segment_s=SEGMENT_S, should_stop=should_stop)
+        encode_chunk(
+            src, str(tmp_path / "out"), rungs=plan_ladder(320, 240), segment_s=SEGMENT_S, should_stop=should_stop
+        )
     assert time.monotonic() - started < 1.0
     assert len(calls) == 6
     assert not list((tmp_path / "out").rglob("*.m4s"))
@@ -806,9 +845,15 @@ def test_x264_threads_follow_the_cpus_the_transcoder_may_use():
     assert x264_options(rung, "veryfast", threads=2)["threads"] == "2"
     assert "threads" not in x264_options(rung, "veryfast")  # 0: x264's own choice
     pinned = subprocess.run(
-        [sys.executable, "-c", "import os; os.sched_setaffinity(0, {min(os.sched_getaffinity(0))});"
-         "from services.transcoder.service import cpu_budget; print(cpu_budget())"],
-        capture_output=True, text=True, check=True,
+        [
+            sys.executable,
+            "-c",
+            "import os; os.sched_setaffinity(0, {min(os.sched_getaffinity(0))});"
+            "from services.transcoder.service import cpu_budget; print(cpu_budget())",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
     )
     assert pinned.stdout.strip() == "1"
 

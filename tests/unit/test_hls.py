@@ -38,7 +38,9 @@ def test_every_uri_carries_the_query_so_a_token_reaches_each_request():
     pl = m3u8.loads(text)
     assert pl.segment_map[0].uri == "init.mp4?token=abc"
     assert all(s.uri.endswith("?token=abc") for s in pl.segments)
-    master = m3u8.loads(master_playlist([Variant("720p", 1280, 720, "avc1.64001f", SEGS)], audio=AUDIO, query="?token=abc"))
+    master = m3u8.loads(
+        master_playlist([Variant("720p", 1280, 720, "avc1.64001f", SEGS)], audio=AUDIO, query="?token=abc")
+    )
     assert master.playlists[0].uri == "720p/playlist.m3u8?token=abc"
     assert master.media[0].uri == "audio/playlist.m3u8?token=abc"
 

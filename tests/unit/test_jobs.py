@@ -39,7 +39,8 @@ def chunk(i: int, inits: dict | None = None) -> ChunkEncoded:
     first = i * 3
     count = 1 if i == 2 else 3
     segments = [
-        SegmentInfo(index=s, start=2.0 * s, duration=2.0, sizes={r: 100 for r in INITS}) for s in range(first, first + count)
+        SegmentInfo(index=s, start=2.0 * s, duration=2.0, sizes={r: 100 for r in INITS})
+        for s in range(first, first + count)
     ]
     return ChunkEncoded(video_id=V, tenant=T, chunk=i, segments=segments, inits=INITS if inits is None else inits)
 
@@ -51,7 +52,13 @@ AUDIO = AudioEncoded(
 
 def stitched(rendition: str) -> RenditionStitched:
     return RenditionStitched(
-        video_id=V, tenant=T, rendition=rendition, object=topology.rendition_key(T, V, rendition), width=2, height=2, size=1
+        video_id=V,
+        tenant=T,
+        rendition=rendition,
+        object=topology.rendition_key(T, V, rendition),
+        width=2,
+        height=2,
+        size=1,
     )
 
 
@@ -184,9 +191,12 @@ def test_redelivered_results_change_nothing():
     assert jobs.task_done(job, THUMBNAIL_TASK, "thumb") == job
     ready = stitch_all(job)
     assert ready.status == "ready"
-    for late in (lambda j: jobs.chunk_done(j, chunk(1)), lambda j: jobs.audio_done(j, AUDIO),
-                 lambda j: jobs.rendition_stitched(j, stitched("360p")),
-                 lambda j: jobs.task_failed(j, "chunk:0", ErrorInfo(code="x", message="y"))):
+    for late in (
+        lambda j: jobs.chunk_done(j, chunk(1)),
+        lambda j: jobs.audio_done(j, AUDIO),
+        lambda j: jobs.rendition_stitched(j, stitched("360p")),
+        lambda j: jobs.task_failed(j, "chunk:0", ErrorInfo(code="x", message="y")),
+    ):
         assert late(ready) == ready
 
 
@@ -231,7 +241,9 @@ def test_warnings_of_every_task_reach_the_ready_video_in_task_order():
 
     from shared.contracts import WarningInfo
 
-    cut = WarningInfo(code="truncated", message="chunk:2: the video ends at 13.00 s of the 14.00 s its file declares (1.00 s missing)")
+    cut = WarningInfo(
+        code="truncated", message="chunk:2: the video ends at 13.00 s of the 14.00 s its file declares (1.00 s missing)"
+    )
     damaged = WarningInfo(code="damaged_packets", message="audio: 1 undecodable audio packet was skipped")
     early = WarningInfo(code="damaged_packets", message="chunk:0: 2 undecodable video packets were skipped")
     job = new()

@@ -39,7 +39,13 @@ def spans(plan) -> list[tuple[int, float, float | None, int]]:
 
 def test_chunks_start_on_multiples_of_the_segment_and_cover_the_timeline():
     plan = plan_video(source(20.0), chunk_s=4.0, segment_s=2.0)
-    assert spans(plan) == [(0, 0.0, 4.0, 0), (1, 4.0, 8.0, 2), (2, 8.0, 12.0, 4), (3, 12.0, 16.0, 6), (4, 16.0, None, 8)]
+    assert spans(plan) == [
+        (0, 0.0, 4.0, 0),
+        (1, 4.0, 8.0, 2),
+        (2, 8.0, 12.0, 4),
+        (3, 12.0, 16.0, 6),
+        (4, 16.0, None, 8),
+    ]
     assert plan.segments == 10 and plan.segment_s == 2.0
     for c in plan.chunks:
         assert c.start == c.first_segment * plan.segment_s
@@ -85,7 +91,9 @@ def test_the_video_stream_s_own_end_decides_over_the_container_duration():
     assert plan.duration == 15.0  # the task messages carry the whole source's duration
 
 
-@pytest.mark.parametrize("chunk_s, segment_s", [(5.0, 2.0), (3.0, 6.0), (6.0, 4.0), (0.0, 2.0), (6.0, 0.0), (-6.0, 2.0)])
+@pytest.mark.parametrize(
+    "chunk_s, segment_s", [(5.0, 2.0), (3.0, 6.0), (6.0, 4.0), (0.0, 2.0), (6.0, 0.0), (-6.0, 2.0)]
+)
 def test_a_chunk_that_is_not_a_positive_multiple_of_the_segment_is_refused(chunk_s, segment_s):
     with pytest.raises(ValueError):
         plan_video(source(30.0), chunk_s=chunk_s, segment_s=segment_s)

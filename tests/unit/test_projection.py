@@ -33,7 +33,11 @@ from shared.contracts import (
 V, T = "01abc", "acme"
 SPECS = [RenditionSpec(name="720p", width=1280, height=720), RenditionSpec(name="360p", width=640, height=360)]
 UPLOADED = VideoUploaded(
-    video_id=V, tenant=T, object="acme/01abc/source", created_at=100.0, source=SourceInfo(size=10, width=1280, height=720)
+    video_id=V,
+    tenant=T,
+    object="acme/01abc/source",
+    created_at=100.0,
+    source=SourceInfo(size=10, width=1280, height=720),
 )
 # 4 segments of 6 s in two chunks of two segments each
 PLANNED = VideoPlanned(video_id=V, tenant=T, renditions=SPECS, chunks=2, segments=4, segment_s=6.0, audio=True)
@@ -51,9 +55,7 @@ CHUNK_0 = ChunkEncoded(
     inits={"720p": "a" * 64, "360p": "b" * 64},
     codecs={"720p": "avc1.64001f", "360p": "avc1.4d401e"},
 )
-CHUNK_1 = ChunkEncoded(
-    video_id=V, tenant=T, chunk=1, segments=[segment(2, "720p", "360p"), segment(3, "720p", "360p")]
-)
+CHUNK_1 = ChunkEncoded(video_id=V, tenant=T, chunk=1, segments=[segment(2, "720p", "360p"), segment(3, "720p", "360p")])
 AUDIO = AudioEncoded(video_id=V, tenant=T, segments=[segment(i, "audio", size=2) for i in range(4)])
 STITCHED_720 = RenditionStitched(
     video_id=V, tenant=T, rendition="720p", object="o720", width=1280, height=720, size=5, duration=24.0, has_audio=True
@@ -195,7 +197,9 @@ def test_progress_only_moves_forward_and_stops_at_terminal():
 
 
 def test_failed_keeps_its_reason_and_delete_wins_over_everything():
-    failed = fold([UPLOADED, PLANNED, VideoFailed(video_id=V, tenant=T, error=ErrorInfo(code="bad_media", message="x"))])
+    failed = fold(
+        [UPLOADED, PLANNED, VideoFailed(video_id=V, tenant=T, error=ErrorInfo(code="bad_media", message="x"))]
+    )
     assert failed.status == "failed" and failed.error.code == "bad_media"
     assert apply(failed, progress(0, 1), 1) is None
     assert to_view(failed).progress == {}
@@ -241,7 +245,9 @@ def test_objects_of_a_video_include_every_cmaf_fragment():
     # deleted halfway: what was stored so far, so nothing is orphaned
     half = fold([UPLOADED, PLANNED, CHUNK_0, VideoDeleted(video_id=V, tenant=T)])
     assert set(half.objects()) == {"acme/01abc/source"} | {
-        key for track in ("720p", "360p") for key in (topology.init_key(T, V, track), *(topology.segment_key(T, V, track, i) for i in (0, 1)))
+        key
+        for track in ("720p", "360p")
+        for key in (topology.init_key(T, V, track), *(topology.segment_key(T, V, track, i) for i in (0, 1)))
     }
 
 
@@ -250,7 +256,10 @@ def test_warnings_show_as_tasks_report_them_and_as_the_ready_event_lists_them():
 
     from shared.contracts import WarningInfo
 
-    cut = WarningInfo(code="truncated", message="chunk:1: the video ends at 20.00 s of the 720.00 s its file declares (700.00 s missing)")
+    cut = WarningInfo(
+        code="truncated",
+        message="chunk:1: the video ends at 20.00 s of the 720.00 s its file declares (700.00 s missing)",
+    )
     damaged = WarningInfo(code="damaged_packets", message="audio: 1 undecodable audio packet was skipped")
     history = [UPLOADED, PLANNED, CHUNK_0, replace(CHUNK_1, warnings=[cut]), replace(AUDIO, warnings=[damaged])]
     processing = to_view(fold(history))

@@ -48,7 +48,11 @@ def test_lag_dead_letters_and_silence():
     obs.seen("gateway", 100)
     obs.seen("thumbnailer", 50)
     firing = evaluate(obs, 100, T)
-    assert set(firing) == {("consumer_lag", "transcoder"), ("dead_letters", "DEADLETTER"), ("service_silent", "thumbnailer")}
+    assert set(firing) == {
+        ("consumer_lag", "transcoder"),
+        ("dead_letters", "DEADLETTER"),
+        ("service_silent", "thumbnailer"),
+    }
 
 
 def test_diff_announces_changes_once_and_keeps_since():

@@ -7,13 +7,13 @@ import asyncio
 import msgspec
 import pytest
 
+from services import provision
 from services.gateway.auth import ApiKeys
 from services.gateway.media import RangeNotSatisfiable, event_name, parse_range, sse
 from services.gateway.settings import GatewaySettings
 from services.gateway.uploads import MultipartFile, accepted, new_video_id
 from services.pipeline.settings import PipelineSettings
 from services.transcoder.settings import TranscoderSettings
-from services import provision
 from services.up import nats_config
 from shared import contracts, topology
 from shared.consumer import backoff
@@ -147,14 +147,16 @@ def test_sse_framing():
 
 
 def test_accepted_content_types():
-    assert accepted("video/mp4") and accepted("application/octet-stream") and accepted("multipart/form-data; boundary=x")
+    assert (
+        accepted("video/mp4") and accepted("application/octet-stream") and accepted("multipart/form-data; boundary=x")
+    )
     assert not accepted("text/plain") and not accepted(None) and not accepted("application/x-www-form-urlencoded")
 
 
 def test_multipart_streams_only_the_file_part():
     body = (
-        b"--XyZ\r\nContent-Disposition: form-data; name=\"title\"\r\n\r\nhello\r\n"
-        b"--XyZ\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.mp4\"\r\n"
+        b'--XyZ\r\nContent-Disposition: form-data; name="title"\r\n\r\nhello\r\n'
+        b'--XyZ\r\nContent-Disposition: form-data; name="file"; filename="a.mp4"\r\n'
         b"Content-Type: video/mp4\r\n\r\n" + b"V" * 5000 + b"\r\n--XyZ--\r\n"
     )
 

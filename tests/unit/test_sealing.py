@@ -73,7 +73,11 @@ def test_vidmesh_webhook_key_prints_a_fresh_valid_key():
     import subprocess
     import sys
 
-    run = lambda: subprocess.run([sys.executable, "-m", "services", "webhook-key"], capture_output=True, text=True, timeout=60)
+    def run():
+        return subprocess.run(
+            [sys.executable, "-m", "services", "webhook-key"], capture_output=True, text=True, timeout=60
+        )
+
     first, second = run(), run()
     assert first.returncode == 0, first.stderr
     assert len(parse_key(first.stdout.strip())) == 32 and first.stdout != second.stdout

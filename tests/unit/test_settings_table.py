@@ -29,7 +29,9 @@ def configuration_table() -> list[tuple[list[str], str]]:
 def test_the_table_lists_every_variable_the_settings_read_and_no_other():
     documented = {name for names, _ in configuration_table() for name in names}
     read = set(variables())
-    assert not read - documented, f"read by a settings class, missing from the README's table: {sorted(read - documented)}"
+    assert not read - documented, (
+        f"read by a settings class, missing from the README's table: {sorted(read - documented)}"
+    )
     stale = {name for name in documented - read if not name.startswith(NOT_SETTINGS)}
     assert not stale, f"in the README's table, read by no settings class: {sorted(stale)}"
 

@@ -26,8 +26,14 @@ def test_upload_metadata_pairs_decode_and_bad_ones_are_400():
     raw = f"filename {b64('a clip, é.mp4')},filetype {b64('video/mp4')}, flag"
     assert parse_metadata(raw) == {"filename": "a clip, é.mp4", "filetype": "video/mp4", "flag": ""}
     assert parse_metadata(None) == {} and parse_metadata("  ") == {}
-    for bad in ("filename !!!", f"filename {b64('a')},filename {b64('b')}", "a,,b", "k a b",
-                "k " + base64.b64encode(bytes([255])).decode(), "x" * 5000):
+    for bad in (
+        "filename !!!",
+        f"filename {b64('a')},filename {b64('b')}",
+        "a,,b",
+        "k a b",
+        "k " + base64.b64encode(bytes([255])).decode(),
+        "x" * 5000,
+    ):
         with pytest.raises(ApiError) as exc:
             parse_metadata(bad)
         assert exc.value.status == 400 and exc.value.code == "invalid_metadata", bad
@@ -48,10 +54,22 @@ def test_upload_checksum_is_sha256_only():
 
 
 def test_only_upload_bodies_stream_past_the_json_limit():
-    streamed = [("POST", "/v1/videos"), ("POST", "/v1/uploads"), ("PATCH", "/v1/uploads/abc"),
-                ("POST", "/v1/uploads/abc"), ("PATCH", "/v1/direct-uploads/tok_en-1"), ("POST", "/v1/direct-uploads/t")]
-    bounded = [("POST", "/v1/direct-uploads"), ("POST", "/v1/webhooks"), ("PATCH", "/v1/videos/x"),
-               ("POST", "/v1/uploads/a/b"), ("DELETE", "/v1/uploads/abc"), ("POST", "/v1/tokens")]
+    streamed = [
+        ("POST", "/v1/videos"),
+        ("POST", "/v1/uploads"),
+        ("PATCH", "/v1/uploads/abc"),
+        ("POST", "/v1/uploads/abc"),
+        ("PATCH", "/v1/direct-uploads/tok_en-1"),
+        ("POST", "/v1/direct-uploads/t"),
+    ]
+    bounded = [
+        ("POST", "/v1/direct-uploads"),
+        ("POST", "/v1/webhooks"),
+        ("PATCH", "/v1/videos/x"),
+        ("POST", "/v1/uploads/a/b"),
+        ("DELETE", "/v1/uploads/abc"),
+        ("POST", "/v1/tokens"),
+    ]
     assert all(streams_body(m, p) for m, p in streamed)
     assert not any(streams_body(m, p) for m, p in bounded)
 

@@ -125,7 +125,9 @@ def test_a_recording_cut_short_gives_what_is_there_and_says_how_much_is_missing(
     assert chunk.result.frames == len(there) and 60 < len(there) < 90
     (warning,) = chunk.result.warnings
     assert warning.code == "truncated"
-    m = re.fullmatch(r"the video ends at ([\d.]+) s of the 720\.00 s its file declares \(([\d.]+) s missing\)", warning.message)
+    m = re.fullmatch(
+        r"the video ends at ([\d.]+) s of the 720\.00 s its file declares \(([\d.]+) s missing\)", warning.message
+    )
     assert m and float(m[1]) == pytest.approx(end, abs=0.05) and float(m[2]) == pytest.approx(720 - end, abs=0.05)
     assert [w.code for w in run.audio.warnings] == ["truncated"]
     for stitched in run.stitched.values():

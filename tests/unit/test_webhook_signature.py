@@ -11,12 +11,12 @@ import pytest
 from services import mesh, provision
 from services.notifier import outbound
 from services.notifier.settings import NotifierSettings
+from services.notifier.signature import SignatureError, parse, sign, verify
 from services.scheduler import jobs, schedules
 from services.scheduler.settings import SchedulerSettings
 from shared import topology
 from shared.contracts import Rendition, SourceInfo, Video
 from shared.declaration import matches
-from services.notifier.signature import SignatureError, parse, sign, verify
 from shared.settings import ConfigError
 
 SECRET = "whsec_test-secret"
@@ -82,7 +82,8 @@ def test_the_address_guard(address, refused):
 
 
 @pytest.mark.parametrize(
-    "url", ["ftp://example.com/x", "http://", "https://user:pw@example.com/", "http://example.com/#frag", "x" * 3000, ""]
+    "url",
+    ["ftp://example.com/x", "http://", "https://user:pw@example.com/", "http://example.com/#frag", "x" * 3000, ""],
 )
 def test_unusable_webhook_urls_are_refused(url):
     with pytest.raises(outbound.InvalidUrl):
@@ -149,12 +150,16 @@ def test_tick_ttl_covers_a_few_intervals_within_bounds():
 def _video(vid: str, created_at: float, duration: float = 10.0, sizes=(1000, 500)) -> Video:
     source = SourceInfo(size=sizes[0], duration=duration)
     rendition = Rendition(name="240p", width=320, height=240, url="u", size=sizes[1], duration=duration)
-    return Video(id=vid, status="ready", created_at=created_at, updated_at=created_at, source=source, renditions=[rendition])
+    return Video(
+        id=vid, status="ready", created_at=created_at, updated_at=created_at, source=source, renditions=[rendition]
+    )
 
 
 def test_retention_cutoff_and_per_tenant_days():
     s = SchedulerSettings.load({"VIDMESH_RETENTION_DAYS": "30", "VIDMESH_RETENTION_DAYS_BY_TENANT": "acme:7,bob:0"})
-    assert jobs.retention_days(s, "acme") == 7 and jobs.retention_days(s, "bob") == 0 and jobs.retention_days(s, "x") == 30
+    assert (
+        jobs.retention_days(s, "acme") == 7 and jobs.retention_days(s, "bob") == 0 and jobs.retention_days(s, "x") == 30
+    )
     now = 100 * 86400.0
     assert jobs.expired(_video("a", now - 8 * 86400), now, 7)
     assert not jobs.expired(_video("b", now - 6 * 86400), now, 7)
