@@ -1,13 +1,16 @@
 """The gateway's Service and what its route modules share: the error type and its JSON body,
-the API-key and read-token dependencies, the connected bus, and one video from the catalog.
-Imported by service.py, playback.py and webhooks.py; it imports none of them."""
+the API-key and read-token dependencies (as route parameter types), the connected bus, the
+router of media routes, and one video from the catalog. Imported by service.py and the route
+modules; it imports none of them."""
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
+from typing import Annotated
 
-from fastapi import Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response
 
 from shared import topology
@@ -85,6 +88,26 @@ async def connected_bus() -> Bus:
         retry = {"Retry-After": str(service.settings.retry_after_s)}
         raise ApiError(503, "unavailable", "NATS is not connected (reconnecting); nothing was accepted, retry", retry)
     return service.bus
+
+
+# What a route declares to take the caller's tenant and the bus: the dependencies above,
+# named once for every route module.
+Tenant = Annotated[str, Depends(authenticate)]
+ReadTenant = Annotated[str, Depends(authenticate_read)]
+ConnectedBus = Annotated[Bus, Depends(connected_bus)]
+
+
+class MediaRouter(APIRouter):
+    """The router of routes that serve media, which a player may ask for as HEAD too."""
+
+    def get_and_head(self, path: str, **route) -> Callable:
+        """Register one endpoint as GET and HEAD of `path` (two routes, each with its own
+        operation): HEAD answers the same headers without the body."""
+
+        def register(endpoint: Callable) -> Callable:
+            return self.get(path, **route)(self.head(path, **route)(endpoint))
+
+        return register
 
 
 def json_response(obj, status: int = 200, headers: dict | None = None) -> Response:

@@ -5,7 +5,7 @@ arithmetic, SSE framing) are in media.py; wired into the gateway in service.py."
 from __future__ import annotations
 
 import msgspec
-from fastapi import APIRouter, Depends, Request
+from fastapi import Request
 from fastapi.responses import Response, StreamingResponse
 from nats.errors import TimeoutError as NatsTimeout
 
@@ -14,40 +14,28 @@ from shared.bus import Bus, RpcError
 from shared.contracts import Event, Video, VideoDeleted, VideoFailed, VideoReady, decoder, encode
 
 from . import schemas
-from .app import ApiError, authenticate_read, connected_bus, fetch_video
+from .app import ApiError, ConnectedBus, MediaRouter, ReadTenant, fetch_video
 from .media import RangeNotSatisfiable, event_name, parse_range, sse
 
-router = APIRouter()
+router = MediaRouter()
 
 TERMINAL_EVENTS = (VideoReady, VideoFailed, VideoDeleted)
 
 
-@router.get(
+@router.get_and_head(
     "/v1/videos/{video_id}/renditions/{name}", responses=schemas.RENDITION, summary="Download a rendition (Range)"
 )
-@router.head(
-    "/v1/videos/{video_id}/renditions/{name}", responses=schemas.RENDITION, summary="Download a rendition (Range)"
-)  # the size without the body
-async def rendition(
-    video_id: str,
-    name: str,
-    request: Request,
-    tenant: str = Depends(authenticate_read),
-    bus: Bus = Depends(connected_bus),
-):
+async def rendition(video_id: str, name: str, request: Request, tenant: ReadTenant, bus: ConnectedBus):
     video = await fetch_video(bus, tenant, video_id)
     if not any(r.name == name for r in video.renditions):
         raise ApiError(404, "not_found", f"video {video_id} has no rendition {name!r} (yet)")
     return await serve(bus, request, topology.rendition_key(tenant, video_id, name), "video/mp4")
 
 
-@router.get("/v1/videos/{video_id}/thumbnail", responses=schemas.THUMBNAIL, summary="The first frame as a JPEG")
-@router.head(
+@router.get_and_head(
     "/v1/videos/{video_id}/thumbnail", responses=schemas.THUMBNAIL, summary="The first frame as a JPEG"
-)  # the size without the body
-async def thumbnail(
-    video_id: str, request: Request, tenant: str = Depends(authenticate_read), bus: Bus = Depends(connected_bus)
-):
+)
+async def thumbnail(video_id: str, request: Request, tenant: ReadTenant, bus: ConnectedBus):
     video = await fetch_video(bus, tenant, video_id)
     if video.thumbnail is None:
         raise ApiError(404, "not_found", f"video {video_id} has no thumbnail (yet)")
@@ -94,9 +82,7 @@ async def serve(
     responses=schemas.EVENTS,
     summary="Server-Sent Events: history, then live, until a terminal state",
 )
-async def events(
-    video_id: str, request: Request, tenant: str = Depends(authenticate_read), bus: Bus = Depends(connected_bus)
-):
+async def events(video_id: str, request: Request, tenant: ReadTenant, bus: ConnectedBus):
     video = await fetch_video(bus, tenant, video_id)
     return StreamingResponse(
         _event_stream(bus, tenant, video),

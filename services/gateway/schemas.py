@@ -230,7 +230,6 @@ _HEAD_OK = {
     }
 }
 TUS_HEAD = responses(_HEAD_OK, 404, 410, 412, 423)
-TUS_HEAD_DIRECT = TUS_HEAD
 _PATCHED = {
     204: {
         "description": "Stored: `Upload-Offset`; the PATCH that completes the upload names the video "
@@ -239,11 +238,9 @@ _PATCHED = {
     }
 }
 TUS_PATCH = responses(_PATCHED, 404, 408, 409, 410, 412, 413, 415, 422, 423, 460)
-TUS_PATCH_DIRECT = TUS_PATCH
 TUS_DELETE = responses(
     {204: {"description": "Terminated: its bytes are gone, the URL answers 410"}}, 404, 410, 412, 423
 )
-TUS_DELETE_DIRECT = TUS_DELETE
 DIRECT_UPLOAD = responses({201: _json("DirectUploadCreated", "A one-time upload URL (`url`) for a browser")})
 # Routes a one-time URL opens (its secret is the credential) and tus discovery: no API key.
 OPEN_PATHS = ("/v1/direct-uploads/{token}",)

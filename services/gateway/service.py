@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from fastapi import Depends, FastAPI, Query, Request
+from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
@@ -43,11 +43,11 @@ from .app import (
     PROBE_TIMEOUT_S,
     RPC_STATUS,
     ApiError,
+    ConnectedBus,
+    Tenant,
     announce,
     api,
-    authenticate,
     check_video_id,
-    connected_bus,
     error_response,
     fetch_video,
     json_response,
@@ -184,7 +184,7 @@ UPLOAD_BODY = {
 
 
 @api.post("/v1/videos", status_code=202, openapi_extra=UPLOAD_BODY, responses=schemas.UPLOAD, summary="Upload a video")
-async def upload(request: Request, tenant: str = Depends(authenticate), bus: Bus = Depends(connected_bus)):
+async def upload(request: Request, tenant: Tenant, bus: ConnectedBus):
     settings = bus.settings
     ctype = request.headers.get("content-type")
     if not accepted(ctype):
@@ -286,7 +286,7 @@ async def _accept(
 
 
 @api.post("/v1/tokens", responses=schemas.TOKEN, summary="A short-lived read token for media and events URLs (?token=)")
-async def mint_token(tenant: str = Depends(authenticate)):
+async def mint_token(tenant: Tenant):
     token, expires = tokens.mint(service.settings.api_keys, tenant)
     return JSONResponse(
         {"token": token, "expires_at": expires, "tenant": tenant}, headers={"Cache-Control": "no-store"}
@@ -294,16 +294,16 @@ async def mint_token(tenant: str = Depends(authenticate)):
 
 
 @api.get("/v1/alerts", responses=schemas.ALERTS, summary="Alerts firing now, and the load state behind backpressure")
-async def alerts(tenant: str = Depends(authenticate), bus: Bus = Depends(connected_bus)):
+async def alerts(tenant: Tenant, bus: ConnectedBus):
     return json_response(await bus.request(topology.RPC_MONITOR_ALERTS, GetAlerts(), AlertList, timeout=5))
 
 
 @api.get("/v1/videos", responses=schemas.LIST, summary="List videos, newest first")
 async def list_videos(
+    tenant: Tenant,
+    bus: ConnectedBus,
     limit: int = Query(20, ge=1, le=100),
     cursor: str | None = Query(None, max_length=64),
-    tenant: str = Depends(authenticate),
-    bus: Bus = Depends(connected_bus),
 ):
     page = await bus.request(
         topology.RPC_CATALOG_LIST, ListVideos(tenant=tenant, limit=limit, cursor=cursor), VideoPage
@@ -314,12 +314,12 @@ async def list_videos(
 @api.get(
     "/v1/videos/{video_id}", responses=schemas.GET, summary="A video's status, source facts, renditions and thumbnail"
 )
-async def get_video(video_id: str, tenant: str = Depends(authenticate), bus: Bus = Depends(connected_bus)):
+async def get_video(video_id: str, tenant: Tenant, bus: ConnectedBus):
     return json_response(await fetch_video(bus, tenant, video_id))
 
 
 @api.delete("/v1/videos/{video_id}", responses=schemas.DELETE, summary="Delete a video, its media and stop its tasks")
-async def delete_video(video_id: str, tenant: str = Depends(authenticate), bus: Bus = Depends(connected_bus)):
+async def delete_video(video_id: str, tenant: Tenant, bus: ConnectedBus):
     check_video_id(video_id)
     video = await bus.request(topology.RPC_CATALOG_DELETE, DeleteVideo(tenant=tenant, video_id=video_id), Video)
     return json_response(video)

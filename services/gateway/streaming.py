@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from urllib.parse import urlencode
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import Request
 from fastapi.responses import Response
 
 from shared import topology
@@ -20,10 +20,10 @@ from shared.bus import Bus
 from shared.contracts import GetPlaylist, Playlist
 
 from . import hls, schemas
-from .app import ApiError, authenticate_read, check_video_id, connected_bus, fetch_video
+from .app import ApiError, ConnectedBus, MediaRouter, ReadTenant, check_video_id, fetch_video
 from .playback import serve
 
-router = APIRouter()
+router = MediaRouter(prefix="/v1/videos/{video_id}/hls")  # the paths HLS_PATH matches
 
 HLS_PATH = re.compile(r"^/v1/videos/[^/]+/hls/")
 CORS = {
@@ -47,11 +47,8 @@ def cors(scope) -> dict | None:
     return CORS if HLS_PATH.match(scope["path"]) else None
 
 
-@router.get("/v1/videos/{video_id}/hls/master.m3u8", responses=schemas.PLAYLIST, summary="HLS master playlist")
-@router.head("/v1/videos/{video_id}/hls/master.m3u8", responses=schemas.PLAYLIST, summary="HLS master playlist")
-async def master(
-    video_id: str, request: Request, tenant: str = Depends(authenticate_read), bus: Bus = Depends(connected_bus)
-):
+@router.get_and_head("/master.m3u8", responses=schemas.PLAYLIST, summary="HLS master playlist")
+async def master(video_id: str, request: Request, tenant: ReadTenant, bus: ConnectedBus):
     playlist = await _playlist(bus, tenant, video_id)
     variants = [
         hls.Variant(r.name, r.width, r.height, r.codec, _track_segments(playlist.segments, r.name))
@@ -68,23 +65,10 @@ async def master(
     return _playlist_response(request, text, playlist)
 
 
-@router.get(
-    "/v1/videos/{video_id}/hls/{track}/playlist.m3u8",
-    responses=schemas.PLAYLIST,
-    summary="HLS media playlist of a rendition or the audio",
+@router.get_and_head(
+    "/{track}/playlist.m3u8", responses=schemas.PLAYLIST, summary="HLS media playlist of a rendition or the audio"
 )
-@router.head(
-    "/v1/videos/{video_id}/hls/{track}/playlist.m3u8",
-    responses=schemas.PLAYLIST,
-    summary="HLS media playlist of a rendition or the audio",
-)
-async def media(
-    video_id: str,
-    track: str,
-    request: Request,
-    tenant: str = Depends(authenticate_read),
-    bus: Bus = Depends(connected_bus),
-):
+async def media(video_id: str, track: str, request: Request, tenant: ReadTenant, bus: ConnectedBus):
     playlist = await _playlist(bus, tenant, video_id)
     if track == topology.AUDIO_TRACK and playlist.audio_codec:
         segments = _track_segments(playlist.audio_segments, track)
@@ -96,45 +80,16 @@ async def media(
     return _playlist_response(request, text, playlist)
 
 
-@router.get(
-    "/v1/videos/{video_id}/hls/{track}/init.mp4",
-    responses=schemas.INIT_SEGMENT,
-    summary="CMAF init segment of a rendition or the audio",
+@router.get_and_head(
+    "/{track}/init.mp4", responses=schemas.INIT_SEGMENT, summary="CMAF init segment of a rendition or the audio"
 )
-@router.head(
-    "/v1/videos/{video_id}/hls/{track}/init.mp4",
-    responses=schemas.INIT_SEGMENT,
-    summary="CMAF init segment of a rendition or the audio",
-)
-async def init_segment(
-    video_id: str,
-    track: str,
-    request: Request,
-    tenant: str = Depends(authenticate_read),
-    bus: Bus = Depends(connected_bus),
-):
+async def init_segment(video_id: str, track: str, request: Request, tenant: ReadTenant, bus: ConnectedBus):
     await _live_video(bus, tenant, video_id, track)
     return await serve(bus, request, topology.init_key(tenant, video_id, track), "video/mp4", cache=FRAGMENT_CACHE)
 
 
-@router.get(
-    "/v1/videos/{video_id}/hls/{track}/{segment}.m4s",
-    responses=schemas.MEDIA_SEGMENT,
-    summary="CMAF fragment of one segment",
-)
-@router.head(
-    "/v1/videos/{video_id}/hls/{track}/{segment}.m4s",
-    responses=schemas.MEDIA_SEGMENT,
-    summary="CMAF fragment of one segment",
-)
-async def fragment(
-    video_id: str,
-    track: str,
-    segment: str,
-    request: Request,
-    tenant: str = Depends(authenticate_read),
-    bus: Bus = Depends(connected_bus),
-):
+@router.get_and_head("/{track}/{segment}.m4s", responses=schemas.MEDIA_SEGMENT, summary="CMAF fragment of one segment")
+async def fragment(video_id: str, track: str, segment: str, request: Request, tenant: ReadTenant, bus: ConnectedBus):
     if not (segment.isascii() and segment.isdigit() and len(segment) <= 6):
         raise ApiError(404, "not_found", f"no segment {segment!r}")
     await _live_video(bus, tenant, video_id, track)

@@ -27,13 +27,13 @@ import time
 from email.utils import formatdate
 
 import msgspec
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
 from shared.bus import Bus, RpcError
 
 from . import quotas, schemas
-from .app import ApiError, announce, authenticate, connected_bus, fetch_video, json_response, service
+from .app import ApiError, ConnectedBus, Tenant, announce, fetch_video, json_response, service
 from .headers import ResponseHeaders
 from .resumable import DirectUpload, Held, StoreFailed, UploadProblem, Uploads, UploadState
 from .schemas import DirectUploadCreated, DirectUploadRequest
@@ -42,6 +42,14 @@ from .uploads import new_video_id
 log = logging.getLogger("vidmesh.gateway.tus")
 
 router = APIRouter()
+
+# A tus operation is declared alike on an upload (API key) and on a direct-upload URL (no
+# key): the same status, request body and answers; the summaries (and a creation's answers,
+# which through a URL add 404) are each route's own.
+CREATION = {"status_code": 201, "openapi_extra": schemas.TUS_CREATE_BODY}
+OFFSET = {"responses": schemas.TUS_HEAD}
+APPEND = {"status_code": 204, "openapi_extra": schemas.TUS_PATCH_BODY, "responses": schemas.TUS_PATCH}
+TERMINATION = {"status_code": 204, "responses": schemas.TUS_DELETE}
 
 TUS_VERSION = "1.0.0"
 EXTENSIONS = "creation,creation-with-upload,termination,expiration,checksum"
@@ -235,53 +243,33 @@ async def options_upload(upload_id: str):
 
 @router.post(
     "/v1/uploads",
-    status_code=201,
-    openapi_extra=schemas.TUS_CREATE_BODY,
+    **CREATION,
     responses=schemas.TUS_CREATE,
     summary="Create a resumable upload (tus creation, creation-with-upload)",
 )
-async def create_upload(request: Request, tenant: str = Depends(authenticate), bus: Bus = Depends(connected_bus)):
+async def create_upload(request: Request, tenant: Tenant, bus: ConnectedBus):
     return await _create(request, bus, tenant)
 
 
-@router.head("/v1/uploads/{upload_id}", responses=schemas.TUS_HEAD, summary="An upload's offset (tus HEAD)")
-async def head_upload(
-    upload_id: str, request: Request, tenant: str = Depends(authenticate), bus: Bus = Depends(connected_bus)
-):
+@router.head("/v1/uploads/{upload_id}", **OFFSET, summary="An upload's offset (tus HEAD)")
+async def head_upload(upload_id: str, request: Request, tenant: Tenant, bus: ConnectedBus):
     check_version(request)
     return await _head(tenant, upload_id)
 
 
-@router.patch(
-    "/v1/uploads/{upload_id}",
-    status_code=204,
-    openapi_extra=schemas.TUS_PATCH_BODY,
-    responses=schemas.TUS_PATCH,
-    summary="Append bytes at Upload-Offset (tus PATCH)",
-)
-async def patch_upload(
-    upload_id: str, request: Request, tenant: str = Depends(authenticate), bus: Bus = Depends(connected_bus)
-):
+@router.patch("/v1/uploads/{upload_id}", **APPEND, summary="Append bytes at Upload-Offset (tus PATCH)")
+async def patch_upload(upload_id: str, request: Request, tenant: Tenant, bus: ConnectedBus):
     return await _patch(request, bus, tenant, upload_id)
 
 
-@router.delete(
-    "/v1/uploads/{upload_id}",
-    status_code=204,
-    responses=schemas.TUS_DELETE,
-    summary="Terminate an upload (tus termination)",
-)
-async def delete_upload(
-    upload_id: str, request: Request, tenant: str = Depends(authenticate), bus: Bus = Depends(connected_bus)
-):
+@router.delete("/v1/uploads/{upload_id}", **TERMINATION, summary="Terminate an upload (tus termination)")
+async def delete_upload(upload_id: str, request: Request, tenant: Tenant, bus: ConnectedBus):
     check_version(request)
     return await _terminate(bus, tenant, upload_id)
 
 
 @router.post("/v1/uploads/{upload_id}", include_in_schema=False)
-async def override_upload(
-    upload_id: str, request: Request, tenant: str = Depends(authenticate), bus: Bus = Depends(connected_bus)
-):
+async def override_upload(upload_id: str, request: Request, tenant: Tenant, bus: ConnectedBus):
     """X-HTTP-Method-Override: PATCH/DELETE/HEAD through a POST (clients behind proxies
     that allow only GET and POST)."""
     return await _override(request, bus, tenant, upload_id)
@@ -566,9 +554,7 @@ _direct_request = msgspec.json.Decoder(DirectUploadRequest)
     responses=schemas.DIRECT_UPLOAD,
     summary="A one-time upload URL for a browser (no API key needed there)",
 )
-async def create_direct_upload(
-    request: Request, tenant: str = Depends(authenticate), bus: Bus = Depends(connected_bus)
-):
+async def create_direct_upload(request: Request, tenant: Tenant, bus: ConnectedBus):
     settings = bus.settings
     raw = await request.body()
     try:
@@ -619,12 +605,11 @@ async def options_direct(token: str):
 
 @router.post(
     "/v1/direct-uploads/{token}",
-    status_code=201,
-    openapi_extra=schemas.TUS_CREATE_BODY,
+    **CREATION,
     responses=schemas.DIRECT_CREATE,
     summary="tus creation through a one-time URL (no API key)",
 )
-async def create_through_direct(token: str, request: Request, bus: Bus = Depends(connected_bus)):
+async def create_through_direct(token: str, request: Request, bus: ConnectedBus):
     if request.headers.get("x-http-method-override"):
         record, upload_id = await _direct_upload(token)
         return await _override(request, bus, record.tenant, upload_id, record)
@@ -634,36 +619,21 @@ async def create_through_direct(token: str, request: Request, bus: Bus = Depends
     return await _create(request, bus, record.tenant, (token, record, revision))
 
 
-@router.head(
-    "/v1/direct-uploads/{token}",
-    responses=schemas.TUS_HEAD_DIRECT,
-    summary="The offset of the upload a direct-upload URL created",
-)
-async def head_direct(token: str, request: Request, bus: Bus = Depends(connected_bus)):
+@router.head("/v1/direct-uploads/{token}", **OFFSET, summary="The offset of the upload a direct-upload URL created")
+async def head_direct(token: str, request: Request, bus: ConnectedBus):
     record, upload_id = await _direct_upload(token)
     check_version(request)
     return await _head(record.tenant, upload_id, record)
 
 
-@router.patch(
-    "/v1/direct-uploads/{token}",
-    status_code=204,
-    openapi_extra=schemas.TUS_PATCH_BODY,
-    responses=schemas.TUS_PATCH_DIRECT,
-    summary="Append bytes through a direct-upload URL",
-)
-async def patch_direct(token: str, request: Request, bus: Bus = Depends(connected_bus)):
+@router.patch("/v1/direct-uploads/{token}", **APPEND, summary="Append bytes through a direct-upload URL")
+async def patch_direct(token: str, request: Request, bus: ConnectedBus):
     record, upload_id = await _direct_upload(token)
     return await _patch(request, bus, record.tenant, upload_id, record)
 
 
-@router.delete(
-    "/v1/direct-uploads/{token}",
-    status_code=204,
-    responses=schemas.TUS_DELETE_DIRECT,
-    summary="Terminate the upload a direct-upload URL created",
-)
-async def delete_direct(token: str, request: Request, bus: Bus = Depends(connected_bus)):
+@router.delete("/v1/direct-uploads/{token}", **TERMINATION, summary="Terminate the upload a direct-upload URL created")
+async def delete_direct(token: str, request: Request, bus: ConnectedBus):
     record, upload_id = await _direct_upload(token)
     check_version(request)
     return await _terminate(bus, record.tenant, upload_id, record)

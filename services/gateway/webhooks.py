@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Annotated
 
 import msgspec
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
 
 from shared import topology
@@ -29,7 +29,7 @@ from shared.contracts import (
 )
 
 from . import schemas
-from .app import ApiError, authenticate, connected_bus, json_response
+from .app import ApiError, ConnectedBus, Tenant, json_response
 
 router = APIRouter(tags=["webhooks"])
 
@@ -109,7 +109,7 @@ def _check_id(webhook_id: str) -> None:
     responses=schemas.WEBHOOK_CREATE,
     summary="Register a webhook (the secret is shown once)",
 )
-async def create_webhook(request: Request, tenant: str = Depends(authenticate), bus: Bus = Depends(connected_bus)):
+async def create_webhook(request: Request, tenant: Tenant, bus: ConnectedBus):
     try:
         body = _new_webhook.decode(await request.body())
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
@@ -120,12 +120,12 @@ async def create_webhook(request: Request, tenant: str = Depends(authenticate), 
 
 
 @router.get("/v1/webhooks", responses=schemas.WEBHOOK_LIST, summary="The tenant's webhooks (without secrets)")
-async def list_webhooks(tenant: str = Depends(authenticate), bus: Bus = Depends(connected_bus)):
+async def list_webhooks(tenant: Tenant, bus: ConnectedBus):
     return json_response(await _ask(bus, topology.RPC_WEBHOOK_LIST, ListWebhooks(tenant=tenant), WebhookPage))
 
 
 @router.get("/v1/webhooks/{webhook_id}", responses=schemas.WEBHOOK_GET, summary="One webhook (without its secret)")
-async def get_webhook(webhook_id: str, tenant: str = Depends(authenticate), bus: Bus = Depends(connected_bus)):
+async def get_webhook(webhook_id: str, tenant: Tenant, bus: ConnectedBus):
     _check_id(webhook_id)
     return json_response(
         await _ask(bus, topology.RPC_WEBHOOK_GET, GetWebhook(tenant=tenant, webhook_id=webhook_id), Webhook)
@@ -138,7 +138,7 @@ async def get_webhook(webhook_id: str, tenant: str = Depends(authenticate), bus:
     responses=schemas.WEBHOOK_DELETE,
     summary="Delete a webhook; queued deliveries are cancelled",
 )
-async def delete_webhook(webhook_id: str, tenant: str = Depends(authenticate), bus: Bus = Depends(connected_bus)):
+async def delete_webhook(webhook_id: str, tenant: Tenant, bus: ConnectedBus):
     _check_id(webhook_id)
     await _ask(bus, topology.RPC_WEBHOOK_DELETE, DeleteWebhook(tenant=tenant, webhook_id=webhook_id), Webhook)
     return Response(status_code=204)
@@ -149,12 +149,7 @@ async def delete_webhook(webhook_id: str, tenant: str = Depends(authenticate), b
     responses=schemas.WEBHOOK_DELIVERIES,
     summary="Recent deliveries with every attempt, newest first",
 )
-async def list_deliveries(
-    webhook_id: str,
-    limit: int = Query(50, ge=1, le=200),
-    tenant: str = Depends(authenticate),
-    bus: Bus = Depends(connected_bus),
-):
+async def list_deliveries(webhook_id: str, tenant: Tenant, bus: ConnectedBus, limit: int = Query(50, ge=1, le=200)):
     _check_id(webhook_id)
     req = ListDeliveries(tenant=tenant, webhook_id=webhook_id, limit=limit)
     return json_response(await _ask(bus, topology.RPC_WEBHOOK_DELIVERIES, req, DeliveryPage))
