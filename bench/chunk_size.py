@@ -19,7 +19,7 @@ from pathlib import Path
 
 from rich.table import Table
 
-from .common import clip, console, loadavg, median, running_mesh
+from .common import clip, console, figures_table, loadavg, median, running_mesh
 from .pipeline import mesh_once, timeline_text, warm_up
 
 NAME = "chunk_size"
@@ -102,23 +102,22 @@ def run() -> dict:
 
 
 def table(result: dict) -> Table:
-    t = Table(
-        title=f"chunk_size: mesh time to ready by VIDMESH_CHUNK_S (segments {result['segment_s']:g} s, "
-        "2 transcoder processes, unpinned)"
+    t = figures_table(
+        f"chunk_size: mesh time to ready by VIDMESH_CHUNK_S (segments {result['segment_s']:g} s, "
+        "2 transcoder processes, unpinned)",
+        (
+            "clip",
+            "chunk",
+            "tasks",
+            "playable (median)",
+            "time to ready (median)",
+            "CPU s (median)",
+            "time vs 6 s",
+            "CPU vs 6 s",
+            "other work",
+            "ok",
+        ),
     )
-    for col in (
-        "clip",
-        "chunk",
-        "tasks",
-        "playable (median)",
-        "time to ready (median)",
-        "CPU s (median)",
-        "time vs 6 s",
-        "CPU vs 6 s",
-        "other work",
-        "ok",
-    ):
-        t.add_column(col, justify="right")
     for s in result["summary"]:
         playable = "-" if s["playable_median"] is None else f"{s['playable_median']:.1f} s"
         t.add_row(

@@ -16,6 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from rich.console import Console
+from rich.table import Table
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -336,6 +337,14 @@ def write_result(name: str, data: dict) -> Path:
     doc = {"benchmark": name, "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "environment": environment(), **data}
     path.write_text(json.dumps(doc, indent=2) + "\n")
     return path
+
+
+def figures_table(title: str, columns: tuple[str, ...]) -> Table:
+    """A table of measured figures: every column right-justified."""
+    table = Table(title=title)
+    for column in columns:
+        table.add_column(column, justify="right")
+    return table
 
 
 def verdict(ok: bool | None) -> str:

@@ -92,6 +92,14 @@ def sdr_overhead(tmp: str) -> dict:
     }
 
 
+# The clip's ffmpeg options, written as on a command line (no value holds a space).
+HLG_2160P = (
+    "-f lavfi -i testsrc2=s=3840x2160:r=30:d=2 -vf format=yuv420p10le "
+    "-c:v libx265 -preset ultrafast -x265-params colorprim=bt2020:transfer=arib-std-b67:colormatrix=bt2020nc:log-level=error "
+    "-color_primaries bt2020 -color_trc arib-std-b67 -colorspace bt2020nc -tag:v hvc1"
+)
+
+
 def hdr_4k(tmp: str) -> dict | None:
     from services.pipeline.plan import plan_video
     from services.pipeline.probe import probe
@@ -105,36 +113,7 @@ def hdr_4k(tmp: str) -> dict | None:
         return None
     src = os.path.join(tmp, "hlg-2160p.mp4")
     with console.status("making the 2 s 3840x2160 HLG clip (x265)"):
-        subprocess.run(
-            [
-                ffmpeg,
-                "-v",
-                "error",
-                "-y",
-                "-f",
-                "lavfi",
-                "-i",
-                "testsrc2=s=3840x2160:r=30:d=2",
-                "-vf",
-                "format=yuv420p10le",
-                "-c:v",
-                "libx265",
-                "-preset",
-                "ultrafast",
-                "-x265-params",
-                "colorprim=bt2020:transfer=arib-std-b67:colormatrix=bt2020nc:log-level=error",
-                "-color_primaries",
-                "bt2020",
-                "-color_trc",
-                "arib-std-b67",
-                "-colorspace",
-                "bt2020nc",
-                "-tag:v",
-                "hvc1",
-                src,
-            ],
-            check=True,
-        )
+        subprocess.run([ffmpeg, "-v", "error", "-y", *HLG_2160P.split(), src], check=True)
     stages = {}
     t0 = time.perf_counter()
     info = probe(src, max_width=3840, max_height=3840)

@@ -31,7 +31,7 @@ from pathlib import Path
 import httpx
 from rich.table import Table
 
-from .common import console, percentile, rate_figures, running_mesh, verdict
+from .common import console, figures_table, percentile, rate_figures, running_mesh, verdict
 
 NAME = "load"
 WIDTH, HEIGHT, SECONDS, FPS = 640, 360, 2.0, 30
@@ -382,24 +382,23 @@ def peer_key(row: dict) -> str:
 
 def table(result: dict) -> Table:
     s = result["summary"]
-    t = Table(
-        title=f"load: {s['n']} clips of 2 s 640x360 from {result['clients']} clients "
+    t = figures_table(
+        f"load: {s['n']} clips of 2 s 640x360 from {result['clients']} clients "
         f"(360p + thumbnail each), 2 transcoder processes"
-        + ("; celery: 1 worker of 2 prefork processes" if result.get("peers") else "")
+        + ("; celery: 1 worker of 2 prefork processes" if result.get("peers") else ""),
+        (
+            "run",
+            "ready / accepted",
+            "failed",
+            "videos/min",
+            "time to ready p50 / p99",
+            "tasks/s",
+            "429s",
+            "kills",
+            "redeliveries",
+            "wall",
+        ),
     )
-    for col in (
-        "run",
-        "ready / accepted",
-        "failed",
-        "videos/min",
-        "time to ready p50 / p99",
-        "tasks/s",
-        "429s",
-        "kills",
-        "redeliveries",
-        "wall",
-    ):
-        t.add_column(col, justify="right")
     for row in [result["steady"], *result["chaos_runs"]]:
         label = row["label"] + (f" (max_deliver {row['max_deliver']})" if row["chaos"] else "")
         if result.get("peers") and not row["chaos"]:

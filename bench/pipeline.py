@@ -37,6 +37,7 @@ from .common import (
     clip,
     console,
     cpu_seconds,
+    figures_table,
     loadavg,
     median,
     mesh_processes,
@@ -461,12 +462,11 @@ def run() -> dict:
 
 def table(result: dict) -> Table:
     s = result["summary"]
-    t = Table(
-        title=f"pipeline: 10 s 1080p30 clip -> 1080/720/480/360 ladder + thumbnail "
-        f"({len(result['mesh_runs'])} runs each, chunks of {s['chunk_s']:g} s)"
+    t = figures_table(
+        f"pipeline: 10 s 1080p30 clip -> 1080/720/480/360 ladder + thumbnail "
+        f"({len(result['mesh_runs'])} runs each, chunks of {s['chunk_s']:g} s)",
+        ("path", "best", "median", "CPU s (median)", "other work", "split (median)"),
     )
-    for col in ("path", "best", "median", "CPU s (median)", "other work", "split (median)"):
-        t.add_column(col, justify="right")
     t.add_row(
         "mesh (upload -> ready)",
         f"{s['mesh_best_s']:.2f} s",

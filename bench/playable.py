@@ -15,7 +15,7 @@ from pathlib import Path
 
 from rich.table import Table
 
-from .common import clip, console, median, running_mesh
+from .common import clip, console, figures_table, median, running_mesh
 from .pipeline import mesh_once, warm_up
 
 NAME = "playable"
@@ -56,9 +56,10 @@ def run() -> dict:
 
 
 def table(result: dict) -> Table:
-    t = Table(title=f"playable: a {SECONDS:g} s 1080p clip, upload accepted -> playable (HLS) and -> ready")
-    for col in ("runs", "playable (median)", "ready (median)", "playable / ready", f"target <= {TARGET:.0%}"):
-        t.add_column(col, justify="right")
+    t = figures_table(
+        f"playable: a {SECONDS:g} s 1080p clip, upload accepted -> playable (HLS) and -> ready",
+        ("runs", "playable (median)", "ready (median)", "playable / ready", f"target <= {TARGET:.0%}"),
+    )
     t.add_row(
         str(len(result["rows"])),
         f"{result['playable_median_s']:.1f} s",

@@ -27,7 +27,7 @@ import numpy as np
 from prometheus_client import REGISTRY
 from rich.table import Table
 
-from .common import GiB, MiB, console, median
+from .common import GiB, MiB, console, figures_table, median
 
 NAME = "probe"
 SIZE = 1 * GiB
@@ -168,9 +168,10 @@ def run() -> dict:
 
 
 def table(result: dict) -> Table:
-    t = Table(title=f"probe: a {result['video_bytes'] / MiB:.0f} MiB stored upload (index at the end)")
-    for col in ("fetch", "median", "runs", "fetched from the store"):
-        t.add_column(col, justify="right")
+    t = figures_table(
+        f"probe: a {result['video_bytes'] / MiB:.0f} MiB stored upload (index at the end)",
+        ("fetch", "median", "runs", "fetched from the store"),
+    )
     for mode, runs in result["runs"].items():
         t.add_row(
             mode,

@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx
 from rich.table import Table
 
-from .common import console, median, percentile, running_mesh, service_port, verdict
+from .common import console, figures_table, median, percentile, running_mesh, service_port, verdict
 
 NAME = "status"
 CONCURRENCY = (1, 64)
@@ -180,17 +180,10 @@ def run() -> dict:
 
 
 def table(result: dict) -> Table:
-    t = Table(title="status: GET one video, NATS request-reply vs HTTP (best of rounds)")
-    for col in (
-        "in flight",
-        "NATS req/s",
-        "NATS p50 / p99",
-        "HTTP req/s",
-        "HTTP p50 / p99",
-        "NATS/HTTP",
-        "target >= 1",
-    ):
-        t.add_column(col, justify="right")
+    t = figures_table(
+        "status: GET one video, NATS request-reply vs HTTP (best of rounds)",
+        ("in flight", "NATS req/s", "NATS p50 / p99", "HTTP req/s", "HTTP p50 / p99", "NATS/HTTP", "target >= 1"),
+    )
     for c in result["best"]:
         n, h = c["nats"], c["http"]
         t.add_row(

@@ -25,7 +25,7 @@ import tempfile
 
 from rich.table import Table
 
-from .common import ROOT, RssSampler, clip, console, loadavg, mib, verdict
+from .common import ROOT, RssSampler, clip, console, figures_table, loadavg, mib, verdict
 
 NAME = "transcoder_rss"
 WIDTH, HEIGHT, FPS = 1920, 1080, 30
@@ -163,16 +163,10 @@ def run() -> dict:
 
 
 def table(result: dict) -> Table:
-    t = Table(title="transcoder_rss: encode_chunk() of a 1080p30 clip into 4 rungs, in a child process")
-    for col in (
-        "case",
-        "frames",
-        "time (CPU)",
-        "RSS after imports",
-        "VmHWM",
-        "sampled peak by 25/50/75/100% of the run",
-    ):
-        t.add_column(col, justify="right")
+    t = figures_table(
+        "transcoder_rss: encode_chunk() of a 1080p30 clip into 4 rungs, in a child process",
+        ("case", "frames", "time (CPU)", "RSS after imports", "VmHWM", "sampled peak by 25/50/75/100% of the run"),
+    )
     for r in result["runs"]:
         t.add_row(
             r["case"],

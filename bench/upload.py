@@ -21,6 +21,7 @@ from .common import (
     MiB,
     RssSampler,
     console,
+    figures_table,
     mib,
     proc_status_kib,
     reset_peak_rss,
@@ -131,9 +132,10 @@ def run() -> dict:
 
 
 def table(result: dict) -> Table:
-    t = Table(title="upload: body streamed through the gateway (refused at the end as not_media)")
-    for col in ("body", "response", "to response", "body sent", "after body", "RSS idle", "RSS peak", "VmHWM"):
-        t.add_column(col, justify="right")
+    t = figures_table(
+        "upload: body streamed through the gateway (refused at the end as not_media)",
+        ("body", "response", "to response", "body sent", "after body", "RSS idle", "RSS peak", "VmHWM"),
+    )
     for r in result["runs"]:
         t.add_row(
             f"{r['bytes'] // MiB} MiB",
