@@ -451,32 +451,20 @@ class _Builder:
 
     def service(self, name: str, declaration: Declaration) -> None:
         who = f"services/{name}/declaration.py"
-        for subject in declaration.publish_subjects():
-            family = family_of(subject, self.families, who)
-            self.operation(
-                f"{name}.send.{family.id}", name, "send", family, [subject], summary=f"{name} publishes {family.prefix}"
-            )
-        for subject in declaration.calls:
-            family = family_of(subject, self.families, who)
-            self.operation(
-                f"{name}.send.{family.id}",
-                name,
-                "send",
-                family,
-                [subject],
-                summary=f"{name} requests {family.prefix} and waits for the reply",
-            )
-        for subject in declaration.serves:
-            family = family_of(subject, self.families, who)
-            self.operation(
-                f"{name}.receive.{family.id}",
-                name,
-                "receive",
-                family,
-                [subject],
-                summary=f"{name} answers {family.prefix}",
-                bindings={"nats": {"queue": DEFAULT_QUEUE_GROUP, "bindingVersion": NATS_BINDING_VERSION}},
-            )
+        # The subjects a service publishes, calls and serves: the action, what the summary
+        # says the service does with the family, and whether it answers in a queue group.
+        roles = (
+            (declaration.publish_subjects(), "send", "publishes {}", False),
+            (declaration.calls, "send", "requests {} and waits for the reply", False),
+            (declaration.serves, "receive", "answers {}", True),
+        )
+        for subjects, action, does, queued in roles:
+            for subject in subjects:
+                family = family_of(subject, self.families, who)
+                extra: dict = {"summary": f"{name} " + does.format(family.prefix)}
+                if queued:
+                    extra["bindings"] = {"nats": {"queue": DEFAULT_QUEUE_GROUP, "bindingVersion": NATS_BINDING_VERSION}}
+                self.operation(f"{name}.{action}.{family.id}", name, action, family, [subject], **extra)
         for spec in declaration.consumes:
             self.consumer(name, spec, who)
         for stream in declaration.follows:
