@@ -56,15 +56,8 @@ def upload_once(mesh, pid: int, size: int) -> dict:
     reset = reset_peak_rss(pid)
     idle_kib = proc_status_kib(pid, "VmRSS")
     marks: dict = {}
-    with Progress(
-        "[progress.description]{task.description}",
-        BarColumn(),
-        DownloadColumn(),
-        TransferSpeedColumn(),
-        TimeElapsedColumn(),
-        console=console,
-        transient=True,
-    ) as progress:
+    shown = (BarColumn(), DownloadColumn(), TransferSpeedColumn(), TimeElapsedColumn())
+    with Progress("[progress.description]{task.description}", *shown, console=console, transient=True) as progress:
         task = progress.add_task(f"upload {size // MiB} MiB", total=size)
         headers = {"Content-Type": "application/octet-stream", "Content-Length": str(size), "X-Filename": "noise.bin"}
         client = httpx.Client(
