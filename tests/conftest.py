@@ -145,7 +145,11 @@ class Mesh:
             text=True,
         )
         threading.Thread(target=self._read, daemon=True).start()
-        wait_for(self.ready, 60, 0.1, "the gateway to be ready")
+        try:
+            wait_for(self.ready, 60, 0.1, "every process of the mesh to be ready")
+        except BaseException:
+            self.stop()  # a mesh that never came up must not outlive the test that started it
+            raise
         return self
 
     def _read(self) -> None:
