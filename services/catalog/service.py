@@ -40,6 +40,7 @@ log = logging.getLogger("vidmesh.catalog")
 
 CAS_ATTEMPTS = 20
 WAIT_S = 5.0  # how long a request with `after_seq` waits for the record to hold it (seconds)
+LOCAL_GRACE_S = 0.05  # seconds waited on this process's own projection before watching the key
 # An ordered consumer of a watch whose request is over is removed by the server after this
 # long (seconds): nats-py's unsubscribe leaves it behind.
 WATCH_IDLE_S = 2.0
@@ -236,6 +237,12 @@ async def _holding(kv, key: str, seq: int) -> VideoRecord:
         record = record_decoder.decode(entry.value) if entry is not None else None
         if record is not None and record.holds(seq):
             return record
+        # This process usually projects the event within milliseconds; a watch (a consumer
+        # the server creates and removes) is started only for a record another replica writes.
+        try:
+            return await asyncio.wait_for(asyncio.shield(here), LOCAL_GRACE_S)
+        except TimeoutError:
+            pass
         elsewhere = asyncio.ensure_future(_watch(kv, key, seq))
         elsewhere.add_done_callback(lambda task: task.cancelled() or task.exception())  # seen, if it ends late
         pending: set[asyncio.Future] = {here, elsewhere}
