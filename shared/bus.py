@@ -89,7 +89,7 @@ class Bus:
                 log.warning("nats error: %s", exc)
 
         servers = (url or settings.nats_url or f"nats://127.0.0.1:{settings.nats_port}").split(",")
-        # Each service is its own NATS user (shared/permissions.py) with its own inbox
+        # Each service is its own NATS user (services/nats_auth.py) with its own inbox
         # prefix, the only inboxes its permissions let it subscribe to.
         user, password = permissions.credentials(settings, service)
         nc = await nats.connect(

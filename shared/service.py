@@ -251,7 +251,7 @@ class Service:
         while True:
             try:
                 # Created by the admin user (`vidmesh up`, `vidmesh init`); a service may only
-                # check that what it uses is there (shared/permissions.py).
+                # check that what it uses is there (services/nats_auth.py).
                 await permissions.verify(self.bus.js, self.declaration)
                 break
             except Exception as exc:
