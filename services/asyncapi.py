@@ -562,7 +562,7 @@ def _tag(kind: type) -> str | None:
 def server(settings: Settings) -> dict:
     """The NATS server the services connect to: the first of NATS_URL without credentials, or
     the embedded one `vidmesh up` starts."""
-    host = f"localhost:{settings.nats_port}"
+    host = f"127.0.0.1:{settings.nats_port}"  # where `vidmesh up` runs it
     if settings.nats_url:
         url = urlsplit(settings.nats_url.split(",")[0].strip())
         if url.hostname:

@@ -13,6 +13,7 @@ from functools import cache
 from pathlib import Path
 
 from shared.declaration import WATCH_ALL, ConsumerSpec, Declaration
+from shared.settings import Settings
 
 PACKAGE = "services"
 
@@ -59,4 +60,22 @@ def processes(settings) -> list[tuple[str, str]]:
     for name, declaration in declarations().items():
         count = getattr(settings, declaration.processes_setting) if declaration.processes_setting else 1
         found += [(name, name)] if count == 1 else [(f"{name}-{i}", name) for i in range(1, count + 1)]
+    return found
+
+
+def settings_classes() -> dict[str, type[Settings]]:
+    """{service: the settings class it loads}: the most derived class of its
+    services/<name>/settings.py, else the shared `Settings`."""
+    found: dict[str, type[Settings]] = {}
+    for name in declarations():
+        kind: type[Settings] = Settings
+        if (Path(__file__).parent / name / "settings.py").exists():
+            module = importlib.import_module(f"{PACKAGE}.{name}.settings")
+            own = [
+                v
+                for v in vars(module).values()
+                if isinstance(v, type) and issubclass(v, Settings) and v.__module__ == module.__name__
+            ]
+            kind = next(v for v in own if not any(o is not v and issubclass(o, v) for o in own))
+        found[name] = kind
     return found

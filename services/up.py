@@ -26,7 +26,7 @@ from pathlib import Path
 import bcrypt
 
 from shared import permissions
-from shared.settings import Settings
+from shared.settings import ConfigError, Settings
 
 from . import mesh, nats_auth, provision
 from .settings import LauncherSettings
@@ -132,6 +132,26 @@ def dev_webhook_keys(data_dir: Path) -> Path:
     return path
 
 
+def cannot_start(settings: LauncherSettings, env: dict[str, str]) -> str | None:
+    """Why the mesh would not come up, checked before anything starts: the gateway's port
+    taken, or a setting some service cannot parse (each would otherwise crash-loop one
+    process while the rest run). None when it can start."""
+    with socket.socket() as probe:
+        try:
+            probe.bind((settings.http_host, settings.http_port))
+        except OSError as exc:
+            return (
+                f"VIDMESH_HTTP_PORT {settings.http_port} on {settings.http_host} is not free ({exc.strerror}); "
+                "stop what uses it or choose another port"
+            )
+    for service, kind in mesh.settings_classes().items():
+        try:
+            kind.load(env)
+        except ConfigError as exc:
+            return f"{service}: {exc}"
+    return None
+
+
 class Supervisor:
     def __init__(self, settings: LauncherSettings):
         self.settings = settings
@@ -154,6 +174,17 @@ class Supervisor:
             loop.add_signal_handler(sig, self.stopping.set)
 
         env = dict(os.environ)
+        if not s.api_keys:
+            key = dev_api_key(s.data_dir)
+            env["VIDMESH_API_KEYS"] = f"dev:{key}"
+            self.say("vidmesh", f"no VIDMESH_API_KEYS set: dev key for tenant 'dev' is {key}")
+            self.say("vidmesh", f"try: curl -H 'Authorization: Bearer {key}' http://127.0.0.1:{s.http_port}/v1/videos")
+        if not s.webhook_keys:
+            env["VIDMESH_WEBHOOK_KEYS_FILE"] = str(dev_webhook_keys(s.data_dir).resolve())
+        problem = cannot_start(s, env)
+        if problem:
+            self.say("vidmesh", f"not started: {problem}")
+            return 2
         passwords: dict[str, str] = {}
         if s.nats_url is None:
             # NATS users: a random password per service (and admin), owner-only, kept across restarts
@@ -166,13 +197,6 @@ class Supervisor:
         if not await self.ensure_topology(env["NATS_URL"], passwords.get(permissions.ADMIN)):
             await self.stop_nats()
             return 1
-        if not s.api_keys:
-            key = dev_api_key(s.data_dir)
-            env["VIDMESH_API_KEYS"] = f"dev:{key}"
-            self.say("vidmesh", f"no VIDMESH_API_KEYS set: dev key for tenant 'dev' is {key}")
-            self.say("vidmesh", f"try: curl -H 'Authorization: Bearer {key}' http://127.0.0.1:{s.http_port}/v1/videos")
-        if not s.webhook_keys:
-            env["VIDMESH_WEBHOOK_KEYS_FILE"] = str(dev_webhook_keys(s.data_dir).resolve())
 
         processes = mesh.processes(s)
         tasks = []

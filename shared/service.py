@@ -44,7 +44,7 @@ from . import contracts, ops, permissions, telemetry, topology
 from .bus import Bus, RpcError
 from .consumer import ConsumerLoop, Handler, OnExhausted
 from .declaration import ConsumerSpec, Declaration, UndeclaredSubject
-from .settings import Settings
+from .settings import ConfigError, Settings
 
 log = logging.getLogger("vidmesh.service")
 
@@ -346,7 +346,10 @@ def run(service: Service, app: FastAPI | None = None) -> None:
     """Serve one service until SIGTERM/SIGINT (uvicorn turns both into a graceful stop)."""
     import uvicorn
 
-    settings = service.settings_class.load()
+    try:
+        settings = service.settings_class.load()
+    except ConfigError as exc:  # the message names the variable: no traceback to read past
+        raise SystemExit(f"{service.name} cannot start: {exc}") from None
     logging.basicConfig(
         level=settings.log_level,
         format=f"%(asctime)s %(levelname)s {service.name} %(name)s trace=%(trace_id)s %(message)s",

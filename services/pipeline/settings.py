@@ -50,5 +50,7 @@ class PipelineSettings(Settings):
     def _chunk_on_segment_boundaries(self) -> Self:
         per_chunk = round(self.chunk_s / self.segment_s)
         if per_chunk < 1 or abs(per_chunk * self.segment_s - self.chunk_s) > 1e-6:
-            raise ValueError("VIDMESH_CHUNK_S must be a multiple of VIDMESH_SEGMENT_S")
+            raise ValueError(
+                f"VIDMESH_CHUNK_S must be a multiple of VIDMESH_SEGMENT_S, got {self.chunk_s:g} and {self.segment_s:g}"
+            )
         return self

@@ -70,3 +70,48 @@ def test_sigterm_stops_everything_and_exits_0(tmp_path):
     assert m.stop() == 0
     wait_for(lambda: not any(alive(p) for p in pids), 20, what="no process left behind")
     assert any("stopped" in line for line in m.lines)
+
+
+def _up_refused(tmp_path: Path, **env: str) -> tuple[int, str]:
+    """`vidmesh up` with these settings: its exit code and output, and nothing left running."""
+    import socket
+    import subprocess
+    import sys
+
+    from services.up import free_ports
+
+    http, nats, monitor = free_ports(3)
+    run_env = {
+        **os.environ,
+        "VIDMESH_DATA_DIR": str(tmp_path / "data"),
+        "VIDMESH_HTTP_PORT": str(http),
+        "VIDMESH_NATS_PORT": str(nats),
+        "VIDMESH_NATS_MONITOR_PORT": str(monitor),
+        **env,
+    }
+    run_env.pop("NATS_URL", None)
+    with socket.socket() as taken:
+        if env.get("VIDMESH_HTTP_PORT") == "taken":
+            taken.bind(("127.0.0.1", 0))
+            taken.listen()
+            run_env["VIDMESH_HTTP_PORT"] = str(taken.getsockname()[1])
+        done = subprocess.run(
+            [sys.executable, "-m", "services", "up"], env=run_env, capture_output=True, text=True, timeout=60
+        )
+    assert not (tmp_path / "data" / "processes.json").exists(), "a service was started"
+    return done.returncode, done.stdout + done.stderr
+
+
+def test_up_refuses_to_start_when_the_gateway_port_is_taken(tmp_path):
+    code, out = _up_refused(tmp_path, VIDMESH_HTTP_PORT="taken")
+    assert code == 2, out
+    assert "not started: VIDMESH_HTTP_PORT" in out and "is not free" in out, out
+    assert "nats-server" not in out and "started pid=" not in out, out
+
+
+def test_up_refuses_to_start_on_a_setting_a_service_cannot_parse(tmp_path):
+    code, out = _up_refused(tmp_path, VIDMESH_CHUNK_S="5")
+    assert code == 2, out
+    assert "not started: pipeline: VIDMESH_CHUNK_S must be a multiple of VIDMESH_SEGMENT_S, got 5 and 6" in out, out
+    code, out = _up_refused(tmp_path, VIDMESH_ALERT_LAG="many")
+    assert code == 2 and "not started: monitor: VIDMESH_ALERT_LAG" in out, out
