@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -12,6 +13,7 @@ import tempfile
 import threading
 import time
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import NoReturn
 
@@ -189,6 +191,14 @@ class Mesh:
     def child_pids(self) -> list[int]:
         return [int(m.group(1)) for line in self.lines if (m := re.search(r"started pid=(\d+)", line))]
 
+    def admin_cli(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+        """`vidmesh <args>` as an operator runs it beside this mesh: the admin commands (dlq,
+        schedules) on its NATS, with the admin password `vidmesh up` generated."""
+        env = {**self.env, "NATS_URL": f"nats://127.0.0.1:{self.nats_port}"}
+        return subprocess.run(
+            [sys.executable, "-m", "services", *args], env=env, capture_output=True, text=True, timeout=timeout
+        )
+
     def client(self, tenant: str = "alice", **kw) -> httpx.Client:
         return httpx.Client(
             base_url=self.url, headers={"Authorization": f"Bearer {self.KEYS[tenant]}"}, timeout=60, **kw
@@ -203,6 +213,17 @@ class Mesh:
                 self.proc.kill()
                 self.proc.wait()
         return self.proc.returncode
+
+
+@contextlib.contextmanager
+def running_mesh(prefix: str, env: dict | None = None, kind: type[Mesh] = Mesh) -> Iterator[Mesh]:
+    """A mesh of its own in a temporary data dir, stopped when the block ends."""
+    with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
+        m = kind(Path(tmp), env).start()
+        try:
+            yield m
+        finally:
+            m.stop()
 
 
 def alive(pid: int) -> bool:

@@ -8,15 +8,11 @@ import json
 import os
 import re
 import signal
-import subprocess
-import sys
-import tempfile
-from pathlib import Path
 
 import pytest
 
 from tests.clips import make_clip
-from tests.conftest import Mesh, mesh_events, wait_for, wait_mid_chunk
+from tests.conftest import Mesh, mesh_events, running_mesh, wait_for, wait_mid_chunk
 
 pytestmark = pytest.mark.e2e
 
@@ -32,17 +28,8 @@ def fragile_mesh():
         "VIDMESH_CHUNK_S": "4",
         "OTEL_SDK_DISABLED": "false",  # trace context in headers (no exporter configured)
     }
-    with tempfile.TemporaryDirectory(prefix="vidmesh-dlq-") as tmp:
-        m = Mesh(Path(tmp), env).start()
+    with running_mesh("vidmesh-dlq-", env) as m:
         yield m
-        m.stop()
-
-
-def vidmesh(mesh: Mesh, *args: str) -> subprocess.CompletedProcess:
-    env = {**mesh.env, "NATS_URL": f"nats://127.0.0.1:{mesh.nats_port}"}
-    return subprocess.run(
-        [sys.executable, "-m", "services", *args], env=env, capture_output=True, text=True, timeout=60
-    )
 
 
 def transcoder_pid(mesh: Mesh) -> int:
@@ -65,7 +52,7 @@ def test_a_crashing_task_is_dead_lettered_and_replay_recovers_the_video(fragile_
         assert failed["error"]["message"].startswith(f"chunk:{chunk}:"), failed["error"]
         assert failed["renditions"] == []  # nothing is stitched from a video with a chunk missing
 
-        listed = vidmesh(fragile_mesh, "dlq", "list", "--json")
+        listed = fragile_mesh.admin_cli("dlq", "list", "--json")
         assert listed.returncode == 0, listed.stderr
         letters = [d for d in json.loads(listed.stdout) if video_id in d["subject"]]
         assert len(letters) == 1
@@ -76,10 +63,10 @@ def test_a_crashing_task_is_dead_lettered_and_replay_recovers_the_video(fragile_
         assert payload["video_id"] == video_id
         assert payload["type"] == "transcoder.encode_chunk.v1" and payload["chunk"]["index"] == chunk, payload
 
-        shown = vidmesh(fragile_mesh, "dlq", "show", str(letter["id"]))
+        shown = fragile_mesh.admin_cli("dlq", "show", str(letter["id"]))
         assert shown.returncode == 0 and "without an answer" in shown.stdout
 
-        replayed = vidmesh(fragile_mesh, "dlq", "replay", str(letter["id"]))
+        replayed = fragile_mesh.admin_cli("dlq", "replay", str(letter["id"]))
         assert replayed.returncode == 0, replayed.stderr
         ready = wait_for(
             lambda: (v := c.get(f"/v1/videos/{video_id}").json())["status"] == "ready" and v, 120, 0.2, "ready"
@@ -93,6 +80,6 @@ def test_a_crashing_task_is_dead_lettered_and_replay_recovers_the_video(fragile_
         replayed_at = next(seq for seq, kind, e in events if kind == "chunk_encoded" and e["chunk"] == chunk)
         assert all(seq > replayed_at for seq, kind, _ in events if kind == "rendition_stitched")
         assert [
-            d for d in json.loads(vidmesh(fragile_mesh, "dlq", "list", "--json").stdout) if video_id in d["subject"]
+            d for d in json.loads(fragile_mesh.admin_cli("dlq", "list", "--json").stdout) if video_id in d["subject"]
         ] == []
-        assert vidmesh(fragile_mesh, "dlq", "show", str(letter["id"])).returncode == 1
+        assert fragile_mesh.admin_cli("dlq", "show", str(letter["id"])).returncode == 1

@@ -7,8 +7,6 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import sys
-import tempfile
-from pathlib import Path
 
 import nats
 import pytest
@@ -16,7 +14,7 @@ import pytest
 from services.up import free_port
 from shared import contracts
 from tests.clips import make_clip
-from tests.conftest import Mesh, wait_for
+from tests.conftest import Mesh, running_mesh, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -32,10 +30,8 @@ def watched_mesh():
         "VIDMESH_METRICS_INTERVAL_S": "1",
         "OTEL_SDK_DISABLED": "false",
     }
-    with tempfile.TemporaryDirectory(prefix="vidmesh-monitor-") as tmp:
-        m = Mesh(Path(tmp), env).start()
+    with running_mesh("vidmesh-monitor-", env) as m:
         yield m
-        m.stop()
 
 
 def ops_messages(mesh: Mesh, subject: str) -> list[bytes]:

@@ -5,11 +5,7 @@ that chunk again; the video is then stitched and `ready`."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
-import tempfile
 import time
-from pathlib import Path
 
 import msgspec
 import pytest
@@ -18,7 +14,7 @@ from nats.js.errors import NotFoundError
 from shared import topology
 from shared.contracts import EncodeChunk
 from tests.clips import make_clip
-from tests.conftest import Mesh, js_run, mesh_events, nats_servers, wait_for
+from tests.conftest import Mesh, js_run, mesh_events, nats_servers, running_mesh, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -35,17 +31,8 @@ def slow_mesh():
         "VIDMESH_SEGMENT_S": "1",
         "VIDMESH_CHUNK_S": "4",
     }
-    with tempfile.TemporaryDirectory(prefix="vidmesh-redrive-") as tmp:
-        m = Mesh(Path(tmp), env).start()
+    with running_mesh("vidmesh-redrive-", env) as m:
         yield m
-        m.stop()
-
-
-def vidmesh(mesh: Mesh, *args: str) -> subprocess.CompletedProcess:
-    env = {**mesh.env, "NATS_URL": f"nats://127.0.0.1:{mesh.nats_port}"}
-    return subprocess.run(
-        [sys.executable, "-m", "services", *args], env=env, capture_output=True, text=True, timeout=120
-    )
 
 
 def lose_chunk(mesh: Mesh, video_id: str, index: int) -> bool:
@@ -80,10 +67,10 @@ def test_a_lost_chunk_task_is_published_again_by_the_pipeline_and_the_video_fini
         assert kinds.count("chunk_encoded") == 1 and "rendition_stitched" not in kinds
         assert c.get(f"/v1/videos/{video_id}").json()["status"] == "processing"
 
-        not_yet = vidmesh(slow_mesh, "schedules", "run", "redrive")
+        not_yet = slow_mesh.admin_cli("schedules", "run", "redrive")
         assert not_yet.returncode == 0, not_yet.stdout + not_yet.stderr
         assert "stuck=0" in not_yet.stdout and "republished=0" in not_yet.stdout, not_yet.stdout
-        stuck = vidmesh(slow_mesh, "schedules", "run", "redrive", "--as-of", str(int(time.time()) + STUCK_AFTER_S + 5))
+        stuck = slow_mesh.admin_cli("schedules", "run", "redrive", "--as-of", str(int(time.time()) + STUCK_AFTER_S + 5))
         assert stuck.returncode == 0, stuck.stdout + stuck.stderr
         assert "stuck=1" in stuck.stdout and "republished=1" in stuck.stdout, stuck.stdout
 
@@ -93,7 +80,7 @@ def test_a_lost_chunk_task_is_published_again_by_the_pipeline_and_the_video_fini
     assert ready["error"] is None and ready["renditions"], ready
     encoded = [e["chunk"] for _, kind, e in mesh_events(slow_mesh, "alice", video_id, ("chunk_encoded",))]
     assert sorted(encoded) == [0, 1]  # the re-driven chunk, once
-    listed = vidmesh(slow_mesh, "schedules")
+    listed = slow_mesh.admin_cli("schedules")
     assert listed.returncode == 0 and "redrive" in listed.stdout, listed.stdout + listed.stderr
     violations = [line for line in slow_mesh.lines if "Violation" in line or "permissions violation" in line]
     assert not violations, "\n".join(violations[:20])
