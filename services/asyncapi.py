@@ -3,8 +3,8 @@
 Sources: every service's declaration (services/<name>/declaration.py: publishes, consumes,
 serves, calls, follows), the subjects and streams of shared/topology.py, the msgspec
 contracts of shared/contracts.py (their JSON Schema), and the request and reply type of
-each request-reply subject (`topology.RPC_TYPES`). Nothing here is kept in step by hand except the payloads of the few
-subjects that are a prefix rather than a message type (`PREFIXES`); a declared subject
+each request-reply subject (`topology.RPC_TYPES`). Only the payloads of the few subjects
+that are a prefix rather than a message type are written here (`PREFIXES`); a declared subject
 this module cannot place raises `Unplaced`, so a new one cannot go undocumented.
 
 `document(settings)` -> {"asyncapi": "3.0.0", "info", "servers", "channels", "operations",
@@ -135,7 +135,10 @@ SCHEDULE_DEFINITION = Message(
         "type": "object",
         "properties": {
             "Nats-Schedule": {"type": "string", "description": "`@every 1m`, a 6-field cron (UTC) or `@daily`"},
-            "Nats-Schedule-Target": {"type": "string", "description": "scheduler.cmd.tick.<name>: where ticks go"},
+            "Nats-Schedule-Target": {
+                "type": "string",
+                "description": "<owner>.cmd.tick.<name> (the scheduler's, or the pipeline's for redrive): where ticks go",
+            },
             "Nats-Schedule-TTL": {"type": "string", "description": "a tick nobody handled in time expires"},
         },
         "required": ["Nats-Schedule", "Nats-Schedule-Target"],
@@ -360,12 +363,7 @@ def stream_facts(cfg) -> dict:
 
 def consumer_facts(spec: ConsumerSpec, settings: Settings) -> dict:
     """x-jetstream-consumer: the durable consumer as `provision.ensure` creates it."""
-    is_task = spec.stream in topology.MEDIA_TASK_STREAMS  # the settings' values apply to these
-    cfg = provision.consumer_config(
-        spec,
-        max_deliver=settings.task_max_deliver if is_task else None,
-        ack_wait_s=settings.task_ack_wait_s if is_task else None,
-    )
+    cfg = provision.consumer_config(spec, settings)
     facts = {
         "stream": spec.stream,
         "durable": cfg.durable_name,
@@ -376,10 +374,8 @@ def consumer_facts(spec: ConsumerSpec, settings: Settings) -> dict:
         "ack_wait_s": cfg.ack_wait,
         "max_deliver": cfg.max_deliver,
         "max_ack_pending": cfg.max_ack_pending,
-        "dead_letter_subject": f"{topology.DEADLETTER_SUBJECT}.{spec.stream}.{spec.durable}",
+        "dead_letter_subject": topology.dead_letter_subject(spec.stream, spec.durable),
     }
-    if cfg.backoff:
-        facts["backoff_s"] = list(cfg.backoff)
     return facts
 
 

@@ -37,10 +37,6 @@ def users() -> tuple[str, ...]:
     return mesh.names() + (ADMIN,)
 
 
-def _dlq(spec) -> str:
-    return f"{t.DEADLETTER_SUBJECT}.{spec.stream}.{spec.durable}"
-
-
 def permissions(service: str) -> dict:
     """nats-server permissions of one service: {"publish": {"allow": [...]}, "subscribe": {...},
     "allow_responses": ...}. `admin` may do anything. KeyError for an unknown service."""
@@ -64,7 +60,7 @@ def permissions(service: str) -> dict:
             f"{API}.CONSUMER.INFO.{spec.stream}.{spec.durable}",
             f"{API}.CONSUMER.MSG.NEXT.{spec.stream}.{spec.durable}",
             f"$JS.ACK.{spec.stream}.{spec.durable}.>",
-            _dlq(spec),  # a poison message is recorded in the dead-letter stream
+            t.dead_letter_subject(spec.stream, spec.durable),  # a poison message is recorded in the dead-letter stream
         ]
     for spec in mesh.watched(n):
         pub += [f"{API}.STREAM.INFO.{spec.stream}", f"{API}.CONSUMER.INFO.{spec.stream}.{spec.durable}"]

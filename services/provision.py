@@ -11,6 +11,7 @@ from nats.js.errors import BadRequestError, BucketNotFoundError
 
 from shared import contracts as c
 from shared import topology as t
+from shared.declaration import ConsumerSpec
 
 UPLOADS_TTL_S = 24 * 3600.0  # idempotency keys and quota admissions
 REPORTS_MAX_AGE_S = 400 * 86400.0  # usage reports are kept for billing
@@ -98,14 +99,16 @@ def streams(replicas: int, events_max_age_s: float) -> list[api.StreamConfig]:
     ]
 
 
-def consumer_config(spec, max_deliver: int | None = None, ack_wait_s: float | None = None):
+def consumer_config(spec: ConsumerSpec, settings) -> api.ConsumerConfig:
+    """A durable consumer's configuration, its delivery limits as `spec.delivery` gives them."""
     multi = len(spec.filters) > 1
+    max_deliver, ack_wait_s = spec.delivery(settings)
     return api.ConsumerConfig(
         durable_name=spec.durable,
         ack_policy=api.AckPolicy.EXPLICIT,
         deliver_policy=api.DeliverPolicy.ALL,
-        ack_wait=ack_wait_s or spec.ack_wait_s,
-        max_deliver=max_deliver or spec.max_deliver,
+        ack_wait=ack_wait_s,
+        max_deliver=max_deliver,
         max_ack_pending=spec.max_ack_pending,
         filter_subject=None if multi else spec.filters[0],
         filter_subjects=list(spec.filters) if multi else None,
@@ -135,13 +138,7 @@ async def ensure(js, settings, consumers) -> None:
     for cfg in streams(settings.replicas, settings.events_max_age_s):
         await _ensure_stream(js, cfg)
     for spec in consumers:
-        is_task = spec.stream in t.MEDIA_TASK_STREAMS
-        cfg = consumer_config(
-            spec,
-            max_deliver=settings.task_max_deliver if is_task else None,
-            ack_wait_s=settings.task_ack_wait_s if is_task else None,
-        )
-        await js.add_consumer(spec.stream, config=cfg)
+        await js.add_consumer(spec.stream, config=consumer_config(spec, settings))
     for bucket, ttl in buckets(settings):
         try:
             await js.key_value(bucket)

@@ -130,7 +130,7 @@ async def dead_letter(
             "Nats-Msg-Id": f"dead:{stream}:{consumer}:{seq}",
         }
     )
-    await bus.js.publish(f"{topology.DEADLETTER_SUBJECT}.{stream}.{consumer}", data, headers=kept)
+    await bus.js.publish(topology.dead_letter_subject(stream, consumer), data, headers=kept)
     DEAD_LETTERED.labels(stream, consumer).inc()
 
 

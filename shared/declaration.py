@@ -11,6 +11,7 @@ request on an undeclared subject fails before it reaches NATS (`UndeclaredSubjec
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from . import topology
 
@@ -29,6 +30,24 @@ class ConsumerSpec:
     ack_wait_s: float = 30.0
     max_deliver: int = 5
     max_ack_pending: int = 1000
+
+    @property
+    def is_task(self) -> bool:
+        """Whether it pulls a media work queue (the VIDMESH_TASK_* settings apply)."""
+        return self.stream in topology.MEDIA_TASK_STREAMS
+
+    def delivery(self, settings: TaskDelivery) -> tuple[int, float]:
+        """(max deliver, ack wait in seconds) as the server and the consumer loop apply them."""
+        if self.is_task:
+            return settings.task_max_deliver, settings.task_ack_wait_s
+        return self.max_deliver, self.ack_wait_s
+
+
+class TaskDelivery(Protocol):
+    """The settings a media work queue's consumer takes its delivery limits from."""
+
+    task_max_deliver: int
+    task_ack_wait_s: float
 
 
 def every(kind: type) -> str:

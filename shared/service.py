@@ -264,15 +264,15 @@ class Service:
             await hook(self.bus)
         await self._start_endpoints()  # also without endpoints: $SRV.PING/INFO/STATS list every service
         for c in self._consumers:
-            is_task = c.spec.stream in topology.MEDIA_TASK_STREAMS
+            max_deliver, ack_wait_s = c.spec.delivery(settings)
             loop = ConsumerLoop(
                 self.bus,
                 c.spec,
                 c.kind,
                 c.handler,
-                concurrency=c.concurrency or (settings.worker_concurrency if is_task else 16),
-                max_deliver=settings.task_max_deliver if is_task else None,
-                ack_wait_s=settings.task_ack_wait_s if is_task else None,
+                concurrency=c.concurrency or (settings.worker_concurrency if c.spec.is_task else 16),
+                max_deliver=max_deliver,
+                ack_wait_s=ack_wait_s,
                 on_exhausted=c.on_exhausted,
             )
             self._loops.append(loop)

@@ -43,6 +43,13 @@ SUBJECTS: dict[type, str] = {
 }
 
 DEADLETTER_SUBJECT = "dlq.evt"  # dlq.evt.<stream>.<consumer>
+
+
+def dead_letter_subject(stream: str, consumer: str) -> str:
+    """Where a consumer's poison messages and exhausted tasks are recorded."""
+    return f"{DEADLETTER_SUBJECT}.{stream}.{consumer}"
+
+
 MAX_DELIVERIES_ADVISORY = "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES"  # + .<stream>.<consumer>
 
 # Schedules live in the server (ADR-51 message scheduler): a schedule is one message with a

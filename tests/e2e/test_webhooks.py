@@ -201,7 +201,7 @@ def test_a_receiver_that_always_fails_ends_in_the_dead_letter_stream(hooks_mesh,
 
     async def letter(js):
         return await js.get_last_msg(
-            topology.DEADLETTER, f"{topology.DEADLETTER_SUBJECT}.{topology.TASKS_WEBHOOK}.notifier"
+            topology.DEADLETTER, topology.dead_letter_subject(topology.TASKS_WEBHOOK, "notifier")
         )
 
     msg = js_run(nats_servers(hooks_mesh), letter)
