@@ -1,8 +1,8 @@
 """The mesh, discovered: every service package with a `declaration.py` is a service.
 
-What used to be lists kept in step by hand is derived from the declarations here: the
-durable consumers the topology creates, the processes `vidmesh up` starts, the NATS users
-and their permissions (services/nats_auth.py), the AsyncAPI document.
+Derived from the declarations here: the durable consumers the topology creates, the
+processes `vidmesh up` starts, the services' settings classes; from these, elsewhere, the
+NATS users and their permissions (services/nats_auth.py) and the AsyncAPI document.
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ def names() -> tuple[str, ...]:
     return tuple(declarations())
 
 
+@cache
 def consumers() -> tuple[ConsumerSpec, ...]:
     """Every durable consumer of the mesh, each once (two services may share a durable name
     on different streams)."""

@@ -70,8 +70,8 @@ def nats_server_binary() -> str:
 
 # The passwords are 24 random bytes each, so no cost makes them guessable from their hash:
 # the hash keeps them out of nats.conf, and 10, the usual minimum for bcrypt, keeps it an
-# ordinary one. It is paid on every `vidmesh up` (9 users: 0.45 s in series on 2 cores,
-# 0.25 s in parallel, doubling per step of cost) and by the server on every connect (50 ms).
+# ordinary one. It is paid on every `vidmesh up` and by the server on every connect, and
+# doubles with each step of cost.
 NATS_BCRYPT_COST = 10
 
 

@@ -19,6 +19,8 @@ from datetime import datetime
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
+from .declaration import kv_stream
+
 _DELETED = ("DEL", "PURGE")
 
 
@@ -35,7 +37,7 @@ async def entries(
 ) -> AsyncIterator[Entry]:
     """The live (not deleted) entries of `bucket` whose keys match `pattern`, in key order."""
     prefix = f"$KV.{bucket}."
-    stream = f"KV_{bucket}"
+    stream = kv_stream(bucket)
     info = await js.stream_info(stream, subjects_filter=prefix + pattern)
     for subject in sorted(info.state.subjects or {}):
         try:

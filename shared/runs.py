@@ -12,12 +12,10 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 
-import msgspec
-
 from . import topology
 from .bus import Bus, KvContention, kv_update
 from .consumer import Delivery
-from .contracts import RunRecord, RunResult, ScheduleRun, ScheduleTick
+from .contracts import RunRecord, RunResult, ScheduleRun, ScheduleTick, decoder, encode
 from .kvscan import entries
 
 log = logging.getLogger("vidmesh.schedules")
@@ -30,8 +28,7 @@ Summary = dict[str, str | int | float]
 Job = Callable[[Bus, float], Awaitable[Summary]]
 
 
-run_encoder = msgspec.json.Encoder()
-run_decoder = msgspec.json.Decoder(RunRecord)
+run_decoder = decoder(RunRecord)
 
 
 def run_key(name: str) -> str:
@@ -46,7 +43,7 @@ async def run_tick(tick: ScheduleTick, delivery: Delivery, job: Job, bucket: str
     now = tick.as_of if tick.as_of is not None else fired_at
     run = ScheduleRun(
         name=tick.name,
-        seq=meta.sequence.stream,
+        seq=delivery.seq,
         fired_at=fired_at,
         as_of=now,
         started_at=time.time(),
@@ -82,7 +79,7 @@ async def record(
             summary=summary or {},
             recent=[*current.recent, result][-20:],
         )
-        return run_encoder.encode(new)
+        return encode(new)
 
     try:
         await kv_update(kv, run_key(run.name), add_run, attempts=10)

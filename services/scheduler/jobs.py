@@ -27,6 +27,7 @@ from shared import topology
 from shared.bus import Bus, RpcError
 from shared.consumer import Retry
 from shared.contracts import DeleteVideo, ListVideos, UsageReported, Video, VideoPage
+from shared.declaration import kv_stream
 from shared.kvscan import entries
 
 log = logging.getLogger("vidmesh.scheduler")
@@ -214,7 +215,7 @@ async def _delete_entry(kv, entry) -> bool:
     except KeyWrongLastSequenceError:
         return False  # written since it was read: looked at again on the next run
     # the delete marker too: the bucket does not grow by one marker per upload ever made
-    await kv._js.purge_stream(f"KV_{topology.KV_RESUMABLE}", subject=f"$KV.{topology.KV_RESUMABLE}.{entry.key}")
+    await kv._js.purge_stream(kv_stream(topology.KV_RESUMABLE), subject=f"$KV.{topology.KV_RESUMABLE}.{entry.key}")
     return True
 
 
