@@ -1,6 +1,6 @@
 """load: sustained load. N small clips (2 s, 640x360 -> one chunk task making the 360p
 rung, one audio task, one stitch task and one thumbnail task each) uploaded from 8 concurrent clients; videos/minute end to end, p50/p99
-time to `ready`, tasks/s through the queues, 429s. Then the same N on a fresh mesh while
+time to `ready`, outputs/s (renditions and thumbnails, as the Celery peer counts them), 429s. Then the same N on a fresh mesh while
 one transcoder process is SIGKILLed every 3 s: the share of videos that still reach
 `ready` (target: all of them).
 
@@ -10,7 +10,7 @@ Clients behave as real ones do: every upload has its own Idempotency-Key, and a 
 time to ready runs from its first POST byte to the first GET that shows `ready`.
 
 With `--peer celery` (env BENCH_LOAD_PEER=celery) the same N clips and clients then go
-through the book's design of the pipeline, Celery 5 + Redis on a shared disk
+through the task-queue design of the pipeline, Celery 5 + Redis on a shared disk
 (bench/peer_celery.py), in 3 rounds that alternate with the mesh's steady runs (each row is
 its median round): a row per probe placement and the ratio of videos/minute, vidmesh over
 celery.

@@ -125,24 +125,27 @@ def probe_cost(tmp: str) -> dict:
     import asyncio
     import json
 
-    from services.pipeline.probe import probe_isolated
+    from services.pipeline.probe import child_args, probe_isolated
+    from services.pipeline.settings import PipelineSettings
 
     from .load import load_clip
 
     path = os.path.join(tmp, "probe.mp4")
     Path(path).write_bytes(load_clip())
     me = {"bench": os.getpid()}
-    args = json.dumps({"path": path, "limits": {}, "max_memory_mb": 1024, "cpu_s": 31})
+    settings = PipelineSettings.load()
+    limits = {"timeout_s": settings.probe_timeout_s, "max_memory_mb": settings.probe_max_memory_mb}
+    args = json.dumps(child_args(path, **limits))
     before = cpu_by_root(me)["bench"]
     for _ in range(PROBES):
         subprocess.run([sys.executable, "-m", "services.pipeline.probe", args], check=True, capture_output=True)
     fresh = (cpu_by_root(me)["bench"] - before) / PROBES
 
     async def forked() -> float:
-        await probe_isolated(path)  # starts the fork server, as an upload does once per pipeline
+        await probe_isolated(path, **limits)  # starts the fork server, as an upload does once per pipeline
         start = cpu_by_root(me)["bench"]  # the fork server is a live child: its CPU and its reaped probes
         for _ in range(PROBES):
-            await probe_isolated(path)
+            await probe_isolated(path, **limits)
         return (cpu_by_root(me)["bench"] - start) / PROBES
 
     return {"fresh_python": round(fresh * 1000, 1), "fork_server": round(asyncio.run(forked()) * 1000, 1)}

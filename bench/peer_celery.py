@@ -1,4 +1,4 @@
-"""`bench load --peer celery`: the same load against the book's design of the pipeline,
+"""`bench load --peer celery`: the same load against the task-queue design of the pipeline,
 Celery 5 + Redis (bench/peer_celery_app.py), run right after the mesh's steady run.
 
 Everything is started here on 127.0.0.1 and stopped again, also on error: Debian's
@@ -19,7 +19,7 @@ every 0.2 s; a video's time to done runs from the first byte written to the firs
 that sees `ready` (the chord's `done` has run). Warm-up clips go through first (not
 timed; one per pool process), after the worker answers a ping. Rows: the probe in a fresh
 Python per upload (the baseline), in a child forked from a fork server (vidmesh's
-`probe_isolated`, as the mesh now probes), then inside the worker.
+`probe_isolated`, as the mesh probes), then inside the worker.
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ CONCURRENCY = 2  # pool processes: the mesh's two transcoder slots
 QUEUES = "celery,resize,thumbnail,done"  # upload goes to Celery's default queue
 PROBES = {
     "process": "celery (probe in a fresh process)",  # the baseline: a Python started per upload
-    "child": "celery (probe forked from a fork server)",  # what the mesh does now
+    "child": "celery (probe forked from a fork server)",  # what the mesh does
     "worker": "celery (probe in the worker)",  # unguarded
 }
 START_TIMEOUT_S = 60  # redis-server answering, the worker answering a ping

@@ -1,4 +1,4 @@
-"""The Celery app of `bench load --peer celery`: vidmesh's pipeline as the book designs it,
+"""The Celery app of `bench load --peer celery`: vidmesh's pipeline as a task queue,
 Celery 5 tasks over Redis (broker and result backend) with a shared media folder.
 
 A web front-end writes the upload into the shared folder and calls `upload.delay()`. Then:
@@ -21,8 +21,8 @@ folder where the mesh reads and writes its object store; the per-task settings c
 the plan's own task messages, so both systems make the same outputs with the same work.
 
 The probe runs where the task says: "process" is a fresh `python -m services.pipeline.probe`
-per upload with the pipeline's memory, CPU and time limits (the design as the book draws
-it, and the baseline the mesh is held to); "child" is vidmesh's `probe_isolated`, the
+per upload with the pipeline's memory, CPU and time limits (the baseline the mesh is held
+to); "child" is vidmesh's `probe_isolated`, the
 mesh's own call (a child forked from a fork server that has imported PyAV, same limits);
 "worker" is `probe` inside the pool process, unguarded.
 

@@ -70,7 +70,6 @@ async def measure(url: str, video: Path, tmp: str) -> dict:
                 "NATS_URL": url,
                 "VIDMESH_PROBE_WINDOW_MB": window,
                 "VIDMESH_TMP_DIR": tmp,
-                "VIDMESH_MAX_UPLOAD_BYTES": str(2 * SIZE),
             }
         )
         buses[mode] = await Bus.connect(settings, "bench")

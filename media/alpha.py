@@ -23,14 +23,6 @@ def has_alpha(fmt: av.VideoFormat) -> bool:
     return fmt.has_palette or len(fmt.components) in (2, 4)
 
 
-def parse_colour(text: str) -> tuple[int, int, int]:
-    """ "#rrggbb" (or "rrggbb") -> (r, g, b); ValueError otherwise."""
-    value = text.strip().lstrip("#")
-    if len(value) != 6:
-        raise ValueError(f"a colour is #rrggbb, got {text!r}")
-    return int(value[0:2], 16), int(value[2:4], 16), int(value[4:6], 16)
-
-
 class Flatten:
     """Frames with alpha -> opaque frames (rgb24, or yuv444p for Y'CbCr sources), same
     timestamps and tags."""

@@ -263,7 +263,7 @@ async def probe_isolated(path: str, *, timeout_s: float = 30.0, max_memory_mb: i
     return read_result(out, child.exitcode)
 
 
-def child_args(path: str, *, timeout_s: float = 30.0, max_memory_mb: int = 1024, **limits) -> dict:
+def child_args(path: str, *, timeout_s: float, max_memory_mb: int, **limits) -> dict:
     """What a limited probe of `path` is told, as JSON-able data (`_limited_probe` reads it)."""
     return {"path": path, "limits": limits, "max_memory_mb": max_memory_mb, "cpu_s": int(timeout_s) + 1}
 

@@ -90,9 +90,6 @@ async def on_event(event, delivery: Delivery) -> None:
         await fan_in(bus, event, jobs.deleted)
 
 
-TASKS = contracts.decoder(contracts.MediaTask)
-
-
 @service.consumer(declaration.EXHAUSTED_TASKS, contracts.MaxDeliveriesAdvisory)
 async def on_exhausted_task(advisory: contracts.MaxDeliveriesAdvisory, delivery: Delivery) -> None:
     """A task ran out of deliveries without an answer (its worker died every time):
@@ -114,7 +111,7 @@ async def on_exhausted_task(advisory: contracts.MaxDeliveriesAdvisory, delivery:
         reason=f"delivered {advisory.deliveries} times without an answer (the worker crashed or hung)",
     )
     try:
-        task = TASKS.decode(original.data or b"")
+        task = redrive.task_decoder.decode(original.data or b"")
     except (msgspec.DecodeError, msgspec.ValidationError):
         task = None
     if task is not None:

@@ -160,7 +160,7 @@ def run(
     as_of: str = typer.Option(None, "--as-of", help="run as if at this time (unix time or ISO date, UTC)"),
 ) -> None:
     """Fire one schedule now, through the same work queue as the server's ticks."""
-    if name not in JOBS and name not in DESCRIPTIONS:
+    if name not in DESCRIPTIONS:
         raise typer.BadParameter(f"unknown schedule {name!r}; choose from {', '.join(sorted(DESCRIPTIONS))}")
     when = parse_as_of(as_of)
 
