@@ -378,8 +378,9 @@ class GetVideo(Contract, frozen=True, tag="catalog.get_video.v1"):
     tenant: str
     video_id: str
     # The EVENTS stream sequence of a write the caller made (Bus.publish returns it): the
-    # catalog answers once its record of the video holds that event or a later one, or
-    # answers `not_yet` after a few seconds. 0: answer with what it has now.
+    # catalog answers once its record of the video holds that event or a later one (exact
+    # while a video's events are applied in stream order, as the catalog applies them in
+    # each process), or answers `not_yet` after a few seconds. 0: answer with what it has now.
     after_seq: int = 0
 
 
@@ -392,7 +393,6 @@ class ListVideos(Contract, frozen=True, tag="catalog.list_videos.v1"):
 class DeleteVideo(Contract, frozen=True, tag="catalog.delete_video.v1"):
     tenant: str
     video_id: str
-    after_seq: int = 0  # as GetVideo's
 
 
 class ProbeSource(Contract, frozen=True, tag="pipeline.probe_source.v1"):

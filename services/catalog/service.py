@@ -112,7 +112,12 @@ async def _project(bus: Bus, key: str, event, seq: int) -> VideoRecord | None:
     return projected
 
 
-@service.endpoint(topology.RPC_CATALOG_GET)
+# A request with `after_seq` may wait (up to WAIT_S) in its handler, holding one of the
+# endpoint's subscriptions: more of them, so plain reads do not queue behind waiting ones.
+WAITING_CONCURRENCY = 32
+
+
+@service.endpoint(topology.RPC_CATALOG_GET, concurrency=WAITING_CONCURRENCY)
 async def get_video(req: GetVideo, bus: Bus) -> Video:
     return to_view(await _record(bus, req.tenant, req.video_id, req.after_seq))
 
@@ -144,7 +149,7 @@ async def list_videos(req: ListVideos, bus: Bus) -> VideoPage:
 
 @service.endpoint(topology.RPC_CATALOG_DELETE)
 async def delete_video(req: DeleteVideo, bus: Bus) -> Video:
-    record = await _record(bus, req.tenant, req.video_id, req.after_seq)
+    record = await _record(bus, req.tenant, req.video_id)
     deleted = VideoDeleted(video_id=req.video_id, tenant=req.tenant)
     if record.status != "deleted":
         # The event is the fact; the pipeline stops the video's tasks when it sees it. This
@@ -157,7 +162,7 @@ async def delete_video(req: DeleteVideo, bus: Bus) -> Video:
     return to_view(record)
 
 
-@service.endpoint(topology.RPC_CATALOG_PLAYLIST)
+@service.endpoint(topology.RPC_CATALOG_PLAYLIST, concurrency=WAITING_CONCURRENCY)
 async def get_playlist(req: GetPlaylist, bus: Bus) -> Playlist:
     """The stored segments of a video, for its HLS playlists (not_found as for get)."""
     return to_playlist(await _record(bus, req.tenant, req.video_id, req.after_seq))
@@ -168,8 +173,8 @@ async def usage(req: GetUsage, bus: Bus) -> Usage:
     """A tenant's videos processing and bytes stored, for the gateway's quotas.
 
     An upload counts from its record: the gateway leaves an upload's quota admission only
-    once the catalog's record holds it (GetVideo.after_seq), so no accepted upload goes
-    uncounted in between. A complete scan of the tenant's records (shared/kvscan.py): cost
+    once the catalog's record holds it (GetVideo.after_seq), so an accepted upload goes
+    uncounted in between only when the catalog did not confirm it in time (logged there). A complete scan of the tenant's records (shared/kvscan.py): cost
     grows with the tenant's video count, fine for thousands. TODO: beyond that, keep a
     per-tenant usage key the projection maintains (CAS), reconciled by this scan.
     """
@@ -267,7 +272,14 @@ async def _holding(kv, key: str, seq: int) -> VideoRecord:
 async def _watch(kv, key: str, seq: int) -> VideoRecord:
     """The key's value once a stored one holds `seq` (its current value first, then each
     write as the bucket stores it)."""
-    watcher = await kv.watch(key, inactive_threshold=WATCH_IDLE_S)
+    starting = asyncio.ensure_future(kv.watch(key, inactive_threshold=WATCH_IDLE_S))
+    try:
+        watcher = await asyncio.shield(starting)
+    except asyncio.CancelledError:
+        # cancelled while the watch was being set up: stop it once it exists, or its
+        # subscription would stay on the connection
+        starting.add_done_callback(_stop_started_watch)
+        raise
     try:
         async for entry in watcher:
             if entry is None or not entry.value:  # no value yet, or a delete
@@ -278,6 +290,11 @@ async def _watch(kv, key: str, seq: int) -> VideoRecord:
     finally:
         await watcher.stop()
     raise RuntimeError("the watch ended")
+
+
+def _stop_started_watch(starting: asyncio.Future) -> None:
+    if not starting.cancelled() and starting.exception() is None:
+        asyncio.ensure_future(starting.result().stop())
 
 
 async def _get(kv, key: str):

@@ -136,8 +136,10 @@ async def announce(bus: Bus, tenant: str, video_id: str, key: str, filename: str
     code), then announced with `video_uploaded` (its msg-id makes a repeat no second event).
     The answer is the catalog's view once its record holds the upload, so a GET or a list
     that follows, through any gateway, shows the video, and the quota admission the caller
-    leaves next is already counted in the catalog's usage. POST /v1/videos and a completed
-    resumable upload both end here."""
+    leaves next is already counted in the catalog's usage (unless the catalog does not
+    confirm within its wait: then the upload is accepted all the same, logged, and may
+    go uncounted for a moment). POST /v1/videos and a completed resumable upload both end
+    here."""
     probed = await bus.request(
         topology.RPC_PIPELINE_PROBE,
         ProbeSource(tenant=tenant, video_id=video_id, object=key),

@@ -90,7 +90,7 @@ async def _watch_load(bus: Bus) -> None:
     load_decoder = decoder(LoadState)
 
     async def poll():
-        (spec,) = mesh.watched(declaration.DECLARATION)  # the transcode work queue's consumer
+        watched = mesh.watched(declaration.DECLARATION)  # the transcode work queue's consumers
         while True:
             try:
                 try:
@@ -100,8 +100,8 @@ async def _watch_load(bus: Bus) -> None:
                 if state is not None and time.time() - state.updated_at < LOAD_STALE_S:
                     load.backlog, load.source = state.backlog, "monitor"
                 else:
-                    info = await bus.js.consumer_info(spec.stream, spec.durable)
-                    load.backlog, load.source = info.num_pending + info.num_ack_pending, "direct"
+                    infos = [await bus.js.consumer_info(s.stream, s.durable) for s in watched]
+                    load.backlog, load.source = sum(i.num_pending + i.num_ack_pending for i in infos), "direct"
             except Exception:
                 pass  # keep the last figure while NATS is away
             await asyncio.sleep(LOAD_POLL_S)

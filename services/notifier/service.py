@@ -178,8 +178,9 @@ async def fan_out(bus: Bus, event, kind: str, delivery: Delivery) -> None:
 async def _video_for(bus: Bus, event, delivery: Delivery) -> Video:
     """The video's JSON as the catalog shows it once its record holds this event (the
     catalog projects the same event concurrently). An error, `not_yet` included, brings
-    the event back later."""
-    ask = GetVideo(tenant=event.tenant, video_id=event.video_id, after_seq=delivery.seq)
+    the event back later; the last attempt takes the catalog's view as it is."""
+    after_seq = 0 if delivery.last_attempt else delivery.seq
+    ask = GetVideo(tenant=event.tenant, video_id=event.video_id, after_seq=after_seq)
     try:
         return await bus.request(topology.RPC_CATALOG_GET, ask, Video)
     except RpcError as exc:

@@ -200,7 +200,7 @@ async def test_the_notifier_snapshots_the_video_as_the_catalog_shows_it_with_the
         await bus.publish(event, msg_id=f"{video_id}:{type(event).__name__}")
     ready = VideoReady(video_id=video_id, tenant=TENANT)
     seq = await bus.publish(ready, msg_id=f"{video_id}:ready")
-    delivery = SimpleNamespace(seq=seq, attempt=1)  # what the notifier's consumer hands over
+    delivery = SimpleNamespace(seq=seq, attempt=1, last_attempt=False)  # what the notifier's consumer hands over
     snapshot = asyncio.create_task(notifier._video_for(bus, ready, delivery))
     await waiting(video_id)
     await bus.replica(projects=True)
