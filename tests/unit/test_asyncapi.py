@@ -141,7 +141,7 @@ def test_a_declared_subject_without_a_channel_is_refused():
         build.service("stray", stray)
 
 
-def test_the_gateway_serves_what_the_cli_prints(tmp_path):
+def test_the_gateway_serves_what_the_cli_prints(tmp_path, monkeypatch):
     out = tmp_path / "asyncapi.json"
 
     def vidmesh(*args):
@@ -152,11 +152,20 @@ def test_the_gateway_serves_what_the_cli_prints(tmp_path):
     assert wrote.returncode == 0, wrote.stderr
     assert vidmesh("asyncapi").stdout == out.read_text()
 
-    from services.gateway.service import service
+    from services.gateway import service as gateway
 
-    client = TestClient(service.app())  # no lifespan: nothing connects to NATS
+    renders, render = [], asyncapi.render
+
+    def counted(settings):
+        renders.append(settings)
+        return render(settings)
+
+    monkeypatch.setattr(gateway, "_asyncapi", None)
+    monkeypatch.setattr(gateway.asyncapi, "render", counted)
+    client = TestClient(gateway.service.app())  # no lifespan: nothing connects to NATS
     served = client.get("/asyncapi.json")
     assert served.status_code == 200
     assert served.headers["content-type"] == "application/json"
     assert served.json() == json.loads(out.read_text())
-    assert client.get("/asyncapi.json").content == served.content  # built once
+    assert client.get("/asyncapi.json").content == served.content
+    assert len(renders) == 1  # built once
