@@ -25,19 +25,25 @@ SERVICES = mesh.names()
 
 def _code(service: str):
     """Every syntax node of a service's modules (its declaration aside)."""
-    for path in sorted((ROOT / "services" / service).glob("*.py")):
+    for path in sorted((ROOT / "services" / service).rglob("*.py")):
         if path.name != "declaration.py":
             yield from ((path.name, node) for node in ast.walk(ast.parse(path.read_text())))
+
+
+def _called(node) -> str | None:
+    """The name a call calls: `EncodeChunk(...)` and `contracts.EncodeChunk(...)` alike."""
+    if isinstance(node, ast.Call):
+        if isinstance(node.func, ast.Name):
+            return node.func.id
+        if isinstance(node.func, ast.Attribute):
+            return node.func.attr
+    return None
 
 
 @pytest.mark.parametrize("service", SERVICES)
 def test_every_bus_message_a_service_builds_is_declared_as_published(service):
     declaration = mesh.declarations()[service]
-    built = {
-        (node.func.id, where)
-        for where, node in _code(service)
-        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in MESSAGE_TYPES
-    }
+    built = {(name, where) for where, node in _code(service) if (name := _called(node)) in MESSAGE_TYPES}
     undeclared = [
         f"{name} ({where})"
         for name, where in sorted(built)
