@@ -53,14 +53,15 @@ from services.transcoder.chunk import encode_chunk
 from services.transcoder.settings import TranscoderSettings
 
 segment_s = PipelineSettings.load().segment_s
-preset = TranscoderSettings.load().transcode_preset
+transcoder = TranscoderSettings.load()  # VIDMESH_X264_THREADS sets x264's threads per rung (0: its own)
 src, out, first, end, width, height = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4], int(sys.argv[5]), int(sys.argv[6])
 end = None if end == "none" else int(end)
 before = kib("VmRSS")
 t0 = time.perf_counter()
 r0 = resource.getrusage(resource.RUSAGE_SELF)
 result = encode_chunk(src, out, rungs=plan_ladder(width, height), segment_s=segment_s,
-                      first_segment=first, end_segment=end, preset=preset)
+                      first_segment=first, end_segment=end, preset=transcoder.transcode_preset,
+                      threads=transcoder.x264_threads)
 r1 = resource.getrusage(resource.RUSAGE_SELF)
 print(json.dumps({
     "seconds": time.perf_counter() - t0,
