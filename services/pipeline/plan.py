@@ -15,6 +15,13 @@ from shared.contracts import ChunkSpan, SourceInfo, VideoPlan
 from .ladder import plan_ladder
 
 
+def on_segment_grid(chunk_s: float, segment_s: float) -> bool:
+    """Whether chunks of `chunk_s` seconds start on the `segment_s` grid: a whole number (at
+    least 1) of segments each, to a microsecond."""
+    per_chunk = round(chunk_s / segment_s)
+    return per_chunk >= 1 and abs(per_chunk * segment_s - chunk_s) <= 1e-6
+
+
 def plan_video(source: SourceInfo, *, chunk_s: float, segment_s: float) -> VideoPlan:
     """The plan of a probed upload.
 
@@ -28,11 +35,11 @@ def plan_video(source: SourceInfo, *, chunk_s: float, segment_s: float) -> Video
     """
     if segment_s <= 0 or chunk_s <= 0:
         raise ValueError("chunk and segment durations must be positive")
-    per_chunk = round(chunk_s / segment_s)
-    if per_chunk < 1 or abs(per_chunk * segment_s - chunk_s) > 1e-6:
+    if not on_segment_grid(chunk_s, segment_s):
         raise ValueError(
             f"the chunk duration ({chunk_s:g} s) must be a multiple of the segment duration ({segment_s:g} s)"
         )
+    per_chunk = round(chunk_s / segment_s)
     renditions = plan_ladder(source.width or 0, source.height or 0)
     duration = source.video_duration or source.duration
     count = 1

@@ -9,6 +9,7 @@ from pydantic_settings import NoDecode
 
 from shared.settings import Settings
 
+from .plan import on_segment_grid
 from .probe import DEFAULT_CONTAINERS
 
 
@@ -48,8 +49,7 @@ class PipelineSettings(Settings):
 
     @model_validator(mode="after")
     def _chunk_on_segment_boundaries(self) -> Self:
-        per_chunk = round(self.chunk_s / self.segment_s)
-        if per_chunk < 1 or abs(per_chunk * self.segment_s - self.chunk_s) > 1e-6:
+        if not on_segment_grid(self.chunk_s, self.segment_s):
             raise ValueError(
                 f"VIDMESH_CHUNK_S must be a multiple of VIDMESH_SEGMENT_S, got {self.chunk_s:g} and {self.segment_s:g}"
             )
