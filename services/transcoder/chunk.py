@@ -98,7 +98,7 @@ def encode_chunk(
     end_segment: int | None = None,
     rotation: int = 0,
     background: tuple[int, int, int] = BLACK,
-    preset: str = "veryfast",
+    preset: str,
     threads: int = 0,
     on_progress: Callable[[int], None] | None = None,
     should_stop: Callable[[], bool] | None = None,

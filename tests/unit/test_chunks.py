@@ -787,11 +787,19 @@ def test_bad_calls_are_value_errors(tmp_path):
     (rung,) = plan_ladder(320, 240)
     odd = msgspec.structs.replace(rung, width=321)
     with pytest.raises(ValueError):
-        encode_chunk(src, str(tmp_path / "o"), rungs=[odd], segment_s=SEGMENT_S)
+        encode_chunk(src, str(tmp_path / "o"), rungs=[odd], segment_s=SEGMENT_S, preset="ultrafast")
     with pytest.raises(ValueError):
-        encode_chunk(src, str(tmp_path / "o"), rungs=[rung], segment_s=SEGMENT_S, rotation=45)
+        encode_chunk(src, str(tmp_path / "o"), rungs=[rung], segment_s=SEGMENT_S, rotation=45, preset="ultrafast")
     with pytest.raises(ValueError):
-        encode_chunk(src, str(tmp_path / "o"), rungs=[rung], segment_s=SEGMENT_S, first_segment=2, end_segment=2)
+        encode_chunk(
+            src,
+            str(tmp_path / "o"),
+            rungs=[rung],
+            segment_s=SEGMENT_S,
+            first_segment=2,
+            end_segment=2,
+            preset="ultrafast",
+        )
     with pytest.raises(ValueError):
         plan_video(probe(src), chunk_s=1.5, segment_s=SEGMENT_S)
 
@@ -826,7 +834,12 @@ def test_should_stop_cancels_quickly(tmp_path):
     started = time.monotonic()
     with pytest.raises(Cancelled):
         encode_chunk(
-            src, str(tmp_path / "out"), rungs=plan_ladder(320, 240), segment_s=SEGMENT_S, should_stop=should_stop
+            src,
+            str(tmp_path / "out"),
+            rungs=plan_ladder(320, 240),
+            segment_s=SEGMENT_S,
+            should_stop=should_stop,
+            preset="ultrafast",
         )
     assert time.monotonic() - started < 1.0
     assert len(calls) == 6
